@@ -1,0 +1,1 @@
+"""Provides per-machine journals read and written the way journald and journalctl do."""

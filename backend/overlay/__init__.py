@@ -1,0 +1,1 @@
+"""Provides flannel's subnet leasing on the etcd v3 API."""

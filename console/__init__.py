@@ -1,0 +1,1 @@
+"""Provides the Textual console and the clusterctl command line."""

