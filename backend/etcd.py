@@ -11,6 +11,7 @@ import asyncio
 import functools
 import inspect
 import ipaddress
+import json
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -277,7 +278,34 @@ def _grpc_target(endpoints: list[Endpoint]) -> str:
     return "ipv6:" + ",".join(dict.fromkeys(v6))
 
 
+# Reads are safe to repeat, so gRPC retries them on UNAVAILABLE (a member that just died,
+# an election in progress); writes are not, and their callers decide.
+_RETRY_READS = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "etcdserverpb.KV", "method": "Range"},
+                    {"service": "etcdserverpb.Lease", "method": "LeaseTimeToLive"},
+                    {"service": "etcdserverpb.Lease", "method": "LeaseLeases"},
+                    {"service": "etcdserverpb.Cluster", "method": "MemberList"},
+                    {"service": "etcdserverpb.Maintenance", "method": "Status"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
 _KEEPALIVE = {
+    "grpc.service_config": _RETRY_READS,
+    "grpc.enable_retries": 1,
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
@@ -385,7 +413,6 @@ class EtcdClient(aetcd.Client):
         except grpc.RpcError as error:
             raise typed_error(error) from error
 
-
     async def watch(self, *args: Any, **kwargs: Any) -> aetcd.rtypes.Watch:
         """aetcd's per-event watch, with typed errors from its iterator too."""
         await self.connect()
@@ -490,7 +517,7 @@ def make_client(
     """Return a client for the store at ``endpoints`` (a list, or one comma-separated string)."""
     if isinstance(endpoints, str):
         endpoints = [part for part in endpoints.split(",") if part.strip()]
-    if cert and not key or key and not cert:
+    if (cert and not key) or (key and not cert):
         raise ConfigError("a client certificate needs its key, and a key its certificate")
     return EtcdClient(
         ClientConfig(
