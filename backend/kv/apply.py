@@ -260,8 +260,6 @@ class Store:
     def _check_range_request(request: rpc.RangeRequest) -> None:
         if not request.key:
             raise errors.EMPTY_KEY
-        if request.sort_order not in _SORT_ORDERS or request.sort_target not in _SORT_KEYS:
-            raise errors.INVALID_SORT
 
     @staticmethod
     def _check_put_request(request: rpc.PutRequest) -> None:
@@ -330,8 +328,10 @@ class Store:
         target = request.sort_target
         if target != rpc.RangeRequest.KEY and order == _NONE:
             order = _ASCEND
+        # As in etcd 3.4, an unknown order means unsorted and an unknown target means key.
         if order == _DESCEND or (order == _ASCEND and target != rpc.RangeRequest.KEY):
-            found = sorted(found, key=_SORT_KEYS[target], reverse=order == _DESCEND)
+            by = _SORT_KEYS.get(target, _SORT_KEYS[rpc.RangeRequest.KEY])
+            found = sorted(found, key=by, reverse=order == _DESCEND)
         more = False
         limit = request.limit
         if limit > 0 and len(found) > limit:
@@ -602,9 +602,6 @@ class Store:
         for alarm in sorted(self.alarms):
             response.errors.append(f"memberID:{self.member_id} alarm:{rpc.AlarmType.Name(alarm)} ")
         return response
-
-
-_SORT_ORDERS = {_NONE, _ASCEND, _DESCEND}
 
 
 def _batch_record(batch: Batch) -> bytes:

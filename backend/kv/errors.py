@@ -27,7 +27,6 @@ VALUE_PROVIDED = _error(_INVALID, "etcdserver: value is provided")
 LEASE_PROVIDED = _error(_INVALID, "etcdserver: lease is provided")
 TOO_MANY_OPS = _error(_INVALID, "etcdserver: too many operations in txn request")
 DUPLICATE_KEY = _error(_INVALID, "etcdserver: duplicate key given in txn request")
-INVALID_SORT = _error(_INVALID, "etcdserver: invalid sort option")
 REQUEST_TOO_LARGE = _error(_INVALID, "etcdserver: request is too large")
 COMPACTED = _error(
     grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"
