@@ -56,6 +56,7 @@ class Config:
     data_dir: Path
     name: str = "default"
     client_urls: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    peer_urls: tuple[str, ...] = ("http://localhost:2380",)
     quota_bytes: int = 2 * 1024 * 1024 * 1024
     max_request_bytes: int = 1536 * 1024
     min_lease_ttl: int = 2

@@ -25,6 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--listen-client-urls", default="http://127.0.0.1:2379", help="URL to serve clients on")
     add("--advertise-client-urls", default=None, help="URL members list for clients")
     add("--name", default="default", help="human-readable name of this member")
+    add(
+        "--initial-advertise-peer-urls",
+        default="http://localhost:2380",
+        help="peer URL member list shows (a single member has no peers to serve)",
+    )
     add("--auto-compaction-mode", choices=["periodic", "revision"], default="periodic")
     add(
         "--auto-compaction-retention",
@@ -121,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         name=args.name,
         client_urls=tuple((args.advertise_client_urls or urls[0]).split(",")),
+        peer_urls=tuple(args.initial_advertise_peer_urls.split(",")),
         quota_bytes=args.quota_backend_bytes or Config.quota_bytes,
         max_request_bytes=args.max_request_bytes,
         min_lease_ttl=min_lease_ttl(args.heartbeat_interval, args.election_timeout),

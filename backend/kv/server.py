@@ -179,7 +179,10 @@ class ClusterService(services.ClusterServicer):
     def _member(self) -> rpc.Member:
         config = self.store.config
         return rpc.Member(
-            ID=self.store.member_id, name=config.name, clientURLs=list(config.client_urls)
+            ID=self.store.member_id,
+            name=config.name,
+            peerURLs=list(config.peer_urls),
+            clientURLs=list(config.client_urls),
         )
 
     async def MemberList(
