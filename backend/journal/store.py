@@ -150,6 +150,15 @@ def scan(data: bytes | memoryview, offset: int) -> Iterator[tuple[int, Record]]:
         offset = stop
 
 
+def read_records(data: bytes | memoryview, offset: int) -> tuple[list[Record], int]:
+    """The whole records from ``offset`` on, and the offset just past the last one."""
+    records = []
+    for stop, record in scan(data, offset):
+        records.append(record)
+        offset = stop
+    return records, offset
+
+
 def valid_end(data: bytes | memoryview, offset: int) -> tuple[int, int | None]:
     """The offset after the last good record from ``offset`` on, and that record's seqnum."""
     last = None

@@ -12,6 +12,7 @@ each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import socket
@@ -22,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from backend.journal import store
+
+log = logging.getLogger("clusterd.journal")
 
 DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 # journald splits longer lines the same way (LineMax=).
@@ -116,13 +119,16 @@ class JournalWriter:
         pid: int | None,
         priority: int = 6,
         stream: str = "stdout",
+        level_prefix: bool = True,
     ) -> None:
         """Record one line of a unit's output (without its newline).
 
         ``stream`` says which of the unit's streams it came from; journald stores stdout
         and stderr alike as ``_TRANSPORT=stdout``, so it matters only to ``feed``.
+        ``level_prefix=False`` keeps a leading ``<N>`` as text (SyslogLevelPrefix=no).
         """
-        message, priority = split_level_prefix(message, priority)
+        if level_prefix:
+            message, priority = split_level_prefix(message, priority)
         key = (unit, identifier, pid, priority)
         prefix = self._prefixes.get(key)
         if prefix is None:
@@ -146,6 +152,7 @@ class JournalWriter:
         pid: int | None,
         priority: int = 6,
         stream: str = "stdout",
+        level_prefix: bool = True,
     ) -> None:
         """Record a chunk of a stream: whole lines now, a trailing partial line later.
 
@@ -153,16 +160,23 @@ class JournalWriter:
         """
         key = (unit, pid, stream)
         data = self._partial.pop(key, b"") + chunk
+        options = {
+            "unit": unit,
+            "identifier": identifier,
+            "pid": pid,
+            "priority": priority,
+            "level_prefix": level_prefix,
+        }
         if not chunk:
             if data:
-                self.line(data, unit=unit, identifier=identifier, pid=pid, priority=priority)
+                self.line(data, **options)
             return
         lines = data.split(b"\n")
         tail = lines.pop()
         for text in lines:
-            self.line(text, unit=unit, identifier=identifier, pid=pid, priority=priority)
+            self.line(text, **options)
         while len(tail) > LINE_MAX:
-            self.line(tail[:LINE_MAX], unit=unit, identifier=identifier, pid=pid, priority=priority)
+            self.line(tail[:LINE_MAX], **options)
             tail = tail[LINE_MAX:]
         if tail:
             self._partial[key] = tail
@@ -267,7 +281,13 @@ class JournalWriter:
                 return
             if self._pending:
                 time.sleep(BATCH_DELAY)
-                self._write_pending()
+                try:
+                    self._write_pending()
+                except OSError as error:
+                    # Keep the lines (a full disk may clear) and say so, once a second at most.
+                    log.error("cannot write the journal in %s: %s", self.directory, error)
+                    time.sleep(1.0)
+                    continue
             since = self._unsynced_since
             if since is not None and time.monotonic() >= since + SYNC_INTERVAL:
                 with self._io_lock:
@@ -288,6 +308,12 @@ class JournalWriter:
             try:
                 self._catch_up()
                 self._append(batch)
+            except OSError:
+                with self._cond:
+                    self._pending[:0] = batch
+                # What reached the file is unknown now: rescan it next time.
+                self._size = -1
+                raise
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             if self._unsynced_since is None:
@@ -340,7 +366,8 @@ class JournalWriter:
             self._size = len(store.MAGIC)
             return
         start = self._size if len(store.MAGIC) <= self._size < size else len(store.MAGIC)
-        with open(self._fd, "rb", closefd=False) as f:
+        assert self._segment is not None
+        with self._segment.open("rb") as f:
             f.seek(start)
             data = f.read()
         end, last = store.valid_end(data, 0)

@@ -11,8 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from backend.etcd import EtcdError, make_client
-from backend.overlay.lease import DEFAULT_PREFIX, SubnetManager
+DEFAULT_PREFIX = "/coreos.com/network"
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -57,6 +56,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    # Imported here so other clusterd commands do not pay for gRPC's start-up.
+    from backend.etcd import EtcdError, make_client
+    from backend.overlay.lease import SubnetManager
+
     client = make_client(
         [url.strip() for url in args.endpoints.split(",") if url.strip()],
         cacert=args.cacert,
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    from backend.etcd import EtcdError
+
     try:
         return asyncio.run(_main(args))
     except (ValueError, EtcdError) as error:
