@@ -66,7 +66,7 @@ class JournalWriter:
     """Appends entries to the journal in ``data_dir / "journal"``.
 
     ``max_bytes`` caps the journal's total size: segments are ``max_bytes / 8`` (at most
-    16 MiB) and the oldest are deleted once the total passes the cap.
+    16 MiB) and the oldest are deleted so that the total stays under the cap.
     """
 
     def __init__(
@@ -407,7 +407,8 @@ class JournalWriter:
                 sizes[path] = path.stat().st_size
             except FileNotFoundError:
                 sizes[path] = 0
-        total = sum(sizes.values())
+        # Leave room for the new segment to fill, so the journal never outgrows its cap.
+        total = sum(sizes.values()) + self.segment_bytes
         for path in segments[:-1]:
             if total <= self.max_bytes:
                 break

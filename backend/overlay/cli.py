@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-DEFAULT_PREFIX = "/coreos.com/network"
+from backend.overlay.config import DEFAULT_PREFIX
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

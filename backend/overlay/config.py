@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_PREFIX = "/coreos.com/network"
 DEFAULT_BACKEND = "vxlan"
 # Encapsulation overhead per backend, taken off a 1500-byte link for FLANNEL_MTU.
 BACKEND_OVERHEAD = {

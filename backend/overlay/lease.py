@@ -27,11 +27,10 @@ from typing import Any
 from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError
-from backend.overlay.config import ConfigError, NetworkConfig, parse_config
+from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
 
 log = logging.getLogger("clusterd.overlay")
 
-DEFAULT_PREFIX = "/coreos.com/network"
 DEFAULT_TTL = 24 * 3600.0
 DEFAULT_RENEW_MARGIN = 3600.0
 CANDIDATES = 100

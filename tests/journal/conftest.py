@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,74 @@ def journal(fixture_journal: Path) -> Run:
         return clusterd("journal", "--data-dir", str(fixture_journal), *flags, **kwargs)
 
     return run
+
+
+class Follower:
+    """A running `clusterd journal -f`, its stdout read line by line with deadlines."""
+
+    def __init__(self, data_dir: Path, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backend.daemon",
+                "journal",
+                "--data-dir",
+                str(data_dir),
+                "-f",
+                *flags,
+            ],
+            cwd=REPO,
+            env={**os.environ, "TZ": "UTC", "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        self.stdout = self.process.stdout
+        self._buffer = b""
+
+    def read_lines(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        """The next ``count`` lines, or fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._buffer.count(b"\n") < count:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.stdout], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no {count} lines in {timeout}s, got {self._buffer!r}")
+            chunk = os.read(self.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"follower ended early: {self.process.stderr.read()!r}")
+            self._buffer += chunk
+        lines = self._buffer.split(b"\n")
+        taken, rest = lines[:count], lines[count:]
+        self._buffer = b"\n".join(rest)
+        return taken
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.stdout.close()
+        self.process.stderr.close()
+
+
+@pytest.fixture
+def follow() -> Iterator[Callable[..., Follower]]:
+    """``follow(data_dir, *flags)`` starts a follower; all are killed (by PID) afterwards."""
+    started: list[Follower] = []
+
+    def start(data_dir: Path, *flags: str) -> Follower:
+        follower = Follower(data_dir, *flags)
+        started.append(follower)
+        return follower
+
+    yield start
+    for follower in started:
+        follower.stop()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[JournalWriter]:
+    """A writer on a fresh journal in ``tmp_path``."""
+    with JournalWriter(tmp_path, hostname="node-1", machine_id="ab" * 16, boot_id="cd" * 16) as w:
+        yield w
