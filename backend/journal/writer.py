@@ -3,7 +3,7 @@
 Lines are buffered in memory and written by a background thread within a few milliseconds,
 so a follower sees them almost at once; the file is fsynced at least once a second. A
 crash therefore loses at most the last second, and older entries are never touched:
-records are checksummed and a writer cuts a torn tail off before it appends.
+every write is a checksummed frame, and a writer cuts a torn tail off before it appends.
 
 Several writers (the node agent, any number of ``clusterd cat``) may share one journal:
 each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its batch.
@@ -11,6 +11,7 @@ each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -109,6 +110,9 @@ class JournalWriter:
             target=self._run_flusher, name="journal-flusher", daemon=True
         )
         self._flusher.start()
+        # The flusher is a daemon thread: without this, lines of its last few milliseconds
+        # would die with an interpreter that exits without close().
+        atexit.register(self.close)
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -264,6 +268,7 @@ class JournalWriter:
                 return
             self._closing = True
         self._wake.set()
+        atexit.unregister(self.close)
         self._flusher.join()
         self.flush()
         with self._io_lock:
