@@ -129,7 +129,9 @@ def load_config(path: Path | None = None) -> ConsoleConfig:
                         known = ", ".join(CLUSTER_FIELDS)
                         raise _fail(path, field_node, f"unknown cluster setting {name!r} ({known})")
                     values[name] = _scalar(path, field_value, CLUSTER_FIELDS[name], name)
-                clusters[str(name_node.value)] = ClusterSettings(name=str(name_node.value), **values)  # type: ignore[arg-type]
+                clusters[str(name_node.value)] = ClusterSettings(
+                    name=str(name_node.value), **values
+                )  # type: ignore[arg-type]
         elif section == "keymap":
             for id_node, keys_node in _mapping(path, value_node, "keymap"):
                 keymap[str(id_node.value)] = str(_scalar(path, keys_node, "str", id_node.value))
@@ -140,10 +142,14 @@ def load_config(path: Path | None = None) -> ConsoleConfig:
             default_node = value_node
         else:
             raise _fail(
-                path, key_node, f"unknown section {section!r} (clusters, default_cluster, keymap, theme)"
+                path,
+                key_node,
+                f"unknown section {section!r} (clusters, default_cluster, keymap, theme)",
             )
     if default_cluster is not None and default_cluster not in clusters:
-        raise _fail(path, default_node, f"default_cluster {default_cluster!r} is not under clusters")
+        raise _fail(
+            path, default_node, f"default_cluster {default_cluster!r} is not under clusters"
+        )
     return ConsoleConfig(path, clusters, default_cluster, keymap, theme)
 
 

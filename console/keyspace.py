@@ -72,7 +72,8 @@ def display_name(prefix: bytes, path: bytes) -> str:
     return path[len(prefix) :].decode("utf-8", "backslashreplace")
 
 
-def _range_bounds(prefix: bytes) -> tuple[bytes, bytes]:
+def range_of(prefix: bytes) -> tuple[bytes, bytes]:
+    """The key range of a directory; the whole key space for the empty prefix."""
     return (prefix, prefix_end(prefix)) if prefix else (b"\0", b"\0")
 
 
@@ -90,13 +91,15 @@ async def list_dir(client: EtcdClient, prefix: bytes, page: int = PAGE) -> Listi
     A sub-directory costs one count request and is then jumped over, so listing the root
     of a store with 100,000 keys in a few directories reads a few pages, not every key.
     """
-    start, end = _range_bounds(prefix)
+    start, end = range_of(prefix)
     children: list[Child] = []
     revision = 0
     while True:
         response = await _range(
             client,
-            rpc.RangeRequest(key=start, range_end=end, keys_only=True, limit=page, revision=revision),
+            rpc.RangeRequest(
+                key=start, range_end=end, keys_only=True, limit=page, revision=revision
+            ),
         )
         revision = revision or response.header.revision
         for kv in response.kvs:
@@ -115,7 +118,10 @@ async def list_dir(client: EtcdClient, prefix: bytes, page: int = PAGE) -> Listi
             counted = await _range(
                 client,
                 rpc.RangeRequest(
-                    key=last.path, range_end=prefix_end(last.path), count_only=True, revision=revision
+                    key=last.path,
+                    range_end=prefix_end(last.path),
+                    count_only=True,
+                    revision=revision,
                 ),
             )
             last.count = counted.count
@@ -145,8 +151,11 @@ async def lease_ttl(client: EtcdClient, lease: int) -> int | None:
     return None if response.TTL < 0 else response.TTL
 
 
-async def history(client: EtcdClient, key: bytes, limit: int = HISTORY_LIMIT) -> tuple[list[Entry], bool]:
-    """Earlier values of ``key``, newest first, by historical reads; and whether compaction cut it."""
+async def history(
+    client: EtcdClient, key: bytes, limit: int = HISTORY_LIMIT
+) -> tuple[list[Entry], bool]:
+    """Earlier values of ``key``, newest first, by historical reads; and whether compaction
+    cut the list short."""
     entries: list[Entry] = []
     try:
         entry = await get_entry(client, key)
@@ -167,18 +176,21 @@ async def history(client: EtcdClient, key: bytes, limit: int = HISTORY_LIMIT) ->
 async def count_under(client: EtcdClient, path: bytes, is_dir: bool) -> int:
     if not is_dir:
         return 1
-    start, end = _range_bounds(path)
+    start, end = range_of(path)
     return (await _range(client, rpc.RangeRequest(key=start, range_end=end, count_only=True))).count
 
 
-async def put(client: EtcdClient, key: bytes, value: bytes, ttl: int | None = None) -> int:
-    """Put ``value`` at ``key``, under a new lease of ``ttl`` seconds if given; the new revision."""
+async def put(
+    client: EtcdClient, key: bytes, value: bytes, ttl: int | None = None, lease: int = 0
+) -> int:
+    """Put ``value`` at ``key`` under ``lease``, or a new lease of ``ttl`` seconds; the revision."""
     if len(key) + len(value) > MAX_REQUEST_BYTES:
         raise RequestTooLarge(
             f"the value is {len(value):,} bytes; the store takes at most "
             f"{MAX_REQUEST_BYTES:,} bytes per request"
         )
-    lease = (await client.lease(ttl)).id if ttl else 0
+    if ttl:
+        lease = (await client.lease(ttl)).id
     await client.connect()
     try:
         response = await client.kvstub.Put(
@@ -194,7 +206,7 @@ async def put(client: EtcdClient, key: bytes, value: bytes, ttl: int | None = No
 async def delete(client: EtcdClient, path: bytes, is_dir: bool) -> int:
     """Delete a key, or every key under a directory; how many went."""
     await client.connect()
-    start, end = _range_bounds(path) if is_dir else (path, b"")
+    start, end = range_of(path) if is_dir else (path, b"")
     try:
         response = await client.kvstub.DeleteRange(
             rpc.DeleteRangeRequest(key=start, range_end=end),
@@ -213,7 +225,7 @@ async def set_ttl(client: EtcdClient, path: bytes, is_dir: bool, ttl: int | None
     Returns how many keys changed.
     """
     if is_dir:
-        start, end = _range_bounds(path)
+        start, end = range_of(path)
         response = await _range(client, rpc.RangeRequest(key=start, range_end=end, keys_only=True))
         keys = [kv.key for kv in response.kvs]
     else:
