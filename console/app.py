@@ -153,7 +153,11 @@ class ClusterConsole(App[None]):
         self.cluster_header.revision = max(self.cluster_header.revision, message.revision)
 
     def action_show_tab(self, tab: str) -> None:
+        # Focus left inside a hidden pane would pull TabbedContent back to that pane.
+        self.set_focus(None)
         self.query_one(TabbedContent).active = tab
+        if tab == "keys":
+            self.call_after_refresh(self.query_one(KeysPane).key_tree.focus)
 
     def help_rows(self) -> list[HelpRow]:
         """Every binding with the keys it has now (after the user's keymap)."""

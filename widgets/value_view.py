@@ -6,7 +6,7 @@ import json
 import string
 
 import yaml
-from rich.console import Group, RenderableType
+from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -44,7 +44,7 @@ def hexdump(value: bytes) -> Text:
     return lines
 
 
-def render_value(value: bytes) -> tuple[str, RenderableType]:
+def render_value(value: bytes) -> tuple[str, Text | Syntax]:
     """The value's kind ("json", "yaml", "text", "binary", "empty") and how to show it."""
     if not value:
         return "empty", Text("(empty value)", style="dim italic")
@@ -95,6 +95,8 @@ class ValueView(VerticalScroll):
         """The entry shown, or None."""
         self.kind = "empty"
         """How the value was shown: json, yaml, text, binary or empty."""
+        self.text = ""
+        """The value as shown, without styles."""
         self.ttl: int | None = None
         """Seconds left on the key's lease, counted down locally between reads."""
         self._ticker = None
@@ -118,11 +120,13 @@ class ValueView(VerticalScroll):
             self.query_one("#value-meta", Static).update("")
             body.update("")
             self.kind = "empty"
+            self.text = ""
             if self._ticker is not None:
                 self._ticker.pause()
             return
         key_label.update(literal(entry.key))
         self.kind, renderable = render_value(entry.value)
+        self.text = renderable.code if isinstance(renderable, Syntax) else renderable.plain
         body.update(renderable)
         self._show_meta()
         if self._ticker is not None:
