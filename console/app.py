@@ -78,9 +78,13 @@ class ClusterConsole(App[None]):
         self.user_keymap = parse_keymap(keymap or {})
         self.attempt = 0
         """The current reconnection attempt; 0 while connected."""
+        self.cluster_header = ClusterHeader(id="cluster-header")
+        """The header, reachable whichever screen is on top."""
+        self.keys_pane = KeysPane(session, root=root.encode(), read_only=read_only, id="keys-pane")
+        """The Keys tab's pane."""
 
     def compose(self) -> ComposeResult:
-        header = ClusterHeader(id="cluster-header")
+        header = self.cluster_header
         header.cluster = self.cluster_name
         header.endpoint = self.session.endpoint_label
         header.via = self.session.via
@@ -88,9 +92,7 @@ class ClusterConsole(App[None]):
         yield header
         with TabbedContent(id="tabs"):
             with TabPane("1 Keys", id="keys"):
-                yield KeysPane(
-                    self.session, root=self.root.encode(), read_only=self.read_only, id="keys-pane"
-                )
+                yield self.keys_pane
             for number, (tab, title) in enumerate(TABS[1:], start=2):
                 with TabPane(f"{number} {title}", id=tab):
                     yield Static(
@@ -114,9 +116,8 @@ class ClusterConsole(App[None]):
         self.session.watch_tunnel(self._tunnel_state)
         self.monitor_store()
 
-    @property
-    def cluster_header(self) -> ClusterHeader:
-        return self.query_one(ClusterHeader)
+    def on_unmount(self) -> None:
+        self.session.watch_tunnel(None)
 
     def _tunnel_state(self, state: str, attempt: int) -> None:
         header = self.cluster_header
@@ -155,9 +156,9 @@ class ClusterConsole(App[None]):
     def action_show_tab(self, tab: str) -> None:
         # Focus left inside a hidden pane would pull TabbedContent back to that pane.
         self.set_focus(None)
-        self.query_one(TabbedContent).active = tab
+        self.screen_stack[0].query_one(TabbedContent).active = tab
         if tab == "keys":
-            self.call_after_refresh(self.query_one(KeysPane).key_tree.focus)
+            self.call_after_refresh(self.keys_pane.key_tree.focus)
 
     def help_rows(self) -> list[HelpRow]:
         """Every binding with the keys it has now (after the user's keymap)."""
@@ -187,10 +188,7 @@ class ClusterConsole(App[None]):
                 partial(self.action_show_tab, tab),
             )
         yield SystemCommand("Help", "list every binding (?)", self.action_help)
-        panes = self.query(KeysPane)
-        if not panes:
-            return
-        pane = panes.first()
+        pane = self.keys_pane
         for binding in KeysPane.BINDINGS:
             assert isinstance(binding, Binding)
             if self.read_only and binding.action in WRITE_ACTIONS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aetcd import rpc
@@ -41,10 +42,10 @@ class Session:
                 username=self.settings.ssh_username,
             )
 
-    def watch_tunnel(self, callback: object) -> None:
-        """Send the tunnel's state changes to ``callback(state, attempt)``."""
+    def watch_tunnel(self, callback: Callable[[TunnelState, int], None] | None) -> None:
+        """Send the tunnel's state changes to ``callback(state, attempt)``; None stops it."""
         if self.tunnel is not None:
-            self.tunnel.on_state = callback  # type: ignore[assignment]
+            self.tunnel.on_state = callback
 
     @property
     def endpoints(self) -> list[str]:

@@ -25,13 +25,13 @@ def console_for(url: str, root: bytes = b"", **kwargs: object) -> ClusterConsole
     return ClusterConsole(session, root=root.decode(), **kwargs)  # type: ignore[arg-type]
 
 
-async def wait_for(pilot: Pilot, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+async def wait_for(pilot: Pilot, predicate: Callable[[], object], within: float = 10.0) -> None:
     """Let the app run until ``predicate()`` holds; fail with the app's screen otherwise."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met in {timeout}s: {predicate}")
+            raise AssertionError(f"condition not met in {within}s: {predicate}")
         await pilot.pause(0.05)
 
 
