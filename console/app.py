@@ -173,7 +173,8 @@ class ClusterConsole(App[None]):
                 keys = self.user_keymap.get(binding.id or "", binding.key)
                 shown = ", ".join(self.get_key_display(Binding(key, "")) for key in keys.split(","))
                 rows.append((section, shown, binding.description, binding.id or ""))
-        rows.append(("Console", "ctrl+p", "Command palette", "(textual)"))
+            if section == "Console":
+                rows.append((section, "ctrl+p", "Command palette", "(textual)"))
         return rows
 
     def action_help(self) -> None:

@@ -214,6 +214,9 @@ class KeysPane(Container):
     def _highlighted(self, event: Tree.NodeHighlighted[Child]) -> None:
         child = event.node.data
         self._selected = child
+        if not self.loaded.is_set():
+            self.value_view.show_entry(None, note="waiting for the store…")
+            return
         if child is None or child.is_dir:
             label = literal(child.path).plain if child is not None and child.path else "/"
             count = plural(child.count if child else 0, "key")
