@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clusterctl", description="fleetctl-compatible cluster control.")
+    parser = argparse.ArgumentParser(
+        prog="clusterctl", description="fleetctl-compatible cluster control."
+    )
     parser.add_argument("--endpoint", help="store URLs, comma-separated")
     parser.add_argument("--tunnel", help="[user@]host[:port] to reach the store through SSH")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
