@@ -162,6 +162,43 @@ def reap_orphans(run_dir: Path, grace: float = 5.0) -> list[str]:
     return stopped
 
 
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Resolves ``exited`` as soon as the process ends.
+
+    asyncio's ``Process.wait()`` (before Python 3.12) also waits for stdout and stderr to
+    close, and a unit's background children keep them open long after the main process died.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_CHUNK, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+@dataclass
+class _Child:
+    """A spawned process and the future that resolves when it exits."""
+
+    process: asyncio.subprocess.Process
+    exited: asyncio.Future[None]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        await asyncio.shield(self.exited)
+        return self.process.returncode or 0
+
+
 class UnitRunner:
     """Runs one unit's processes and keeps its systemd-style state."""
 
@@ -185,7 +222,7 @@ class UnitRunner:
         self.main_pid = 0
         self.restarts = 0
         self.last_outcome: Outcome | None = None
-        self._main: asyncio.subprocess.Process | None = None
+        self._main: _Child | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()
@@ -271,24 +308,27 @@ class UnitRunner:
             kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
         return kwargs
 
-    async def _spawn(self, command: ExecCommand, env: dict[str, str]) -> asyncio.subprocess.Process:
+    async def _spawn(self, command: ExecCommand, env: dict[str, str]) -> _Child:
         argv = substitute(command.argv, env)
         if not argv:
             raise RuntimeError("the command expands to nothing")
-        process = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitProtocol(loop),
             *argv,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
             **self._spawn_kwargs(),  # type: ignore[arg-type]
         )
+        process = asyncio.subprocess.Process(transport, protocol, loop)
         identifier = Path(argv[0]).name
         for stream, kind in ((process.stdout, "stdout"), (process.stderr, "stderr")):
             assert stream is not None
             task = asyncio.create_task(self._pump(stream, identifier, process.pid, kind))
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
-        return process
+        return _Child(process, protocol.exited)
 
     async def _pump(
         self, stream: asyncio.StreamReader, identifier: str, pid: int, kind: str
@@ -344,7 +384,7 @@ class UnitRunner:
                 return False
         return True
 
-    def _record(self, process: asyncio.subprocess.Process) -> None:
+    def _record(self, process: _Child) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         record = {
             "pid": process.pid,
@@ -452,7 +492,7 @@ class UnitRunner:
         await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
         return Outcome("success")
 
-    async def _stop_main(self, process: asyncio.subprocess.Process, env: dict[str, str]) -> Outcome:
+    async def _stop_main(self, process: _Child, env: dict[str, str]) -> Outcome:
         options = self.options
         self._set("deactivating", "stop-sigterm")
         env = {**env, "MAINPID": str(process.pid)}
@@ -467,13 +507,13 @@ class UnitRunner:
             main = self._main
             if main is not None and main.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    main.send_signal(sig)
+                    main.process.send_signal(sig)
                 try:
                     await asyncio.wait_for(main.wait(), None if limit == float("inf") else limit)
                 except TimeoutError:
                     self._set("deactivating", "stop-sigkill")
                     with contextlib.suppress(ProcessLookupError):
-                        main.kill()
+                        main.process.kill()
             return
         if not group_alive(pgid):
             return
