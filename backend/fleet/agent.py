@@ -58,7 +58,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then stop every unit and remove this machine's presence."""
-        for name in reap_orphans(self.run_dir):
+        for name in await asyncio.to_thread(reap_orphans, self.run_dir):
             log.warning("agent: stopped %s left running by a previous agent", name)
         backoff = 0.2
         try:

@@ -58,11 +58,11 @@ def sink() -> RecordingSink:
 
 async def eventually(
     check: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    timeout: float = 10.0,
+    within: float = 10.0,
     what: str = "condition",
 ) -> None:
     """Poll ``check`` until it holds; the scheduler's effects arrive through the store."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if asyncio.iscoroutine(result):
@@ -70,7 +70,7 @@ async def eventually(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 

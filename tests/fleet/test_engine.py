@@ -89,18 +89,15 @@ async def test_units_of_a_machine_whose_lease_expires_move_to_another(
         await submit(registry, "a.service")
         await submit(registry, "b.service")
 
-        async def targets() -> set[str]:
-            return {job.target for job in (await registry.list_jobs()).values()}
+        async def targets_are(*expected: str) -> bool:
+            jobs = await registry.list_jobs()
+            return {job.target for job in jobs.values()} == set(expected)
 
-        await eventually(lambda: _eq(targets(), {"m1aaaaaaaa", "m2bbbbbbbb"}), what="spread")
+        await eventually(lambda: targets_are("m1aaaaaaaa", "m2bbbbbbbb"), what="spread")
         await kv.revoke_lease(doomed)
-        await eventually(lambda: _eq(targets(), {"m2bbbbbbbb"}), what="rescheduling")
+        await eventually(lambda: targets_are("m2bbbbbbbb"), what="rescheduling")
     finally:
         await halt(stop, task)
-
-
-async def _eq(values: object, expected: set[str]) -> bool:
-    return await values == expected  # type: ignore[misc]
 
 
 async def test_only_one_engine_leads_and_another_takes_over_when_it_stops(
@@ -115,7 +112,7 @@ async def test_only_one_engine_leads_and_another_takes_over_when_it_stops(
         await asyncio.sleep(1.5)
         assert first.is_leader and not second.is_leader
         await halt(stop1, task1)
-        await eventually(lambda: second.is_leader, timeout=5, what="the second engine to lead")
+        await eventually(lambda: second.is_leader, within=5, what="the second engine to lead")
         assert (await registry.snapshot(("lease",))).leader == "e2bbbbbbbb"
     finally:
         await halt(stop1, task1)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from backend.fleet.runner import UnitRunner, group_alive, reap_orphans
 from backend.fleet.unitfile import parse
@@ -180,7 +179,7 @@ async def test_restart_always_restarts_with_growing_backoff_until_stopped(
     )
     await unit.stop()
     times = [float(t) for t in stamps.read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.09
     assert gaps[2] > gaps[0] * 2.5
     assert (unit.active_state, unit.sub_state) == ("inactive", "dead")
@@ -269,7 +268,7 @@ async def test_a_missing_executable_fails_the_unit_and_says_so(
     assert any("/no/such/binary" in m for m in sink.messages("gone.service"))
 
 
-async def test_orphans_of_a_previous_agent_are_stopped(tmp_path: Path) -> None:
+def test_orphans_of_a_previous_agent_are_stopped(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     orphan = subprocess.Popen(["/bin/sleep", "60"], start_new_session=True)
@@ -286,7 +285,7 @@ async def test_orphans_of_a_previous_agent_are_stopped(tmp_path: Path) -> None:
             orphan.kill()
 
 
-async def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
+def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     bystander = subprocess.Popen(["/bin/sleep", "60"], start_new_session=True)
