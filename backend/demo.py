@@ -6,8 +6,12 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="where the demo keeps its state (a temporary dir by default)")
-    parser.add_argument("--port", type=int, default=0, help="client port of the demo store (free by default)")
+    parser.add_argument(
+        "--data-dir", help="where the demo keeps its state (a temporary dir by default)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="client port of the demo store (free by default)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,10 +23,14 @@ class ClusterConsole(App[None]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clustertui", description="A terminal console for a cluster.")
+    parser = argparse.ArgumentParser(
+        prog="clustertui", description="A terminal console for a cluster."
+    )
     parser.add_argument("--endpoints", help="store URLs, comma-separated")
     parser.add_argument("--tunnel", help="[user@]host[:port] to reach the store through SSH")
-    parser.add_argument("--demo", action="store_true", help="start a local demo cluster and open it")
+    parser.add_argument(
+        "--demo", action="store_true", help="start a local demo cluster and open it"
+    )
     return parser
 
 

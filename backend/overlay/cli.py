@@ -6,7 +6,9 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoints", default="http://127.0.0.1:2379", help="store URLs, comma-separated")
+    parser.add_argument(
+        "--endpoints", default="http://127.0.0.1:2379", help="store URLs, comma-separated"
+    )
     parser.add_argument("--public-ip", help="address other machines reach this one at")
     parser.add_argument("--subnet-file", default="/run/flannel/subnet.env")
 
