@@ -260,7 +260,10 @@ class Ctl:
             if not isinstance(value, dict):
                 value = {}
             public_ip = str(value.get("PublicIP", "")) or "-"
-            owner = str(value.get("MachineID", "")) or (
+            backend_data = value.get("BackendData")
+            if not isinstance(backend_data, dict):
+                backend_data = {}
+            owner = str(backend_data.get("MachineID", "")) or (
                 by_ip.get(public_ip, [""])[0] if len(by_ip.get(public_ip, [])) == 1 else ""
             )
             machine = (owner if self.args.full else f"{owner[:8]}...") if owner else "-"
@@ -565,7 +568,7 @@ class Ctl:
     ) -> list[str]:
         argv = ["clusterd", "journal", "-u", unit, "-n", str(lines), "--no-pager"]
         if machine.data_dir:
-            argv += ["-D", machine.data_dir]
+            argv += ["--data-dir", machine.data_dir]
         if follow:
             argv.append("-f")
         if output:

@@ -115,6 +115,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         reconcile_interval=max(interval, 1.0),
     )
     tasks = [asyncio.create_task(agent.run(stop), name="agent")]
+    if not args.no_overlay:
+        # Imported only when used: the overlay is optional on a node.
+        from backend.overlay.lease import SubnetManager
+
+        overlay = SubnetManager(
+            client, machine.public_ip, data_dir, backend_data={"MachineID": ident}
+        )
+        tasks.append(asyncio.create_task(overlay.run(stop), name="overlay"))
     if not args.disable_engine:
         engine = Engine(client, registry, ident, ttl=ttl, reconcile_interval=interval)
         tasks.append(asyncio.create_task(engine.run(stop), name="engine"))
