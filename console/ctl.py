@@ -353,7 +353,7 @@ class Ctl:
     async def set_and_wait(
         self, names: Sequence[str], target: str, verb: str, want: str, skip_same: bool
     ) -> int:
-        jobs = await self.registry.list_jobs()
+        jobs = (await self.registry.snapshot(("job", "unit"))).jobs
         waiting = []
         for name in names:
             job = jobs.get(name)
@@ -582,7 +582,7 @@ class Ctl:
             and not (self.args.tunnel)
         )
 
-    def ssh_argv(self, machine: Machine, command: Sequence[str], *, tty: bool = False) -> list[str]:
+    def ssh_argv(self, machine: Machine, remote: str, *, tty: bool = False) -> list[str]:
         """The OpenSSH command line that reaches ``machine``, through the tunnel host if any."""
         strict = str(self.args.strict_host_key_checking).lower() in ("1", "true", "yes")
         known_hosts = os.path.expanduser(self.args.known_hosts_file)
@@ -602,8 +602,8 @@ class Ctl:
             argv += ["-J", self._jump_spec()]
         argv.append("-t" if tty else "-T")
         argv.append(machine.public_ip or machine.hostname)
-        if command:
-            argv.append(shlex.join(command))
+        if remote:
+            argv.append(remote)
         return argv
 
     def _jump_spec(self) -> str:
@@ -620,9 +620,9 @@ class Ctl:
             argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
             env: dict[str, str] | None = {**os.environ, "PYTHONPATH": _repo_path()}
         else:
-            argv = self.ssh_argv(machine, command)
+            argv = self.ssh_argv(machine, shlex.join(command))
             env = None
-        return await _run(argv, env=env, capture=capture)
+        return await _run(argv, env=env, out=None if capture else self.out)
 
     async def journal(self) -> int:
         name = normalize_name(self.args.unit)
@@ -656,28 +656,46 @@ class Ctl:
                 machine = machines.get(job.target)
             if machine is None:
                 raise CtlError(f"Could not find machine or unit {target!r}")
-        argv = self.ssh_argv(
-            machine, self.args.remote, tty=not self.args.remote and sys.stdin.isatty()
-        )
-        code, _ = await _run(argv, env=None, capture=False, stdin=True)
+        # Like ssh itself, the words of the command go to the remote shell as one line.
+        remote = " ".join(self.args.remote)
+        argv = self.ssh_argv(machine, remote, tty=not remote and sys.stdin.isatty())
+        code, _ = await _run(argv, env=None, out=self.out, stdin=True)
         return code
 
 
 async def _run(
-    argv: list[str], *, env: dict[str, str] | None, capture: bool, stdin: bool = False
+    argv: list[str],
+    *,
+    env: dict[str, str] | None,
+    out: TextIO | None = None,
+    stdin: bool = False,
 ) -> tuple[int, str]:
+    """Run ``argv``; stream its stdout into ``out`` as it comes, or collect it when None.
+
+    When ``out`` is the terminal's own stdout the child writes there directly, so an
+    interactive ssh session or a followed journal behaves as if run by hand.
+    """
+    direct = out is sys.stdout
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
             stdin=None if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
+            stdout=None if direct else subprocess.PIPE,
         )
     except OSError as error:
         raise CtlError(f"failed running {argv[0]}: {error.strerror}") from error
-    output, _ = await process.communicate()
-    return process.returncode or 0, (output or b"").decode(errors="replace")
+    if process.stdout is None:
+        return await process.wait(), ""
+    collected: list[str] = []
+    while chunk := await process.stdout.read(65536):
+        text = chunk.decode(errors="replace")
+        if out is None:
+            collected.append(text)
+        else:
+            out.write(text)
+            out.flush()
+    return await process.wait(), "".join(collected)
 
 
 def _repo_path() -> str:
@@ -792,10 +810,21 @@ COMMANDS: dict[str, Callable[[Ctl], object]] = {
 }
 
 
-async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    ctl = Ctl(args, out, err)
+async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run one parsed command; errors become a message on ``err`` and exit status 1."""
+    try:
+        ctl = Ctl(args, out, err)
+    except EtcdError as error:
+        print(f"Unable to initialize client: {error}", file=err)
+        return 1
     try:
         return int(await COMMANDS[args.command](ctl))  # type: ignore[call-overload]
+    except CtlError as error:
+        print(error, file=err)
+        return 1
+    except (EtcdError, RegistryError) as error:
+        print(f"Error: {error}", file=err)
+        return 1
     finally:
         await ctl.client.close()
 
@@ -807,13 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     apply_environment(args, dict(os.environ))
     try:
-        return asyncio.run(run(args, sys.stdout, sys.stderr))
-    except CtlError as error:
-        print(error, file=sys.stderr)
-        return 1
-    except (EtcdError, RegistryError) as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 1
+        return asyncio.run(execute(args, sys.stdout, sys.stderr))
     except KeyboardInterrupt:
         return 130
 
