@@ -311,6 +311,8 @@ class Engine:
         self.ttl = max(1, int(ttl))
         self.reconcile_interval = reconcile_interval
         self.is_leader = False
+        self.elected = asyncio.Event()
+        """Set while this engine holds the leader lease."""
         self.reconciles = 0
         self._dirty = asyncio.Event()
 
@@ -330,6 +332,7 @@ class Engine:
                         await self._wait_for_vacancy(stop)
                 finally:
                     self.is_leader = False
+                    self.elected.clear()
                     await lease.close(revoke=True)
             except (EtcdError, TimeoutError, OSError) as error:
                 log.warning("engine: store error: %s", error)
@@ -363,6 +366,7 @@ class Engine:
 
     async def _lead(self, lease: KeptLease, stop: asyncio.Event) -> None:
         self.is_leader = True
+        self.elected.set()
         log.info("engine: %s is the leader", self.machine_id)
         self._dirty.set()
         watchers = [asyncio.create_task(self._watch(section)) for section in ("job", "machines")]
