@@ -275,6 +275,26 @@ def _chunks(records: list[Record], size: int = 8192) -> Iterator[list[Record]]:
         yield records[start : start + size]
 
 
+def _backlog(
+    journal: Journal, query: Query, lines: int | None, reverse: bool, up_to: int | None
+) -> Iterator[list[Record]]:
+    """What is printed before following (or alone), in print order, in batches."""
+    if lines is None and not reverse:
+        # Segment by segment, so `-n all` over a big journal never holds all of it.
+        for batch in journal.forward(query):
+            if up_to is not None:
+                batch = [record for record in batch if record[0] <= up_to]
+            yield from _chunks(batch)
+        return
+    if lines is None:
+        records = [record for batch in journal.forward(query) for record in batch]
+    else:
+        records = journal.newest(lines, query, up_to=up_to)
+    if reverse:
+        records.reverse()
+    yield from _chunks(records)
+
+
 def show(args: argparse.Namespace, out: Output) -> int:
     if args.follow and args.reverse:
         raise UsageError("--follow and --reverse cannot be combined")
@@ -284,30 +304,16 @@ def show(args: argparse.Namespace, out: Output) -> int:
     lines = getattr(args, "lines", 10 if args.follow else None)
     shown: Record | None = None
 
+    # A follower takes the end first and shows the backlog up to it, so that nothing
+    # written meanwhile is lost or printed twice. An empty journal has no backlog: the
+    # follower then shows everything from the first entry on.
     position = journal.end() if args.follow else None
-    up_to = position.last_seqnum if position is not None else None
-    if args.follow and position is None:
-        # Nothing written yet: the follower shows everything from the first entry on.
-        pass
-    elif lines is None and not args.reverse:
-        for batch in journal.forward(query):
-            if up_to is not None:
-                batch = [record for record in batch if record[0] <= up_to]
-            for chunk in _chunks(batch):
+    if not args.follow or position is not None:
+        up_to = position.last_seqnum if position is not None else None
+        for chunk in _backlog(journal, query, lines, args.reverse, up_to):
+            if chunk:
                 out.write(formatter.many(chunk))
-            if batch:
-                shown = batch[-1]
-    else:
-        if lines is None:
-            records = [record for batch in journal.forward(query) for record in batch]
-        else:
-            records = journal.newest(lines, query, up_to=up_to)
-        if records:
-            shown = records[-1]
-        if args.reverse:
-            records.reverse()
-        for chunk in _chunks(records):
-            out.write(formatter.many(chunk))
+                shown = chunk[-1]
 
     if not args.follow:
         if shown is None and not args.quiet:

@@ -4,12 +4,15 @@ A journal is a directory of segments named by the sequence number of their first
 (``000000000000002a.journal``), plus an ``id`` file (the journal's sequence-number ID, as
 journald's ``__SEQNUM_ID``) and a ``.lock`` file writers hold while they append.
 
-A segment is ``MAGIC`` followed by records. A record is ``<u32 body length><u32 crc32 of
-body>`` and a body: ``<u64 seqnum><u64 realtime µs><u64 monotonic µs><u8 priority><u8 flags>``
+A segment is ``MAGIC`` followed by frames, one per batch a writer appends with a single
+``write()``: ``<u32 length><u32 crc32>`` and that many bytes of records. A record is
+``<u32 length><u64 seqnum><u64 realtime µs><u64 monotonic µs><u8 priority><u8 flags>``
 followed by the entry's fields already encoded as a JSON object's members (``"MESSAGE":"…",
 "PRIORITY":"6"``), the way journalctl's ``-o json`` writes them. Keeping fields pre-encoded is
 what lets ``-o json`` run at hundreds of thousands of lines a second: output is a copy, not a
-re-encoding. Priority and time sit in the fixed header so filters never decode the fields.
+re-encoding. One checksum per frame rather than per record keeps reads cheap; a torn frame
+(the writer died inside ``write()``) is skipped whole, and its entries were never complete.
+Priority and time sit in the fixed header so filters never decode the fields.
 """
 
 from __future__ import annotations
@@ -20,20 +23,17 @@ import re
 import struct
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 MAGIC = b"CTJRNL1\n"
-RECORD = struct.Struct("<II")
-ENTRY = struct.Struct("<QQQBB")
-HEADER_SIZE = RECORD.size + ENTRY.size
+FRAME = struct.Struct("<II")
+RECORD = struct.Struct("<IQQQBB")
 SEGMENT_SUFFIX = ".journal"
 NO_PRIORITY = 255
 FLAG_LONG_FIELD = 1
 # journalctl writes a field this long (or longer) as null in JSON unless --all is given.
 JSON_THRESHOLD = 4096
-# A record larger than this is not something a writer produces: treat it as damage.
-MAX_RECORD = 64 * 1024 * 1024
 
 # What journald's utf8_is_printable() rejects: C0 controls except newline, DEL and C1 controls.
 _NOT_PRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
@@ -78,11 +78,10 @@ def encode_fields(fields: Iterable[tuple[str, bytes]]) -> tuple[bytes, int]:
     return b",".join(parts), flags
 
 
-def pack_record(
-    seqnum: int, realtime: int, monotonic: int, priority: int, flags: int, fields: bytes
-) -> bytes:
-    body = ENTRY.pack(seqnum, realtime, monotonic, priority, flags) + fields
-    return RECORD.pack(len(body), zlib.crc32(body)) + body
+def frame(parts: list[bytes]) -> bytes:
+    """A frame around ``parts`` (packed :data:`RECORD` headers and their fields, in turn)."""
+    body = b"".join(parts)
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
 def segment_name(first_seqnum: int) -> str:
@@ -126,46 +125,38 @@ def journal_id(journal_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def scan(data: bytes | memoryview, offset: int) -> Iterator[tuple[int, Record]]:
-    """Records from ``offset`` on, each with the offset just past it.
+def read_records(data: bytes, offset: int) -> tuple[list[Record], int]:
+    """The records of the whole frames from ``offset`` on, and the offset just past them.
 
-    Stops at the first record that is incomplete or fails its checksum: that is a torn
+    Stops at the first frame that is incomplete or fails its checksum: that is a torn
     tail (a writer died mid-write, or is writing right now) and nothing after it counts.
+    This loop is the hot path of every read, hence one unpack per record and no generator.
     """
-    end = len(data)
-    unpack_record = RECORD.unpack_from
-    unpack_entry = ENTRY.unpack_from
+    records: list[Record] = []
+    append = records.append
+    unpack = RECORD.unpack_from
     crc32 = zlib.crc32
-    while offset + HEADER_SIZE <= end:
-        length, crc = unpack_record(data, offset)
-        start = offset + RECORD.size
-        stop = start + length
-        if stop > end or length < ENTRY.size or crc32(data[start:stop]) != crc:
-            return
-        seqnum, realtime, monotonic, priority, flags = unpack_entry(data, start)
-        yield (
-            stop,
-            (seqnum, realtime, monotonic, priority, flags, bytes(data[start + ENTRY.size : stop])),
-        )
-        offset = stop
-
-
-def read_records(data: bytes | memoryview, offset: int) -> tuple[list[Record], int]:
-    """The whole records from ``offset`` on, and the offset just past the last one."""
-    records = []
-    for stop, record in scan(data, offset):
-        records.append(record)
+    view = memoryview(data)
+    end = len(data)
+    while offset + FRAME.size <= end:
+        length, crc = FRAME.unpack_from(data, offset)
+        position = offset + FRAME.size
+        stop = position + length
+        if stop > end or crc32(view[position:stop]) != crc:
+            break
+        while position < stop:
+            size, seqnum, realtime, monotonic, priority, flags = unpack(data, position)
+            fields_at = position + RECORD.size
+            position += 4 + size
+            append((seqnum, realtime, monotonic, priority, flags, data[fields_at:position]))
         offset = stop
     return records, offset
 
 
-def valid_end(data: bytes | memoryview, offset: int) -> tuple[int, int | None]:
+def valid_end(data: bytes, offset: int) -> tuple[int, int | None]:
     """The offset after the last good record from ``offset`` on, and that record's seqnum."""
-    last = None
-    for stop, record in scan(data, offset):
-        offset = stop
-        last = record[0]
-    return offset, last
+    records, offset = read_records(data, offset)
+    return offset, records[-1][0] if records else None
 
 
 def read_segment(path: Path) -> bytes:

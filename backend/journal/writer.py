@@ -3,7 +3,7 @@
 Lines are buffered in memory and written by a background thread within a few milliseconds,
 so a follower sees them almost at once; the file is fsynced at least once a second. A
 crash therefore loses at most the last second, and older entries are never touched:
-records are checksummed and a writer cuts a torn tail off before it appends.
+every write is a checksummed frame, and a writer cuts a torn tail off before it appends.
 
 Several writers (the node agent, any number of ``clusterd cat``) may share one journal:
 each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its batch.
@@ -11,6 +11,7 @@ each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -18,7 +19,6 @@ import re
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,10 +55,9 @@ def read_boot_id() -> str:
 
 def split_level_prefix(message: bytes, priority: int) -> tuple[bytes, int]:
     """``<N>text`` -> (text, N), as journald's SyslogLevelPrefix= does; others unchanged."""
-    if message[:1] == b"<":
-        match = _LEVEL_PREFIX.match(message)
-        if match:
-            return message[match.end() :], int(match.group(1))
+    match = _LEVEL_PREFIX.match(message)
+    if match:
+        return message[match.end() :], int(match.group(1))
     return message, priority
 
 
@@ -99,14 +98,21 @@ class JournalWriter:
         self._size = 0
         self._next_seqnum = 1
         self._pending: list[Pending] = []
+        # A plain lock guards the buffer (a Condition's Python-level methods cost more than
+        # the rest of line()); the flusher is woken by an Event set only on the first line
+        # of each batch.
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
         self._io_lock = threading.Lock()
-        self._cond = threading.Condition()
         self._closing = False
         self._unsynced_since: float | None = None
         self._flusher = threading.Thread(
             target=self._run_flusher, name="journal-flusher", daemon=True
         )
         self._flusher.start()
+        # The flusher is a daemon thread: without this, lines of its last few milliseconds
+        # would die with an interpreter that exits without close().
+        atexit.register(self.close)
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -127,21 +133,29 @@ class JournalWriter:
         and stderr alike as ``_TRANSPORT=stdout``, so it matters only to ``feed``.
         ``level_prefix=False`` keeps a leading ``<N>`` as text (SyslogLevelPrefix=no).
         """
-        if level_prefix:
+        # The hot path of every unit's output: kept flat, with the buffer append inline.
+        if level_prefix and message[:1] == b"<":
             message, priority = split_level_prefix(message, priority)
-        key = (unit, identifier, pid, priority)
-        prefix = self._prefixes.get(key)
+        prefix = self._prefixes.get((unit, identifier, pid, priority))
         if prefix is None:
             prefix = self._prefix(unit, identifier, pid, priority)
-        flags = store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
             priority,
-            flags,
+            store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
             prefix + store.encode_value(message),
         )
-        self._queue(entry)
+        with self._pending_lock:
+            if self._closing:
+                raise ValueError("the journal writer is closed")
+            pending = self._pending
+            pending.append(entry)
+            count = len(pending)
+        if count == 1:
+            self._wake.set()
+        elif count >= MAX_PENDING:
+            self._write_pending()
 
     def feed(
         self,
@@ -229,14 +243,14 @@ class JournalWriter:
         return prefix
 
     def _queue(self, entry: Pending) -> None:
-        with self._cond:
+        with self._pending_lock:
             if self._closing:
                 raise ValueError("the journal writer is closed")
             self._pending.append(entry)
             count = len(self._pending)
-            if count == 1:
-                self._cond.notify()
-        if count >= MAX_PENDING:
+        if count == 1:
+            self._wake.set()
+        elif count >= MAX_PENDING:
             self._write_pending()
 
     # -- durability ------------------------------------------------------------------------
@@ -249,11 +263,12 @@ class JournalWriter:
 
     def close(self) -> None:
         """Flush, stop the background thread and release the files."""
-        with self._cond:
+        with self._pending_lock:
             if self._closing:
                 return
             self._closing = True
-            self._cond.notify()
+        self._wake.set()
+        atexit.unregister(self.close)
         self._flusher.join()
         self.flush()
         with self._io_lock:
@@ -270,14 +285,12 @@ class JournalWriter:
 
     def _run_flusher(self) -> None:
         while True:
-            with self._cond:
-                if not self._pending and not self._closing:
-                    timeout = None
-                    if self._unsynced_since is not None:
-                        timeout = max(0.0, self._unsynced_since + SYNC_INTERVAL - time.monotonic())
-                    self._cond.wait(timeout)
-                closing = self._closing
-            if closing:
+            timeout = None
+            if self._unsynced_since is not None:
+                timeout = max(0.0, self._unsynced_since + SYNC_INTERVAL - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._closing:
                 return
             if self._pending:
                 time.sleep(BATCH_DELAY)
@@ -287,6 +300,7 @@ class JournalWriter:
                     # Keep the lines (a full disk may clear) and say so, once a second at most.
                     log.error("cannot write the journal in %s: %s", self.directory, error)
                     time.sleep(1.0)
+                    self._wake.set()
                     continue
             since = self._unsynced_since
             if since is not None and time.monotonic() >= since + SYNC_INTERVAL:
@@ -300,7 +314,7 @@ class JournalWriter:
 
     def _write_pending(self) -> None:
         with self._io_lock:
-            with self._cond:
+            with self._pending_lock:
                 batch, self._pending = self._pending, []
             if not batch:
                 return
@@ -309,7 +323,7 @@ class JournalWriter:
                 self._catch_up()
                 self._append(batch)
             except OSError:
-                with self._cond:
+                with self._pending_lock:
                     self._pending[:0] = batch
                 # What reached the file is unknown now: rescan it next time.
                 self._size = -1
@@ -320,25 +334,32 @@ class JournalWriter:
                 self._unsynced_since = time.monotonic()
 
     def _append(self, batch: list[Pending]) -> None:
-        pack_record = store.RECORD.pack
-        pack_entry = store.ENTRY.pack
-        crc32 = zlib.crc32
+        # One frame per write(); a frame never spans two segments.
+        pack = store.RECORD.pack
+        header = store.RECORD.size - 4
         seqnum = self._next_seqnum
-        out = bytearray()
+        parts: list[bytes] = []
+        size = self._size + store.FRAME.size
         for realtime, monotonic, priority, flags, fields in batch:
-            body = pack_entry(seqnum, realtime, monotonic, priority, flags) + fields
-            out += pack_record(len(body), crc32(body))
-            out += body
+            record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
+            parts.append(record)
+            parts.append(fields)
+            size += len(record) + len(fields)
             seqnum += 1
-            if self._size + len(out) >= self.segment_bytes:
-                self._write(out)
-                out = bytearray()
+            if size >= self.segment_bytes:
+                self._write_frame(parts)
+                parts = []
                 self._next_seqnum = seqnum
                 self._rotate()
-        self._write(out)
+                size = self._size + store.FRAME.size
+        if parts:
+            self._write_frame(parts)
         self._next_seqnum = seqnum
 
-    def _write(self, data: bytearray) -> None:
+    def _write_frame(self, parts: list[bytes]) -> None:
+        self._write(store.frame(parts))
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)

@@ -3,15 +3,166 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from backend.kv.apply import Config, Store
+from backend.kv.lease import min_lease_ttl
+from backend.kv.server import KVServer, TLSConfig
+
+log = logging.getLogger("clusterd.kv")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", default="default.etcd", help="directory for the WAL and snapshots"
+    add = parser.add_argument
+    add("--data-dir", default="default.etcd", help="directory for the WAL and snapshots")
+    add("--listen-client-urls", default="http://127.0.0.1:2379", help="URL to serve clients on")
+    add("--advertise-client-urls", default=None, help="URL members list for clients")
+    add("--name", default="default", help="human-readable name of this member")
+    add(
+        "--initial-advertise-peer-urls",
+        default="http://localhost:2380",
+        help="peer URL member list shows (a single member has no peers to serve)",
     )
-    parser.add_argument("--listen-client-urls", default="http://127.0.0.1:2379")
-    parser.add_argument("--name", default="default")
+    add("--auto-compaction-mode", choices=["periodic", "revision"], default="periodic")
+    add(
+        "--auto-compaction-retention",
+        default="0",
+        help="periodic: hours (or a duration like 30m); revision: revisions to keep; 0 = off",
+    )
+    add("--quota-backend-bytes", type=int, default=0, help="space quota (0 = 2 GiB)")
+    add("--max-request-bytes", type=int, default=1536 * 1024, help="largest request accepted")
+    add("--max-txn-ops", type=int, default=128, help="most operations in one transaction")
+    add("--snapshot-count", type=int, default=100_000, help="writes between snapshots")
+    add("--heartbeat-interval", type=int, default=100, help="ms; sets the minimum lease TTL")
+    add("--election-timeout", type=int, default=1000, help="ms; sets the minimum lease TTL")
+    add(
+        "--experimental-watch-progress-notify-interval",
+        default="10m",
+        help="how often watchers that asked for progress notifications get one",
+    )
+    add("--cert-file", help="server TLS certificate")
+    add("--key-file", help="server TLS key")
+    add("--trusted-ca-file", help="CA that client certificates must chain to")
+    add("--client-cert-auth", action="store_true", help="require client certificates")
+    add(
+        "--allow-insecure-remote",
+        action="store_true",
+        help="serve plaintext on a non-loopback address (anyone who can reach it can write)",
+    )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, default_unit: str = "s") -> float:
+    """``90``, ``1.5h``, ``30m``, ``500ms`` -> seconds; a bare number is in ``default_unit``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h, 90s)")
+    return float(match.group(1)) * _UNITS[match.group(2) or default_unit]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen_address(url: str, tls: bool, allow_insecure_remote: bool) -> str:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https"):
+        raise SystemExit(f"clusterd kv: --listen-client-urls {url!r}: use http:// or https://")
+    if parts.scheme == "https" and not tls:
+        raise SystemExit("clusterd kv: an https:// URL needs --cert-file and --key-file")
+    host = parts.hostname or "127.0.0.1"
+    try:
+        port = parts.port or 2379
+    except ValueError as error:
+        raise SystemExit(f"clusterd kv: --listen-client-urls {url!r}: {error}") from error
+    if not tls and not _is_loopback(host):
+        if not allow_insecure_remote:
+            raise SystemExit(
+                f"clusterd kv: refusing to serve plaintext on {host}, which is not loopback; "
+                "give --cert-file/--key-file, reach it through an SSH tunnel, or pass "
+                "--allow-insecure-remote if you really mean it"
+            )
+        log.warning("serving plaintext on %s: anyone who can reach it can read and write", host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}"
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("clusterd kv: the bundled store is not built yet")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s clusterd kv: %(message)s")
+    if bool(args.cert_file) != bool(args.key_file):
+        raise SystemExit("clusterd kv: --cert-file and --key-file go together")
+    tls = None
+    if args.cert_file:
+        tls = TLSConfig(args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth)
+    urls = [u.strip() for u in args.listen_client_urls.split(",") if u.strip()]
+    if len(urls) != 1:
+        raise SystemExit("clusterd kv: give exactly one --listen-client-urls URL")
+    address = _listen_address(urls[0], tls is not None, args.allow_insecure_remote)
+    try:
+        progress = parse_duration(args.experimental_watch_progress_notify_interval)
+        retention = parse_duration(
+            args.auto_compaction_retention,
+            "h" if args.auto_compaction_mode == "periodic" else "s",
+        )
+    except ValueError as error:
+        raise SystemExit(f"clusterd kv: {error}") from error
+    if args.max_request_bytes <= 0 or args.quota_backend_bytes < 0:
+        raise SystemExit("clusterd kv: sizes must be positive")
+    config = Config(
+        data_dir=Path(args.data_dir),
+        name=args.name,
+        client_urls=tuple((args.advertise_client_urls or urls[0]).split(",")),
+        peer_urls=tuple(args.initial_advertise_peer_urls.split(",")),
+        quota_bytes=args.quota_backend_bytes or Config.quota_bytes,
+        max_request_bytes=args.max_request_bytes,
+        min_lease_ttl=min_lease_ttl(args.heartbeat_interval, args.election_timeout),
+        max_txn_ops=args.max_txn_ops,
+        snapshot_count=args.snapshot_count,
+    )
+    if args.auto_compaction_mode == "revision":
+        retention = float(int(args.auto_compaction_retention))
+    compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
+    return asyncio.run(_serve(config, address, urls[0], tls, progress, compaction))
+
+
+async def _serve(
+    config: Config,
+    address: str,
+    url: str,
+    tls: TLSConfig | None,
+    progress: float,
+    compaction: tuple[str, float] | None,
+) -> int:
+    store = Store(config)
+    store.recover()
+    server = KVServer(store, address, tls, progress, compaction)
+    try:
+        await server.start()
+    except (OSError, RuntimeError) as error:
+        print(f"clusterd kv: cannot listen on {url}: {error}", file=sys.stderr)
+        return 1
+    log.info(
+        "serving %s from %s, recovered at revision %d", url, config.data_dir, store.space.revision
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0

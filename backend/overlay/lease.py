@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class SubnetManager:
         renew_margin: float = DEFAULT_RENEW_MARGIN,
         ip_masq: bool = False,
         backend_data: dict[str, Any] | None = None,
+        on_change: Callable[[Lease | None, str | None], None] | None = None,
     ) -> None:
         self.client = client
         self.public_ip = str(ipaddress.IPv4Address(public_ip))
@@ -131,7 +133,19 @@ class SubnetManager:
         """Set once a subnet is held and subnet.env written."""
         self.last_error: str | None = None
         """Why the last attempt failed, for a status line; None once a subnet is held."""
+        self.on_change = on_change
+        """Called with (lease, error) whenever either changes: to publish the node's state."""
         self._rng = random.Random()
+
+    def _set_state(self, lease: Lease | None, error: str | None) -> None:
+        self.lease = lease
+        self.last_error = error
+        if lease is None:
+            self.ready.clear()
+        else:
+            self.ready.set()
+        if self.on_change is not None:
+            self.on_change(lease, error)
 
     @property
     def config_key(self) -> bytes:
@@ -289,23 +303,21 @@ class SubnetManager:
         while not stop.is_set():
             try:
                 lease = await self.acquire()
-            except (ConfigError, OutOfSubnets) as error:
-                self.last_error = str(error)
+                write_subnet_env(self.subnet_env, lease, ip_masq=self.ip_masq)
+            except (ConfigError, OutOfSubnets, OSError) as error:
+                self._set_state(None, str(error))
                 log.error("cannot lease a subnet: %s (trying again in %.1fs)", error, delay)
             except EtcdError as error:
-                self.last_error = str(error)
+                self._set_state(None, str(error))
                 log.warning("store unavailable: %s (trying again in %.1fs)", error, delay)
             else:
                 delay = RETRY_MIN
-                self.last_error = None
-                write_subnet_env(self.subnet_env, lease, ip_masq=self.ip_masq)
-                self.lease = lease
-                self.ready.set()
+                self._set_state(lease, None)
                 reason = await self._hold(lease, stop)
-                self.lease = None
-                self.ready.clear()
-                if reason is not None:
-                    log.warning("lost %s: %s; acquiring a subnet again", lease.subnet, reason)
+                if reason is None:
+                    return
+                self._set_state(None, f"lost {lease.subnet}: {reason}")
+                log.warning("lost %s: %s; acquiring a subnet again", lease.subnet, reason)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from tests.harness.bundled import start_bundled
 from tests.harness.etcd import start_etcd
 
 
@@ -24,4 +25,5 @@ class RunningStore(Protocol):
 
 STARTERS: dict[str, Callable[[Path], RunningStore]] = {
     "etcd": start_etcd,
+    "bundled": start_bundled,
 }

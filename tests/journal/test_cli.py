@@ -170,3 +170,10 @@ def test_long_fields_are_null_in_json_unless_all(tmp_path: Path) -> None:
     assert [parse_json(line)["MESSAGE"] for line in plain] == [None, b"y" * 4095]
     full = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json", "-a").stdout
     assert parse_json(full.splitlines()[0])["MESSAGE"] == b"y" * 4096
+
+
+def test_show_cursor_names_the_last_entry_printed_even_in_reverse(journal: Run) -> None:
+    *shown, last = journal("-o", "cat", "-r", "-n", "2", "--show-cursor").stdout.splitlines()
+    assert shown[-1].startswith(b"unicode: ")
+    cursor = last.removeprefix(b"-- cursor: ").decode()
+    assert journal("-o", "cat", "--after-cursor", cursor).stdout == b"x" * 5000 + b"\n"

@@ -75,7 +75,9 @@ def test_follow_skips_a_torn_tail_until_a_writer_replaces_it(
     follower = follow(tmp_path, "-o", "cat")
     assert follower.read_lines(1) == [b"whole"]
     (segment,) = store.list_segments(tmp_path / "journal")
-    torn = store.pack_record(99, 1, 1, 6, 0, b'"MESSAGE":"half of it"')[:-7]
+    fields = b'"MESSAGE":"half of it"'
+    header = store.RECORD.pack(store.RECORD.size - 4 + len(fields), 99, 1, 1, 6, 0)
+    torn = store.frame([header, fields])[:-7]
     with segment.open("ab") as f:
         f.write(torn)
     with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32) as other:

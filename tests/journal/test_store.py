@@ -108,9 +108,10 @@ def test_a_torn_tail_is_skipped_on_read_and_cut_by_the_next_writer(tmp_path: Pat
     with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32) as writer:
         for text in (b"first", b"second", b"third"):
             writer.line(text, unit=None, identifier="t", pid=1)
+            writer.flush()
     (segment,) = store.list_segments(tmp_path / "journal")
     data = segment.read_bytes()
-    # Cut the last record in half, as a crash in the middle of write() leaves it.
+    # Cut the last write in half, as a crash in the middle of write() leaves it.
     segment.write_bytes(data[: len(data) - 20])
     assert messages(tmp_path) == [b"first", b"second"]
 

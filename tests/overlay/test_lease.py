@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from backend.etcd import EtcdClient, make_client
-from backend.overlay.lease import OutOfSubnets, SubnetManager, read_subnet_env, subnet_key
+from backend.overlay.lease import (
+    Lease,
+    OutOfSubnets,
+    SubnetManager,
+    read_subnet_env,
+    subnet_key,
+)
 
 
 async def put_config(kv: EtcdClient, prefix: str, config: dict) -> None:
@@ -150,21 +156,32 @@ async def test_renewal_keeps_the_lease_alive_past_its_ttl(
     await task
 
 
+class States:
+    """The (lease, error) pairs a SubnetManager reports, to be awaited one by one."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[Lease | None, str | None]] = asyncio.Queue()
+
+    def __call__(self, lease: Lease | None, error: str | None) -> None:
+        self.queue.put_nowait((lease, error))
+
+    async def next(self) -> tuple[Lease | None, str | None]:
+        return await asyncio.wait_for(self.queue.get(), 15)
+
+
 async def test_a_deleted_lease_is_acquired_again(kv: EtcdClient, ns: bytes, tmp_path: Path) -> None:
     prefix = prefix_of(ns)
     await put_config(kv, prefix, {"Network": "10.14.0.0/16"})
     stop = asyncio.Event()
-    manager = SubnetManager(kv, "192.168.1.6", tmp_path, prefix=prefix)
+    states = States()
+    manager = SubnetManager(kv, "192.168.1.6", tmp_path, prefix=prefix, on_change=states)
     task = asyncio.create_task(manager.run(stop))
-    await asyncio.wait_for(manager.ready.wait(), 10)
-    first = manager.lease
+    first, _ = await states.next()
     await kv.delete(first.key)
-    for _ in range(200):
-        if manager.lease is not None and manager.lease.lease_id != first.lease_id:
-            break
-        await asyncio.sleep(0.05)
-    again = manager.lease
-    assert again is not None and again.lease_id != first.lease_id
+    lost, reason = await states.next()
+    assert lost is None and reason == f"lost {first.subnet}: its key was deleted"
+    again, _ = await states.next()
+    assert again.lease_id != first.lease_id
     # subnet.env still names the old subnet, which is free again: flannel takes it back.
     assert again.subnet == first.subnet
     assert await kv.get(again.key) is not None
@@ -172,22 +189,53 @@ async def test_a_deleted_lease_is_acquired_again(kv: EtcdClient, ns: bytes, tmp_
     await task
 
 
+async def test_a_revoked_lease_is_acquired_again(kv: EtcdClient, ns: bytes, tmp_path: Path) -> None:
+    prefix = prefix_of(ns)
+    await put_config(kv, prefix, {"Network": "10.16.0.0/16"})
+    stop = asyncio.Event()
+    states = States()
+    manager = SubnetManager(kv, "192.168.1.8", tmp_path, prefix=prefix, on_change=states)
+    task = asyncio.create_task(manager.run(stop))
+    first, _ = await states.next()
+    await kv.revoke_lease(first.lease_id)
+    lost, reason = await states.next()
+    assert lost is None and "lost" in reason
+    again, _ = await states.next()
+    assert again.subnet == first.subnet and again.lease_id != first.lease_id
+    stop.set()
+    await task
+
+
 async def test_a_bad_config_is_reported_and_retried_until_it_is_fixed(
-    kv: EtcdClient, ns: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kv: EtcdClient, ns: bytes, tmp_path: Path
 ) -> None:
     prefix = prefix_of(ns)
     await put_config(kv, prefix, {"SubnetLen": 24})
     stop = asyncio.Event()
-    manager = SubnetManager(kv, "192.168.1.7", tmp_path, prefix=prefix)
+    states = States()
+    manager = SubnetManager(kv, "192.168.1.7", tmp_path, prefix=prefix, on_change=states)
     task = asyncio.create_task(manager.run(stop))
-    for _ in range(100):
-        if manager.last_error:
-            break
-        await asyncio.sleep(0.05)
-    assert manager.last_error is not None and manager.last_error.startswith("Network: required")
+    lease, error = await states.next()
+    assert lease is None and error.startswith("Network: required")
     assert not task.done()
     await put_config(kv, prefix, {"Network": "10.15.0.0/16"})
-    await asyncio.wait_for(manager.ready.wait(), 10)
-    assert manager.lease.subnet.subnet_of(ipaddress.IPv4Network("10.15.0.0/16"))
+    while lease is None:
+        lease, error = await states.next()
+    assert error is None
+    assert lease.subnet.subnet_of(ipaddress.IPv4Network("10.15.0.0/16"))
+    stop.set()
+    await task
+
+
+async def test_without_a_config_the_node_waits_for_one(
+    kv: EtcdClient, ns: bytes, tmp_path: Path
+) -> None:
+    prefix = prefix_of(ns)
+    stop = asyncio.Event()
+    states = States()
+    manager = SubnetManager(kv, "192.168.1.9", tmp_path, prefix=prefix, on_change=states)
+    task = asyncio.create_task(manager.run(stop))
+    _, error = await states.next()
+    assert error == f"config: no network config at {prefix}/config: put one there first"
     stop.set()
     await task

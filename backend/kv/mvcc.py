@@ -1,0 +1,266 @@
+"""Provides the multi-version key space: revisions, per-key history, ranges and compaction."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from aetcd import rpc
+
+from backend.kv import errors
+
+PUT = rpc.Event.PUT
+DELETE = rpc.Event.DELETE
+# A range_end of one zero byte means "every key from `key` on", as in etcd.
+FROM_KEY = b"\0"
+
+
+def is_tombstone(kv: rpc.KeyValue) -> bool:
+    """A deletion is kept in the history as a key with version 0, like etcd's tombstones."""
+    return kv.version == 0
+
+
+class KeyHistory:
+    """Every kept version of one key: parallel lists of mod revisions and records."""
+
+    __slots__ = ("recs", "revs")
+
+    def __init__(self) -> None:
+        self.revs: list[int] = []
+        self.recs: list[rpc.KeyValue] = []
+
+    def at(self, revision: int) -> rpc.KeyValue | None:
+        """The record in force at ``revision``, or None if the key did not exist then."""
+        if self.revs[-1] <= revision:
+            rec = self.recs[-1]
+        else:
+            i = bisect.bisect_right(self.revs, revision) - 1
+            if i < 0:
+                return None
+            rec = self.recs[i]
+        return None if rec.version == 0 else rec
+
+
+@dataclass
+class Batch:
+    """The changes of one revision, in the order they were made, for the WAL and watchers."""
+
+    revision: int
+    # (record, previous live record or None); a tombstone record is a deletion.
+    changes: list[tuple[rpc.KeyValue, rpc.KeyValue | None]] = field(default_factory=list)
+    _plain: list[rpc.Event] | None = None
+    _with_prev: list[rpc.Event] | None = None
+
+    def events(self, prev_kv: bool = False) -> list[rpc.Event]:
+        """The batch as Event messages, built once per flavour and shared by every watcher."""
+        if prev_kv:
+            if self._with_prev is None:
+                self._with_prev = [
+                    rpc.Event(type=DELETE if rec.version == 0 else PUT, kv=rec, prev_kv=prev)
+                    for rec, prev in self.changes
+                ]
+            return self._with_prev
+        if self._plain is None:
+            self._plain = [
+                rpc.Event(type=DELETE if rec.version == 0 else PUT, kv=rec)
+                for rec, _prev in self.changes
+            ]
+        return self._plain
+
+
+class KeySpace:
+    """The whole key space at every kept revision; changed only by :class:`Writer`."""
+
+    def __init__(self) -> None:
+        self.revision = 1
+        """The newest revision; etcd starts an empty store at 1."""
+        self.compacted = 0
+        """The newest compacted revision; history before it is gone."""
+        self.index: dict[bytes, KeyHistory] = {}
+        self.keys: list[bytes] = []
+        """Every key with a history, sorted, for range scans."""
+        self.log: list[Batch] = []
+        """Revision batches after ``compacted``, oldest first, for watch replay."""
+        self.size = 0
+        """Approximate bytes held by all kept records, the store's "database size in use"."""
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> rpc.KeyValue | None:
+        history = self.index.get(key)
+        if history is None:
+            return None
+        rec = history.recs[-1]
+        return None if rec.version == 0 else rec
+
+    def check_revision(self, revision: int) -> int:
+        """The revision a read at ``revision`` (0 = newest) sees, or etcd's error."""
+        if revision <= 0:
+            return self.revision
+        if revision > self.revision:
+            raise errors.FUTURE_REV
+        if revision < self.compacted:
+            raise errors.COMPACTED
+        return revision
+
+    def keys_in(self, key: bytes, end: bytes) -> Iterator[bytes] | list[bytes]:
+        """Keys with a history in ``[key, end)``; an empty end is the one key."""
+        if not end:
+            return [key] if key in self.index else []
+        keys = self.keys
+        lo = bisect.bisect_left(keys, key)
+        if end == FROM_KEY:
+            return keys[lo:]
+        if end <= key:
+            return []
+        return keys[lo : bisect.bisect_left(keys, end, lo)]
+
+    def range(self, key: bytes, end: bytes, revision: int) -> list[rpc.KeyValue]:
+        """Live records in ``[key, end)`` at ``revision``, in key order."""
+        index = self.index
+        if revision >= self.revision:
+            found = []
+            for k in self.keys_in(key, end):
+                rec = index[k].recs[-1]
+                if rec.version:
+                    found.append(rec)
+            return found
+        found = []
+        for k in self.keys_in(key, end):
+            rec = index[k].at(revision)
+            if rec is not None:
+                found.append(rec)
+        return found
+
+    def history_since(self, revision: int) -> list[Batch]:
+        """Batches from ``revision`` on (which must not be compacted), oldest first."""
+        log = self.log
+        if not log or revision > log[-1].revision:
+            return []
+        # Every revision has exactly one batch, so the log is dense.
+        return log[max(0, revision - log[0].revision) :]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _record(self, rec: rpc.KeyValue) -> None:
+        key = rec.key
+        history = self.index.get(key)
+        if history is None:
+            history = self.index[key] = KeyHistory()
+            bisect.insort(self.keys, key)
+        history.revs.append(rec.mod_revision)
+        history.recs.append(rec)
+        self.size += len(key) + len(rec.value) + 48
+
+    def restore(self, rec: rpc.KeyValue) -> None:
+        """Put back a record from a snapshot's compacted base (its revisions are kept)."""
+        self._record(rec)
+
+    def compact(self, revision: int) -> None:
+        """Drop every version superseded at ``revision``, and the history before it."""
+        if revision <= self.compacted:
+            return
+        gone: list[bytes] = []
+        for key, history in self.index.items():
+            revs = history.revs
+            if revs[0] > revision:
+                continue
+            keep = bisect.bisect_right(revs, revision) - 1
+            if history.recs[keep].version == 0:
+                keep += 1
+            if keep:
+                for rec in history.recs[:keep]:
+                    self.size -= len(key) + len(rec.value) + 48
+                del revs[:keep]
+                del history.recs[:keep]
+                if not revs:
+                    gone.append(key)
+        if gone:
+            for key in gone:
+                del self.index[key]
+            self.keys = sorted(self.index)
+        self.compacted = revision
+        cut = 0
+        # The batch at the compaction revision stays: a watch may still start there.
+        while cut < len(self.log) and self.log[cut].revision < revision:
+            cut += 1
+        del self.log[:cut]
+
+
+class Writer:
+    """One revision's worth of changes; the revision is taken only if something changed."""
+
+    __slots__ = ("batch", "space")
+
+    def __init__(self, space: KeySpace, revision: int = 0) -> None:
+        self.space = space
+        self.batch = Batch(revision or space.revision + 1)
+
+    def put(self, key: bytes, value: bytes, lease: int) -> tuple[rpc.KeyValue, rpc.KeyValue | None]:
+        space = self.space
+        revision = self.batch.revision
+        history = space.index.get(key)
+        prev = None
+        if history is not None:
+            last = history.recs[-1]
+            if last.version:
+                prev = last
+        if prev is None:
+            rec = rpc.KeyValue(
+                key=key,
+                create_revision=revision,
+                mod_revision=revision,
+                version=1,
+                value=value,
+                lease=lease,
+            )
+        else:
+            rec = rpc.KeyValue(
+                key=key,
+                create_revision=prev.create_revision,
+                mod_revision=revision,
+                version=prev.version + 1,
+                value=value,
+                lease=lease,
+            )
+        space._record(rec)
+        self.batch.changes.append((rec, prev))
+        return rec, prev
+
+    def delete(self, key: bytes, end: bytes) -> list[rpc.KeyValue]:
+        """Delete the live keys in ``[key, end)``; returns their last records."""
+        space = self.space
+        revision = self.batch.revision
+        deleted = []
+        for k in list(space.keys_in(key, end)):
+            last = space.index[k].recs[-1]
+            if last.version == 0:
+                continue
+            tomb = rpc.KeyValue(key=k, mod_revision=revision)
+            space._record(tomb)
+            self.batch.changes.append((tomb, last))
+            deleted.append(last)
+        return deleted
+
+    def replay(self, records: Iterable[rpc.KeyValue]) -> None:
+        """Re-apply a logged batch during recovery, exactly as it was recorded."""
+        space = self.space
+        for kv in records:
+            history = space.index.get(kv.key)
+            prev = None
+            if history is not None and history.recs[-1].version:
+                prev = history.recs[-1]
+            rec = rpc.KeyValue()
+            rec.CopyFrom(kv)
+            space._record(rec)
+            self.batch.changes.append((rec, prev))
+
+    def finish(self) -> Batch | None:
+        """Take the revision if anything changed; returns the batch to log and publish."""
+        if not self.batch.changes:
+            return None
+        space = self.space
+        space.revision = self.batch.revision
+        space.log.append(self.batch)
+        return self.batch

@@ -1,0 +1,376 @@
+"""Provides the gRPC servicers of etcd's v3 API over the store, and the server that runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+from aetcd import rpc
+from aetcd.rpc import rpc_pb2_grpc as services
+
+from backend.kv import errors
+from backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
+from backend.kv.errors import StoreError
+from backend.kv.watch import WatchStream
+
+log = logging.getLogger("clusterd.kv")
+
+API_VERSION = "3.4.0"
+"""The etcd API level this store speaks, reported by Status."""
+
+_Context = grpc.aio.ServicerContext
+
+
+async def _fail(context: _Context, error: StoreError) -> NoReturn:
+    await context.abort(error.code, error.message)
+    raise AssertionError("abort() raises")
+
+
+async def _durable(store: Store, context: _Context) -> None:
+    try:
+        await store.durable()
+    except OSError as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"clusterd kv: WAL write failed: {error}")
+
+
+class KVService(services.KVServicer):
+    """Range, Put, DeleteRange, Txn and Compact."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def Range(self, request: rpc.RangeRequest, context: _Context) -> rpc.RangeResponse:
+        store = self.store
+        barrier = store.read_barrier()
+        if barrier is not None:
+            await barrier
+        try:
+            return store.range(request)
+        except StoreError as error:
+            await _fail(context, error)
+
+    async def Put(self, request: rpc.PutRequest, context: _Context) -> rpc.PutResponse:
+        store = self.store
+        try:
+            response = store.put(request)
+        except StoreError as error:
+            await _fail(context, error)
+        await _durable(store, context)
+        return response
+
+    async def DeleteRange(
+        self, request: rpc.DeleteRangeRequest, context: _Context
+    ) -> rpc.DeleteRangeResponse:
+        try:
+            response = self.store.delete_range(request)
+        except StoreError as error:
+            await _fail(context, error)
+        await _durable(self.store, context)
+        return response
+
+    async def Txn(self, request: rpc.TxnRequest, context: _Context) -> rpc.TxnResponse:
+        try:
+            response = self.store.txn(request)
+        except StoreError as error:
+            await _fail(context, error)
+        await _durable(self.store, context)
+        return response
+
+    async def Compact(
+        self, request: rpc.CompactionRequest, context: _Context
+    ) -> rpc.CompactionResponse:
+        try:
+            response = self.store.compact(request)
+        except StoreError as error:
+            await _fail(context, error)
+        await _durable(self.store, context)
+        return response
+
+
+class WatchService(services.WatchServicer):
+    """The bidirectional Watch stream."""
+
+    def __init__(self, store: Store, streams: set[WatchStream]) -> None:
+        self.store = store
+        self.streams = streams
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[rpc.WatchRequest], context: _Context
+    ) -> None:
+        stream = WatchStream(self.store)
+        self.streams.add(stream)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    stream.handle(request)
+            finally:
+                stream.send(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            outbox = stream.outbox
+            while (response := await outbox.get()) is not None:
+                await context.write(response)
+        finally:
+            reader.cancel()
+            stream.close()
+            self.streams.discard(stream)
+
+
+class LeaseService(services.LeaseServicer):
+    """Grant, Revoke, KeepAlive, TimeToLive and Leases."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def LeaseGrant(
+        self, request: rpc.LeaseGrantRequest, context: _Context
+    ) -> rpc.LeaseGrantResponse:
+        try:
+            response = self.store.lease_grant(request)
+        except StoreError as error:
+            await _fail(context, error)
+        await _durable(self.store, context)
+        return response
+
+    async def LeaseRevoke(
+        self, request: rpc.LeaseRevokeRequest, context: _Context
+    ) -> rpc.LeaseRevokeResponse:
+        try:
+            response = self.store.lease_revoke(request.ID)
+        except StoreError as error:
+            await _fail(context, error)
+        await _durable(self.store, context)
+        return response
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[rpc.LeaseKeepAliveRequest], context: _Context
+    ) -> AsyncIterator[rpc.LeaseKeepAliveResponse]:
+        store = self.store
+        async for request in request_iterator:
+            ttl = store.lessor.renew(request.ID)
+            yield rpc.LeaseKeepAliveResponse(
+                header=store.header(store.space.revision), ID=request.ID, TTL=ttl
+            )
+
+    async def LeaseTimeToLive(
+        self, request: rpc.LeaseTimeToLiveRequest, context: _Context
+    ) -> rpc.LeaseTimeToLiveResponse:
+        return self.store.lease_time_to_live(request)
+
+    async def LeaseLeases(
+        self, request: rpc.LeaseLeasesRequest, context: _Context
+    ) -> rpc.LeaseLeasesResponse:
+        return self.store.lease_leases()
+
+
+class ClusterService(services.ClusterServicer):
+    """The one-member cluster: MemberList; membership changes are refused."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _member(self) -> rpc.Member:
+        config = self.store.config
+        return rpc.Member(
+            ID=self.store.member_id,
+            name=config.name,
+            peerURLs=list(config.peer_urls),
+            clientURLs=list(config.client_urls),
+        )
+
+    async def MemberList(
+        self, request: rpc.MemberListRequest, context: _Context
+    ) -> rpc.MemberListResponse:
+        return rpc.MemberListResponse(header=self.store.header(0), members=[self._member()])
+
+    async def MemberAdd(self, request: rpc.MemberAddRequest, context: _Context) -> None:
+        await _fail(context, errors.SINGLE_NODE)
+
+    async def MemberRemove(self, request: rpc.MemberRemoveRequest, context: _Context) -> None:
+        await _fail(context, errors.SINGLE_NODE)
+
+    async def MemberUpdate(self, request: rpc.MemberUpdateRequest, context: _Context) -> None:
+        await _fail(context, errors.SINGLE_NODE)
+
+    async def MemberPromote(self, request: rpc.MemberPromoteRequest, context: _Context) -> None:
+        await _fail(context, errors.SINGLE_NODE)
+
+
+class MaintenanceService(services.MaintenanceServicer):
+    """Status, Alarm, Hash, HashKV and Defragment; Snapshot is refused clearly."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def Alarm(self, request: rpc.AlarmRequest, context: _Context) -> rpc.AlarmResponse:
+        response = self.store.alarm(request)
+        await _durable(self.store, context)
+        return response
+
+    async def Status(self, request: rpc.StatusRequest, context: _Context) -> rpc.StatusResponse:
+        return self.store.status(API_VERSION)
+
+    async def Defragment(
+        self, request: rpc.DefragmentRequest, context: _Context
+    ) -> rpc.DefragmentResponse:
+        await self.store.take_snapshot()
+        return rpc.DefragmentResponse(header=self.store.header(self.store.space.revision))
+
+    async def Hash(self, request: rpc.HashRequest, context: _Context) -> rpc.HashResponse:
+        return self.store.hash_all()
+
+    async def HashKV(self, request: rpc.HashKVRequest, context: _Context) -> rpc.HashKVResponse:
+        try:
+            return self.store.hash_kv(request.revision)
+        except StoreError as error:
+            await _fail(context, error)
+
+    async def Snapshot(self, request: rpc.SnapshotRequest, context: _Context) -> None:
+        await _fail(context, errors.SNAPSHOT_UNSUPPORTED)
+
+    async def MoveLeader(self, request: rpc.MoveLeaderRequest, context: _Context) -> None:
+        await _fail(context, errors.SINGLE_NODE)
+
+
+class AuthService(services.AuthServicer):
+    """Authentication is not enabled; answer as etcd does then."""
+
+    async def Authenticate(self, request: rpc.AuthenticateRequest, context: _Context) -> None:
+        await _fail(context, errors.AUTH_NOT_ENABLED)
+
+
+@dataclass
+class TLSConfig:
+    """Server certificate, key, and optionally the CA that client certificates must chain to."""
+
+    cert_file: str
+    key_file: str
+    trusted_ca_file: str | None = None
+    client_cert_auth: bool = False
+
+    def credentials(self) -> grpc.ServerCredentials:
+        with open(self.key_file, "rb") as key, open(self.cert_file, "rb") as cert:
+            pair = (key.read(), cert.read())
+        ca = None
+        if self.trusted_ca_file:
+            with open(self.trusted_ca_file, "rb") as handle:
+                ca = handle.read()
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=ca, require_client_auth=self.client_cert_auth
+        )
+
+
+def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_request_bytes + GRPC_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        # etcdctl and aetcd ping every 10 s, idle or not; without these gRPC answers
+        # the third ping with GOAWAY and silently ends idle watches.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_time_ms", 2 * 60 * 60 * 1000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class KVServer:
+    """The store behind a gRPC server, with its background duties."""
+
+    def __init__(
+        self,
+        store: Store,
+        address: str,
+        tls: TLSConfig | None = None,
+        progress_interval: float = 600.0,
+        compaction: tuple[str, float] | None = None,
+    ) -> None:
+        self.store = store
+        self.address = address
+        self.tls = tls
+        self.progress_interval = progress_interval
+        self.compaction = compaction
+        self.streams: set[WatchStream] = set()
+        self.server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=server_options(self.store.config.max_request_bytes))
+        store = self.store
+        services.add_KVServicer_to_server(KVService(store), server)
+        services.add_WatchServicer_to_server(WatchService(store, self.streams), server)
+        services.add_LeaseServicer_to_server(LeaseService(store), server)
+        services.add_ClusterServicer_to_server(ClusterService(store), server)
+        services.add_MaintenanceServicer_to_server(MaintenanceService(store), server)
+        services.add_AuthServicer_to_server(AuthService(), server)
+        if self.tls is not None:
+            port = server.add_secure_port(self.address, self.tls.credentials())
+        else:
+            port = server.add_insecure_port(self.address)
+        if not port:
+            raise OSError(f"cannot listen on {self.address}")
+        await server.start()
+        self.server = server
+        self._tasks = [
+            asyncio.ensure_future(self._expire_leases()),
+            asyncio.ensure_future(self._notify_progress()),
+        ]
+        if self.compaction is not None:
+            self._tasks.append(asyncio.ensure_future(self._auto_compact(*self.compaction)))
+
+    async def _expire_leases(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if self.store.expire_leases():
+                with contextlib.suppress(OSError):
+                    await self.store.durable()
+
+    async def _notify_progress(self) -> None:
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            for stream in list(self.streams):
+                stream.notify_progress()
+
+    async def _auto_compact(self, mode: str, retention: float) -> None:
+        """etcd's auto-compaction: keep ``retention`` revisions, or ``retention`` seconds."""
+        store = self.store
+        marks: list[tuple[float, int]] = []
+        loop = asyncio.get_running_loop()
+        interval = 300.0 if mode == "revision" else max(1.0, min(retention / 10, 3600.0))
+        while True:
+            await asyncio.sleep(interval)
+            space = store.space
+            if mode == "revision":
+                target = space.revision - int(retention)
+            else:
+                now = loop.time()
+                marks.append((now, space.revision))
+                target = 0
+                while marks and marks[0][0] <= now - retention:
+                    target = marks.pop(0)[1]
+            if target > space.compacted:
+                log.info("auto-compacting at revision %d", target)
+                store.compact(rpc.CompactionRequest(revision=target))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        for stream in list(self.streams):
+            stream.send(None)
+        with contextlib.suppress(OSError):
+            await self.store.durable()
+        for task in list(self.store.background):
+            with contextlib.suppress(Exception):
+                await task
+        self.store.wal.close()

@@ -1,0 +1,257 @@
+"""Provides the write-ahead log: framed records, group-committed fsyncs, snapshots and recovery.
+
+The data directory holds ``wal-<seq>.log`` segments and at most one ``snap-<seq>.bin``;
+a snapshot named ``seq`` holds everything in the segments before ``seq``, so recovery
+loads it and replays segments ``seq`` and later. Records are ``length, crc32, payload``;
+a torn or corrupt record ends a segment (a crash mid-append) and is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("clusterd.kv")
+
+_FRAME = struct.Struct("<II")
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """One record: a kind byte and a protobuf (or JSON) payload, length- and CRC-framed."""
+    body = kind + payload
+    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def read_records(path: Path) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The intact records of one file, and the offset where intact data ends."""
+    data = path.read_bytes()
+    records: list[tuple[bytes, bytes]] = []
+    offset = 0
+    size = len(data)
+    while offset + _FRAME.size <= size:
+        length, crc = _FRAME.unpack_from(data, offset)
+        start = offset + _FRAME.size
+        end = start + length
+        if length == 0 or end > size:
+            break
+        body = data[start:end]
+        if zlib.crc32(body) != crc:
+            break
+        records.append((body[:1], body[1:]))
+        offset = end
+    return records, offset
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """Appends records and makes them durable in groups: all writes waiting share one fsync.
+
+    ``append`` is called from the event loop and never blocks; ``durable()`` returns a
+    future that completes once everything appended so far is on disk. One writer thread
+    does the writes and fsyncs, so the event loop keeps serving while the disk works.
+    """
+
+    SEGMENT_BYTES = 64 * 1024 * 1024
+
+    def __init__(self, directory: Path, on_durable: Callable[[list[Any]], None]) -> None:
+        self.directory = directory
+        self.on_durable = on_durable
+        self.seq = 0
+        self._fd = -1
+        self._pending: list[bytes] = []
+        self._pending_tags: list[Any] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._inflight_waiters: list[asyncio.Future[None]] | None = None
+        self._written = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal")
+        self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
+        self._failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every durable record: the snapshot's, then the segments' after it, in order."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob("*.tmp"):
+            stale.unlink()
+        snaps = sorted(self.directory.glob("snap-*.bin"), key=_seq_of)
+        start = 0
+        if snaps:
+            snap = snaps[-1]
+            start = _seq_of(snap)
+            records, _end = read_records(snap)
+            yield from records
+        segments = sorted(
+            (p for p in self.directory.glob("wal-*.log") if _seq_of(p) >= start), key=_seq_of
+        )
+        for number, segment in enumerate(segments):
+            records, end = read_records(segment)
+            if end != segment.stat().st_size:
+                if number != len(segments) - 1:
+                    log.warning("%s: corrupt record in the middle of the log; stopping", segment)
+                log.warning("%s: cutting off a torn record at byte %d", segment, end)
+                with segment.open("r+b") as handle:
+                    handle.truncate(end)
+                    os.fsync(handle.fileno())
+            yield from records
+            self.seq = _seq_of(segment)
+        if not segments:
+            self.seq = start
+        self._open(self.seq)
+
+    def _open(self, seq: int) -> None:
+        path = self.directory / f"wal-{seq:016d}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self.seq = seq
+        self._written = os.fstat(fd).st_size
+        _fsync_dir(self.directory)
+
+    # -- appending -----------------------------------------------------------------------
+
+    def append(self, record: bytes, tag: Any = None) -> None:
+        """Queue a framed record; ``tag`` is handed to ``on_durable`` once it is on disk."""
+        self._pending.append(record)
+        if tag is not None:
+            self._pending_tags.append(tag)
+
+    def durable(self) -> asyncio.Future[None]:
+        """A future that completes when everything appended so far is on disk."""
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        future = loop.create_future()
+        if self._failed is not None:
+            future.set_exception(self._failed)
+        elif self._pending:
+            self._waiters.append(future)
+            if self._inflight_waiters is None:
+                self._start_flush()
+        elif self._inflight_waiters is not None:
+            self._inflight_waiters.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    @property
+    def idle(self) -> bool:
+        """Nothing appended is waiting for the disk."""
+        return not self._pending and self._inflight_waiters is None
+
+    def _start_flush(self) -> None:
+        assert self._loop is not None
+        data = b"".join(self._pending)
+        tags = self._pending_tags
+        waiters = self._waiters
+        self._pending = []
+        self._pending_tags = []
+        self._waiters = []
+        self._inflight_waiters = waiters
+        self._written += len(data)
+        rotate = self._written > self.SEGMENT_BYTES
+        job = self._loop.run_in_executor(self._executor, self._write, data)
+        job.add_done_callback(lambda done: self._flushed(done, tags, waiters, rotate))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fdatasync(self._fd)
+
+    def _flushed(
+        self,
+        done: asyncio.Future[None],
+        tags: list[Any],
+        waiters: list[asyncio.Future[None]],
+        rotate: bool,
+    ) -> None:
+        error = done.exception()
+        self._inflight_waiters = None
+        if error is not None:
+            # A failed fsync leaves the file in an unknown state; refuse all further writes.
+            log.error("WAL write failed: %s", error)
+            self._failed = error
+            for waiter in waiters + self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            self._waiters = []
+            return
+        self.on_durable(tags)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if rotate:
+            self.want_snapshot = True
+        if self._pending:
+            self._start_flush()
+
+    want_snapshot = False
+    """Set when the current segment has grown past SEGMENT_BYTES."""
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def snapshot(self, capture: Callable[[], Callable[[], Iterable[bytes]]]) -> None:
+        """Start a new segment, then write a snapshot of the state as of that switch.
+
+        ``capture`` runs on the event loop at the switch, with nothing appended in between,
+        and returns a function that yields the framed records of that state; it runs in a
+        thread, so it must only read what ``capture`` took (immutable records).
+        Old segments and snapshots go only once the new snapshot is safely on disk.
+        """
+        self.want_snapshot = False
+        while not self.idle:
+            await self.durable()
+        # No await from here to the capture: the switch and the captured state must agree.
+        new_seq = self.seq + 1
+        self._open(new_seq)
+        produce = capture()
+        await asyncio.get_running_loop().run_in_executor(
+            self._snapshotter, self._write_snapshot, new_seq, produce
+        )
+
+    def _write_snapshot(self, seq: int, produce: Callable[[], Iterable[bytes]]) -> None:
+        final = self.directory / f"snap-{seq:016d}.bin"
+        temp = final.with_suffix(".tmp")
+        with temp.open("wb") as handle:
+            for record in produce():
+                handle.write(record)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        _fsync_dir(self.directory)
+        for old in self.directory.glob("snap-*.bin"):
+            if _seq_of(old) < seq:
+                old.unlink()
+        for old in self.directory.glob("wal-*.log"):
+            if _seq_of(old) < seq:
+                old.unlink()
+
+    def disk_size(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._snapshotter.shutdown(wait=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _seq_of(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])

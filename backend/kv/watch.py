@@ -1,0 +1,252 @@
+"""Provides watches: replay from history, live events per revision, filters and progress."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from aetcd import rpc
+
+from backend.kv.mvcc import FROM_KEY, Batch, KeySpace
+
+NOPUT = rpc.WatchCreateRequest.NOPUT
+NODELETE = rpc.WatchCreateRequest.NODELETE
+REPLAY_CHUNK_REVISIONS = 1000
+"""Revisions per replay response, like etcd's watch batch limit."""
+
+
+class Source(Protocol):
+    """What a watch stream needs from the store."""
+
+    space: KeySpace
+    hub: WatchHub
+
+    @property
+    def durable_revision(self) -> int: ...
+
+    def header(self, revision: int) -> rpc.ResponseHeader: ...
+
+
+class Watcher:
+    """One watch on one stream."""
+
+    __slots__ = (
+        "end",
+        "id",
+        "key",
+        "next_revision",
+        "no_delete",
+        "no_put",
+        "prev_kv",
+        "progress",
+        "stream",
+    )
+
+    def __init__(self, stream: WatchStream, watch_id: int, request: rpc.WatchCreateRequest) -> None:
+        self.stream = stream
+        self.id = watch_id
+        self.key = request.key
+        self.end = request.range_end
+        self.prev_kv = request.prev_kv
+        filters = set(request.filters)
+        self.no_put = NOPUT in filters
+        self.no_delete = NODELETE in filters
+        self.progress = request.progress_notify
+        self.next_revision = 0
+
+    def matches(self, key: bytes) -> bool:
+        end = self.end
+        if not end:
+            return key == self.key
+        if end == FROM_KEY:
+            return key >= self.key
+        return self.key <= key < end
+
+    def select(self, batch: Batch) -> list[rpc.Event]:
+        """This watcher's events of one revision, after its range and filters."""
+        events = batch.events(self.prev_kv)
+        chosen = []
+        for (rec, _prev), event in zip(batch.changes, events, strict=True):
+            if rec.version == 0:
+                if self.no_delete:
+                    continue
+            elif self.no_put:
+                continue
+            if self.matches(rec.key):
+                chosen.append(event)
+        return chosen
+
+
+class WatchHub:
+    """Every live watcher, indexed so a write finds its single-key watchers in one lookup."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[bytes, set[Watcher]] = {}
+        self.ranges: set[Watcher] = set()
+
+    def add(self, watcher: Watcher) -> None:
+        if watcher.end:
+            self.ranges.add(watcher)
+        else:
+            self.by_key.setdefault(watcher.key, set()).add(watcher)
+
+    def remove(self, watcher: Watcher) -> None:
+        if watcher.end:
+            self.ranges.discard(watcher)
+            return
+        group = self.by_key.get(watcher.key)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self.by_key[watcher.key]
+
+    def __len__(self) -> int:
+        return len(self.ranges) + sum(len(group) for group in self.by_key.values())
+
+    def publish(self, batches: list[Batch], header: Callable[[int], rpc.ResponseHeader]) -> None:
+        """Send each newly durable revision to the watchers it concerns, one response each."""
+        if not self.ranges and not self.by_key:
+            return
+        for batch in batches:
+            concerned: set[Watcher] = set()
+            by_key = self.by_key
+            for rec, _prev in batch.changes:
+                group = by_key.get(rec.key)
+                if group:
+                    concerned.update(group)
+            for watcher in self.ranges:
+                concerned.add(watcher)
+            revision = batch.revision
+            for watcher in concerned:
+                if watcher.next_revision > revision:
+                    continue
+                watcher.next_revision = revision + 1
+                events = watcher.select(batch)
+                if events:
+                    watcher.stream.send(
+                        rpc.WatchResponse(
+                            header=header(revision), watch_id=watcher.id, events=events
+                        )
+                    )
+
+
+class WatchStream:
+    """One client's Watch stream: its create, cancel and progress requests and its watchers."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.watchers: dict[int, Watcher] = {}
+        self.outbox: asyncio.Queue[rpc.WatchResponse | None] = asyncio.Queue()
+        self._next_id = 0
+
+    def send(self, response: rpc.WatchResponse | None) -> None:
+        self.outbox.put_nowait(response)
+
+    def handle(self, request: rpc.WatchRequest) -> None:
+        which = request.WhichOneof("request_union")
+        if which == "create_request":
+            self.create(request.create_request)
+        elif which == "cancel_request":
+            self.cancel(request.cancel_request.watch_id)
+        elif which == "progress_request":
+            self.progress_all()
+
+    def create(self, request: rpc.WatchCreateRequest) -> None:
+        source = self.source
+        watch_id = request.watch_id
+        if watch_id == 0:
+            while self._next_id in self.watchers:
+                self._next_id += 1
+            watch_id = self._next_id
+            self._next_id += 1
+        elif watch_id in self.watchers:
+            self.send(
+                rpc.WatchResponse(
+                    header=source.header(source.durable_revision),
+                    watch_id=-1,
+                    created=True,
+                    canceled=True,
+                    cancel_reason="mvcc: duplicate watch ID provided on the WatchStream",
+                )
+            )
+            return
+        watcher = Watcher(self, watch_id, request)
+        durable = source.durable_revision
+        self.send(rpc.WatchResponse(header=source.header(durable), watch_id=watch_id, created=True))
+        start = request.start_revision
+        space = source.space
+        if 0 < start < space.compacted:
+            self.send(
+                rpc.WatchResponse(
+                    header=source.header(durable),
+                    watch_id=watch_id,
+                    canceled=True,
+                    compact_revision=space.compacted,
+                )
+            )
+            return
+        self.watchers[watch_id] = watcher
+        if start <= 0 or start > durable:
+            watcher.next_revision = max(start, durable + 1)
+        else:
+            self._replay(watcher, start, durable)
+        source.hub.add(watcher)
+
+    def _replay(self, watcher: Watcher, start: int, durable: int) -> None:
+        """Send history from ``start`` to ``durable`` in chunks, then follow live."""
+        events: list[rpc.Event] = []
+        revisions = 0
+        for batch in self.source.space.history_since(start):
+            if batch.revision > durable:
+                break
+            events.extend(watcher.select(batch))
+            revisions += 1
+            if revisions == REPLAY_CHUNK_REVISIONS and batch.revision < durable:
+                if events:
+                    self._events(watcher, batch.revision, events)
+                events = []
+                revisions = 0
+        if events:
+            self._events(watcher, durable, events)
+        watcher.next_revision = durable + 1
+
+    def _events(self, watcher: Watcher, revision: int, events: list[rpc.Event]) -> None:
+        self.send(
+            rpc.WatchResponse(
+                header=self.source.header(revision), watch_id=watcher.id, events=events
+            )
+        )
+
+    def cancel(self, watch_id: int) -> None:
+        watcher = self.watchers.pop(watch_id, None)
+        if watcher is None:
+            return
+        self.source.hub.remove(watcher)
+        self.send(
+            rpc.WatchResponse(
+                header=self.source.header(self.source.durable_revision),
+                watch_id=watch_id,
+                canceled=True,
+            )
+        )
+
+    def progress_all(self) -> None:
+        """Answer a progress request: one empty response at the durable revision."""
+        self.send(
+            rpc.WatchResponse(header=self.source.header(self.source.durable_revision), watch_id=-1)
+        )
+
+    def notify_progress(self) -> None:
+        """The periodic progress notification, for watchers that asked for it."""
+        revision = self.source.durable_revision
+        for watcher in self.watchers.values():
+            if watcher.progress and watcher.next_revision > revision:
+                self.send(
+                    rpc.WatchResponse(header=self.source.header(revision), watch_id=watcher.id)
+                )
+
+    def close(self) -> None:
+        for watcher in self.watchers.values():
+            self.source.hub.remove(watcher)
+        self.watchers.clear()

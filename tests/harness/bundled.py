@@ -1,0 +1,63 @@
+"""Provides the bundled store (`clusterd kv`) as a child process, started, crashed and restarted."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.procs import REPO, Child, free_port, port_open
+
+
+@dataclass
+class BundledStore:
+    """One `clusterd kv` process; ``url`` is its client URL."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra: list[str] = field(default_factory=list)
+    child: Child | None = None
+    kind: str = "bundled"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "backend.daemon", "kv",
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            # etcd's harness timing, hence the same minimum lease TTL.
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            *self.extra,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> BundledStore:
+        log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.child = Child("clusterd kv", self.argv(), log, cwd=REPO)
+        self.child.start()
+        self.child.wait_until(lambda: port_open(self.port), timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.child:
+            self.child.stop()
+
+    def kill(self) -> None:
+        if self.child:
+            self.child.kill()
+
+    def restart(self) -> BundledStore:
+        """Start again on the same data directory and port (after stop or kill)."""
+        self.stop()
+        return self.start()
+
+    def output(self) -> str:
+        return self.child.output() if self.child else ""
+
+
+def start_bundled(root: Path, extra: list[str] | None = None) -> BundledStore:
+    """A `clusterd kv` on a free loopback port, answering connections."""
+    return BundledStore(data_dir=root / "kv", extra=list(extra or [])).start()
