@@ -28,17 +28,24 @@ def run(args: argparse.Namespace) -> int:
         print("clusterd demo: --machines must be at least 1")
         return 2
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="clusterd-demo-")).resolve()
-    # Block the stop signals first, so a Ctrl-C during start-up still stops what started.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    demo = start_store(data_dir, args.port)
+    # SIGTERM ends the demo the way Ctrl-C does: through the finally below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        demo = start_store(data_dir, args.port)
+    except KeyboardInterrupt:
+        return 130
     try:
         start_nodes(demo, args.machines)
-        asyncio.run(seed_scheduler(demo.store_url))
-        print(f"demo cluster: store at {demo.store_url}, {args.machines} machines, data in {data_dir}")
+        asyncio.run(seed_scheduler(demo.store_url, machines=args.machines))
+        print(f"demo cluster: store at {demo.store_url}, {args.machines} machines")
+        print(f"data:  {data_dir}")
         print(f"units: {', '.join(sorted(SAMPLE_UNITS))}")
         print(f"try:   clusterctl --endpoint {demo.store_url} list-units")
         print("Ctrl-C stops the demo.", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
     finally:
         print("stopping the demo cluster...", flush=True)
         demo.stop()

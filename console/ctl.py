@@ -235,7 +235,7 @@ class Ctl:
                     else "-"
                 ),
                 "global": str(is_global).lower(),
-                "desc": (job.unit.description() if job.unit else "") or "-",
+                "desc": (job.unit.description(name) if job.unit else "") or "-",
             }
             rows.append([values[f] for f in fields])
         self._table(fields, rows)
@@ -540,7 +540,7 @@ class Ctl:
 
     def _status_block(self, job: Job, state: ClusterState) -> None:
         name = job.name
-        description = job.unit.description() if job.unit else ""
+        description = job.unit.description(name) if job.unit else ""
         reported = state.states.get(name, {}).get(job.target) if job.target else None
         mark = "●" if reported and reported.active_state == "active" else "○"
         self.say(f"{mark} {name}" + (f" - {description}" if description else ""))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from backend.etcd import make_client
 from backend.fleet.registry import DEFAULT_PREFIX, Registry
+from backend.keys import prefix_end
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK_KEY = "/coreos.com/network/config"
@@ -58,7 +61,8 @@ Description=Web server %i
 [Service]
 Environment=PORT=%i
 ExecStartPre=/bin/echo "preparing web %i"
-ExecStart=/bin/sh -c 'echo "listening on port $PORT"; while true; do sleep 3; echo "GET / 200"; done'
+ExecStart=/bin/sh -c 'echo "listening on port $PORT"; \
+  while true; do sleep 3; echo "GET / 200"; done'
 ExecStop=/bin/echo "draining web %i"
 
 [X-Fleet]
@@ -165,13 +169,29 @@ def start_nodes(demo: DemoProcesses, count: int) -> None:
         demo.processes.append(_spawn(argv, demo.data_dir / f"node{index + 1}.log"))
 
 
-async def seed_scheduler(store_url: str, prefix: str = DEFAULT_PREFIX) -> None:
-    """Write the overlay's network config and submit and launch the sample units."""
+async def _wait_for_machines(registry: Registry, count: int) -> None:
+    state = await registry.snapshot(("machines",))
+    if len(state.machines) >= count:
+        return
+    base = registry.key("machines") + b"/"
+    async for _ in registry.client.watch_batches(
+        base, prefix_end(base), start_revision=state.revision + 1
+    ):
+        if len(await registry.machines()) >= count:
+            return
+
+
+async def seed_scheduler(store_url: str, *, machines: int, prefix: str = DEFAULT_PREFIX) -> None:
+    """Write the overlay's network config; once ``machines`` are up, launch the sample units."""
     client = make_client([store_url])
     try:
         await client.wait_ready(30)
         await client.put(NETWORK_KEY.encode(), json.dumps(NETWORK_CONFIG).encode())
         registry = Registry(client, prefix)
+        # Submitting before every node has registered would put everything on the first.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                await _wait_for_machines(registry, machines)
         for name in LAUNCH:
             template = name.split("@")[0] + "@.service" if "@" in name else name
             await registry.create_job(name, SAMPLE_UNITS[template], replace=True)

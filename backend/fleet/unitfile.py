@@ -297,8 +297,10 @@ class UnitFile:
         """The [Service] options of this unit when it runs as ``name``."""
         return service_options(self, name)
 
-    def description(self) -> str:
-        return self.value("Unit", "Description")
+    def description(self, name: str = "") -> str:
+        """Description=, with specifiers expanded when the unit's ``name`` is given."""
+        text = self.value("Unit", "Description")
+        return expand_specifiers(text, name) if name else text
 
 
 def unit_hash(raw: str) -> str:
