@@ -1,15 +1,12 @@
-"""Provides the demo cluster's scheduler side: store and node processes, network config, units."""
+"""Provides the demo cluster's scheduler side: the store choice, nodes, network config, units."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -84,31 +81,24 @@ LAUNCH = ("hello.service", "monitor.service", "ssd-cache.service", "web@8080.ser
 
 
 @dataclass
-class DemoProcesses:
-    """The store and nodes the demo started, stopped together by PID."""
+class DemoNodes:
+    """The `clusterd node` processes of the demo, stopped together by PID."""
 
-    store_url: str
     data_dir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def stop(self) -> None:
-        # Nodes first (they stop their units and leave), the store last.
-        for process in reversed(self.processes):
+        """SIGTERM every node (each stops its units and leaves), then wait for them."""
+        for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
-        for process in reversed(self.processes):
+        for process in self.processes:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -121,52 +111,28 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def store_command(data_dir: Path, port: int) -> list[str]:
-    """The bundled store when this build has it, else a real etcd from PATH."""
+    """The demo's store: the bundled `clusterd kv` on loopback."""
     url = f"http://127.0.0.1:{port}"
-    flags = ["--data-dir", str(data_dir), "--listen-client-urls", url]
-    flags += ["--advertise-client-urls", url]
-    if importlib.util.find_spec("backend.kv.server") is not None:
-        return [sys.executable, "-m", "backend.daemon", "kv", *flags]
-    etcd = shutil.which("etcd")
-    if etcd is None:
-        raise RuntimeError("no store: this build has no `clusterd kv` and etcd is not on PATH")
-    peer = f"http://127.0.0.1:{_free_port()}"
-    return [etcd, *flags, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"default={peer}", "--log-level", "error"]  # fmt: skip
+    return [
+        sys.executable, "-m", "backend.daemon", "kv", "--data-dir", str(data_dir),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+    ]  # fmt: skip
 
 
-def start_store(data_dir: Path, port: int = 0) -> DemoProcesses:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
-    demo = DemoProcesses(f"http://127.0.0.1:{port}", data_dir)
-    demo.processes.append(_spawn(store_command(data_dir / "store", port), data_dir / "store.log"))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return demo
-        except OSError:
-            if demo.processes[0].poll() is not None or time.monotonic() > deadline:
-                demo.stop()
-                log = (data_dir / "store.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the demo store did not start:\n{log}") from None
-            time.sleep(0.1)
-
-
-def start_nodes(demo: DemoProcesses, count: int) -> None:
+def start_nodes(nodes: DemoNodes, store_url: str, count: int) -> None:
     """N `clusterd node` processes on this host, each with its own data dir and loopback IP."""
     for index in range(count):
-        data_dir = demo.data_dir / f"node{index + 1}"
+        data_dir = nodes.data_dir / f"node{index + 1}"
         argv = [
             sys.executable, "-m", "backend.daemon", "node",
-            "--endpoints", demo.store_url,
+            "--endpoints", store_url,
             "--data-dir", str(data_dir),
             "--metadata", METADATA[index % len(METADATA)],
             "--public-ip", f"127.0.0.{index + 1}",
             "--agent-ttl", "5s",
             "--engine-reconcile-interval", "2s",
         ]  # fmt: skip
-        demo.processes.append(_spawn(argv, demo.data_dir / f"node{index + 1}.log"))
+        nodes.processes.append(_spawn(argv, nodes.data_dir / f"node{index + 1}.log"))
 
 
 async def _wait_for_machines(registry: Registry, count: int) -> None:
