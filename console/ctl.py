@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from backend.etcd import EtcdError, make_client
+import asyncssh
+
+from backend.etcd import EtcdClient, EtcdError, make_client
 from backend.fleet.registry import (
     DEFAULT_PREFIX,
     ClusterState,
@@ -37,6 +39,7 @@ from backend.fleet.unitfile import (
     validate_name,
 )
 from backend.keys import prefix_end
+from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
 VERSION = "0.1.0"
 NETWORK_PREFIX = "/coreos.com/network/"
@@ -58,6 +61,7 @@ GLOBAL_FLAGS: dict[str, str] = {
     "ca-file": "",
     "cert-file": "",
     "key-file": "",
+    "remote-clusterd": "clusterd",
 }
 
 
@@ -144,17 +148,57 @@ class Ctl:
         self.args = args
         self.out = out
         self.err = err
-        timeout = float(args.request_timeout)
-        endpoints = args.endpoint
-        self.client = make_client(
-            endpoints,
-            cacert=args.ca_file or None,
-            cert=args.cert_file or None,
-            key=args.key_file or None,
-            timeout=timeout,
-        )
+        self.tunnel: Tunnel | None = None
+        self.client = self._client(args.endpoint)
         self.registry = Registry(self.client, args.key_prefix)
         self._machines: dict[str, Machine] | None = None
+
+    def _client(self, endpoints: str | list[str]) -> EtcdClient:
+        return make_client(
+            endpoints,
+            cacert=self.args.ca_file or None,
+            cert=self.args.cert_file or None,
+            key=self.args.key_file or None,
+            timeout=float(self.args.request_timeout),
+        )
+
+    async def open_tunnel(self) -> None:
+        """With --tunnel, reach the store through SSH port forwards on the tunnel host."""
+        if not self.args.tunnel:
+            return
+        endpoints = [url for url in self.args.endpoint.split(",") if url.strip()]
+        known_hosts = self._known_hosts()
+        try:
+            self.tunnel = await open_tunnel(
+                self.args.tunnel,
+                endpoints,
+                identity=self.args.ssh_identity_file or None,
+                known_hosts=known_hosts,
+                strict=self._strict,
+                username=self.args.ssh_username,
+                timeout=float(self.args.ssh_timeout),
+            )
+        except (TunnelError, OSError, asyncssh.Error) as error:
+            raise CtlError(
+                f"Unable to initialize client: failed initializing SSH client: {error}"
+            ) from error
+        await self.client.close()
+        self.client = self._client(self.tunnel.endpoints)
+        self.registry = Registry(self.client, self.args.key_prefix)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.tunnel is not None:
+            await self.tunnel.close()
+
+    def _known_hosts(self) -> str | None:
+        """The known hosts file, or None (ssh's defaults) when fleetctl's default is absent."""
+        path = Path(self.args.known_hosts_file).expanduser()
+        return str(path) if path.is_file() else None
+
+    @property
+    def _strict(self) -> bool:
+        return str(self.args.strict_host_key_checking).lower() in ("1", "true", "yes")
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -584,33 +628,36 @@ class Ctl:
 
     def ssh_argv(self, machine: Machine, remote: str, *, tty: bool = False) -> list[str]:
         """The OpenSSH command line that reaches ``machine``, through the tunnel host if any."""
-        strict = str(self.args.strict_host_key_checking).lower() in ("1", "true", "yes")
-        known_hosts = os.path.expanduser(self.args.known_hosts_file)
-        argv = [
-            "ssh",
-            "-o", f"StrictHostKeyChecking={'yes' if strict else 'no'}",
-            "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", f"ConnectTimeout={max(1, round(float(self.args.ssh_timeout)))}",
-            "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR",
-            "-p", str(self.args.ssh_port),
-            "-l", self.args.ssh_username,
-        ]  # fmt: skip
-        if self.args.ssh_identity_file:
-            argv += ["-i", os.path.expanduser(self.args.ssh_identity_file)]
+        argv = ["ssh", *self._ssh_options(), "-p", str(self.args.ssh_port)]
+        argv += ["-l", self.args.ssh_username]
         if self.args.tunnel:
-            argv += ["-J", self._jump_spec()]
+            # A ProxyCommand rather than -J, so the hop uses the same key and known hosts.
+            host, port, user = self._tunnel_parts()
+            hop = ["ssh", *self._ssh_options(), "-p", str(port), "-l", user, "-W", "%h:%p", host]
+            argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
         argv.append("-t" if tty else "-T")
         argv.append(machine.public_ip or machine.hostname)
         if remote:
             argv.append(remote)
         return argv
 
-    def _jump_spec(self) -> str:
-        tunnel = self.args.tunnel
-        if "@" not in tunnel:
-            tunnel = f"{self.args.ssh_username}@{tunnel}"
-        return tunnel
+    def _ssh_options(self) -> list[str]:
+        options = [
+            "-o", f"StrictHostKeyChecking={'yes' if self._strict else 'no'}",
+            "-o", f"ConnectTimeout={max(1, round(float(self.args.ssh_timeout)))}",
+            "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        known_hosts = self._known_hosts()
+        if known_hosts:
+            options += ["-o", f"UserKnownHostsFile={known_hosts}"]
+        if self.args.ssh_identity_file:
+            options += ["-i", os.path.expanduser(self.args.ssh_identity_file)]
+        return options
+
+    def _tunnel_parts(self) -> tuple[str, int, str]:
+        spec = TunnelSpec.parse(self.args.tunnel)
+        return spec.host, spec.port or 22, spec.username or self.args.ssh_username
 
     async def _run_on(
         self, machine: Machine, command: list[str], *, capture: bool
@@ -620,7 +667,8 @@ class Ctl:
             argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
             env: dict[str, str] | None = {**os.environ, "PYTHONPATH": _repo_path()}
         else:
-            argv = self.ssh_argv(machine, shlex.join(command))
+            remote = self.args.remote_clusterd + " " + shlex.join(command[1:])
+            argv = self.ssh_argv(machine, remote)
             env = None
         return await _run(argv, env=env, out=None if capture else self.out)
 
@@ -818,6 +866,7 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"Unable to initialize client: {error}", file=err)
         return 1
     try:
+        await ctl.open_tunnel()
         return int(await COMMANDS[args.command](ctl))  # type: ignore[call-overload]
     except CtlError as error:
         print(error, file=err)
@@ -826,7 +875,7 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"Error: {error}", file=err)
         return 1
     finally:
-        await ctl.client.close()
+        await ctl.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

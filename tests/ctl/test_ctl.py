@@ -14,6 +14,7 @@ from aetcd import rpc
 from backend.etcd import EtcdClient
 from backend.fleet.registry import Machine, Registry, UnitState
 from backend.fleet.unitfile import unit_hash
+from backend.journal.writer import JournalWriter
 from backend.keys import prefix_end
 from console.ctl import tabulate
 from tests.ctl.conftest import CtlRunner
@@ -367,3 +368,67 @@ async def test_status_and_journal_show_the_units_lines(
         "line 2",
         "line 3",
     ]
+
+
+def _ssh_flags(sshd: SSHServer) -> list[str]:
+    return [
+        "--ssh-username", sshd.user,
+        "--ssh-port", str(sshd.port),
+        "--ssh-identity-file", str(sshd.client_key),
+        "--known-hosts-file", str(sshd.known_hosts),
+    ]  # fmt: skip
+
+
+async def test_the_tunnel_reaches_the_store_through_real_sshd(
+    ctl: CtlRunner, registry: Registry, sshd: SSHServer
+) -> None:
+    await seed(registry)
+    result = await ctl(*_ssh_flags(sshd), "--tunnel", sshd.spec, "list-machines", "--no-legend")
+    assert result.code == 0, result.err
+    assert [row[0] for row in result.rows] == ["113f16a7...", "85c0c595..."]
+
+
+async def test_a_tunnel_host_with_an_unknown_key_is_refused(
+    ctl: CtlRunner, sshd: SSHServer, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    flags = _ssh_flags(sshd)
+    flags[flags.index("--known-hosts-file") + 1] = str(empty)
+    result = await ctl(*flags, "--tunnel", sshd.spec, "list-machines")
+    assert result.code == 1
+    assert result.err.startswith("Unable to initialize client: failed initializing SSH client:")
+
+
+async def test_journal_of_a_remote_unit_runs_clusterd_journal_over_ssh_via_the_tunnel(
+    ctl: CtlRunner, registry: Registry, sshd: SSHServer, tmp_path: Path
+) -> None:
+    writer = JournalWriter(tmp_path / "far", hostname="far-away", machine_id=M1)
+    for number in range(1, 6):
+        writer.line(f"remote line {number}".encode(), unit="far.service", identifier="sh", pid=7)
+    writer.close()
+    await registry.register_machine(
+        Machine(M1, "127.0.0.1", {}, "far-away", str(tmp_path / "far")), 0
+    )
+    await registry.create_job("far.service", HELLO)
+    await registry.txn([], [registry.put_op(registry.key("job", "far.service", "target"), M1)])
+    remote = f"env PYTHONPATH={REPO} {sys.executable} -m backend.daemon"
+    result = await ctl(
+        *_ssh_flags(sshd), "--tunnel", sshd.spec, "--remote-clusterd", remote,
+        "journal", "--lines", "2", "far",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert [line.split(": ", 1)[1] for line in result.out.splitlines()] == [
+        "remote line 4",
+        "remote line 5",
+    ]
+    assert all("far-away sh[7]" in line for line in result.out.splitlines())
+
+
+async def test_ssh_hops_through_the_tunnel_host(
+    ctl: CtlRunner, registry: Registry, sshd: SSHServer
+) -> None:
+    await registry.register_machine(Machine(M1, "127.0.0.1", {}, "far-away"), 0)
+    result = await ctl(*_ssh_flags(sshd), "--tunnel", sshd.spec, "ssh", M1, "echo", "hopped")
+    assert result.code == 0, result.err
+    assert result.out == "hopped\n"
