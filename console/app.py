@@ -6,18 +6,20 @@ import argparse
 import asyncio
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
-from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widget import Widget
+from textual.widgets import Footer, TabbedContent, TabPane
 
 from backend.etcd import EtcdError
+from console.cluster import ClusterFeed, ClusterModel
 from console.config import (
     ClusterSettings,
     ConfigFileError,
@@ -27,11 +29,19 @@ from console.config import (
     parse_keymap,
     resolve_cluster,
 )
+from console.journal_stream import MachineAccess
 from console.screens.help import HelpRow, HelpScreen
+from console.screens.journal import JournalPane, Target
 from console.screens.keys import WRITE_ACTIONS, KeysPane
+from console.screens.machines import MachinesPane
+from console.screens.subnets import SubnetsPane
+from console.screens.table_pane import TablePane
+from console.screens.units import UnitsPane, short_id
 from console.session import Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
+from widgets.journal_view import DEFAULT_LIMIT
+from widgets.line_table import LineTable
 
 TABS = [
     ("keys", "Keys"),
@@ -42,6 +52,10 @@ TABS = [
 ]
 POLL_SECONDS = 1.0
 MAX_BACKOFF = 5.0
+CLUSTER_FLUSH_SECONDS = 0.1
+"""How often queued watch batches reach the cluster panes: one repaint per interval."""
+TICK_SECONDS = 1.0
+"""How often leases are read again and countdowns move."""
 
 
 class ClusterConsole(App[None]):
@@ -68,6 +82,9 @@ class ClusterConsole(App[None]):
         read_only: bool = False,
         theme: str | None = None,
         keymap: dict[str, str] | None = None,
+        journal_limit: int = DEFAULT_LIMIT,
+        remote_clusterd: str = "clusterd",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.session = session
@@ -82,6 +99,27 @@ class ClusterConsole(App[None]):
         """The header, reachable whichever screen is on top."""
         self.keys_pane = KeysPane(session, root=root.encode(), read_only=read_only, id="keys-pane")
         """The Keys tab's pane."""
+        self.model = ClusterModel(clock=clock)
+        """Fleet's and flannel's keys as the watches deliver them; the cluster panes show it."""
+        self.feed: ClusterFeed | None = None
+        settings = session.settings
+        self.access = MachineAccess(
+            tunnel=session.tunnel,
+            username=settings.ssh_username,
+            identity=settings.identity,
+            known_hosts=settings.known_hosts_file,
+            strict=settings.strict_host_key_checking,
+            remote_clusterd=remote_clusterd,
+        )
+        """How shells and journal readers reach machines."""
+        self.machines_pane = MachinesPane(
+            self.model, self.access, read_only=read_only, id="machines-pane"
+        )
+        self.units_pane = UnitsPane(
+            self.model, None, self.access, read_only=read_only, id="units-pane"
+        )
+        self.subnets_pane = SubnetsPane(self.model, read_only=read_only, id="subnets-pane")
+        self.journal_pane = JournalPane(self.access, limit=journal_limit, id="journal-pane")
 
     def compose(self) -> ComposeResult:
         header = self.cluster_header
@@ -93,12 +131,12 @@ class ClusterConsole(App[None]):
         with TabbedContent(id="tabs"):
             with TabPane("1 Keys", id="keys"):
                 yield self.keys_pane
-            for number, (tab, title) in enumerate(TABS[1:], start=2):
+            panes = [self.machines_pane, self.units_pane, self.subnets_pane, self.journal_pane]
+            for number, ((tab, title), pane) in enumerate(
+                zip(TABS[1:], panes, strict=True), start=2
+            ):
                 with TabPane(f"{number} {title}", id=tab):
-                    yield Static(
-                        Text(f"{title} arrives with the cluster panes.", style="dim italic"),
-                        classes="placeholder",
-                    )
+                    yield pane
         yield Footer()
 
     def on_mount(self) -> None:
@@ -115,6 +153,81 @@ class ClusterConsole(App[None]):
             self.set_keymap(self.user_keymap)
         self.session.watch_tunnel(self._tunnel_state)
         self.monitor_store()
+        self.feed = ClusterFeed(self.session.client, self.model)
+        self.units_pane.registry = self.feed.registry
+        self.follow_cluster()
+        self.set_interval(CLUSTER_FLUSH_SECONDS, self._flush_cluster)
+        self.set_interval(TICK_SECONDS, self.read_leases)
+        for pane in self.table_panes:
+            pane.update_from_model()
+
+    @property
+    def table_panes(self) -> list[TablePane]:
+        return [self.machines_pane, self.units_pane, self.subnets_pane]
+
+    @work(group="cluster-watch")
+    async def follow_cluster(self) -> None:
+        """List and watch fleet's and flannel's keys for the cluster panes."""
+        assert self.feed is not None
+        await self.feed.run()
+
+    def _flush_cluster(self) -> None:
+        if self.feed is None or not self.feed.drain():
+            return
+        for pane in self.table_panes:
+            pane.update_from_model()
+        self.units_pane.check_convergence()
+        self.cluster_header.revision = max(self.cluster_header.revision, self.model.revision)
+
+    @work(exclusive=True, group="cluster-leases")
+    async def read_leases(self) -> None:
+        """Read presence and subnet leases, then move the countdowns and convergence checks."""
+        if self.feed is None or not self.model.loaded.is_set():
+            return
+        await self.feed.read_leases()
+        self.machines_pane.update_from_model()
+        self.subnets_pane.update_from_model()
+        self.units_pane.check_convergence()
+
+    @on(UnitsPane.JournalRequested)
+    def _journal_of_units(self, event: UnitsPane.JournalRequested) -> None:
+        fleet = self.model.fleet
+        by_machine: dict[str, list[str]] = {}
+        for name in event.units:
+            job = fleet.jobs.get(name)
+            if job is None:
+                continue
+            places = set(fleet.states.get(name, {}))
+            if job.target:
+                places.add(job.target)
+            for machine_id in sorted(places):
+                by_machine.setdefault(machine_id, []).append(name)
+        targets = [
+            Target(fleet.machines[m], units, short_id(m))
+            for m, units in by_machine.items()
+            if m in fleet.machines
+        ]
+        if not targets:
+            self.notify("none of these units is on a machine yet", severity="warning")
+            return
+        what = event.units[0] if len(event.units) == 1 else f"{len(event.units)} units"
+        where = short_id(targets[0].machine.id) if len(targets) == 1 else f"{len(targets)} machines"
+        self.journal_pane.follow(targets, f"{what} on {where}")
+        self.action_show_tab("journal")
+
+    @on(MachinesPane.JournalRequested)
+    def _journal_of_machine(self, event: MachinesPane.JournalRequested) -> None:
+        machine = self.model.fleet.machines.get(event.machine_id)
+        if machine is None:
+            return
+        label = short_id(machine.id)
+        self.journal_pane.follow([Target(machine, [], label)], f"machine {label}")
+        self.action_show_tab("journal")
+
+    @on(MachinesPane.UnitsRequested)
+    def _units_of_machine(self, event: MachinesPane.UnitsRequested) -> None:
+        self.units_pane.show_machine(event.machine_id)
+        self.action_show_tab("units")
 
     def on_unmount(self) -> None:
         self.session.watch_tunnel(None)
@@ -159,23 +272,43 @@ class ClusterConsole(App[None]):
         self.screen_stack[0].query_one(TabbedContent).active = tab
         if tab == "keys":
             self.call_after_refresh(self.keys_pane.key_tree.focus)
+        elif tab == "journal":
+            self.call_after_refresh(self.journal_pane.view.focus)
+        else:
+            pane = {"machines": self.machines_pane, "units": self.units_pane,
+                    "subnets": self.subnets_pane}[tab]  # fmt: skip
+            self.call_after_refresh(pane.query_one(LineTable).focus)
 
     def help_rows(self) -> list[HelpRow]:
         """Every binding with the keys it has now (after the user's keymap)."""
         rows: list[HelpRow] = []
-        sections = [("Console", self.BINDINGS), ("Keys pane", KeysPane.BINDINGS)]
-        for section, bindings in sections:
+        for section, bindings, hidden in self._sections():
             for binding in bindings:
                 assert isinstance(binding, Binding)
-                if section == "Keys pane" and self.read_only:
-                    if binding.action in WRITE_ACTIONS:
-                        continue
+                if binding.action in hidden:
+                    continue
                 keys = self.user_keymap.get(binding.id or "", binding.key)
                 shown = ", ".join(self.get_key_display(Binding(key, "")) for key in keys.split(","))
                 rows.append((section, shown, binding.description, binding.id or ""))
             if section == "Console":
                 rows.append((section, "ctrl+p", "Command palette", "(textual)"))
         return rows
+
+    def _sections(self) -> list[tuple[str, list[Binding], set[str]]]:
+        """Each pane's bindings, with the write actions read-only mode takes away."""
+
+        def hidden(actions: set[str]) -> set[str]:
+            return actions if self.read_only else set()
+
+        return [
+            ("Console", self.BINDINGS, set()),  # type: ignore[list-item]
+            ("Keys pane", KeysPane.BINDINGS, hidden(WRITE_ACTIONS)),  # type: ignore[list-item]
+            ("Tables", LineTable.BINDINGS, set()),  # type: ignore[list-item]
+            ("Machines", MachinesPane.BINDINGS, hidden(MachinesPane.WRITE_ACTIONS)),  # type: ignore[list-item]
+            ("Units", UnitsPane.BINDINGS, hidden(UnitsPane.WRITE_ACTIONS)),  # type: ignore[list-item]
+            ("Subnets", SubnetsPane.BINDINGS, set()),  # type: ignore[list-item]
+            ("Journal", JournalPane.BINDINGS, set()),  # type: ignore[list-item]
+        ]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.help_rows()))
@@ -189,19 +322,29 @@ class ClusterConsole(App[None]):
                 partial(self.action_show_tab, tab),
             )
         yield SystemCommand("Help", "list every binding (?)", self.action_help)
-        pane = self.keys_pane
-        for binding in KeysPane.BINDINGS:
-            assert isinstance(binding, Binding)
-            if self.read_only and binding.action in WRITE_ACTIONS:
+        panes = {
+            "Keys pane": ("keys", self.keys_pane),
+            "Machines": ("machines", self.machines_pane),
+            "Units": ("units", self.units_pane),
+            "Subnets": ("subnets", self.subnets_pane),
+            "Journal": ("journal", self.journal_pane),
+        }
+        for section, bindings, hidden in self._sections():
+            if section not in panes:
                 continue
-            yield SystemCommand(
-                f"Keys: {binding.description}",
-                f"{binding.description} ({binding.key})",
-                partial(self._run_pane_action, pane, binding.action),
-            )
+            tab, pane = panes[section]
+            title = "Keys" if section == "Keys pane" else section
+            for binding in bindings:
+                if binding.action in hidden:
+                    continue
+                yield SystemCommand(
+                    f"{title}: {binding.description}",
+                    f"{binding.description} ({binding.key})",
+                    partial(self._run_pane_action, tab, pane, binding.action),
+                )
 
-    def _run_pane_action(self, pane: KeysPane, action: str) -> None:
-        self.action_show_tab("keys")
+    def _run_pane_action(self, tab: str, pane: Widget, action: str) -> None:
+        self.action_show_tab(tab)
         self.run_worker(pane.run_action(action), group="palette")
 
 
@@ -216,10 +359,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo", action="store_true", help="start a local demo cluster and open it"
     )
+    parser.add_argument(
+        "--journal-lines",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"lines the journal pane keeps (default {DEFAULT_LIMIT:,})",
+    )
+    parser.add_argument(
+        "--remote-clusterd",
+        default="clusterd",
+        help="the command that runs clusterd on a machine over SSH (default clusterd)",
+    )
     return parser
 
 
-async def run_console(settings: ClusterSettings, config: ConsoleConfig, root: str = "") -> int:
+async def run_console(
+    settings: ClusterSettings,
+    config: ConsoleConfig,
+    root: str = "",
+    *,
+    journal_limit: int = DEFAULT_LIMIT,
+    remote_clusterd: str = "clusterd",
+) -> int:
     """Open the tunnel in the terminal, then hand the screen to the console."""
     session = Session(settings)
     try:
@@ -234,6 +395,8 @@ async def run_console(settings: ClusterSettings, config: ConsoleConfig, root: st
         read_only=settings.read_only,
         theme=config.theme,
         keymap=config.keymap,
+        journal_limit=journal_limit,
+        remote_clusterd=remote_clusterd,
     )
     try:
         await app.run_async()
@@ -242,19 +405,19 @@ async def run_console(settings: ClusterSettings, config: ConsoleConfig, root: st
     return 0
 
 
-async def run_demo(config: ConsoleConfig, read_only: bool) -> int:
-    """Start the demo store in a temporary directory, seed it, open the console, stop it."""
+async def run_demo(config: ConsoleConfig, read_only: bool, journal_limit: int) -> int:
+    """Start the demo cluster (store, nodes, units) in a temporary directory, open it, stop it."""
     from backend import demo
 
     with tempfile.TemporaryDirectory(prefix="clustertui-demo-") as root:
-        print("clustertui: starting the demo store…", file=sys.stderr)
-        store = demo.start_store(Path(root))
+        print("clustertui: starting the demo cluster (store, 3 nodes, units)…", file=sys.stderr)
+        cluster = await demo.start_cluster(Path(root))
         try:
-            await demo.seed_store(store.url)
-            settings = ClusterSettings(name="demo", endpoints=(store.url,), read_only=read_only)
-            return await run_console(settings, config)
+            settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
+            return await run_console(settings, config, journal_limit=journal_limit)
         finally:
-            store.stop()
+            print("clustertui: stopping the demo cluster…", file=sys.stderr)
+            await asyncio.to_thread(cluster.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,8 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(Path(args.config) if args.config else None)
         settings = resolve_cluster(args, config)
         if args.demo:
-            return asyncio.run(run_demo(config, settings.read_only))
-        return asyncio.run(run_console(settings, config, args.prefix))
+            return asyncio.run(run_demo(config, settings.read_only, args.journal_lines))
+        return asyncio.run(
+            run_console(
+                settings,
+                config,
+                args.prefix,
+                journal_limit=args.journal_lines,
+                remote_clusterd=args.remote_clusterd,
+            )
+        )
     except ConfigFileError as error:
         print(f"clustertui: {error}", file=sys.stderr)
         return 2

@@ -610,21 +610,10 @@ class Ctl:
     def journal_command(
         self, machine: Machine, unit: str, *, lines: int, follow: bool, output: str = ""
     ) -> list[str]:
-        argv = ["clusterd", "journal", "-u", unit, "-n", str(lines), "--no-pager"]
-        if machine.data_dir:
-            argv += ["--data-dir", machine.data_dir]
-        if follow:
-            argv.append("-f")
-        if output:
-            argv += ["-o", output]
-        return argv
+        return journal_command(machine, [unit], lines=str(lines), follow=follow, output=output)
 
     def _is_local(self, machine: Machine) -> bool:
-        return (
-            bool(machine.hostname)
-            and machine.hostname == socket.gethostname()
-            and not (self.args.tunnel)
-        )
+        return is_local(machine, tunnelled=bool(self.args.tunnel))
 
     def ssh_argv(self, machine: Machine, remote: str, *, tty: bool = False) -> list[str]:
         """The OpenSSH command line that reaches ``machine``, through the tunnel host if any."""
@@ -663,9 +652,9 @@ class Ctl:
         self, machine: Machine, command: list[str], *, capture: bool
     ) -> tuple[int, str]:
         """Run a ``clusterd`` command on ``machine``: here when it is this host, else over SSH."""
+        env: dict[str, str] | None
         if self._is_local(machine):
-            argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
-            env: dict[str, str] | None = {**os.environ, "PYTHONPATH": _repo_path()}
+            argv, env = local_clusterd(command)
         else:
             remote = self.args.remote_clusterd + " " + shlex.join(command[1:])
             argv = self.ssh_argv(machine, remote)
@@ -744,6 +733,42 @@ async def _run(
             out.write(text)
             out.flush()
     return await process.wait(), "".join(collected)
+
+
+def journal_command(
+    machine: Machine,
+    units: Sequence[str],
+    *,
+    lines: str,
+    follow: bool,
+    output: str = "",
+    after_cursor: str = "",
+) -> list[str]:
+    """``clusterd journal …`` for ``units`` on ``machine`` (all of its journal without units)."""
+    argv = ["clusterd", "journal"]
+    for unit in units:
+        argv += ["-u", unit]
+    argv += ["-n", lines, "--no-pager"]
+    if machine.data_dir:
+        argv += ["--data-dir", machine.data_dir]
+    if follow:
+        argv.append("-f")
+    if output:
+        argv += ["-o", output]
+    if after_cursor:
+        argv += ["--after-cursor", after_cursor]
+    return argv
+
+
+def is_local(machine: Machine, *, tunnelled: bool) -> bool:
+    """Whether ``machine`` is this host, so its commands run here rather than over SSH."""
+    return bool(machine.hostname) and machine.hostname == socket.gethostname() and not tunnelled
+
+
+def local_clusterd(command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run a ``clusterd …`` command with this checkout's code."""
+    argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
+    return argv, {**os.environ, "PYTHONPATH": _repo_path()}
 
 
 def _repo_path() -> str:

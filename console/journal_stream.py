@@ -1,0 +1,265 @@
+"""Provides journal followers for the console: `clusterd journal -o json -f` here or over SSH."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncssh
+
+from backend.fleet.registry import Machine
+from console.ctl import is_local, journal_command, local_clusterd
+from console.tunnel import Tunnel, TunnelError
+from widgets.journal_view import JournalEntry
+
+BACKLOG = "100"
+"""Lines of history a new follower starts with (a resumed one takes everything after its cursor)."""
+MAX_BACKOFF = 5.0
+
+
+@dataclass(frozen=True)
+class MachineAccess:
+    """How the console reaches machines: over SSH (through the tunnel, if any), or locally."""
+
+    tunnel: Tunnel | None = None
+    username: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    strict: bool = True
+    port: int | None = None
+    """Machines' SSH port; the tunnel host's port when tunnelled, else 22."""
+    remote_clusterd: str = "clusterd"
+    """The command that runs `clusterd` on a machine."""
+
+    def is_local(self, machine: Machine) -> bool:
+        return is_local(machine, tunnelled=self.tunnel is not None)
+
+    def ssh_port(self) -> int:
+        if self.port:
+            return self.port
+        if self.tunnel is not None and self.tunnel.spec.port:
+            return self.tunnel.spec.port
+        return 22
+
+    def ssh_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"port": self.ssh_port(), "connect_timeout": 10}
+        username = self.username or (self.tunnel.username if self.tunnel else None)
+        if username:
+            options["username"] = username
+        if self.identity:
+            options["client_keys"] = [self.identity]
+        if not self.strict:
+            options["known_hosts"] = None
+        elif self.known_hosts:
+            options["known_hosts"] = self.known_hosts
+        if self.tunnel is not None:
+            options["tunnel"] = self.tunnel.connection
+        return options
+
+    def remote_command(self, command: Sequence[str]) -> str:
+        return self.remote_clusterd + " " + shlex.join(command[1:])
+
+    def shell_argv(self, machine: Machine) -> list[str]:
+        """An interactive shell on ``machine``: here, or OpenSSH (hopping via the tunnel host)."""
+        if self.is_local(machine):
+            return [os.environ.get("SHELL") or "/bin/sh"]
+        options = ["-o", "LogLevel=ERROR"]
+        if not self.strict:
+            options += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        elif self.known_hosts:
+            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.identity:
+            options += ["-i", os.path.expanduser(self.identity)]
+        username = self.username or (self.tunnel.username if self.tunnel else None)
+        user = ["-l", username] if username else []
+        argv = ["ssh", *options, "-p", str(self.ssh_port()), *user]
+        if self.tunnel is not None:
+            spec = self.tunnel.spec
+            hop = ["ssh", *options, "-p", str(spec.port or 22), *user, "-W", "%h:%p", spec.host]
+            argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
+        return [*argv, "-t", machine.public_ip or machine.hostname]
+
+
+def parse_entry(line: bytes, machine: str) -> JournalEntry:
+    """A line of ``-o json`` output as a view entry; anything else shows as an error line."""
+    try:
+        doc = json.loads(line)
+        if not isinstance(doc, dict):
+            raise ValueError
+    except ValueError:
+        text = line.decode("utf-8", "replace")
+        return JournalEntry(0, 3, machine, "clusterd journal", text)
+    message = doc.get("MESSAGE", "")
+    if isinstance(message, list):
+        message = bytes(b for b in message if isinstance(b, int)).decode("utf-8", "replace")
+    unit = doc.get("_SYSTEMD_UNIT") or doc.get("UNIT") or doc.get("SYSLOG_IDENTIFIER") or ""
+    try:
+        priority = int(doc.get("PRIORITY", 6))
+        realtime = int(doc.get("__REALTIME_TIMESTAMP", 0))
+    except (TypeError, ValueError):
+        priority, realtime = 6, 0
+    return JournalEntry(
+        realtime, priority, machine, str(unit), str(message or ""), str(doc.get("__CURSOR", ""))
+    )
+
+
+class JournalFollower:
+    """Follows one machine's journal for some units (all of it without units).
+
+    Drops are survived: the follower says so through ``on_state``, dials again with
+    backoff and resumes after the last cursor it delivered, so nothing repeats and
+    nothing is skipped.
+    """
+
+    def __init__(
+        self,
+        access: MachineAccess,
+        machine: Machine,
+        units: Sequence[str],
+        label: str,
+        *,
+        backlog: str = BACKLOG,
+        on_state: Callable[[JournalFollower, str], None] | None = None,
+    ) -> None:
+        self.access = access
+        self.machine = machine
+        self.units = list(units)
+        self.label = label
+        """How the machine is named on each line."""
+        self.backlog = backlog
+        self.on_state = on_state
+        self.cursor = ""
+        """The cursor of the last delivered line: a reconnect resumes after it."""
+        self.state = "connecting"
+        self.error = ""
+        self.reconnects = 0
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        self.state = state
+        self.error = error
+        if self.on_state is not None:
+            self.on_state(self, state)
+
+    def command(self) -> list[str]:
+        return journal_command(
+            self.machine,
+            self.units,
+            lines="all" if self.cursor else self.backlog,
+            follow=True,
+            output="json",
+            after_cursor=self.cursor,
+        )
+
+    async def follow(self) -> AsyncIterator[list[JournalEntry]]:
+        """Batches of lines, for ever; cancel the consumer to stop (the reader stops too)."""
+        delay = 0.2
+        while True:
+            try:
+                async for batch in self._once():
+                    delay = 0.2
+                    yield batch
+                reason = "the journal reader ended"
+            except (OSError, asyncssh.Error, TunnelError, TimeoutError) as error:
+                reason = str(error) or type(error).__name__
+            self.reconnects += 1
+            self._set_state("reconnecting", reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _once(self) -> AsyncIterator[list[JournalEntry]]:
+        if self.access.is_local(self.machine):
+            stream = self._local()
+        else:
+            stream = self._ssh()
+        async for lines in stream:
+            batch = [parse_entry(line, self.label) for line in lines]
+            for entry in reversed(batch):
+                if entry.cursor:
+                    self.cursor = entry.cursor
+                    break
+            yield batch
+
+    async def _local(self) -> AsyncIterator[list[bytes]]:
+        argv, env = local_clusterd(self.command())
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        self._set_state("following")
+        try:
+            async for lines in _lines(process.stdout.read):
+                yield lines
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(process.wait(), 5)
+
+    async def _ssh(self) -> AsyncIterator[list[bytes]]:
+        host = self.machine.public_ip or self.machine.hostname
+        connection = await asyncssh.connect(host, **self.access.ssh_options())  # type: ignore[arg-type]
+        try:
+            # A PTY ties the remote reader to this session: closing it hangs the reader up.
+            process = await connection.create_process(
+                self.access.remote_command(self.command()),
+                term_type="dumb",
+                term_size=(1000, 50),
+                encoding=None,
+            )
+            self._set_state("following")
+            async for lines in _lines(process.stdout.read):
+                yield [line.rstrip(b"\r") for line in lines]
+        finally:
+            connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.wait_closed(), 5)
+
+
+async def _lines(read: Callable[[int], object]) -> AsyncIterator[list[bytes]]:
+    """Whole lines from a stream, a read's worth at a time."""
+    partial = b""
+    while True:
+        chunk = await read(1 << 16)  # type: ignore[misc]
+        if not chunk:
+            return
+        data = partial + chunk
+        lines = data.split(b"\n")
+        partial = lines.pop()
+        lines = [line for line in lines if line.strip()]
+        if lines:
+            yield lines
+
+
+async def read_journal(
+    access: MachineAccess, machine: Machine, units: Sequence[str], label: str, lines: int = 10
+) -> list[JournalEntry]:
+    """The newest ``lines`` lines of ``units`` on ``machine`` (the unit status detail's tail)."""
+    command = journal_command(machine, units, lines=str(lines), follow=False, output="json")
+    if access.is_local(machine):
+        argv, env = local_clusterd(command)
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(process.communicate(), 15)
+    else:
+        host = machine.public_ip or machine.hostname
+        async with asyncssh.connect(host, **access.ssh_options()) as connection:  # type: ignore[arg-type]
+            result = await asyncio.wait_for(
+                connection.run(access.remote_command(command), encoding=None), 15
+            )
+        output = result.stdout if isinstance(result.stdout, bytes) else b""
+    return [parse_entry(line, label) for line in output.splitlines() if line.strip()]

@@ -1,0 +1,237 @@
+"""Provides the journal pane: one unit, several, or a whole machine, followed and merged by time."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container
+from textual.widgets import Input, Static
+
+from backend.fleet.registry import Machine
+from console.journal_stream import BACKLOG, JournalFollower, MachineAccess
+from console.screens.path_prompt import PathPromptScreen
+from widgets.filter_bar import FilterBar
+from widgets.journal_view import DEFAULT_LIMIT, TIME_FORMATS, JournalEntry, JournalView
+from widgets.literal import literal, plural
+
+FLUSH_SECONDS = 0.05
+PRIORITY_CYCLE: tuple[int | None, ...] = (None, 6, 5, 4, 3)
+"""What `p` steps through: everything, then info, notice, warning and err and above."""
+
+
+@dataclass
+class Target:
+    """One machine to read, the units wanted there (its whole journal when empty)."""
+
+    machine: Machine
+    units: list[str] = field(default_factory=list)
+    label: str = ""
+
+
+def grep_pattern(text: str) -> tuple[re.Pattern[str] | None, bool]:
+    """The filter bar's text as a pattern to grep and highlight with, and whether it inverts."""
+    invert = text.startswith("!")
+    body = text[1:] if invert else text
+    if not body:
+        return None, False
+    if body.startswith("~"):
+        return re.compile(body[1:]), invert
+    return re.compile(re.escape(body), re.IGNORECASE), invert
+
+
+class JournalPane(Container):
+    """The Journal tab: a followed, filtered, bounded view over one or more journal readers."""
+
+    DEFAULT_CSS = """
+    JournalPane {
+        height: 1fr;
+    }
+    JournalPane > .pane-status {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+    }
+    """
+
+    BINDINGS = [
+        Binding("f", "follow", "Follow", id="journal.follow"),
+        Binding("p", "priority", "Priority", id="journal.priority"),
+        Binding("slash", "filter", "Grep", id="journal.grep"),
+        Binding("t", "time_format", "Time format", id="journal.time"),
+        Binding("w", "wrap", "Wrap", id="journal.wrap"),
+        Binding("S", "save", "Save", id="journal.save"),
+    ]
+
+    def __init__(
+        self, access: MachineAccess, *, limit: int = DEFAULT_LIMIT, id: str | None = None
+    ) -> None:
+        super().__init__(id=id)
+        self.access = access
+        self.limit = limit
+        self.title = ""
+        """What is followed, in words: ``hello.service on 8a3d1b2c…``."""
+        self.followers: list[JournalFollower] = []
+        self.pending: list[JournalEntry] = []
+        self.priority_step = 0
+        self.grep_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", classes="pane-status")
+        yield JournalView(limit=self.limit)
+        yield FilterBar()
+
+    @property
+    def view(self) -> JournalView:
+        return self.query_one(JournalView)
+
+    def on_mount(self) -> None:
+        self.set_interval(FLUSH_SECONDS, self._flush)
+        self.update_status()
+
+    # Following --------------------------------------------------------------------------
+
+    def follow(self, targets: list[Target], title: str, backlog: str = BACKLOG) -> None:
+        """Stop whatever is followed (its readers too) and follow ``targets`` instead."""
+        self.workers.cancel_group(self, "journal-readers")
+        self.pending.clear()
+        self.view.clear()
+        self.title = title
+        self.followers = [
+            JournalFollower(
+                self.access, t.machine, t.units, t.label, backlog=backlog, on_state=self._state
+            )
+            for t in targets
+        ]
+        for follower in self.followers:
+            self._read(follower)
+        self.update_status()
+
+    def stop(self) -> None:
+        self.workers.cancel_group(self, "journal-readers")
+        self.followers = []
+
+    @work(group="journal-readers")
+    async def _read(self, follower: JournalFollower) -> None:
+        async for batch in follower.follow():
+            self.pending.extend(batch)
+
+    def _state(self, follower: JournalFollower, state: str) -> None:
+        if state == "reconnecting":
+            self.notify(
+                f"journal of {follower.label} lost ({follower.error}); reconnecting",
+                severity="warning",
+            )
+        self.update_status()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        if len(self.followers) > 1:
+            batch.sort(key=lambda entry: entry.realtime)
+        self.view.append(batch)
+        self.update_status()
+
+    def update_status(self) -> None:
+        view = self.view
+        text = Text()
+        if not self.followers:
+            text.append("nothing followed: press j on a unit or a machine", style="dim italic")
+            self.query_one(".pane-status", Static).update(text)
+            return
+        text.append_text(literal(self.title, "bold"))
+        text.append(f"   {plural(len(view.shown), 'line')}")
+        if view.max_priority is not None:
+            text.append(f"   priority ≤ {view.priority_name(view.max_priority)}", style="cyan")
+        if self.grep_text:
+            text.append("   grep ")
+            text.append_text(literal(self.grep_text, "cyan"))
+        if view.wrap:
+            text.append("   wrap")
+        for follower in self.followers:
+            if follower.state == "reconnecting":
+                text.append(f"   {follower.label}: connection lost, reconnecting", style="bold red")
+        if view.following:
+            text.append("   following", style="green")
+        else:
+            text.append("   paused", style="bold yellow")
+            if view.new_lines:
+                text.append(f" +{view.new_lines:,} new lines (End resumes)", style="bold yellow")
+        self.query_one(".pane-status", Static).update(text)
+
+    @on(JournalView.FollowChanged)
+    def _follow_changed(self) -> None:
+        self.update_status()
+
+    # Actions ----------------------------------------------------------------------------
+
+    def action_follow(self) -> None:
+        self.view.toggle_follow()
+        self.update_status()
+
+    def action_priority(self) -> None:
+        self.priority_step = (self.priority_step + 1) % len(PRIORITY_CYCLE)
+        self._apply_filters()
+
+    def action_time_format(self) -> None:
+        modes = list(TIME_FORMATS)
+        self.view.set_time_mode(modes[(modes.index(self.view.time_mode) + 1) % len(modes)])
+        self.update_status()
+
+    def action_wrap(self) -> None:
+        self.view.set_wrap(not self.view.wrap)
+        self.update_status()
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBar).open()
+
+    @on(FilterBar.Applied)
+    def _grep(self, event: FilterBar.Applied) -> None:
+        self.grep_text = event.bar.value if event.matcher is not None else ""
+        self._apply_filters()
+
+    @on(Input.Submitted)
+    def _grep_submitted(self, event: Input.Submitted) -> None:
+        if isinstance(event.input, FilterBar):
+            self.view.focus()
+
+    def _apply_filters(self) -> None:
+        pattern, invert = grep_pattern(self.grep_text)
+        self.view.set_filters(
+            max_priority=PRIORITY_CYCLE[self.priority_step], grep=pattern, invert=invert
+        )
+        self.update_status()
+
+    def action_save(self) -> None:
+        default = time.strftime("journal-%Y%m%d-%H%M%S.log")
+
+        def check(answer: str) -> Text | None:
+            path = Path(answer).expanduser()
+            if path.is_dir():
+                return Text(f"{answer} is a directory; name a file")
+            if not path.parent.is_dir():
+                return Text(f"{path.parent} does not exist")
+            return None
+
+        def chosen(answer: str | None) -> None:
+            if not answer:
+                return
+            path = Path(answer).expanduser()
+            try:
+                count = self.view.save(path)
+            except OSError as error:
+                self.notify(f"cannot save to {path}: {error.strerror}", severity="error")
+                return
+            self.notify(f"saved {plural(count, 'line')} to {path}")
+
+        self.app.push_screen(
+            PathPromptScreen("Save the journal", "the lines shown, as text", check, default),
+            chosen,
+        )

@@ -1,0 +1,480 @@
+"""Provides the units pane: every unit, its desired and current state, under the keyboard."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.message import Message
+
+from backend.etcd import EtcdError
+from backend.fleet.registry import Job, Registry, RegistryError, UnitState, current_state
+from backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
+from console.cluster import ClusterModel
+from console.journal_stream import MachineAccess, read_journal
+from console.screens.confirm import ConfirmScreen
+from console.screens.path_prompt import PathPromptScreen
+from console.screens.table_pane import TablePane
+from console.screens.text_view import TextScreen
+from widgets.journal_view import format_time
+from widgets.line_table import Column, Row
+from widgets.literal import clean, literal, plural
+
+CONVERGE_SECONDS = 30.0
+"""How long a desired state may take to show before the pane says it did not converge."""
+WRITE_ACTIONS = {"start", "stop", "restart", "load", "unload", "destroy", "submit"}
+ACTIVE_STYLES = {
+    "active": "green",
+    "activating": "yellow",
+    "deactivating": "yellow",
+    "reloading": "yellow",
+    "failed": "bold red",
+    "inactive": "dim",
+}
+STATE_STYLES = {"launched": "green", "loaded": "cyan", "inactive": "dim"}
+VERBS = {"launched": "start", "loaded": "stop", "inactive": "unload"}
+
+
+def short_id(machine_id: str, full: bool = False) -> str:
+    return machine_id if full or len(machine_id) <= 8 else machine_id[:8] + "…"
+
+
+def is_global(job: Job) -> bool:
+    if job.unit is None:
+        return False
+    try:
+        return job.unit.fleet(job.name).is_global
+    except ValueError:
+        return False
+
+
+def unit_state(job: Job, states: dict[str, UnitState]) -> str:
+    """fleet's current state; a global unit is launched once every machine runs it."""
+    if not is_global(job):
+        return current_state(job, states)
+    if not states:
+        return "inactive"
+    if all(s.active_state not in ("inactive", "failed") for s in states.values()):
+        return "launched"
+    return "loaded"
+
+
+@dataclass
+class Pending:
+    """A desired state the user set, and when, so the pane can say whether it arrived."""
+
+    want: str
+    since: float
+    stuck: bool = False
+
+
+@dataclass
+class UnitsPaneState:
+    """What the units pane remembers between batches."""
+
+    pending: dict[str, Pending] = field(default_factory=dict)
+    machine: str = ""
+    """Only units on this machine are shown, when set (enter on the machines pane)."""
+
+
+class UnitsPane(TablePane):
+    """The Units tab: UNIT MACHINE DSTATE STATE ACTIVE SUB, and the keys that change them."""
+
+    COLUMNS: ClassVar[list[Column]] = [
+        Column("unit", "UNIT"),
+        Column("machine", "MACHINE"),
+        Column("dstate", "DSTATE"),
+        Column("state", "STATE"),
+        Column("active", "ACTIVE"),
+        Column("sub", "SUB"),
+    ]
+    WRITE_ACTIONS: ClassVar[set[str]] = WRITE_ACTIONS
+    MARKABLE = True
+
+    BINDINGS = [
+        Binding("s", "start", "Start", id="units.start"),
+        Binding("x", "stop", "Stop", id="units.stop"),
+        Binding("R", "restart", "Restart", id="units.restart"),
+        Binding("L", "load", "Load", show=False, id="units.load"),
+        Binding("U", "unload", "Unload", show=False, id="units.unload"),
+        Binding("D", "destroy", "Destroy", id="units.destroy"),
+        Binding("a", "submit", "Submit", id="units.submit"),
+        Binding("c", "cat", "Cat", id="units.cat"),
+        Binding("enter", "status", "Status", id="units.status"),
+        Binding("j", "journal", "Journal", id="units.journal"),
+        Binding("space", "mark", "Mark", id="units.mark"),
+        Binding("slash", "filter", "Filter", id="units.filter"),
+        Binding("escape", "clear", "Clear marks/machine", show=False, id="units.clear"),
+    ]
+
+    @dataclass
+    class JournalRequested(Message):
+        """Follow the journal of these units."""
+
+        units: list[str]
+
+    def __init__(
+        self,
+        model: ClusterModel,
+        registry: Registry | None,
+        access: MachineAccess,
+        *,
+        read_only: bool = False,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(model, read_only=read_only, id=id)
+        self._registry = registry
+        self.access = access
+        self.memory = UnitsPaneState()
+
+    @property
+    def registry(self) -> Registry:
+        """Fleet's keys through the console's client (set once the app runs)."""
+        assert self._registry is not None
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: Registry) -> None:
+        self._registry = registry
+
+    # Rows -------------------------------------------------------------------------------
+
+    def build_rows(self) -> list[Row]:
+        fleet = self.model.fleet
+        rows: list[Row] = []
+        only = self.memory.machine
+        for name in sorted(fleet.jobs):
+            job = fleet.jobs[name]
+            if not job.unit_hash:
+                continue
+            states = fleet.states.get(name, {})
+            shown_state = self._state_cell(job, states)
+            if is_global(job):
+                places = sorted(states) or [""]
+                for machine_id in places:
+                    if only and machine_id != only:
+                        continue
+                    rows.append(self._row(job, machine_id, states.get(machine_id), shown_state))
+            else:
+                if only and job.target != only:
+                    continue
+                rows.append(self._row(job, job.target, states.get(job.target), shown_state))
+        return rows
+
+    def _state_cell(self, job: Job, states: dict[str, UnitState]) -> tuple[str, str]:
+        state = unit_state(job, states)
+        pending = self.memory.pending.get(job.name)
+        if pending is None:
+            return state, STATE_STYLES.get(state, "")
+        if pending.stuck:
+            return f"{state}, did not reach {pending.want}", "bold red"
+        return f"pending → {pending.want}", "yellow"
+
+    def _row(
+        self, job: Job, machine_id: str, reported: UnitState | None, state: tuple[str, str]
+    ) -> Row:
+        machine = self.model.fleet.machines.get(machine_id)
+        if machine_id:
+            where = short_id(machine_id)
+            if machine is not None and machine.public_ip:
+                where += "/" + machine.public_ip
+        else:
+            where = "-"
+        active = reported.active_state if reported else "-"
+        sub = reported.sub_state if reported else "-"
+        cells = (clean(job.name), clean(where), job.target_state, state[0], active, sub)
+        styles = ("bold", "", "", state[1], ACTIVE_STYLES.get(active, ""), "")
+        key = f"{job.name}\0{machine_id}" if is_global(job) else job.name
+        return Row(key, cells, styles, data=job.name)
+
+    def status_text(self) -> Text:
+        fleet = self.model.fleet
+        jobs = [j for j in fleet.jobs.values() if j.unit_hash]
+        running = sum(1 for j in jobs if unit_state(j, fleet.states.get(j.name, {})) == "launched")
+        text = Text(f"{plural(len(jobs), 'unit')}, {running:,} launched")
+        if self.memory.machine:
+            text.append("   on machine ")
+            text.append(short_id(self.memory.machine, True), style="bold")
+            text.append(" (escape shows all)", style="dim")
+        if self.table.marked:
+            text.append(f"   {plural(len(self.table.marked), 'marked unit')}", style="bold yellow")
+        stuck = [n for n, p in self.memory.pending.items() if p.stuck]
+        if stuck:
+            text.append(f"   did not converge: {', '.join(sorted(stuck))}", style="bold red")
+        return text
+
+    def show_machine(self, machine_id: str) -> None:
+        self.memory.machine = machine_id
+        self.update_from_model()
+
+    # Convergence ------------------------------------------------------------------------
+
+    def check_convergence(self) -> None:
+        """Clear desired states that arrived; flag those that took too long, once."""
+        fleet = self.model.fleet
+        now = self.model.clock()
+        changed = False
+        for name, pending in list(self.memory.pending.items()):
+            job = fleet.jobs.get(name)
+            state = unit_state(job, fleet.states.get(name, {})) if job else "inactive"
+            if state == pending.want:
+                del self.memory.pending[name]
+                changed = True
+                if pending.stuck:
+                    self.notify(f"{name} reached {pending.want} after all")
+                continue
+            if not pending.stuck and now - pending.since > CONVERGE_SECONDS:
+                pending.stuck = True
+                changed = True
+                reason = f": {job.reason}" if job and job.reason else ""
+                self.notify(
+                    f"{name} did not reach {pending.want} in {CONVERGE_SECONDS:.0f}s; "
+                    f"it is {state}{reason}",
+                    title="Did not converge",
+                    severity="error",
+                    timeout=10,
+                )
+        if changed:
+            self.update_from_model()
+
+    # Actions ----------------------------------------------------------------------------
+
+    def chosen(self) -> list[str]:
+        names: list[str] = []
+        for row in self.table.chosen():
+            name = str(row.data)
+            if name not in names:
+                names.append(name)
+        return names
+
+    def action_mark(self) -> None:
+        self.table.toggle_mark()
+        self.status.update(self.status_text())
+
+    def action_clear(self) -> None:
+        if self.table.marked:
+            self.table.clear_marks()
+        elif self.memory.machine:
+            self.memory.machine = ""
+            self.update_from_model()
+        self.status.update(self.status_text())
+
+    async def _confirmed(self, verb: str, names: list[str], always: bool = False) -> bool:
+        if len(names) < 2 and not always:
+            return True
+        question = Text(f"{verb.capitalize()} {plural(len(names), 'unit')}?\n\n")
+        for name in names[:20]:
+            question.append("  ")
+            question.append_text(literal(name, "bold"))
+            question.append("\n")
+        if len(names) > 20:
+            question.append(f"  … and {len(names) - 20:,} more\n")
+        return bool(
+            await self.app.push_screen_wait(
+                ConfirmScreen(verb.capitalize(), question, yes_label=verb.capitalize())
+            )
+        )
+
+    async def set_target(self, names: list[str], want: str) -> None:
+        """Write the desired state of each unit; the rows show it pending until it arrives."""
+        now = self.model.clock()
+        for name in names:
+            try:
+                await self.registry.set_target_state(name, want)
+            except (RegistryError, EtcdError) as error:
+                self.notify(f"cannot {VERBS[want]} {name}: {error}", severity="error")
+                continue
+            self.memory.pending[name] = Pending(want, now)
+        self.update_from_model()
+
+    @work(group="units-write")
+    async def _lifecycle(self, verb: str, want: str) -> None:
+        names = self.chosen()
+        if not names or not await self._confirmed(verb, names):
+            return
+        await self.set_target(names, want)
+        self.table.clear_marks()
+
+    def action_start(self) -> None:
+        self._lifecycle("start", "launched")
+
+    def action_stop(self) -> None:
+        self._lifecycle("stop", "loaded")
+
+    def action_load(self) -> None:
+        self._lifecycle("load", "loaded")
+
+    def action_unload(self) -> None:
+        self._lifecycle("unload", "inactive")
+
+    @work(group="units-write")
+    async def action_restart(self) -> None:
+        names = self.chosen()
+        if not names or not await self._confirmed("restart", names):
+            return
+        self.table.clear_marks()
+        await self.set_target(names, "loaded")
+        # Like `fleetctl restart`: wait for the stop to land, then start again.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONVERGE_SECONDS
+        while loop.time() < deadline and any(n in self.memory.pending for n in names):
+            await asyncio.sleep(0.1)
+            self.check_convergence()
+        await self.set_target(names, "launched")
+
+    @work(group="units-write")
+    async def action_destroy(self) -> None:
+        names = self.chosen()
+        if not names or not await self._confirmed("destroy", names, always=True):
+            return
+        self.table.clear_marks()
+        for name in names:
+            try:
+                await self.registry.destroy(name)
+            except (RegistryError, EtcdError) as error:
+                self.notify(f"cannot destroy {name}: {error}", severity="error")
+                continue
+            self.memory.pending.pop(name, None)
+        self.notify(f"destroyed {', '.join(names)}")
+
+    def action_submit(self) -> None:
+        def submitted(answer: str | None) -> None:
+            if answer:
+                self.submit_files(unit_paths(answer))
+
+        self.app.push_screen(
+            PathPromptScreen(
+                "Submit unit files",
+                "paths separated by spaces (a directory submits every unit file in it)",
+                check_unit_files,
+            ),
+            submitted,
+        )
+
+    @work(group="units-write")
+    async def submit_files(self, paths: list[Path]) -> None:
+        done = []
+        for path in paths:
+            try:
+                await self.registry.create_job(
+                    normalize_name(path.name), path.read_text(), replace=True
+                )
+            except (RegistryError, EtcdError, OSError) as error:
+                self.notify(f"cannot submit {path.name}: {error}", severity="error")
+                continue
+            done.append(path.name)
+        if done:
+            self.notify(f"submitted {', '.join(done)}")
+
+    def action_cat(self) -> None:
+        names = self.chosen()
+        job = self.model.fleet.jobs.get(names[0]) if names else None
+        if job is None or job.unit is None:
+            self.notify("select a unit to see its file", severity="warning")
+            return
+        self.app.push_screen(TextScreen(literal(job.name), literal(job.unit.raw)))
+
+    @work(group="units-status")
+    async def action_status(self) -> None:
+        row = self.table.cursor_row
+        if row is None:
+            return
+        name = str(row.data)
+        fleet = self.model.fleet
+        job = fleet.jobs.get(name)
+        if job is None:
+            return
+        machine_id = row.key.split("\0")[1] if "\0" in row.key else job.target
+        states = fleet.states.get(name, {})
+        body = status_lines(job, states, machine_id, self.model)
+        machine = fleet.machines.get(machine_id)
+        if machine is not None:
+            try:
+                lines = await read_journal(self.access, machine, [name], short_id(machine_id))
+            except Exception as error:
+                body.append(f"\n(cannot read the journal: {error})", style="red")
+            else:
+                body.append("\n")
+                for entry in lines[-10:]:
+                    body.append(format_time(entry.realtime, "short") + " ", style="cyan")
+                    body.append_text(literal(entry.message))
+                    body.append("\n")
+                if not lines:
+                    body.append("-- No entries --\n", style="dim")
+        await self.app.push_screen_wait(TextScreen(literal(name, "bold"), body))
+
+    def action_journal(self) -> None:
+        names = self.chosen()
+        if names:
+            self.post_message(self.JournalRequested(names))
+
+
+def status_lines(
+    job: Job, states: dict[str, UnitState], machine_id: str, model: ClusterModel
+) -> Text:
+    """fleetctl status's header: state, machine, and why the engine put it there."""
+    reported = states.get(machine_id)
+    text = Text()
+    description = job.unit.description(job.name) if job.unit else ""
+    if description:
+        text.append_text(literal(description, "italic"))
+        text.append("\n")
+    text.append("   State: ")
+    text.append(f"{unit_state(job, states)} (desired {job.target_state})\n")
+    text.append("  Active: ")
+    if reported:
+        text.append(reported.active_state, style=ACTIVE_STYLES.get(reported.active_state, ""))
+        text.append(f" ({reported.sub_state}), load {reported.load_state}\n")
+    else:
+        text.append("inactive (dead)\n", style="dim")
+    text.append(" Machine: ")
+    machine = model.fleet.machines.get(machine_id)
+    if is_global(job):
+        text.append(f"global, on {plural(len(states), 'machine')}; this row: ")
+    if machine_id:
+        text.append_text(literal(machine_id))
+        if machine is not None and machine.public_ip:
+            text.append(f" ({machine.public_ip})")
+    else:
+        text.append("-")
+    text.append("\n  Placed: ")
+    text.append_text(literal(job.reason or ("by the engine" if job.target else "not placed yet")))
+    text.append("\n")
+    return text
+
+
+def unit_paths(answer: str) -> list[Path]:
+    """Unit files named by the answer: each path, or each unit file in a directory."""
+    paths: list[Path] = []
+    for word in answer.split():
+        path = Path(word).expanduser()
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and "." in p.name))
+        else:
+            paths.append(path)
+    return paths
+
+
+def check_unit_files(answer: str) -> Text | None:
+    """Every problem with the named files: missing, bad names, syntax errors with line numbers."""
+    problems = Text()
+    paths = unit_paths(answer)
+    if not paths:
+        return Text("no unit files there")
+    for path in paths:
+        try:
+            name = normalize_name(path.name)
+            validate_name(name)
+            parse(path.read_text(), name)
+        except UnitFileError as error:
+            problems.append_text(literal(str(error)))
+            problems.append("\n")
+        except (OSError, UnicodeDecodeError) as error:
+            problems.append_text(literal(f"{path}: {error.strerror or error}"))
+            problems.append("\n")
+    return problems if problems.plain else None
