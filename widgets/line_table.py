@@ -73,7 +73,6 @@ class LineTable(ScrollView, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False, id="table.pagedown"),
         Binding("home", "edge(0)", "First", show=False, id="table.home"),
         Binding("end", "edge(1)", "Last", show=False, id="table.end"),
-        Binding("enter", "select", "Select", show=False, id="table.select"),
         Binding("less_than_sign", "sort_by(-1)", "Sort ←", id="table.sort_left"),
         Binding("greater_than_sign", "sort_by(1)", "Sort →", id="table.sort_right"),
         Binding("equals_sign", "reverse_sort", "Reverse", show=False, id="table.reverse"),
@@ -81,7 +80,7 @@ class LineTable(ScrollView, can_focus=True):
 
     @dataclass
     class Selected(Message):
-        """``enter`` (or a click on the cursor row) chose ``row``."""
+        """A click on the cursor row chose ``row`` (panes bind ``enter`` themselves)."""
 
         table: LineTable
         row: Row

@@ -7,6 +7,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Container
 from textual.widgets import Input, Static
 
@@ -73,6 +74,16 @@ class TablePane(Container):
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()
+
+    @on(LineTable.Selected)
+    def _row_chosen(self) -> None:
+        self.run_action_on_enter()
+
+    def run_action_on_enter(self) -> None:
+        """What a double click on a row does: the pane's ``enter`` action."""
+        for binding in self.BINDINGS:
+            if isinstance(binding, Binding) and binding.key == "enter":
+                self.run_worker(self.run_action(binding.action))
 
     @on(FilterBar.Applied)
     def _filter_applied(self, event: FilterBar.Applied) -> None:

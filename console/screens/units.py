@@ -131,6 +131,8 @@ class UnitsPane(TablePane):
         self._registry = registry
         self.access = access
         self.memory = UnitsPaneState()
+        self.converge_seconds = CONVERGE_SECONDS
+        """How long a desired state may take before the pane says it did not converge."""
 
     @property
     def registry(self) -> Registry:
@@ -228,12 +230,12 @@ class UnitsPane(TablePane):
                 if pending.stuck:
                     self.notify(f"{name} reached {pending.want} after all")
                 continue
-            if not pending.stuck and now - pending.since > CONVERGE_SECONDS:
+            if not pending.stuck and now - pending.since > self.converge_seconds:
                 pending.stuck = True
                 changed = True
                 reason = f": {job.reason}" if job and job.reason else ""
                 self.notify(
-                    f"{name} did not reach {pending.want} in {CONVERGE_SECONDS:.0f}s; "
+                    f"{name} did not reach {pending.want} in {self.converge_seconds:.0f}s; "
                     f"it is {state}{reason}",
                     title="Did not converge",
                     severity="error",
@@ -321,7 +323,7 @@ class UnitsPane(TablePane):
         await self.set_target(names, "loaded")
         # Like `fleetctl restart`: wait for the stop to land, then start again.
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONVERGE_SECONDS
+        deadline = loop.time() + self.converge_seconds
         while loop.time() < deadline and any(n in self.memory.pending for n in names):
             await asyncio.sleep(0.1)
             self.check_convergence()
