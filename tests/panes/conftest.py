@@ -1,4 +1,4 @@
-"""Fixtures for the cluster pane tests: a demo cluster per module, a console on it, unit processes."""
+"""Fixtures for the cluster pane tests: a demo cluster per module, consoles, unit processes."""
 
 from __future__ import annotations
 

@@ -157,9 +157,10 @@ async def test_unload_and_load_move_the_unit_between_inactive_and_loaded(
         await put_cursor_on(app, pilot, "unload.service")
         await pilot.press("U")
         await wait_for(pilot, lambda: unit_pid(cluster, "unload.service") is None, within=15)
-        await wait_for(pilot, lambda: app.units_pane.table.cursor_row.cells[2:4] == ("inactive", "inactive"), 15)  # fmt: skip
+        row = app.units_pane.table
+        await wait_for(pilot, lambda: row.cursor_row.cells[2:4] == ("inactive", "inactive"), 15)
         await pilot.press("L")
-        await wait_for(pilot, lambda: app.units_pane.table.cursor_row.cells[2:4] == ("loaded", "loaded"), 15)  # fmt: skip
+        await wait_for(pilot, lambda: row.cursor_row.cells[2:4] == ("loaded", "loaded"), 15)
         assert unit_pid(cluster, "unload.service") is None
     await registry.destroy("unload.service")
     await registry.client.close()
