@@ -221,7 +221,7 @@ class JournalView(ScrollView, can_focus=True):
             self.virtual_size = Size(self._prefix_width() + longest, len(self.shown))
         if self.following:
             self._moving = True
-            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
             self._moving = False
         self.refresh()
 
@@ -296,7 +296,7 @@ class JournalView(ScrollView, can_focus=True):
         if following:
             self.new_lines = 0
             self._moving = True
-            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
             self._moving = False
         self.post_message(self.FollowChanged(self, following))
 

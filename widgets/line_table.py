@@ -241,9 +241,9 @@ class LineTable(ScrollView, can_focus=True):
         rows = max(1, self.size.height - 1)
         top = int(self.scroll_y)
         if self.cursor < top:
-            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor, animate=False, immediate=True, force=True)
         elif self.cursor >= top + rows:
-            self.scroll_to(y=self.cursor - rows + 1, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor - rows + 1, animate=False, immediate=True, force=True)
 
     def action_cursor(self, delta: int) -> None:
         self._set_cursor(self.cursor + delta)

@@ -142,7 +142,7 @@ class JournalPane(Container):
     def update_status(self) -> None:
         view = self.view
         text = Text()
-        if not self.followers:
+        if not self.title:
             text.append("nothing followed: press j on a unit or a machine", style="dim italic")
             self.query_one(".pane-status", Static).update(text)
             return

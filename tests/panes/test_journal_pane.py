@@ -1,0 +1,147 @@
+"""Pilot tests of the journal pane: follow, pause, priority, grep, time format, wrap, save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+
+from console.journal_stream import MachineAccess, parse_entry
+from console.screens.journal import JournalPane
+from console.screens.path_prompt import PathPromptScreen
+from tests.panes.conftest import SIZE, wait_for
+from widgets.journal_view import JournalEntry, JournalView
+
+START = 1_795_000_000_000_000
+
+
+def lines(count: int, first: int = 0, priority: int = 6) -> list[JournalEntry]:
+    return [
+        JournalEntry(START + n * 1000, priority, "8a3d1b2c…", "web.service", f"request {n}")
+        for n in range(first, first + count)
+    ]
+
+
+class JournalApp(App[None]):
+    def __init__(self, limit: int = 1000) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def compose(self) -> ComposeResult:
+        yield JournalPane(MachineAccess(), limit=self.limit)
+
+    @property
+    def pane(self) -> JournalPane:
+        return self.query_one(JournalPane)
+
+
+async def feed(pilot, app: JournalApp, batch: list[JournalEntry]) -> None:
+    app.pane.title = "web.service on 8a3d1b2c…"
+    total = app.pane.view.total + len(batch)
+    app.pane.pending.extend(batch)
+    await wait_for(pilot, lambda: app.pane.view.total == total)
+
+
+def status(app: JournalApp) -> str:
+    return str(app.pane.query_one(".pane-status").render())
+
+
+async def test_scrolling_up_pauses_following_counts_new_lines_and_end_resumes() -> None:
+    app = JournalApp()
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.pane.view
+        view.focus()
+        await feed(pilot, app, lines(200))
+        assert view.following and view.scroll_y == view.max_scroll_y
+        await pilot.press("pageup")
+        assert not view.following
+        await feed(pilot, app, lines(7, 200))
+        assert view.new_lines == 7
+        assert "+7 new lines" in status(app)
+        await pilot.press("end")
+        assert view.following and view.scroll_y == view.max_scroll_y
+        assert "following" in status(app)
+        await pilot.press("f")
+        assert not view.following and "paused" in status(app)
+        await pilot.press("f")
+        assert view.following
+
+
+async def test_the_buffer_keeps_only_the_newest_lines() -> None:
+    app = JournalApp(limit=100)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed(pilot, app, lines(250))
+        view = app.pane.view
+        assert len(view.entries) == 100
+        assert view.entries[0].message == "request 150"
+        assert view.entries[-1].message == "request 249"
+
+
+async def test_p_filters_by_priority_and_slash_greps_with_highlights() -> None:
+    app = JournalApp()
+    async with app.run_test(size=SIZE) as pilot:
+        view = app.pane.view
+        view.focus()
+        await feed(pilot, app, lines(5) + lines(2, 100, priority=3) + lines(1, 200, priority=4))
+        await pilot.press("p", "p", "p", "p")
+        assert view.max_priority == 3
+        assert [e.message for e in view.shown] == ["request 100", "request 101"]
+        assert "priority ≤ err" in status(app)
+        await pilot.press("p")
+        assert view.max_priority is None and len(view.shown) == 8
+        await pilot.press("slash", *"QUEST 10", "enter")
+        assert [e.message for e in view.shown] == ["request 100", "request 101"]
+        strip = view.render_line(0)
+        highlighted = [
+            s.text
+            for s in strip
+            if s.style and s.style.bgcolor and s.style.bgcolor.name == "yellow"
+        ]
+        assert highlighted == ["quest 10"]
+        app.pane.query_one("FilterBar").value = "!~^request [12]"
+        await pilot.pause()
+        assert [e.message for e in view.shown] == ["request 0", "request 3", "request 4"]
+
+
+async def test_t_changes_the_timestamp_format_and_w_wraps_long_lines() -> None:
+    app = JournalApp()
+    async with app.run_test(size=(80, 20)) as pilot:
+        view = app.pane.view
+        view.focus()
+        long = JournalEntry(START, 6, "m1", "u.service", "x" * 300)
+        await feed(pilot, app, [long])
+        first = "".join(s.text for s in view.render_line(0))
+        await pilot.press("t")
+        assert view.time_mode == "iso"
+        iso = "".join(s.text for s in view.render_line(0))
+        assert iso != first and "T" in iso.split()[0]
+        await pilot.press("t")
+        assert "." in "".join(s.text for s in view.render_line(0)).split()[2]
+        assert view.virtual_size.height == 1
+        await pilot.press("w")
+        assert view.wrap and view.virtual_size.height > 1
+        assert "wrap" in status(app)
+
+
+async def test_S_saves_the_shown_lines_to_a_file(tmp_path: Path) -> None:
+    app = JournalApp()
+    target = tmp_path / "saved.log"
+    async with app.run_test(size=SIZE) as pilot:
+        app.pane.view.focus()
+        await feed(pilot, app, lines(3))
+        await pilot.press("S")
+        await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))
+        app.screen.query_one("#prompt-input").value = str(target)
+        await pilot.press("enter")
+        await wait_for(pilot, target.exists)
+    saved = target.read_text().splitlines()
+    assert len(saved) == 3 and saved[2].endswith("8a3d1b2c… web.service: request 2")
+
+
+def test_journal_text_is_data_never_markup_or_escapes() -> None:
+    raw = b'{"__CURSOR":"s=a;i=1;t=1","__REALTIME_TIMESTAMP":"1","PRIORITY":"6",'
+    raw += b'"_SYSTEMD_UNIT":"x.service","MESSAGE":"[bold]hi\\u001b[31m"}'
+    entry = parse_entry(raw, "m")
+    view = JournalView()
+    text = "".join(s.text for s in view._segments(entry, entry.message))
+    assert "[bold]hi" in text and "\x1b" not in text
