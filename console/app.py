@@ -157,7 +157,8 @@ class ClusterConsole(App[None]):
         self.units_pane.registry = self.feed.registry
         self.follow_cluster()
         self.set_interval(CLUSTER_FLUSH_SECONDS, self._flush_cluster)
-        self.set_interval(TICK_SECONDS, self.read_leases)
+        self.lease_timer = self.set_interval(TICK_SECONDS, self.read_leases)
+        """Reads leases and moves countdowns; screenshots stop it to hold the picture still."""
         for pane in self.table_panes:
             pane.update_from_model()
 

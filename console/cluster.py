@@ -295,18 +295,22 @@ class ClusterFeed:
         return True
 
     async def read_leases(self) -> None:
-        """Read machine presence leases and subnet lease expiries once."""
+        """Read machine presence leases and subnet lease expiries once.
+
+        A lease that ran out between the listing and the reading is not an error: its key
+        is about to go, and the watch will say so.
+        """
         model = self.model
         now = model.clock()
         for machine_id, lease in list(model.machine_leases.items()):
             if not lease:
                 continue
-            with contextlib.suppress(EtcdError, OSError):
+            with contextlib.suppress(Exception):
                 info = await self.client.get_lease_info(lease, keys=False)
                 model.presence[machine_id] = MachineLease(info.TTL, info.grantedTTL, now)
         for subnet in list(model.subnets.values()):
             if not subnet.lease:
                 continue
-            with contextlib.suppress(EtcdError, OSError):
+            with contextlib.suppress(Exception):
                 info = await self.client.get_lease_info(subnet.lease, keys=False)
                 subnet.expires_at = now + info.TTL if info.TTL > 0 else now
