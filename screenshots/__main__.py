@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from backend import demo
+from screenshots.pane_scenes import PANE_SCENES, pane_console, seed_cluster
 from screenshots.scenes import SCENES, SIZE, Scene, scene_console
 
 HERE = Path(__file__).resolve().parent
@@ -21,8 +22,11 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-async def render(scene: Scene, url: str, out: Path) -> Path:
-    app = scene_console(_dead_url() if scene.store_down else url)
+async def render(scene: Scene, url: str, out: Path, *, panes: bool = False) -> Path:
+    if panes:
+        app = pane_console(url)
+    else:
+        app = scene_console(_dead_url() if scene.store_down else url)
     async with app.run_test(size=SIZE) as pilot:
         await scene.drive(pilot)
         app.save_screenshot(filename=f"{scene.name}.svg", path=str(out))
@@ -31,12 +35,18 @@ async def render(scene: Scene, url: str, out: Path) -> Path:
 
 async def render_all(out: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="clustertui-shots-") as root:
-        store = demo.start_store(Path(root))
+        store = demo.start_store(Path(root) / "keys")
+        panes_store = demo.start_store(Path(root) / "panes")
         try:
             await demo.seed_store(store.url)
-            return [await render(scene, store.url, out) for scene in SCENES]
+            await seed_cluster(panes_store.url)
+            shots = [await render(scene, store.url, out) for scene in SCENES]
+            for scene in PANE_SCENES:
+                shots.append(await render(scene, panes_store.url, out, panes=True))
+            return shots
         finally:
             store.stop()
+            panes_store.stop()
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from console.screens.confirm import ConfirmScreen
 from console.screens.path_prompt import PathPromptScreen
 from console.screens.table_pane import TablePane
 from console.screens.text_view import TextScreen
-from widgets.journal_view import format_time
+from widgets.journal_view import JournalEntry, format_time
 from widgets.line_table import Column, Row
 from widgets.literal import clean, literal, plural
 
@@ -401,13 +401,7 @@ class UnitsPane(TablePane):
             except Exception as error:
                 body.append(f"\n(cannot read the journal: {error})", style="red")
             else:
-                body.append("\n")
-                for entry in lines[-10:]:
-                    body.append(format_time(entry.realtime, "short") + " ", style="cyan")
-                    body.append_text(literal(entry.message))
-                    body.append("\n")
-                if not lines:
-                    body.append("-- No entries --\n", style="dim")
+                append_journal(body, lines[-10:])
         await self.app.push_screen_wait(TextScreen(literal(name, "bold"), body))
 
     def action_journal(self) -> None:
@@ -448,6 +442,17 @@ def status_lines(
     text.append_text(literal(job.reason or ("by the engine" if job.target else "not placed yet")))
     text.append("\n")
     return text
+
+
+def append_journal(body: Text, entries: list[JournalEntry]) -> None:
+    """The status detail's tail: journal lines as `clusterctl status` prints them."""
+    body.append("\n")
+    for entry in entries:
+        body.append(format_time(entry.realtime, "short") + " ", style="cyan")
+        body.append_text(literal(entry.message))
+        body.append("\n")
+    if not entries:
+        body.append("-- No entries --\n", style="dim")
 
 
 def unit_paths(answer: str) -> list[Path]:
