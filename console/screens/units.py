@@ -439,7 +439,13 @@ def status_lines(
     else:
         text.append("-")
     text.append("\n  Placed: ")
-    text.append_text(literal(job.reason or ("by the engine" if job.target else "not placed yet")))
+    if job.reason:
+        placed = job.reason
+    elif is_global(job):
+        placed = "global: every machine that matches runs it"
+    else:
+        placed = "by the engine" if job.target else "not placed yet"
+    text.append_text(literal(placed))
     text.append("\n")
     return text
 

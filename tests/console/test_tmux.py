@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,13 +67,40 @@ def terminal() -> Iterator[Terminal]:
     term.kill()
 
 
+def unit_row(screen: str, unit: str) -> str:
+    return next((line for line in screen.splitlines() if line.startswith(unit)), "")
+
+
+def wait_for_row(terminal: Terminal, unit: str, *words: str, within: float = 30.0) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        row = unit_row(terminal.screen(), unit)
+        if row.split()[2:][: len(words)] == list(words):
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"{unit} never showed {words}; the screen shows:\n{terminal.screen()}")
+
+
+def processes_with(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in argv:
+                found.append(argv)
+    return found
+
+
 @pytest.mark.slow
 def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal: Terminal) -> None:
     terminal.start([sys.executable, "-m", "console.app", "--demo"])
-    screen = terminal.wait_for("connected")
+    screen = terminal.wait_for("connected", within=60)
     screen = terminal.wait_for("/services/")
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
-    assert "24 keys" in screen and "/queue/" in screen
+    assert "/queue/  12" in screen and "/_coreos.com/" in screen
     # Down to /config/ and open it.
     terminal.keys("Down", "Down", "Down", "Enter")
     screen = terminal.wait_for("app/")
@@ -87,8 +115,20 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     # A lone ESC is only a key once the terminal's escape timeout passes; wait, as people do.
     terminal.keys("Escape")
     terminal.wait_gone("keys.delete")
+    # The units pane: stop hello.service, start it again, then follow its journal.
     terminal.keys("3")
-    terminal.wait_for("Units arrives with the cluster panes")
+    terminal.wait_for("⏎ Status")
+    wait_for_row(terminal, "hello.service", "launched", "launched", "active")
+    terminal.keys("Down")
+    time.sleep(0.3)
+    terminal.keys("x")
+    wait_for_row(terminal, "hello.service", "loaded", "loaded", "inactive")
+    terminal.keys("s")
+    wait_for_row(terminal, "hello.service", "launched", "launched", "active")
+    terminal.keys("j")
+    screen = terminal.wait_for("Hello from")
+    assert "hello.service on" in screen and "following" in screen
     terminal.keys("1", "q")
-    terminal.wait_for("EXITED 0")
+    terminal.wait_for("EXITED 0", within=60)
     assert not port_open(port), "the demo store outlived the console"
+    assert not processes_with(f"--endpoints http://127.0.0.1:{port}"), "demo nodes outlived it"
