@@ -433,8 +433,9 @@ class Ctl:
             for name in list(remaining):
                 job = state.jobs.get(name) or Job(name)
                 current = current_state(job, state.states.get(name, {}))
-                if want == "inactive" and name not in state.jobs:
-                    current = "inactive"
+                if want == "inactive" and job.target:
+                    # Unloaded means unscheduled too: wait for the engine to clear the target.
+                    current = "loaded"
                 if current == want:
                     remaining.remove(name)
                     message = f"Unit {name} {current}"

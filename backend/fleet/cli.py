@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -75,7 +76,10 @@ def machine_id(data_dir: Path, given: str | None) -> str:
         if kept:
             return kept
     new = uuid.uuid4().hex
-    path.write_text(new + "\n")
+    # Written whole or not at all: a reader never sees an empty ID.
+    partial = path.with_name(f".machine-id.{os.getpid()}")
+    partial.write_text(new + "\n")
+    partial.replace(path)
     return new
 
 

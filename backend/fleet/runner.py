@@ -185,6 +185,7 @@ class _Child:
 
     process: asyncio.subprocess.Process
     exited: asyncio.Future[None]
+    transport: asyncio.SubprocessTransport
 
     @property
     def pid(self) -> int:
@@ -197,6 +198,10 @@ class _Child:
     async def wait(self) -> int:
         await asyncio.shield(self.exited)
         return self.process.returncode or 0
+
+    def close(self) -> None:
+        """Let go of the pipes (a child's children may still hold the other ends)."""
+        self.transport.close()
 
 
 class UnitRunner:
@@ -226,6 +231,7 @@ class UnitRunner:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()
+        self._children: list[_Child] = []
 
     @property
     def unit_hash(self) -> str:
@@ -328,7 +334,9 @@ class UnitRunner:
             task = asyncio.create_task(self._pump(stream, identifier, process.pid, kind))
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
-        return _Child(process, protocol.exited)
+        child = _Child(process, protocol.exited, transport)
+        self._children.append(child)
+        return child
 
     async def _pump(
         self, stream: asyncio.StreamReader, identifier: str, pid: int, kind: str
@@ -424,6 +432,7 @@ class UnitRunner:
             self._set("inactive", "dead")
         finally:
             self._record_path.unlink(missing_ok=True)
+            await self._drain()
 
     async def _run_once(self) -> Outcome:
         options = self.options
@@ -528,4 +537,7 @@ class UnitRunner:
         """Let the output readers finish the lines already written."""
         if self._pumps:
             await asyncio.wait(set(self._pumps), timeout=1.0)
+        for child in [c for c in self._children if c.returncode is not None]:
+            child.close()
+            self._children.remove(child)
         self.sink.flush()
