@@ -19,6 +19,7 @@ from backend.fleet.unitfile import FleetOptions
 from backend.keys import prefix_end
 
 log = logging.getLogger(__name__)
+COALESCE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -402,6 +403,9 @@ class Engine:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self.reconcile_interval)
+            # Changes come in bursts (a submit of many units, a machine and its states
+            # going away): a moment's wait lets one pass handle the whole burst.
+            await asyncio.sleep(COALESCE_SECONDS)
             self._dirty.clear()
             await self.reconcile(lease)
 

@@ -211,7 +211,7 @@ class Registry:
                 unit = parse(raw)
             except ValueError:
                 return None
-            if len(self._parsed) > 10_000:
+            if len(self._parsed) > 100_000:
                 self._parsed.clear()
             self._parsed[digest] = unit
         return unit
