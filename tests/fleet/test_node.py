@@ -9,6 +9,7 @@ from pathlib import Path
 
 from backend.fleet.registry import Registry, current_state
 from backend.fleet.runner import process_start_time, reap_orphans
+from backend.fleet.unitfile import unit_hash
 from tests.fleet.conftest import NodeFactory, eventually
 from tests.harness.procs import Child
 
@@ -172,3 +173,31 @@ async def test_a_global_unit_runs_on_every_matching_machine(
         return active == east_ids
 
     await eventually(everywhere_east, within=15, what="the global unit on both east machines")
+
+
+async def test_replacing_a_running_unit_restarts_it_with_the_new_text(
+    nodes: NodeFactory, registry: Registry, tmp_path: Path
+) -> None:
+    registry = Registry(registry.client, nodes.prefix)
+    child = nodes.start("solo")
+    machine = ident(child, tmp_path)
+    marker = tmp_path / "version"
+    first = f'[Service]\nExecStart=/bin/sh -c "echo one > {marker}; exec sleep 60"\n'
+    second = first.replace("one", "two")
+    await launch(registry, "svc.service", first)
+    await eventually(lambda: marker.exists() and marker.read_text() == "one\n", within=15)
+    old_pid = unit_pid(tmp_path / "solo", "svc.service")
+    await registry.create_job("svc.service", second, replace=True)
+
+    async def second_running() -> bool:
+        states = (await registry.unit_states("svc.service")).get("svc.service", {})
+        state = states.get(machine)
+        return (
+            state is not None
+            and state.unit_hash == unit_hash(second)
+            and (state.active_state == "active")
+        )
+
+    await eventually(second_running, within=15, what="the new text running")
+    assert marker.read_text() == "two\n"
+    assert not process_start_time(old_pid)
