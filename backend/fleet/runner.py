@@ -279,14 +279,9 @@ class UnitRunner:
         for name in ("LANG", "LC_ALL", "TZ"):
             if name in os.environ:
                 env[name] = os.environ[name]
-        try:
-            account = (
-                pwd.getpwnam(self.options.user) if self._as_user() else pwd.getpwuid(os.getuid())
-            )
-            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-            env["SHELL"] = account.pw_shell or "/bin/sh"
-        except KeyError:
-            pass
+        account = self._account()
+        env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+        env["SHELL"] = account.pw_shell or "/bin/sh"
         env.update(self.options.environment)
         for path, optional in self.options.environment_files:
             try:
@@ -299,6 +294,18 @@ class UnitRunner:
     def _as_user(self) -> bool:
         return bool(self.options.user) and os.geteuid() == 0
 
+    def _account(self) -> pwd.struct_passwd:
+        """The account the unit runs as: User= when the agent is root, else the agent's own."""
+        user = self.options.user
+        if not self._as_user():
+            if user:
+                self._note(f"User={user} ignored: the agent does not run as root", 4)
+            return pwd.getpwuid(os.getuid())
+        try:
+            return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except KeyError:
+            raise RuntimeError(f"User={user}: no such user") from None
+
     def _spawn_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {"start_new_session": True, "stdin": asyncio.subprocess.DEVNULL}
         workdir = self.options.working_directory
@@ -310,7 +317,7 @@ class UnitRunner:
             elif not optional:
                 raise RuntimeError(f"WorkingDirectory={path} does not exist")
         if self._as_user():
-            account = pwd.getpwnam(self.options.user)
+            account = self._account()
             kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
         return kwargs
 
