@@ -42,7 +42,6 @@ from backend.keys import prefix_end
 from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
 VERSION = "0.1.0"
-NETWORK_PREFIX = "/coreos.com/network/"
 POLL_SECONDS = 0.5
 
 # Global flags, their defaults, and how the environment names them (fleetctl's scheme:
@@ -62,6 +61,7 @@ GLOBAL_FLAGS: dict[str, str] = {
     "cert-file": "",
     "key-file": "",
     "remote-clusterd": "clusterd",
+    "overlay-prefix": "/coreos.com/network/",
 }
 
 
@@ -287,7 +287,7 @@ class Ctl:
 
     async def list_subnets(self) -> int:
         fields = ["subnet", "machine", "public-ip", "backend", "expires"]
-        base = (NETWORK_PREFIX + "subnets/").encode()
+        base = (self.args.overlay_prefix.rstrip("/") + "/subnets/").encode()
         await self.client.connect()
         response = await self.registry._range(base, prefix_end(base))
         machines = await self.machines()

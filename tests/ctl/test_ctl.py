@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -432,3 +434,46 @@ async def test_ssh_hops_through_the_tunnel_host(
     result = await ctl(*_ssh_flags(sshd), "--tunnel", sshd.spec, "ssh", M1, "echo", "hopped")
     assert result.code == 0, result.err
     assert result.out == "hopped\n"
+
+
+async def test_list_subnets_shows_leases_and_reservations(
+    ctl: CtlRunner, registry: Registry, kv: EtcdClient, ns: bytes
+) -> None:
+    await seed(registry)
+    overlay = ns.decode() + "network/"
+    lease = await kv.lease(600)
+    leased = {"PublicIP": "172.17.8.102", "BackendType": "vxlan", "BackendData": {"MachineID": M1}}
+    await kv.put(
+        f"{overlay}subnets/10.1.15.0-24".encode(), json.dumps(leased).encode(), lease=lease
+    )
+    reserved = {"PublicIP": "172.17.8.200", "BackendType": "vxlan"}
+    await kv.put(f"{overlay}subnets/10.1.99.0-24".encode(), json.dumps(reserved).encode())
+    result = await ctl("--overlay-prefix", overlay, "list-subnets")
+    assert result.code == 0, result.err
+    header, first, second = result.rows
+    assert header == ["SUBNET", "MACHINE", "PUBLIC-IP", "BACKEND", "EXPIRES"]
+    assert first[:4] == ["10.1.15.0/24", "85c0c595...", "172.17.8.102", "vxlan"]
+    expires = dt.datetime.strptime(first[4], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    remaining = (expires - dt.datetime.now(dt.UTC)).total_seconds()
+    assert 550 < remaining <= 601
+    assert second == ["10.1.99.0/24", "-", "172.17.8.200", "vxlan", "reserved"]
+
+
+async def test_restart_stops_then_starts_the_unit_in_a_new_process(
+    ctl: CtlRunner, nodes: NodeFactory, registry: Registry
+) -> None:
+    node = nodes.start("n1", ttl="2s")
+    node.wait_until((nodes.root / "n1" / "machine-id").exists)
+    await registry.create_job("svc.service", HELLO)
+    started = await ctl("start", "--block-attempts", "40", "svc")
+    assert started.code == 0, started.err
+    record = nodes.root / "n1" / "run" / "svc.service.json"
+    before = json.loads(record.read_text())["pid"]
+    restarted = await ctl("restart", "--block-attempts", "40", "svc")
+    assert restarted.code == 0, restarted.err
+    lines = restarted.out.splitlines()
+    assert [line.split(" on ")[0] for line in lines] == [
+        "Unit svc.service loaded",
+        "Unit svc.service launched",
+    ]
+    assert json.loads(record.read_text())["pid"] != before
