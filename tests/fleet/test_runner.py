@@ -183,8 +183,11 @@ async def test_restart_always_restarts_with_growing_backoff_until_stopped(
     await unit.stop()
     times = [float(t) for t in stamps.read_text().split()]
     gaps = [b - a for a, b in itertools.pairwise(times)]
+    # The delays are 0.1, 0.2, 0.4 s. Lower bounds hold however loaded the machine is;
+    # a ratio between gaps does not, since start-up time adds to each gap unevenly.
     assert gaps[0] >= 0.09
-    assert gaps[2] > gaps[0] * 2.5
+    assert gaps[1] >= 0.18
+    assert gaps[2] >= 0.36
     assert (unit.active_state, unit.sub_state) == ("inactive", "dead")
 
 
