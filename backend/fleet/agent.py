@@ -14,8 +14,7 @@ from backend.fleet.engine import machine_id_matches, metadata_matches
 from backend.fleet.output import LineSink
 from backend.fleet.registry import ClusterState, Job, KeptLease, Machine, Registry, UnitState
 from backend.fleet.runner import UnitRunner, reap_orphans
-from backend.fleet.tasks import first_completed
-from backend.keys import prefix_end
+from backend.fleet.tasks import first_completed, watch_changes
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,9 @@ class Agent:
                     await first_completed(
                         stop.wait(),
                         lease.lost.wait(),
-                        self._watch(),
+                        watch_changes(
+                            self.client, self.registry.key("job") + b"/", self._dirty, "agent"
+                        ),
                         self._reconcile_loop(),
                         self._publish_loop(),
                     )
@@ -110,23 +111,6 @@ class Agent:
             await lease.close(revoke=True)
         self.units.clear()
         self.sink.flush()
-
-    async def _watch(self) -> None:
-        base = self.registry.key("job") + b"/"
-        revision = 0
-        while True:
-            try:
-                async for batch in self.client.watch_batches(
-                    base, prefix_end(base), start_revision=revision
-                ):
-                    revision = batch.revision + 1
-                    if batch.events:
-                        self._dirty.set()
-            except EtcdError as error:
-                log.warning("agent: watch dropped: %s", error)
-                await asyncio.sleep(0.5)
-                self._dirty.set()
-                revision = 0
 
     async def _reconcile_loop(self) -> None:
         self._dirty.set()

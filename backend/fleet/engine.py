@@ -14,9 +14,8 @@ from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError
 from backend.fleet.registry import MAX_TXN_OPS, ClusterState, Job, KeptLease, Machine, Registry
-from backend.fleet.tasks import first_completed
+from backend.fleet.tasks import first_completed, watch_changes
 from backend.fleet.unitfile import FleetOptions
-from backend.keys import prefix_end
 
 log = logging.getLogger(__name__)
 COALESCE_SECONDS = 0.05
@@ -370,7 +369,14 @@ class Engine:
         self.elected.set()
         log.info("engine: %s is the leader", self.machine_id)
         self._dirty.set()
-        watchers = [asyncio.create_task(self._watch(section)) for section in ("job", "machines")]
+        watchers = [
+            asyncio.create_task(
+                watch_changes(
+                    self.client, self.registry.key(section) + b"/", self._dirty, f"engine {section}"
+                )
+            )
+            for section in ("job", "machines")
+        ]
         try:
             await first_completed(
                 stop.wait(), lease.lost.wait(), self._reconcile_loop(lease), *watchers
@@ -381,23 +387,6 @@ class Engine:
             for task in watchers:
                 with contextlib.suppress(asyncio.CancelledError, EtcdError):
                     await task
-
-    async def _watch(self, section: str) -> None:
-        base = self.registry.key(section) + b"/"
-        revision = 0
-        while True:
-            try:
-                async for batch in self.client.watch_batches(
-                    base, prefix_end(base), start_revision=revision
-                ):
-                    revision = batch.revision + 1
-                    if batch.events:
-                        self._dirty.set()
-            except EtcdError as error:
-                log.warning("engine: watch on %s dropped: %s", section, error)
-                self._dirty.set()
-                await asyncio.sleep(0.5)
-                revision = 0
 
     async def _reconcile_loop(self, lease: KeptLease) -> None:
         while True:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
 from pathlib import Path
 
+from backend.etcd import make_client
 from backend.fleet.registry import Registry, current_state
 from backend.fleet.runner import process_start_time, reap_orphans
 from backend.fleet.unitfile import unit_hash
 from tests.fleet.conftest import NodeFactory, eventually
+from tests.harness.etcd import EtcdMember
 from tests.harness.procs import Child
+from tests.harness.stores import RunningStore
 
 LOOP = '[Service]\nExecStart=/bin/sh -c "while true; do echo tick; sleep 0.2; done"\n'
 
@@ -201,3 +205,36 @@ async def test_replacing_a_running_unit_restarts_it_with_the_new_text(
     await eventually(second_running, within=15, what="the new text running")
     assert marker.read_text() == "two\n"
     assert not process_start_time(old_pid)
+
+
+def restart_store(store: RunningStore) -> None:
+    if isinstance(store, EtcdMember):
+        store.stop()
+        store.start().wait_ready()
+    else:
+        store.restart()  # type: ignore[attr-defined]
+
+
+async def test_units_keep_running_through_a_store_restart_and_the_node_comes_back(
+    fresh_store: RunningStore, tmp_path: Path
+) -> None:
+    prefix = "/outage/fleet/"
+    factory = NodeFactory(fresh_store.url, prefix, tmp_path)
+    client = make_client([fresh_store.url])
+    registry = Registry(client, prefix)
+    try:
+        machine = ident(factory.start("n1", ttl="2s"), tmp_path)
+        await launch(registry, "svc.service")
+        await eventually(lambda: runs_on(registry, "svc.service", machine), within=15)
+        pid = unit_pid(tmp_path / "n1", "svc.service")
+        await client.close()
+        await asyncio.to_thread(restart_store, fresh_store)
+        client = make_client([fresh_store.url])
+        registry = Registry(client, prefix)
+        await eventually(lambda: runs_on(registry, "svc.service", machine), within=20)
+        assert unit_pid(tmp_path / "n1", "svc.service") == pid
+        assert process_start_time(pid)
+        assert machine in await registry.machines()
+    finally:
+        factory.stop_all()
+        await client.close()
