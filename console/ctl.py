@@ -289,7 +289,7 @@ class Ctl:
         fields = ["subnet", "machine", "public-ip", "backend", "expires"]
         base = (self.args.overlay_prefix.rstrip("/") + "/subnets/").encode()
         await self.client.connect()
-        response = await self.registry._range(base, prefix_end(base))
+        response = await self.registry.read_range(base, prefix_end(base))
         machines = await self.machines()
         by_ip: dict[str, list[str]] = {}
         for machine in machines.values():

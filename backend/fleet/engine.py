@@ -352,7 +352,7 @@ class Engine:
     async def _wait_for_vacancy(self, stop: asyncio.Event) -> None:
         """Return when the leader key is deleted (or expires), or after a while to re-check."""
         key = self.registry.leader_key
-        response = await self.registry._range(key)
+        response = await self.registry.read_range(key)
         if not response.kvs:
             return
         revision = response.header.revision
