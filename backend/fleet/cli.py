@@ -94,7 +94,7 @@ def default_public_ip(endpoints: str) -> str:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     data_dir: Path = args.data_dir
-    ident = machine_id(data_dir, args.machine_id)
+    ident: str = args.machine_id
     ttl = max(1, round(parse_timespan(args.agent_ttl)))
     interval = parse_timespan(args.engine_reconcile_interval)
     hostname = args.hostname or socket.gethostname()
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         parse_metadata(args.metadata)
         parse_timespan(args.agent_ttl)
         parse_timespan(args.engine_reconcile_interval)
-    except ValueError as error:
+        args.machine_id = machine_id(args.data_dir, args.machine_id)
+    except (ValueError, OSError) as error:
         print(f"clusterd node: {error}", file=sys.stderr)
         return 2
 
