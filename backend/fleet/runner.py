@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -35,6 +36,13 @@ class Outcome:
     @property
     def clean(self) -> bool:
         return self.result == "success"
+
+    def describe(self) -> str:
+        if self.result == "signal":
+            return f"killed by {signal.Signals(self.status).name}"
+        if self.result == "exit-code":
+            return f"exited with status {self.status}"
+        return self.result
 
 
 def _result_of(returncode: int) -> Outcome:
@@ -373,7 +381,7 @@ class UnitRunner:
             try:
                 process = await self._spawn(command, env)
             except (OSError, RuntimeError) as error:
-                self._note(f"{command.argv[0]}: {error}", 3)
+                self._note(f"{shlex.join(command.argv)}: {error}", 3)
                 if command.ignore_failure:
                     continue
                 return False
@@ -392,10 +400,11 @@ class UnitRunner:
                 _kill_group(process.pid, signal.SIGKILL)
                 await process.wait()
                 if not self._stop.is_set():
-                    self._note(f"{command.argv[0]} timed out", 3)
+                    self._note(f"{shlex.join(command.argv)}: timed out after {limit:g}s", 3)
                 return False
             if process.returncode != 0 and not command.ignore_failure:
-                self._note(f"{command.argv[0]} failed: {_result_of(process.returncode or 0)}", 3)
+                outcome = _result_of(process.returncode or 0)
+                self._note(f"{shlex.join(command.argv)}: {outcome.describe()}", 3)
                 return False
         return True
 
@@ -432,6 +441,7 @@ class UnitRunner:
                 failures = failures + 1 if time.monotonic() - began < 10 else 1
                 delay = min(self.options.restart_sec * 2 ** (failures - 1), _MAX_BACKOFF)
                 delay = max(delay, self.options.restart_sec)
+                self._note(f"restarting in {delay:g}s (restart {self.restarts + 1})")
                 self._set("activating", "auto-restart")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
@@ -478,6 +488,8 @@ class UnitRunner:
             outcome = await self._stop_main(process, env)
         else:
             outcome = _result_of(process.returncode or 0)
+            if not outcome.clean:
+                self._note(f"main process {process.pid} {outcome.describe()}", 4)
             if command.ignore_failure and outcome.result == "exit-code":
                 outcome = Outcome("success", outcome.status)
             self._set("deactivating", "stop-sigterm")

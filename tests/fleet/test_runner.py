@@ -333,3 +333,20 @@ async def test_an_unknown_user_fails_the_unit_or_is_ignored_when_not_root(
     else:
         assert unit.active_state == "inactive"
         assert "User=no-such-user-here ignored" in sink.messages("u.service")[0]
+
+
+async def test_a_start_command_past_timeout_start_sec_is_killed_and_fails_the_unit(
+    sink: RecordingSink, tmp_path: Path
+) -> None:
+    unit = runner(
+        "[Service]\nTimeoutStartSec=300ms\nExecStartPre=/bin/sleep 30\nExecStart=/bin/sleep 30\n",
+        sink,
+        tmp_path,
+        "slow.service",
+    )
+    began = time.monotonic()
+    unit.start()
+    await unit.wait_stopped()
+    assert time.monotonic() - began < 5
+    assert unit.active_state == "failed"
+    assert "/bin/sleep 30: timed out after 0.3s" in sink.messages("slow.service")
