@@ -339,15 +339,27 @@ class Engine:
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _campaign(self, lease: KeptLease) -> bool:
+    async def _campaign(self, lease: KeptLease, *, retake: bool = True) -> bool:
         key = self.registry.leader_key
         vacant = rpc.Compare(
             key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
         )
         response = await self.registry.txn(
-            [vacant], [self.registry.put_op(key, self.machine_id, lease.id)]
+            [vacant],
+            [self.registry.put_op(key, self.machine_id, lease.id)],
+            [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
-        return bool(response.succeeded)
+        if response.succeeded:
+            return True
+        held = response.responses[0].response_range.kvs
+        ours = self.registry.put_op(b"", self.machine_id).request_put.value
+        if retake and held and held[0].value == ours and held[0].lease not in (0, lease.id):
+            # Our own leadership from before a restart: rather than wait for its lease to
+            # run out, end it and campaign again.
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke_lease(held[0].lease)
+            return await self._campaign(lease, retake=False)
+        return False
 
     async def _wait_for_vacancy(self, stop: asyncio.Event) -> None:
         """Return when the leader key is deleted (or expires), or after a while to re-check."""

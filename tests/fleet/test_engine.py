@@ -166,3 +166,18 @@ async def test_constraints_combine_through_the_store(kv: EtcdClient, registry: R
         assert jobs["pinned.service"].target == "cccccccc03"
     finally:
         await halt(stop, task)
+
+
+async def test_a_restarted_engine_retakes_its_own_leadership_at_once(
+    kv: EtcdClient, registry: Registry
+) -> None:
+    stale = await kv.lease(60)
+    await kv.put(registry.leader_key, b'"e1aaaaaaaa"', lease=stale)
+    engine = Engine(kv, registry, "e1aaaaaaaa", ttl=30, reconcile_interval=30)
+    stop, task = await run_engine(engine)
+    try:
+        await asyncio.wait_for(engine.elected.wait(), 5)
+        info = await kv.get_lease_info(stale.id, keys=False)
+        assert info.TTL == -1
+    finally:
+        await halt(stop, task)
