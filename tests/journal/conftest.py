@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.daemon import main
 from backend.journal.fmt import parse_export
 from backend.journal.writer import JournalWriter
 from tests.harness.procs import REPO
@@ -56,11 +57,36 @@ def clusterd(*args: str, tz: str = "UTC", **kwargs: object) -> subprocess.Comple
 
 
 @pytest.fixture
-def journal(fixture_journal: Path) -> Run:
-    """``journal(*flags)``: run `clusterd journal --data-dir <fixture journal> FLAGS`."""
+def in_process(
+    capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Run]:
+    """``in_process(*argv)``: run `clusterd ARGV` in this process (TZ=UTC), output captured.
 
-    def run(*flags: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-        return clusterd("journal", "--data-dir", str(fixture_journal), *flags, **kwargs)
+    The same code as the command line, without a Python start-up per call: these tests
+    run dozens of commands.
+    """
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+
+    def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        try:
+            code = main(list(argv))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        out, err = capsysbinary.readouterr()
+        return subprocess.CompletedProcess(list(argv), code, out, err)
+
+    yield run
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def journal(fixture_journal: Path, in_process: Run) -> Run:
+    """``journal(*flags)``: `clusterd journal --data-dir <fixture journal> FLAGS`."""
+
+    def run(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        return in_process("journal", "--data-dir", str(fixture_journal), *flags)
 
     return run
 

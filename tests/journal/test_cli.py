@@ -112,7 +112,9 @@ def test_priority_names_cover_syslog_levels() -> None:
     assert parse_priorities("info..notice") == frozenset({5, 6})
 
 
-def test_cat_records_stdin_with_its_identifier_unit_and_priority(tmp_path: Path) -> None:
+def test_cat_records_stdin_with_its_identifier_unit_and_priority(
+    tmp_path: Path, in_process: Run
+) -> None:
     result = clusterd(
         "cat",
         "--data-dir",
@@ -126,7 +128,7 @@ def test_cat_records_stdin_with_its_identifier_unit_and_priority(tmp_path: Path)
         input=b"starting\n<2>tape jammed\n",
     )
     assert result.returncode == 0, result.stderr
-    out = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
+    out = in_process("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
     entries = [parse_json(line) for line in out]
     assert [(e["MESSAGE"], e["PRIORITY"]) for e in entries] == [
         (b"starting", b"4"),
@@ -136,7 +138,9 @@ def test_cat_records_stdin_with_its_identifier_unit_and_priority(tmp_path: Path)
     assert {e["_SYSTEMD_UNIT"] for e in entries} == {b"backup.service"}
 
 
-def test_cat_runs_a_command_records_both_streams_and_returns_its_status(tmp_path: Path) -> None:
+def test_cat_runs_a_command_records_both_streams_and_returns_its_status(
+    tmp_path: Path, in_process: Run
+) -> None:
     result = clusterd(
         "cat",
         "--data-dir",
@@ -149,7 +153,7 @@ def test_cat_runs_a_command_records_both_streams_and_returns_its_status(tmp_path
         "echo to-out; echo to-err >&2; exit 3",
     )
     assert result.returncode == 3
-    out = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
+    out = in_process("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
     got = sorted(
         (e["MESSAGE"], e["PRIORITY"], e["SYSLOG_IDENTIFIER"]) for e in map(parse_json, out)
     )
@@ -162,13 +166,13 @@ def test_cat_reports_a_missing_command(tmp_path: Path) -> None:
     assert b"cannot run /no/such/program" in result.stderr
 
 
-def test_long_fields_are_null_in_json_unless_all(tmp_path: Path) -> None:
+def test_long_fields_are_null_in_json_unless_all(tmp_path: Path, in_process: Run) -> None:
     with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32) as writer:
         writer.line(b"y" * 4096, unit=None, identifier="t", pid=1)
         writer.line(b"y" * 4095, unit=None, identifier="t", pid=1)
-    plain = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
+    plain = in_process("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
     assert [parse_json(line)["MESSAGE"] for line in plain] == [None, b"y" * 4095]
-    full = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json", "-a").stdout
+    full = in_process("journal", "--data-dir", str(tmp_path), "-o", "json", "-a").stdout
     assert parse_json(full.splitlines()[0])["MESSAGE"] == b"y" * 4096
 
 

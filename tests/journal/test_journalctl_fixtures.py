@@ -14,11 +14,12 @@ What cannot match, and is left out of the comparison on purpose:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from backend.journal.fmt import parse_json
-from tests.journal.conftest import FIXTURES, Run
+from tests.journal.conftest import FIXTURES, Run, clusterd
 
 UNCOMPARABLE = {"__CURSOR", "__SEQNUM", "__SEQNUM_ID"}
 
@@ -72,6 +73,12 @@ def test_json_output_matches_journalctl_value_for_value(
     # Every line is one compact object, as journalctl writes it.
     assert result.stdout.count(b"\n") == expected.count(b"\n")
     assert b'": "' not in result.stdout and b'", "' not in result.stdout
+
+
+def test_the_installed_command_prints_the_same_bytes(fixture_journal: Path) -> None:
+    result = clusterd("journal", "--data-dir", str(fixture_journal), "-o", "short-precise")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (FIXTURES / "out.short-precise").read_bytes()
 
 
 def test_json_seq_frames_each_entry_like_journalctl(journal: Run) -> None:
