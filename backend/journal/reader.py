@@ -40,9 +40,12 @@ def mangle_unit(name: str) -> str:
 
 @dataclass
 class Query:
-    """Which entries to show: journalctl's ``-u``, ``-p``, ``-S``, ``-U``, ``-g``, cursors."""
+    """Which entries to show: journalctl's ``-u``, ``-t``, ``FIELD=VALUE``, ``-p``, ``-S``,
+    ``-U``, ``-g`` and cursors. Values of one field are or-ed, different fields and-ed."""
 
     units: list[str] = field(default_factory=list)
+    fields: dict[str, list[bytes]] = field(default_factory=dict)
+    """Exact matches, as journalctl's ``FIELD=VALUE`` arguments (``-t`` adds to them)."""
     priorities: frozenset[int] | None = None
     since: int | None = None
     until: int | None = None
@@ -59,6 +62,10 @@ class Query:
             for name in ("_SYSTEMD_UNIT", "UNIT")
         ]
         self._unit_globs = [unit for unit in self.units if any(ch in unit for ch in "*?[")]
+        self._field_needles = [
+            [store.encode_name(name) + store.encode_value(value) for value in values]
+            for name, values in self.fields.items()
+        ]
 
     def bind(self, journal_id: str) -> None:
         """Resolve the cursor against this journal: by seqnum if it is ours, else by time."""
@@ -86,6 +93,9 @@ class Query:
                 return False
         if self.units and not self._unit_matches(record):
             return False
+        for needles in self._field_needles:
+            if not any(needle in record[5] for needle in needles):
+                return False
         if self.grep is not None:
             message = record_fields(record).get("MESSAGE")
             if not isinstance(message, bytes):
@@ -111,6 +121,7 @@ class Query:
     def trivial(self) -> bool:
         return (
             not self.units
+            and not self.fields
             and self.priorities is None
             and self.since is None
             and self.until is None

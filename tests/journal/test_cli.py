@@ -10,7 +10,7 @@ import pytest
 from backend.journal.cli import UsageError, parse_priorities, parse_time
 from backend.journal.fmt import parse_json
 from backend.journal.writer import JournalWriter
-from tests.journal.conftest import Run, clusterd
+from tests.journal.conftest import FIXTURES, Run, clusterd
 
 
 def test_without_n_every_entry_is_shown_and_bare_n_means_ten(journal: Run) -> None:
@@ -61,6 +61,18 @@ def test_several_units_and_globs_are_or_ed(journal: Run) -> None:
         b'{"level":"info","msg":"ready to serve client requests"}',
     ]
     assert journal("-o", "cat", "-u", "redi*").stdout.splitlines() == out[:2]
+
+
+def test_identifiers_and_field_matches_narrow_the_entries(journal: Run) -> None:
+    assert journal("-o", "cat", "-t", "redis-server", "-p", "err").stdout == (
+        b"Error: connection refused\n"
+    )
+    assert journal("-o", "cat", "_PID=1003", "_PID=1006").stdout == (
+        b'Ready to accept connections\n{"level":"info","msg":"ready to serve client requests"}\n'
+    )
+    assert journal("-o", "cat", "_PID=1003", "SYSLOG_IDENTIFIER=etcd", "-q").stdout == b""
+    bad = journal("pid=3")
+    assert bad.returncode == 1 and b"is not a FIELD=VALUE match" in bad.stderr
 
 
 def test_grep_with_capitals_is_case_sensitive_unless_told(journal: Run) -> None:
@@ -181,3 +193,14 @@ def test_show_cursor_names_the_last_entry_printed_even_in_reverse(journal: Run) 
     assert shown[-1].startswith(b"unicode: ")
     cursor = last.removeprefix(b"-- cursor: ").decode()
     assert journal("-o", "cat", "--after-cursor", cursor).stdout == b"x" * 5000 + b"\n"
+
+
+def test_utc_shows_utc_whatever_the_local_zone(
+    journal: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    local = journal("-o", "short-iso", "-n", "1").stdout
+    assert local.startswith(b"2025-11-27T19:00:12+0900 ")
+    utc = journal("-o", "short-iso", "--utc").stdout
+    assert utc == (FIXTURES / "out.short-iso").read_bytes()
