@@ -217,7 +217,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", default="short", choices=FORMATS, help="output format (short)"
     )
     parser.add_argument(
-        "-a", "--all", action="store_true", help="keep long and unprintable fields in JSON"
+        "-a",
+        "--all",
+        action="store_true",
+        help="show fields in full: long JSON values, unprintable messages, colours",
     )
     parser.add_argument("--utc", action="store_true", help="show times in UTC")
     parser.add_argument("-q", "--quiet", action="store_true", help="no '-- No entries --' notice")

@@ -281,7 +281,7 @@ class Formatter:
         line += b": "
         if not self.show_all:
             message = strip_tab_ansi(message)
-        if not printable(message):
+        if not self.show_all and not printable(message):
             return line + b"[" + format_bytes(len(message)).encode() + b" blob data]\n"
         lines = message.split(b"\n")
         if len(lines) > 1 and not lines[-1]:

@@ -17,9 +17,8 @@ from backend.journal.fmt import parse_export
 from backend.journal.writer import JournalWriter
 from tests.harness.procs import REPO
 
-FIXTURES = Path("/work/shared/fixtures/journalctl")
-if not FIXTURES.exists():
-    FIXTURES = REPO / "tests" / "journal" / "fixtures"
+# Real journalctl output (systemd 252) and the export it was made from; see its README.
+FIXTURES = REPO / "tests" / "journal" / "fixtures"
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 

@@ -204,3 +204,11 @@ def test_utc_shows_utc_whatever_the_local_zone(
     assert local.startswith(b"2025-11-27T19:00:12+0900 ")
     utc = journal("-o", "short-iso", "--utc").stdout
     assert utc == (FIXTURES / "out.short-iso").read_bytes()
+
+
+def test_all_prints_unprintable_messages_instead_of_blob_notes(journal: Run) -> None:
+    lines = journal("-o", "short", "-a", "_PID=1007", "_PID=1008").stdout.splitlines()
+    assert lines == [
+        b"Nov 27 10:00:07 node-1 hello[1007]: binary \xff\xfe bytes",
+        b"Nov 27 10:00:08 node-1 hello[1008]: bell\x07 and escape \x1b[31mred\x1b[0m",
+    ]
