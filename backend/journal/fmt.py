@@ -268,6 +268,10 @@ class Formatter:
         message = _single(fields.get("MESSAGE"))
         if message is None:
             return b""
+        # As journalctl: the sender's own clock when it gave one, else the journal's.
+        source = _single(fields.get("_SOURCE_REALTIME_TIMESTAMP"))
+        if source and source.isdigit():
+            realtime = int(source)
         line = self._timestamp(realtime)
         hostname = _single(fields.get("_HOSTNAME"))
         if hostname and printable(hostname):

@@ -35,8 +35,8 @@ FLAG_LONG_FIELD = 1
 # journalctl writes a field this long (or longer) as null in JSON unless --all is given.
 JSON_THRESHOLD = 4096
 
-# What journald's utf8_is_printable() rejects: C0 controls except newline, DEL and C1 controls.
-_NOT_PRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# What systemd's utf8_is_printable() rejects: C0 controls but tab and newline, DEL, C1.
+_NOT_PRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Bytes that keep a value off the fast path (copied verbatim between quotes).
 _NEEDS_CARE = re.compile(rb'[\x00-\x1f\x7f-\xff"\\]')
 
