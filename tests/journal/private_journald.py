@@ -41,6 +41,10 @@ OUTPUTS = {
     "cat-p-err": ["-o", "cat", "-p", "err"],
     "cat-g-mixed": ["-o", "cat", "-g", "mixed"],
     "cat-r-n3": ["-o", "cat", "-r", "-n", "3"],
+    "cat-p-range": ["-o", "cat", "-p", "notice..warning"],
+    "cat-g-upper": ["-o", "cat", "-g", "Warning"],
+    "short-all": ["-o", "short", "--all"],
+    "json-seq": ["-o", "json-seq"],
 }
 CONF = b"[Journal]\nStorage=volatile\nRateLimitIntervalSec=0\nForwardToSyslog=no\nReadKMsg=no\n"
 

@@ -81,7 +81,7 @@ def test_text_formats_match_the_installed_journalctl(
     assert result.stdout == (journalctl_outputs / name).read_bytes()
 
 
-@pytest.mark.parametrize("name", ["json", "json-all"])
+@pytest.mark.parametrize("name", ["json", "json-all", "json-seq"])
 def test_json_matches_the_installed_journalctl(
     ours: Run, journalctl_outputs: Path, name: str
 ) -> None:
