@@ -18,9 +18,8 @@ import pytest
 
 from backend.journal.fmt import parse_json
 from tests.harness.procs import REPO
-from tests.journal.conftest import Run, import_export
+from tests.journal.conftest import UNCOMPARABLE, Run, import_export, objects
 from tests.journal.private_journald import OUTPUTS, SAMPLES
-from tests.journal.test_journalctl_fixtures import UNCOMPARABLE, objects
 
 
 def _namespaces_work() -> bool:

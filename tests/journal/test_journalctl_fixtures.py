@@ -13,23 +13,12 @@ What cannot match, and is left out of the comparison on purpose:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from backend.journal.fmt import parse_json
-from tests.journal.conftest import FIXTURES, Run, clusterd
-
-UNCOMPARABLE = {"__CURSOR", "__SEQNUM", "__SEQNUM_ID"}
-
-
-def objects(output: bytes) -> list[dict]:
-    return [
-        {k: v for k, v in json.loads(line.lstrip(b"\x1e")).items() if k not in UNCOMPARABLE}
-        for line in output.splitlines()
-        if line.strip()
-    ]
+from tests.journal.conftest import FIXTURES, UNCOMPARABLE, Run, clusterd, objects
 
 
 @pytest.mark.parametrize(
