@@ -327,7 +327,10 @@ def show(args: argparse.Namespace, out: Output) -> int:
     query = build_query(args)
     journal = Journal(args.data_dir)
     formatter = Formatter(args.output, journal.journal_id, show_all=args.all)
-    lines = getattr(args, "lines", 10 if args.follow else None)
+    # As journalctl: -f alone starts with the last 10; from a cursor or a time it starts
+    # there, which is how a follower that lost its connection resumes without a gap.
+    starts_somewhere = args.after_cursor or args.cursor or args.since
+    lines = getattr(args, "lines", 10 if args.follow and not starts_somewhere else None)
     shown: Record | None = None
 
     # A follower takes the end first and shows the backlog up to it, so that nothing
