@@ -1,15 +1,4 @@
-"""Measures the journal: write rate, `-o json -n all` read rate and follow latency, beside peers.
-
-Peers, measured in the same run:
-* a plain file append (writes) and ``tail -f`` (follow latency): the floor, no structure;
-* journald + journalctl (systemd-cat in, ``journalctl -o json`` and ``journalctl -f`` out).
-  This machine's own journal is used when it has one; otherwise, when we are root and
-  ``unshare`` and systemd-journald exist, a private journald is started in a mount
-  namespace (tmpfs /run and /var/log/journal, rate limits off). Else the peer is skipped
-  and the output says so.
-
-Run: ``python -m bench.journal [--quick]``.
-"""
+"""Measures the journal: write rate, `-o json -n all` read rate and follow latency, beside peers."""
 
 from __future__ import annotations
 
@@ -33,6 +22,17 @@ from backend.journal.writer import JournalWriter
 
 REPO = Path(__file__).resolve().parents[1]
 LINE = b"GET /api/v1/items/%d 200 1532us user=alice request_id=5f3c9a7e trace=ok"
+PEERS = """\
+Peers, measured in the same run:
+* a plain file append (writes) and ``tail -f`` (follow latency): the floor, no structure;
+* journald + journalctl (systemd-cat in, ``journalctl -o json`` and ``journalctl -f`` out).
+  This machine's own journal is used when it has one; otherwise, when we are root and
+  ``unshare`` and systemd-journald exist, a private journald is started in a mount
+  namespace (tmpfs /run and /var/log/journal, rate limits off). Else the peer is skipped
+  and the output says so.
+
+Run: ``python -m bench.journal [--quick]``.
+"""
 TARGET_WRITE = 200_000
 TARGET_READ = 300_000
 TARGET_P99_MS = 50.0
@@ -278,7 +278,12 @@ def run_journald_peer(count: int, samples: int, interval: float) -> dict[str, An
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.journal", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.journal",
+        description=__doc__,
+        epilog=PEERS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="200,000 entries, fewer probes")
     parser.add_argument("--peer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=0, help=argparse.SUPPRESS)

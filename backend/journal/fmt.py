@@ -1,9 +1,4 @@
-"""Provides journalctl's output formats and the one parser for its JSON and ours.
-
-Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise`` and ``cat``,
-written byte for byte as journalctl (systemd 252) writes them when not on a terminal:
-full width, no colours. Times are local, so ``TZ=UTC`` gives journalctl's UTC output.
-"""
+"""Provides journalctl's output formats and the one parser for its JSON and ours."""
 
 from __future__ import annotations
 
@@ -184,7 +179,12 @@ def _single(value: Value) -> bytes | None:
 
 
 class Formatter:
-    """Turns records of one journal into one output format's bytes."""
+    """Turns records of one journal into one output format's bytes.
+
+    Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise`` and ``cat``,
+    written byte for byte as journalctl (systemd 252) writes them when not on a terminal:
+    full width, no colours. Times are local, so ``TZ=UTC`` gives journalctl's UTC output.
+    """
 
     def __init__(self, mode: str, journal_id: str, *, show_all: bool = False) -> None:
         if mode not in FORMATS:

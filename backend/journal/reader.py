@@ -1,9 +1,4 @@
-"""Provides reading a journal: filters, the newest N entries, and following new ones.
-
-Following waits on inotify (through ctypes) for the journal directory, so an idle
-follower costs nothing; a torn or half-written tail is simply not read until it is whole,
-and rotation is followed from one segment to the next.
-"""
+"""Provides reading a journal: filters, the newest N entries, and following new ones."""
 
 from __future__ import annotations
 
@@ -214,8 +209,9 @@ class Journal:
     ) -> tuple[list[Record], Position | None]:
         """Whole entries written after ``position``, and the position after them.
 
-        Moves on to the next segment only once a newer one exists: that is when the
-        writer has finished the current one.
+        A torn or half-written tail is not read until it is whole. The reader moves on to
+        the next segment only once a newer one exists, which is when writers are done
+        with the current one; the segment stays open, so rotation cannot pull it away.
         """
         query.bind(self.journal_id)
         out: list[Record] = []
@@ -257,7 +253,12 @@ _IN_CLOEXEC = os.O_CLOEXEC
 
 
 class DirectoryWatch:
-    """Wakes when anything in a directory changes: inotify, or a stat poll without it."""
+    """Wakes when anything in a directory changes: inotify, or a stat poll without it.
+
+    inotify comes through ctypes (the standard library has no binding); an idle follower
+    then sleeps in poll() and costs nothing. Without inotify, it looks at the newest
+    segment's size every 50 ms.
+    """
 
     POLL_INTERVAL = 0.05
 

@@ -1,14 +1,4 @@
-"""Provides ``SubnetManager``: acquires, keeps and re-acquires this machine's overlay subnet.
-
-The layout and the order of choices are flannel's (its etcd subnet manager):
-
-1. an existing lease whose PublicIP is ours is reused (a restart keeps its subnet);
-2. else the subnet in our previous ``subnet.env``, when it is free and still valid;
-3. else a random pick among up to 100 free subnets between SubnetMin and SubnetMax,
-   created with a "create if absent" transaction under a TTL lease, retried on lost races.
-
-A key under ``subnets/`` that has no lease is a reservation and is never handed out.
-"""
+"""Provides ``SubnetManager``: acquires, keeps and re-acquires this machine's overlay subnet."""
 
 from __future__ import annotations
 
@@ -106,7 +96,17 @@ def write_subnet_env(path: Path, lease: Lease, *, ip_masq: bool) -> None:
 
 
 class SubnetManager:
-    """Keeps one subnet leased for ``public_ip``, as flanneld does, until ``stop`` is set."""
+    """Keeps one subnet leased for ``public_ip``, as flanneld does, until ``stop`` is set.
+
+    The layout and the order of choices are flannel's (its etcd subnet manager):
+
+    1. an existing lease whose PublicIP is ours is reused (a restart keeps its subnet);
+    2. else the subnet in our previous ``subnet.env``, when it is free and still valid;
+    3. else a random pick among up to 100 free subnets between SubnetMin and SubnetMax,
+       created with a "create if absent" transaction under a TTL lease, retried on lost races.
+
+    A key under ``subnets/`` that has no lease is a reservation and is never handed out.
+    """
 
     def __init__(
         self,
@@ -179,7 +179,7 @@ class SubnetManager:
         return list(await self.client.get_prefix(self.subnets_prefix))
 
     async def acquire(self) -> Lease:
-        """Take a subnet for this machine (see the module's docstring for the order)."""
+        """Take a subnet for this machine (in flannel's order: see the class)."""
         config = await self.read_config()
         taken = await self._list()
         previous = self._previous_subnet(config)

@@ -1,12 +1,11 @@
-"""Runs a private journald in this mount namespace, logs sample entries, saves journalctl's output.
+"""Runs a private journald in this mount namespace, logs samples, saves journalctl's output."""
 
-Meant to run under ``unshare -m --propagation private`` as root: it mounts tmpfs over /run
-and /var/log/journal (inside the namespace only), starts systemd-journald, sends the
-entries of :data:`SAMPLES` over journald's native protocol, and writes what the installed
-journalctl prints for them into OUTDIR (``export``, ``json``, ``short``, …).
-
-Usage: ``python -m tests.journal.private_journald OUTDIR``.
-"""
+# Meant to run under ``unshare -m --propagation private`` as root: it mounts tmpfs over /run
+# and /var/log/journal (inside the namespace only), starts systemd-journald, sends the
+# entries of :data:`SAMPLES` over journald's native protocol, and writes what the installed
+# journalctl prints for them into OUTDIR (``export``, ``json``, ``short``, …).
+#
+# Usage: ``python -m tests.journal.private_journald OUTDIR``.
 
 from __future__ import annotations
 

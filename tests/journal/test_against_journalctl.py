@@ -1,10 +1,9 @@
-"""Our output against the installed journalctl's, live: same entries, every format.
+"""Our output against the installed journalctl's, live: same entries, every format."""
 
-A private journald (in a mount namespace of its own, so the machine's logging is not
-touched) receives the samples of ``private_journald``; its export is imported into our
-journal, and journalctl's outputs are compared with ours. This needs journalctl,
-systemd-journald, root and ``unshare``; the fixture tests cover machines without them.
-"""
+# A private journald (in a mount namespace of its own, so the machine's logging is not
+# touched) receives the samples of ``private_journald``; its export is imported into our
+# journal, and journalctl's outputs are compared with ours. This needs journalctl,
+# systemd-journald, root and ``unshare``; the fixture tests cover machines without them.
 
 from __future__ import annotations
 

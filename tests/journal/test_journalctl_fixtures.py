@@ -1,15 +1,14 @@
-"""Our `clusterd journal` output against real journalctl's, on the same entries.
+"""Our `clusterd journal` output against real journalctl's, on the same entries."""
 
-journalctl's fixture outputs were made from input.export (see the fixture README); the
-same entries are imported into our journal here and every format is compared.
-
-What cannot match, and is left out of the comparison on purpose:
-* ``__CURSOR``: journald's cursor names its own file's sequence ID and hashes; ours is
-  opaque too, and each only makes sense to the tool that made it.
-* ``__SEQNUM`` and ``__SEQNUM_ID``: journalctl 254+ writes them, the 252 that made the
-  fixtures does not; we do.
-* The order of JSON members: journalctl writes them in its hash table's order.
-"""
+# journalctl's fixture outputs were made from input.export (see the fixture README); the
+# same entries are imported into our journal here and every format is compared.
+#
+# What cannot match, and is left out of the comparison on purpose:
+# * ``__CURSOR``: journald's cursor names its own file's sequence ID and hashes; ours is
+#   opaque too, and each only makes sense to the tool that made it.
+# * ``__SEQNUM`` and ``__SEQNUM_ID``: journalctl 254+ writes them, the 252 that made the
+#   fixtures does not; we do.
+# * The order of JSON members: journalctl writes them in its hash table's order.
 
 from __future__ import annotations
 
