@@ -64,6 +64,10 @@ GLOBAL_FLAGS: dict[str, str] = {
     "overlay-prefix": "/coreos.com/network/",
 }
 
+# etcdctl's and clustertui's names for the TLS flags, beside fleetctl's.
+ALIASES = {"endpoint": ("--endpoints",), "ca-file": ("--cacert",), "cert-file": ("--cert",),
+           "key-file": ("--key",)}  # fmt: skip
+
 
 class CtlError(Exception):
     """A command failed; the message is printed to stderr as it is."""
@@ -776,8 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="fleetctl-compatible cluster control. Every global flag can also come from "
         "CLUSTERCTL_<FLAG> (or FLEETCTL_<FLAG>), e.g. CLUSTERCTL_ENDPOINT.",
     )
-    for flag in GLOBAL_FLAGS:
-        parser.add_argument(f"--{flag}", default=None, help=f"default {GLOBAL_FLAGS[flag]!r}")
+    for flag, default in GLOBAL_FLAGS.items():
+        names = [f"--{flag}", *ALIASES.get(flag, ())]
+        parser.add_argument(*names, default=None, help=f"default {default!r}")
     parser.add_argument("--version", action="version", version=f"clusterctl version {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -21,6 +21,8 @@ from backend.keys import prefix_end
 from console.ctl import tabulate
 from tests.ctl.conftest import CtlRunner
 from tests.fleet.conftest import NodeFactory, eventually
+from tests.harness.etcd import TLSFiles, start_etcd
+from tests.harness.pki import CA
 from tests.harness.procs import REPO
 from tests.harness.sshd import SSHServer
 
@@ -477,3 +479,21 @@ async def test_restart_stops_then_starts_the_unit_in_a_new_process(
         "Unit svc.service launched",
     ]
     assert json.loads(record.read_text())["pid"] != before
+
+
+@pytest.mark.slow
+def test_tls_flags_reach_a_store_that_demands_client_certificates(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("etcd-server", server=True)
+    member = start_etcd(tmp_path, tls=TLSFiles(server.cert, server.key, ca.path, True))
+    try:
+        operator = ca.issue("operator", server=False)
+        tls = ["--cacert", str(ca.path), "--cert", str(operator.cert), "--key", str(operator.key)]
+        listed = cli("--endpoints", member.url, *tls, "list-machines", env={})
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout == "MACHINE\tIP\tMETADATA\n"
+        refused = cli("--endpoint", member.url, "--ca-file", str(ca.path), "list-machines", env={})
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("Error:")
+    finally:
+        member.stop()
