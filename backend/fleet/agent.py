@@ -54,6 +54,7 @@ class Agent:
         self._dirty = asyncio.Event()
         self._unpublished: set[str] = set()
         self._publish_wanted = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then stop every unit and remove this machine's presence."""
@@ -96,19 +97,17 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Stop every unit, then take this machine's states and presence out of the store."""
-        entries = list(self.units.items())
-        # Queued starts must run before the stops, or they would start after them.
-        pending = [entry.ops for _, entry in entries if entry.ops is not None]
+        entries = list(self.units.values())
+        # Queued starts must run before the stops, or they would start after them; units
+        # being retired finish stopping too.
+        pending = [e.ops for e in entries if e.ops is not None] + list(self._retiring)
         if pending:
             await asyncio.wait(pending)
-        await asyncio.gather(*(self._stop_entry(entry) for _, entry in entries))
-        lease = self._lease
-        with contextlib.suppress(EtcdError, TimeoutError, OSError):
-            for name, _ in entries:
-                await asyncio.wait_for(self.registry.remove_state(name, self.machine.id), 2)
-            await asyncio.wait_for(self.registry.remove_machine(self.machine.id), 2)
-        if lease is not None:
-            await lease.close(revoke=True)
+        await asyncio.gather(*(self._stop_entry(entry) for entry in entries))
+        # The machine object and every state hang on the presence lease: revoking it takes
+        # them all out in one request (and if the store is away, they expire with it).
+        if self._lease is not None:
+            await self._lease.close(revoke=True)
         self.units.clear()
         self.sink.flush()
 
@@ -148,6 +147,9 @@ class Agent:
         for name in [n for n in self.units if n not in wanted]:
             entry = self.units.pop(name)
             self._queue(name, entry, self._retire(name, entry))
+            if entry.ops is not None:
+                self._retiring.add(entry.ops)
+                entry.ops.add_done_callback(self._retiring.discard)
         for name, job in wanted.items():
             assert job.unit is not None
             entry = self.units.get(name)
@@ -202,7 +204,9 @@ class Agent:
                 await self.registry.remove_state(name, self.machine.id)
 
     def _changed(self, runner: UnitRunner) -> None:
-        if self.units.get(runner.name, None) is None or self.units[runner.name].runner is runner:
+        entry = self.units.get(runner.name)
+        # A runner being replaced by one for new unit text no longer speaks for the unit.
+        if entry is None or entry.runner is runner:
             self._unpublished.add(runner.name)
             self._publish_wanted.set()
 

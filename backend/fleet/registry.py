@@ -346,9 +346,6 @@ class Registry:
             [], [self.put_op(self.key("machines", machine.id, "object"), machine.to_json(), lease)]
         )
 
-    async def remove_machine(self, machine_id: str) -> None:
-        await self.txn([], [self.delete_op(self.key("machines", machine_id) + b"/", prefix=True)])
-
     async def publish_state(self, name: str, state: UnitState, lease: int) -> None:
         key = self.key("states", name, state.machine_id)
         await self.txn([], [self.put_op(key, state.to_json(), lease)])
