@@ -577,6 +577,10 @@ class Ctl:
                 code = 1
                 continue
             self._status_block(job, state)
+            reported = state.states.get(name, {}).get(job.target) if job.target else None
+            if (reported is None or reported.active_state != "active") and code == 0:
+                # systemctl status (which fleetctl status runs) exits 3 for a unit not active.
+                code = 3
             machine = state.machines.get(job.target) if job.target else None
             if machine is not None:
                 lines = self.journal_command(machine, name, lines=self.args.lines, follow=False)

@@ -199,7 +199,7 @@ async def test_status_of_an_unplaceable_unit_gives_the_reason(
     reason = "no machine has the metadata region=eu"
     await registry.txn([], [registry.put_op(registry.key("job", "far.service", "reason"), reason)])
     result = await ctl("status", "far")
-    assert result.code == 0
+    assert result.code == 3
     assert f"   Reason: {reason}" in result.out.splitlines()
     missing = await ctl("status", "ghost")
     assert missing.code == 1 and missing.err == "Unit ghost.service does not exist.\n"
@@ -366,6 +366,7 @@ async def test_status_and_journal_show_the_units_lines(
     # journal goes to this process's stdout (it runs clusterd journal as a child); status
     # captures it.
     status = await ctl("status", "talk")
+    assert status.code == 0
     assert "   Active: active (running)" in status.out
     assert [line.rsplit(": ", 1)[-1] for line in status.out.splitlines() if "]: line" in line] == [
         "line 1",
