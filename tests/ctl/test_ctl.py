@@ -363,8 +363,6 @@ async def test_status_and_journal_show_the_units_lines(
         return result.code == 0 and "line 3" in result.out
 
     await eventually(three_lines, within=15, what="the unit's lines in the journal")
-    # journal goes to this process's stdout (it runs clusterd journal as a child); status
-    # captures it.
     status = await ctl("status", "talk")
     assert status.code == 0
     assert "   Active: active (running)" in status.out
