@@ -683,15 +683,21 @@ class Ctl:
 
     async def journal(self) -> int:
         name = normalize_name(self.args.unit)
-        state = await self.registry.snapshot(("job", "machines"))
+        state = await self.registry.snapshot(("job", "unit", "machines", "states"))
         job = state.jobs.get(name)
         if job is None:
             raise CtlError(f"Unit {name} does not exist.")
-        if not job.target:
+        target = job.target
+        if _is_global(job):
+            # A global unit runs everywhere: this host's copy if it has one, else the first.
+            hosts = sorted(m for m in state.states.get(name, {}) if m in state.machines)
+            local = [m for m in hosts if self._is_local(state.machines[m])]
+            target = (local or hosts or [""])[0]
+        if not target:
             raise CtlError(f"Unit {name} does not appear to be running.")
-        machine = state.machines.get(job.target)
+        machine = state.machines.get(target)
         if machine is None:
-            raise CtlError(f"Machine {job.target} of unit {name} is not in the cluster.")
+            raise CtlError(f"Machine {target} of unit {name} is not in the cluster.")
         command = self.journal_command(
             machine, name, lines=self.args.lines, follow=self.args.follow, output=self.args.output
         )

@@ -498,3 +498,21 @@ def test_tls_flags_reach_a_store_that_demands_client_certificates(tmp_path: Path
         assert refused.stderr.splitlines()[-1].startswith("Error:")
     finally:
         member.stop()
+
+
+async def test_journal_of_a_global_unit_reads_this_hosts_copy(
+    ctl: CtlRunner, registry: Registry, tmp_path: Path
+) -> None:
+    here = os.uname().nodename
+    writer = JournalWriter(tmp_path / "here", hostname=here, machine_id=M2)
+    writer.line(b"monitoring here", unit="monitor.service", identifier="sh", pid=9)
+    writer.close()
+    await registry.register_machine(Machine(M1, "172.17.8.102", {}, "elsewhere"), 0)
+    await registry.register_machine(Machine(M2, "127.0.0.1", {}, here, str(tmp_path / "here")), 0)
+    await registry.create_job("monitor.service", GLOBAL)
+    for machine in (M1, M2):
+        state = UnitState("loaded", "active", "running", unit_hash(GLOBAL), machine)
+        await registry.publish_state("monitor.service", state, 0)
+    result = await ctl("journal", "monitor")
+    assert result.code == 0, result.err
+    assert result.out.rstrip().endswith("sh[9]: monitoring here")
