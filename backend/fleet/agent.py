@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.engine import machine_id_matches, metadata_matches
+from backend.fleet.engine import global_runs_on
 from backend.fleet.output import LineSink
 from backend.fleet.registry import ClusterState, Job, KeptLease, Machine, Registry, UnitState
 from backend.fleet.runner import UnitRunner, reap_orphans
@@ -131,11 +131,7 @@ class Agent:
             except ValueError:
                 continue
             if options.is_global:
-                if options.machine_id and machine_id_matches(options.machine_id, [me.id]) != [
-                    me.id
-                ]:
-                    continue
-                if metadata_matches(options.metadata, me):
+                if global_runs_on(options, me):
                     wanted[name] = job
             elif job.target == me.id:
                 wanted[name] = job

@@ -89,6 +89,13 @@ def machine_id_matches(wanted: str, machine_ids: Iterable[str]) -> list[str]:
     return [machine_id for machine_id in ids if machine_id.startswith(wanted)]
 
 
+def global_runs_on(options: FleetOptions, machine: Machine) -> bool:
+    """Whether a global unit with these options runs on ``machine``."""
+    if options.machine_id and machine_id_matches(options.machine_id, [machine.id]) != [machine.id]:
+        return False
+    return metadata_matches(options.metadata, machine)
+
+
 def _describe_metadata(wanted: dict[str, tuple[str, ...]]) -> str:
     return " ".join(f"{key}={'|'.join(values)}" for key, values in sorted(wanted.items()))
 
@@ -102,6 +109,7 @@ def schedule(state: ClusterState) -> dict[str, Decision]:
     """
     decisions: dict[str, Decision] = {}
     units: dict[str, _Unit] = {}
+    global_units: dict[str, FleetOptions] = {}
     for name, job in sorted(state.jobs.items()):
         if job.target_state == "inactive":
             decisions[name] = Decision()
@@ -116,9 +124,16 @@ def schedule(state: ClusterState) -> dict[str, Decision]:
             if options.is_global:
                 # Global units are not placed: every agent whose machine matches runs them.
                 decisions[name] = Decision()
+                global_units[name] = options
             else:
                 units[name] = _Unit(name, options, job.target)
     placement = _Placement(dict(sorted(state.machines.items())))
+    for name, options in global_units.items():
+        # Where a global unit runs, its Conflicts apply to placed units, both ways.
+        for machine_id, machine in placement.machines.items():
+            if global_runs_on(options, machine):
+                placement.names[machine_id].append(name)
+                placement.patterns[machine_id].extend((name, p) for p in options.conflicts)
     order = _order(units, decisions)
     replaced_by: dict[str, list[str]] = {}
     for unit in order:

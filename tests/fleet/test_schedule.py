@@ -282,3 +282,21 @@ def test_placements_always_honour_the_constraints(
             for other in names:
                 if other != name:
                     assert not any(fnmatch.fnmatchcase(other, p) for p in options.conflicts)
+
+
+def test_conflicts_with_a_global_unit_apply_where_it_runs() -> None:
+    state = three()
+    add(state, "monitor.service", "Global=true\nMachineMetadata=region=us-west")
+    add(state, "loner.service", "Conflicts=monitor.service")
+    add(state, "picky.service", "MachineMetadata=region=us-west\nConflicts=monitor*")
+    decisions = schedule(state)
+    assert decisions["loner.service"].target == A
+    assert decisions["picky.service"].target == ""
+    assert "conflicting unit" in decisions["picky.service"].reason
+
+
+def test_a_global_units_own_conflicts_keep_matching_units_away() -> None:
+    state = three()
+    add(state, "guard.service", "Global=true\nMachineID=aaaaaaaa\nConflicts=batch-*")
+    add(state, "batch-1.service", "MachineMetadata=disk=ssd")
+    assert schedule(state)["batch-1.service"].target == B
