@@ -223,7 +223,7 @@ class ClusterFeed:
         revision = 0
         kvs: list[Any] = []
         for prefix in self._ranges():
-            response = await self.registry._range(prefix, prefix_end(prefix), revision=revision)
+            response = await self.registry.read_range(prefix, prefix_end(prefix), revision=revision)
             revision = revision or response.header.revision
             kvs.extend(response.kvs)
         self.model.reset()

@@ -87,13 +87,17 @@ class MachineAccess:
         return [*argv, "-t", machine.public_ip or machine.hostname]
 
 
+_scan = json.JSONDecoder().scan_once
+
+
 def parse_entry(line: bytes, machine: str) -> JournalEntry:
     """A line of ``-o json`` output as a view entry; anything else shows as an error line."""
     try:
-        doc = json.loads(line)
+        # The C scanner straight away: `-o json` lines are one object each, no padding.
+        doc, _ = _scan(line.decode("utf-8", "replace"), 0)
         if not isinstance(doc, dict):
             raise ValueError
-    except ValueError:
+    except (ValueError, StopIteration):
         text = line.decode("utf-8", "replace")
         return JournalEntry(0, 3, machine, "clusterd journal", text)
     message = doc.get("MESSAGE", "")

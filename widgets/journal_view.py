@@ -6,9 +6,10 @@ import re
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from rich.segment import Segment
 from rich.style import Style
@@ -40,9 +41,8 @@ PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", 
 HIGHLIGHT = Style(bgcolor="yellow", color="black", bold=True)
 
 
-@dataclass(slots=True)
-class JournalEntry:
-    """One journal line as the view shows it; ``n`` numbers entries in arrival order."""
+class JournalEntry(NamedTuple):
+    """One journal line as the view shows it."""
 
     realtime: int
     """Microseconds since the epoch."""
@@ -51,7 +51,6 @@ class JournalEntry:
     unit: str
     message: str
     cursor: str = ""
-    n: int = field(default=0)
 
 
 @lru_cache(maxsize=64)
@@ -105,9 +104,13 @@ class JournalView(ScrollView, can_focus=True):
         super().__init__(id=id)
         self.limit = max(1, limit)
         """How many lines the buffer keeps; older ones are dropped."""
-        self.entries: list[JournalEntry] = []
-        self.shown: list[JournalEntry] = self.entries
-        """The lines that pass the priority and grep filters (``entries`` when none)."""
+        self.entries: list[tuple[int, int, str, str, str, str]] = []
+        """Plain tuples of the buffered lines: the collector stops tracking tuples of strings
+        and ints (not subclasses), so a full buffer costs no collector pauses while following."""
+        self.base = 0
+        """The arrival number of ``entries[0]``: the lines before it were dropped."""
+        self.filtered: list[int] | None = None
+        """Arrival numbers of the lines that pass the priority and grep filters; None: all."""
         self.following = True
         self.new_lines = 0
         """Lines that arrived since following paused: the "+N new lines" count."""
@@ -126,42 +129,59 @@ class JournalView(ScrollView, can_focus=True):
 
     # Data -------------------------------------------------------------------------------
 
-    def append(self, batch: Iterable[JournalEntry]) -> int:
+    @property
+    def count(self) -> int:
+        """How many lines are shown (after the filters)."""
+        return len(self.entries) if self.filtered is None else len(self.filtered)
+
+    def shown_at(self, index: int) -> JournalEntry:
+        if self.filtered is None:
+            return JournalEntry._make(self.entries[index])
+        return JournalEntry._make(self.entries[self.filtered[index] - self.base])
+
+    @property
+    def shown(self) -> list[JournalEntry]:
+        """The shown lines, in order."""
+        return [self.shown_at(index) for index in range(self.count)]
+
+    @property
+    def buffered(self) -> list[JournalEntry]:
+        """Every buffered line, filtered or not."""
+        return [JournalEntry._make(entry) for entry in self.entries]
+
+    def append(self, batch: list[JournalEntry]) -> int:
         """Add a batch (one repaint); returns how many lines of it pass the filters."""
         entries = self.entries
-        start = len(entries)
-        number = self.total
-        for entry in batch:
-            entry.n = number
-            number += 1
-            entries.append(entry)
-        added = entries[start:]
-        self.total = number
-        for entry in added:
-            if len(entry.machine) > self._machine_width:
-                self._machine_width = min(len(entry.machine), 24)
-            if len(entry.unit) > self._unit_width:
-                self._unit_width = min(len(entry.unit), 32)
-        if self.shown is not entries:
-            passing = [e for e in added if self._passes(e)]
-            self.shown.extend(passing)
+        first_number = self.base + len(entries)
+        entries.extend(map(tuple, batch))
+        self.total += len(batch)
+        machine_width = max(map(len, (e.machine for e in batch)), default=0)
+        unit_width = max(map(len, (e.unit for e in batch)), default=0)
+        self._machine_width = max(self._machine_width, min(machine_width, 24))
+        self._unit_width = max(self._unit_width, min(unit_width, 32))
+        if self.filtered is not None:
+            passes = self._passes
+            passing = [first_number + i for i, e in enumerate(batch) if passes(e)]
+            self.filtered.extend(passing)
+            added = len(passing)
         else:
-            passing = added
+            added = len(batch)
         excess = len(entries) - self.limit
         if excess > 0:
-            first = entries[excess].n
             del entries[:excess]
-            if self.shown is not entries:
-                del self.shown[: bisect_left(self.shown, first, key=lambda e: e.n)]
+            self.base += excess
+            if self.filtered is not None:
+                del self.filtered[: bisect_left(self.filtered, self.base)]
         if not self.following:
-            self.new_lines += len(passing)
+            self.new_lines += added
         self._relayout()
-        return len(passing)
+        return added
 
     def clear(self) -> None:
+        self.base += len(self.entries)
         self.entries.clear()
-        if self.shown is not self.entries:
-            self.shown.clear()
+        if self.filtered is not None:
+            self.filtered.clear()
         self.new_lines = 0
         self._relayout()
 
@@ -186,9 +206,13 @@ class JournalView(ScrollView, can_focus=True):
         self.grep_invert = invert
         self.highlight = None if invert else grep
         if max_priority is None and grep is None:
-            self.shown = self.entries
+            self.filtered = None
         else:
-            self.shown = [e for e in self.entries if self._passes(e)]
+            base = self.base
+            passes = self._passes
+            self.filtered = [
+                base + i for i, e in enumerate(map(JournalEntry._make, self.entries)) if passes(e)
+            ]
         self._relayout()
 
     def set_time_mode(self, mode: str) -> None:
@@ -211,14 +235,16 @@ class JournalView(ScrollView, can_focus=True):
             room = max(10, width - self._prefix_width())
             total = 0
             ends = []
-            for entry in self.shown:
-                total += max(1, -(-len(entry.message) // room))
+            for index in range(self.count):
+                total += max(1, -(-len(self.shown_at(index).message) // room))
                 ends.append(total)
             self._ends = ends
             self.virtual_size = Size(width, total)
         else:
-            longest = max((len(e.message) for e in self.shown[-500:]), default=0)
-            self.virtual_size = Size(self._prefix_width() + longest, len(self.shown))
+            count = self.count
+            recent = (self.shown_at(i).message for i in range(max(0, count - 500), count))
+            longest = max(map(len, recent), default=0)
+            self.virtual_size = Size(self._prefix_width() + longest, count)
         if self.following:
             self._moving = True
             self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
@@ -235,13 +261,14 @@ class JournalView(ScrollView, can_focus=True):
         line = int(self.scroll_y) + y
         if self.wrap:
             index = bisect_right(self._ends, line)
-            if index >= len(self.shown):
+            if index >= self.count:
                 return Strip.blank(width, self.rich_style)
             part = line - (self._ends[index - 1] if index else 0)
-            return self._wrapped(self.shown[index], part, width)
-        if line >= len(self.shown):
+            return self._wrapped(self.shown_at(index), part, width)
+        if line >= self.count:
             return Strip.blank(width, self.rich_style)
-        segments = self._segments(self.shown[line], self.shown[line].message)
+        entry = self.shown_at(line)
+        segments = self._segments(entry, entry.message)
         scroll_x = int(self.scroll_x)
         return Strip(segments).crop_extend(scroll_x, scroll_x + width, self.rich_style)
 
@@ -319,7 +346,8 @@ class JournalView(ScrollView, can_focus=True):
 
     def plain_lines(self) -> Iterable[str]:
         """The shown lines as text, the way the view prints them (without colour)."""
-        for entry in self.shown:
+        for index in range(self.count):
+            entry = self.shown_at(index)
             stamp = format_time(entry.realtime, self.time_mode)
             yield f"{stamp} {entry.machine} {entry.unit}: {entry.message}"
 

@@ -147,7 +147,7 @@ class JournalPane(Container):
             self.query_one(".pane-status", Static).update(text)
             return
         text.append_text(literal(self.title, "bold"))
-        text.append(f"   {plural(len(view.shown), 'line')}")
+        text.append(f"   {plural(view.count, 'line')}")
         if view.max_priority is not None:
             text.append(f"   priority ≤ {view.priority_name(view.max_priority)}", style="cyan")
         if self.grep_text:
@@ -164,7 +164,8 @@ class JournalPane(Container):
             text.append("   paused", style="bold yellow")
             if view.new_lines:
                 text.append(f" +{view.new_lines:,} new lines (End resumes)", style="bold yellow")
-        self.query_one(".pane-status", Static).update(text)
+        # One line of fixed height: no layout pass per batch.
+        self.query_one(".pane-status", Static).update(text, layout=False)
 
     @on(JournalView.FollowChanged)
     def _follow_changed(self) -> None:

@@ -73,8 +73,8 @@ async def test_the_buffer_keeps_only_the_newest_lines() -> None:
         await feed(pilot, app, lines(250))
         view = app.pane.view
         assert len(view.entries) == 100
-        assert view.entries[0].message == "request 150"
-        assert view.entries[-1].message == "request 249"
+        assert view.buffered[0].message == "request 150"
+        assert view.buffered[-1].message == "request 249"
 
 
 async def test_p_filters_by_priority_and_slash_greps_with_highlights() -> None:

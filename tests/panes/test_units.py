@@ -276,8 +276,8 @@ async def test_j_follows_the_units_journal_and_read_only_hides_every_write(
         assert "units.start" not in sections and "units.journal" in sections
         await pilot.press("j")
         view = app.journal_pane.view
-        await wait_for(pilot, lambda: any("Hello from" in e.message for e in view.entries), 15)
-        assert {e.unit for e in view.entries} == {"hello.service"}
+        await wait_for(pilot, lambda: any("Hello from" in e.message for e in view.buffered), 15)
+        assert {e.unit for e in view.buffered} == {"hello.service"}
         assert app.query_one("TabbedContent").active == "journal"
 
 
