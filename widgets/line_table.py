@@ -62,9 +62,32 @@ class LineTable(ScrollView, can_focus=True):
     LineTable:focus {
         background-tint: $foreground 3%;
     }
+    LineTable > .line-table--header {
+        text-style: bold;
+        color: $text-accent;
+        background: $panel;
+    }
+    LineTable > .line-table--cursor {
+        color: $block-cursor-foreground;
+        background: $block-cursor-background;
+        text-style: bold;
+    }
+    LineTable > .line-table--blurred-cursor {
+        background: $block-cursor-blurred-background;
+    }
+    LineTable > .line-table--marked {
+        color: $text-warning;
+        background: $warning-muted;
+        text-style: bold;
+    }
     """
 
-    COMPONENT_CLASSES = {"line-table--header", "line-table--cursor", "line-table--marked"}
+    COMPONENT_CLASSES = {
+        "line-table--header",
+        "line-table--cursor",
+        "line-table--blurred-cursor",
+        "line-table--marked",
+    }
 
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False, id="table.up"),
@@ -212,7 +235,7 @@ class LineTable(ScrollView, can_focus=True):
         if index == self.cursor and self.has_focus:
             base += self.get_component_rich_style("line-table--cursor")
         elif index == self.cursor:
-            base += Style(reverse=True, dim=True)
+            base += self.get_component_rich_style("line-table--blurred-cursor")
         segments = []
         styles = row.styles
         for i, cell in enumerate(row.cells):
