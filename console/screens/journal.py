@@ -127,6 +127,7 @@ class JournalPane(Container):
             self.notify(
                 f"journal of {follower.label} lost ({follower.error}); reconnecting",
                 severity="warning",
+                markup=False,
             )
         self.update_status()
 
@@ -228,9 +229,11 @@ class JournalPane(Container):
             try:
                 count = self.view.save(path)
             except OSError as error:
-                self.notify(f"cannot save to {path}: {error.strerror}", severity="error")
+                self.notify(
+                    f"cannot save to {path}: {error.strerror}", severity="error", markup=False
+                )
                 return
-            self.notify(f"saved {plural(count, 'line')} to {path}")
+            self.notify(f"saved {plural(count, 'line')} to {path}", markup=False)
 
         self.app.push_screen(
             PathPromptScreen("Save the journal", "the lines shown, as text", check, default),

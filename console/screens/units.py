@@ -228,7 +228,7 @@ class UnitsPane(TablePane):
                 del self.memory.pending[name]
                 changed = True
                 if pending.stuck:
-                    self.notify(f"{name} reached {pending.want} after all")
+                    self.notify(f"{name} reached {pending.want} after all", markup=False)
                 continue
             if not pending.stuck and now - pending.since > self.converge_seconds:
                 pending.stuck = True
@@ -240,6 +240,7 @@ class UnitsPane(TablePane):
                     title="Did not converge",
                     severity="error",
                     timeout=10,
+                    markup=False,
                 )
         if changed:
             self.update_from_model()
@@ -289,7 +290,7 @@ class UnitsPane(TablePane):
             try:
                 await self.registry.set_target_state(name, want)
             except (RegistryError, EtcdError) as error:
-                self.notify(f"cannot {VERBS[want]} {name}: {error}", severity="error")
+                self.notify(f"cannot {VERBS[want]} {name}: {error}", severity="error", markup=False)
                 continue
             self.memory.pending[name] = Pending(want, now)
         self.update_from_model()
@@ -339,10 +340,10 @@ class UnitsPane(TablePane):
             try:
                 await self.registry.destroy(name)
             except (RegistryError, EtcdError) as error:
-                self.notify(f"cannot destroy {name}: {error}", severity="error")
+                self.notify(f"cannot destroy {name}: {error}", severity="error", markup=False)
                 continue
             self.memory.pending.pop(name, None)
-        self.notify(f"destroyed {', '.join(names)}")
+        self.notify(f"destroyed {', '.join(names)}", markup=False)
 
     def action_submit(self) -> None:
         def submitted(answer: str | None) -> None:
@@ -367,17 +368,17 @@ class UnitsPane(TablePane):
                     normalize_name(path.name), path.read_text(), replace=True
                 )
             except (RegistryError, EtcdError, OSError) as error:
-                self.notify(f"cannot submit {path.name}: {error}", severity="error")
+                self.notify(f"cannot submit {path.name}: {error}", severity="error", markup=False)
                 continue
             done.append(path.name)
         if done:
-            self.notify(f"submitted {', '.join(done)}")
+            self.notify(f"submitted {', '.join(done)}", markup=False)
 
     def action_cat(self) -> None:
         names = self.chosen()
         job = self.model.fleet.jobs.get(names[0]) if names else None
         if job is None or job.unit is None:
-            self.notify("select a unit to see its file", severity="warning")
+            self.notify("select a unit to see its file", severity="warning", markup=False)
             return
         self.app.push_screen(TextScreen(literal(job.name), literal(job.unit.raw)))
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,15 @@ from screenshots.driving import wait_for
 
 SIZE = (120, 36)
 
-__all__ = ["SIZE", "console_on", "registry_on", "unit_pid", "units_running", "wait_for"]
+__all__ = [
+    "SIZE",
+    "console_on",
+    "registry_on",
+    "running",
+    "unit_pid",
+    "units_running",
+    "wait_for",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +50,14 @@ def console_on(url: str, **kwargs: object) -> ClusterConsole:
     return ClusterConsole(
         session, cluster_name="test", read_only=session.settings.read_only, **kwargs
     )  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(app: ClusterConsole) -> AsyncIterator[Pilot]:
+    """Run ``app`` headless, then close its store client (its gRPC channel) in the same loop."""
+    async with app.run_test(size=SIZE) as pilot:
+        yield pilot
+    await app.session.close()
 
 
 def registry_on(url: str) -> Registry:

@@ -13,7 +13,7 @@ from backend.fleet.registry import Machine
 from console.app import ClusterConsole
 from console.journal_stream import MachineAccess
 from console.tunnel import Tunnel, TunnelSpec
-from tests.panes.conftest import SIZE, console_on, wait_for
+from tests.panes.conftest import console_on, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ async def test_machines_show_ip_metadata_units_and_l_toggles_full_ids(
     cluster: demo.DemoCluster,
 ) -> None:
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_tab(pilot, "2")
         table = app.machines_pane.table
         await wait_for(pilot, lambda: len(table.view) == 3)
@@ -50,7 +50,7 @@ async def test_machines_show_ip_metadata_units_and_l_toggles_full_ids(
 
 async def test_enter_on_a_machine_shows_only_its_units(cluster: demo.DemoCluster) -> None:
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_tab(pilot, "2")
         table = app.machines_pane.table
         await wait_for(pilot, lambda: len(table.view) == 3)
@@ -69,11 +69,11 @@ async def test_a_machine_that_stops_renewing_shows_as_gone_until_its_record_expi
     cluster: demo.DemoCluster,
 ) -> None:
     client = make_client([cluster.url])
-    lease = await client.lease(3)
+    lease = await client.lease(6)
     record = {"ID": "deadbeef" * 4, "PublicIP": "127.0.0.9", "Metadata": {"role": "ghost"}}
     key = f"/_coreos.com/fleet/machines/{'deadbeef' * 4}/object".encode()
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_tab(pilot, "2")
         table = app.machines_pane.table
         await client.put(key, json.dumps(record).encode(), lease=lease)
@@ -83,9 +83,9 @@ async def test_a_machine_that_stops_renewing_shows_as_gone_until_its_record_expi
             return row.cells[4] if row else None
 
         await wait_for(pilot, lambda: state() == "alive")
-        await wait_for(pilot, lambda: state() == "gone", within=5)
+        await wait_for(pilot, lambda: state() == "gone", within=8)
         assert "1 gone" in str(app.machines_pane.status.render())
-        await wait_for(pilot, lambda: state() is None, within=8)
+        await wait_for(pilot, lambda: state() is None, within=10)
     await client.close()
 
 
@@ -108,7 +108,7 @@ async def test_subnets_show_the_config_free_capacity_reservations_and_expiry(
     reservation = b"/coreos.com/network/subnets/10.1.250.0-24"
     value = {"PublicIP": "10.0.0.250", "BackendType": "vxlan"}
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_tab(pilot, "4")
         table = app.subnets_pane.table
         await wait_for(pilot, lambda: len(table.rows) == 3 and all(

@@ -16,10 +16,10 @@ from console.screens.confirm import ConfirmScreen
 from console.screens.path_prompt import PathPromptScreen
 from console.screens.text_view import TextScreen
 from tests.panes.conftest import (
-    SIZE,
     console_on,
     open_units,
     registry_on,
+    running,
     unit_pid,
     units_running,
     wait_for,
@@ -62,7 +62,7 @@ async def test_stopping_a_unit_from_the_table_stops_its_process_and_start_brings
     registry = registry_on(cluster.url)
     await launch(registry, cluster, ["stop-start.service"])
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "stop-start.service")
         await pilot.press("x")
@@ -86,7 +86,7 @@ async def test_a_desired_state_shows_pending_until_it_arrives(cluster: demo.Demo
     await registry.set_target_state("pending.service", "launched")
     await launch(registry, cluster, [])
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "pending.service")
         await wait_for(pilot, lambda: app.units_pane.table.cursor_row.cells[3] == "launched", 20)
@@ -115,7 +115,7 @@ async def test_a_unit_that_cannot_be_placed_is_said_not_to_converge(
     await registry.create_job("nowhere.service", nowhere)
     clock = Clock()
     app = console_on(cluster.url, clock=clock)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "nowhere.service")
         await pilot.press("s")
@@ -135,12 +135,12 @@ async def test_restart_gives_the_unit_a_new_process(cluster: demo.DemoCluster) -
     await launch(registry, cluster, ["restart.service"])
     before = unit_pid(cluster, "restart.service")
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "restart.service")
         await pilot.press("R")
         await wait_for(
-            pilot, lambda: unit_pid(cluster, "restart.service") not in (None, before), within=20
+            pilot, lambda: unit_pid(cluster, "restart.service") not in (None, before), within=30
         )
     await registry.destroy("restart.service")
     await registry.client.close()
@@ -152,7 +152,7 @@ async def test_unload_and_load_move_the_unit_between_inactive_and_loaded(
     registry = registry_on(cluster.url)
     await launch(registry, cluster, ["unload.service"])
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "unload.service")
         await pilot.press("U")
@@ -170,7 +170,7 @@ async def test_destroy_asks_first_then_removes_the_unit(cluster: demo.DemoCluste
     registry = registry_on(cluster.url)
     await launch(registry, cluster, ["doomed.service"])
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "doomed.service")
         await pilot.press("D")
@@ -192,7 +192,7 @@ async def test_marking_three_units_and_stopping_them_stops_all_three(
     names = ["mark-a.service", "mark-b.service", "mark-c.service"]
     await launch(registry, cluster, names)
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, names[0])
         await pilot.press("space", "space", "space")
@@ -218,7 +218,7 @@ async def test_submit_takes_a_unit_file_and_shows_errors_with_line_numbers(
     good.write_text(TICKER)
     registry = registry_on(cluster.url)
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await pilot.press("a")
         await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))
@@ -243,7 +243,7 @@ async def test_cat_shows_the_unit_file_and_enter_its_status_with_journal_lines(
     await launch(registry, cluster, ["status.service"])
     await asyncio.sleep(1.5)
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "status.service")
         await pilot.press("c")
@@ -264,7 +264,7 @@ async def test_j_follows_the_units_journal_and_read_only_hides_every_write(
     cluster: demo.DemoCluster,
 ) -> None:
     app = console_on(cluster.url, read_only=True)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, "hello.service")
         for key in ("s", "x", "D", "a"):
@@ -283,7 +283,7 @@ async def test_j_follows_the_units_journal_and_read_only_hides_every_write(
 
 async def test_filter_and_sort_the_units_table(cluster: demo.DemoCluster) -> None:
     app = console_on(cluster.url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with running(app) as pilot:
         await open_units(pilot)
         table = app.units_pane.table
         await wait_for(pilot, lambda: any(r.key == "web@8081.service" for r in table.rows), 15)
