@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
@@ -186,9 +188,11 @@ class ClusterConsole(App[None]):
         if self.feed is None or not self.model.loaded.is_set():
             return
         await self.feed.read_leases()
-        self.machines_pane.update_from_model()
-        self.subnets_pane.update_from_model()
-        self.units_pane.check_convergence()
+        # The console may have started closing while the leases were read.
+        with contextlib.suppress(NoMatches):
+            self.machines_pane.update_from_model()
+            self.subnets_pane.update_from_model()
+            self.units_pane.check_convergence()
 
     @on(UnitsPane.JournalRequested)
     def _journal_of_units(self, event: UnitsPane.JournalRequested) -> None:
