@@ -128,6 +128,16 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     terminal.keys("j")
     screen = terminal.wait_for("Hello from")
     assert "hello.service on" in screen and "following" in screen
+    # The machines pane: a shell on a machine of this host, then back to the console.
+    terminal.keys("2")
+    terminal.wait_for("o Shell")
+    terminal.keys("o")
+    terminal.wait_for("exit the shell to return")
+    terminal.keys("echo shell-$((6*7)) in $PWD", "Enter")
+    screen = terminal.wait_for("shell-42 in ")
+    assert "/node" in screen
+    terminal.keys("exit", "Enter")
+    terminal.wait_for("o Shell")
     terminal.keys("1", "q")
     terminal.wait_for("EXITED 0", within=60)
     assert not port_open(port), "the demo store outlived the console"
