@@ -42,7 +42,7 @@ from console.screens.units import UnitsPane, short_id
 from console.session import Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
-from widgets.journal_view import DEFAULT_LIMIT
+from widgets.journal_view import DEFAULT_LIMIT, JournalView
 from widgets.line_table import LineTable
 
 TABS = [
@@ -313,6 +313,7 @@ class ClusterConsole(App[None]):
             ("Units", UnitsPane.BINDINGS, hidden(UnitsPane.WRITE_ACTIONS)),  # type: ignore[list-item]
             ("Subnets", SubnetsPane.BINDINGS, set()),  # type: ignore[list-item]
             ("Journal", JournalPane.BINDINGS, set()),  # type: ignore[list-item]
+            ("Journal view", JournalView.BINDINGS, set()),  # type: ignore[list-item]
         ]
 
     def action_help(self) -> None:
