@@ -104,6 +104,7 @@ class ClusterConsole(App[None]):
         self.model = ClusterModel(clock=clock)
         """Fleet's and flannel's keys as the watches deliver them; the cluster panes show it."""
         self.feed: ClusterFeed | None = None
+        self._was_reconnecting = False
         settings = session.settings
         self.access = MachineAccess(
             tunnel=session.tunnel,
@@ -187,11 +188,15 @@ class ClusterConsole(App[None]):
         """Read presence and subnet leases, then move the countdowns and convergence checks."""
         if self.feed is None or not self.model.loaded.is_set():
             return
-        await self.feed.read_leases()
+        if self.model.state != "reconnecting":
+            await self.feed.read_leases()
         # The console may have started closing while the leases were read.
         with contextlib.suppress(NoMatches):
             self.machines_pane.update_from_model()
             self.subnets_pane.update_from_model()
+            if self.model.state == "reconnecting" or self._was_reconnecting:
+                self.units_pane.update_from_model()
+            self._was_reconnecting = self.model.state == "reconnecting"
             self.units_pane.check_convergence()
 
     @on(UnitsPane.JournalRequested)

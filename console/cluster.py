@@ -61,6 +61,8 @@ class ClusterModel:
     presence: dict[str, MachineLease] = field(default_factory=dict)
     revision: int = 0
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    state: str = "connecting"
+    """"connecting", "live" or "reconnecting": whether the watches are up."""
 
     @property
     def network(self) -> NetworkConfig | None:
@@ -210,8 +212,6 @@ class ClusterFeed:
         self.model = model
         self.registry = Registry(client, model.prefix)
         self.pending: list[list[Any]] = []
-        self.state = "connecting"
-        """"connecting", "live" or "reconnecting"; shown in the panes' status lines."""
         self.revisions: dict[bytes, int] = {}
         """The newest revision each watch delivered: each resumes after its own."""
 
@@ -240,14 +240,14 @@ class ClusterFeed:
                 if not self.model.loaded.is_set():
                     await self.load()
                     self.pending.append([])
-                self.state = "live"
+                self.model.state = "live"
                 await self._watch_all()
             except RevisionCompacted:
                 self.model.loaded.clear()
                 self.pending.clear()
                 continue
             except (EtcdError, OSError):
-                self.state = "reconnecting"
+                self.model.state = "reconnecting"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue

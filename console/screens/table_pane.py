@@ -70,7 +70,13 @@ class TablePane(Container):
             self.status.update(Text("waiting for the store…", style="dim italic"))
             return
         self.table.set_rows(self.build_rows())
-        self.status.update(self.status_text())
+        status = self.status_text()
+        if self.model.state == "reconnecting":
+            status.append(
+                f"   store unreachable: showing revision {self.model.revision:,}; reconnecting",
+                style="bold red",
+            )
+        self.status.update(status)
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()
