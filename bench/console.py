@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import resource
 import statistics
 import sys
@@ -68,6 +69,13 @@ class JournalBench(App[None]):
     def compose(self) -> ComposeResult:
         yield JournalPane(MachineAccess(), limit=100_000)
 
+    def on_mount(self) -> None:
+        # As ClusterConsole does once it is up.
+        gc.freeze()
+
+    def on_unmount(self) -> None:
+        gc.unfreeze()
+
 
 class LogBench(App[None]):
     def compose(self) -> ComposeResult:
@@ -110,7 +118,7 @@ async def journal_ingest(total: int) -> dict[str, float]:
                 chunk = partial + data[offset : offset + CHUNK]
                 lines = chunk.split(b"\n")
                 partial = lines.pop()
-                pane.pending.extend(parse_entry(line, "core-1") for line in lines)
+                pane.receive([parse_entry(line, "core-1") for line in lines])
                 fed += len(lines)
                 if fed % 250_000 < len(lines):
                     rss[fed] = rss_mib()

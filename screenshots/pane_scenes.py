@@ -159,7 +159,7 @@ async def journal(pilot: Pilot) -> None:
     app = await settle(pilot, "5")
     pane = app.journal_pane
     pane.title = "hello.service, flaky.service, web@8080.service … on 3 machines"
-    pane.pending.extend(journal_lines())
+    pane.receive(journal_lines())
     await wait_for(pilot, lambda: pane.view.total == 10)
     await pilot.press("slash", *"hello", "enter")
     await pilot.pause()
@@ -211,7 +211,7 @@ async def save_journal(pilot: Pilot) -> None:
     app = await settle(pilot, "5")
     pane = app.journal_pane
     pane.title = "machine 8a3d1b2c…"
-    pane.pending.extend(journal_lines())
+    pane.receive(journal_lines())
     await wait_for(pilot, lambda: pane.view.total == 10)
     await pilot.press("S")
     await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))

@@ -149,19 +149,21 @@ class JournalView(ScrollView, can_focus=True):
         """Every buffered line, filtered or not."""
         return [JournalEntry._make(entry) for entry in self.entries]
 
-    def append(self, batch: list[JournalEntry]) -> int:
+    def append(self, batch: list[tuple[int, int, str, str, str, str]]) -> int:
         """Add a batch (one repaint); returns how many lines of it pass the filters."""
         entries = self.entries
         first_number = self.base + len(entries)
         entries.extend(map(tuple, batch))
         self.total += len(batch)
-        machine_width = max(map(len, (e.machine for e in batch)), default=0)
-        unit_width = max(map(len, (e.unit for e in batch)), default=0)
+        machine_width = max(map(len, (e[2] for e in batch)), default=0)
+        unit_width = max(map(len, (e[3] for e in batch)), default=0)
         self._machine_width = max(self._machine_width, min(machine_width, 24))
         self._unit_width = max(self._unit_width, min(unit_width, 32))
         if self.filtered is not None:
             passes = self._passes
-            passing = [first_number + i for i, e in enumerate(batch) if passes(e)]
+            passing = [
+                first_number + i for i, e in enumerate(map(JournalEntry._make, batch)) if passes(e)
+            ]
             self.filtered.extend(passing)
             added = len(passing)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 from rich.text import Text
@@ -78,7 +79,8 @@ class JournalPane(Container):
         self.title = ""
         """What is followed, in words: ``hello.service on 8a3d1b2c…``."""
         self.followers: list[JournalFollower] = []
-        self.pending: list[JournalEntry] = []
+        self.pending: list[tuple[int, int, str, str, str, str]] = []
+        """Lines read since the last repaint, as plain tuples (see :class:`JournalView`)."""
         self.priority_step = 0
         self.grep_text = ""
 
@@ -120,7 +122,15 @@ class JournalPane(Container):
     @work(group="journal-readers")
     async def _read(self, follower: JournalFollower) -> None:
         async for batch in follower.follow():
-            self.pending.extend(batch)
+            self.receive(batch)
+
+    def receive(self, batch: list[JournalEntry]) -> None:
+        """Queue lines for the next repaint.
+
+        Plain tuples, because a queue of tracked objects that lives across collections
+        promotes thousands of them per batch and sets off full collections while following.
+        """
+        self.pending.extend(map(tuple, batch))
 
     def _state(self, follower: JournalFollower, state: str) -> None:
         if state == "reconnecting":
@@ -136,7 +146,7 @@ class JournalPane(Container):
             return
         batch, self.pending = self.pending, []
         if len(self.followers) > 1:
-            batch.sort(key=lambda entry: entry.realtime)
+            batch.sort(key=itemgetter(0))
         self.view.append(batch)
         self.update_status()
 

@@ -38,7 +38,7 @@ class JournalApp(App[None]):
 async def feed(pilot, app: JournalApp, batch: list[JournalEntry]) -> None:
     app.pane.title = "web.service on 8a3d1b2c…"
     total = app.pane.view.total + len(batch)
-    app.pane.pending.extend(batch)
+    app.pane.receive(batch)
     await wait_for(pilot, lambda: app.pane.view.total == total)
 
 
