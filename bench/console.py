@@ -189,6 +189,12 @@ class UnitsBench(App[None]):
     def compose(self) -> ComposeResult:
         yield UnitsPane(self.model, None, MachineAccess())
 
+    def on_mount(self) -> None:
+        gc.freeze()
+
+    def on_unmount(self) -> None:
+        gc.unfreeze()
+
 
 class DataTableBench(App[None]):
     def compose(self) -> ComposeResult:
