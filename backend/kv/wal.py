@@ -60,9 +60,8 @@ def _fsync_dir(path: Path) -> None:
 class WriteAheadLog:
     """Appends records and makes them durable in groups: all writes waiting share one fsync.
 
-    ``append`` is called from the event loop and never blocks; ``durable()`` returns a
-    future that completes once everything appended so far is on disk. One writer thread
-    does the writes and fsyncs, so the event loop keeps serving while the disk works.
+    ``append`` is called from the event loop and schedules a flush; ``durable()`` returns
+    a future that completes once everything appended so far is on disk.
     """
 
     SEGMENT_BYTES = 64 * 1024 * 1024
@@ -75,7 +74,9 @@ class WriteAheadLog:
         self._pending: list[bytes] = []
         self._pending_tags: list[Any] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._inflight_waiters: list[asyncio.Future[None]] | None = None
+        self._scheduled = False
+        self._flushing = False
+        self._flushing_waiters: list[asyncio.Future[None]] = []
         self._written = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
@@ -127,10 +128,19 @@ class WriteAheadLog:
     # -- appending -----------------------------------------------------------------------
 
     def append(self, record: bytes, tag: Any = None) -> None:
-        """Queue a framed record; ``tag`` is handed to ``on_durable`` once it is on disk."""
+        """Queue a framed record; ``tag`` is handed to ``on_durable`` once it is on disk.
+
+        The flush runs once the event loop has handled what is ready now, so the writes
+        that arrive together share one fsync (group commit).
+        """
         self._pending.append(record)
         if tag is not None:
             self._pending_tags.append(tag)
+        if not self._scheduled and not self._flushing:
+            self._scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop.call_soon(self._flush)
 
     def durable(self) -> asyncio.Future[None]:
         """A future that completes when everything appended so far is on disk."""
@@ -141,10 +151,8 @@ class WriteAheadLog:
             future.set_exception(self._failed)
         elif self._pending:
             self._waiters.append(future)
-            if self._inflight_waiters is None:
-                self._start_flush()
-        elif self._inflight_waiters is not None:
-            self._inflight_waiters.append(future)
+        elif self._flushing:
+            self._flushing_waiters.append(future)
         else:
             future.set_result(None)
         return future
@@ -152,54 +160,70 @@ class WriteAheadLog:
     @property
     def idle(self) -> bool:
         """Nothing appended is waiting for the disk."""
-        return not self._pending and self._inflight_waiters is None
+        return not self._pending and not self._flushing
 
-    def _start_flush(self) -> None:
-        assert self._loop is not None
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending or self._flushing:
+            return
         data = b"".join(self._pending)
         tags = self._pending_tags
         waiters = self._waiters
         self._pending = []
         self._pending_tags = []
         self._waiters = []
-        self._inflight_waiters = waiters
-        self._written += len(data)
-        rotate = self._written > self.SEGMENT_BYTES
+        if len(waiters) <= 1:
+            # A lone writer: fsync right here. Handing a single write to the thread costs two
+            # wake-ups, more than the fsync itself on a busy machine.
+            try:
+                self._write(data)
+            except OSError as error:
+                self._fail(error, waiters)
+                return
+            self._done(len(data), tags, waiters)
+            return
+        # A group: let the thread wait for the disk while the loop gathers the next group.
+        assert self._loop is not None
+        self._flushing = True
+        self._flushing_waiters = waiters
         job = self._loop.run_in_executor(self._executor, self._write, data)
-        job.add_done_callback(lambda done: self._flushed(done, tags, waiters, rotate))
+        job.add_done_callback(lambda done: self._flushed(done, len(data), tags))
+
+    def _flushed(self, done: asyncio.Future[None], size: int, tags: list[Any]) -> None:
+        self._flushing = False
+        waiters = self._flushing_waiters
+        self._flushing_waiters = []
+        error = done.exception()
+        if error is not None:
+            self._fail(error, waiters)
+            return
+        self._done(size, tags, waiters)
+        if self._pending:
+            self._flush()
+
+    def _done(self, size: int, tags: list[Any], waiters: list[asyncio.Future[None]]) -> None:
+        self._written += size
+        if self._written > self.SEGMENT_BYTES:
+            self.want_snapshot = True
+        self.on_durable(tags)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, error: BaseException, waiters: list[asyncio.Future[None]]) -> None:
+        # A failed fsync leaves the file in an unknown state; refuse all further writes.
+        log.error("WAL write failed: %s", error)
+        self._failed = error
+        for waiter in [*waiters, *self._waiters]:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiters = []
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         os.fdatasync(self._fd)
-
-    def _flushed(
-        self,
-        done: asyncio.Future[None],
-        tags: list[Any],
-        waiters: list[asyncio.Future[None]],
-        rotate: bool,
-    ) -> None:
-        error = done.exception()
-        self._inflight_waiters = None
-        if error is not None:
-            # A failed fsync leaves the file in an unknown state; refuse all further writes.
-            log.error("WAL write failed: %s", error)
-            self._failed = error
-            for waiter in waiters + self._waiters:
-                if not waiter.done():
-                    waiter.set_exception(error)
-            self._waiters = []
-            return
-        self.on_durable(tags)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        if rotate:
-            self.want_snapshot = True
-        if self._pending:
-            self._start_flush()
 
     want_snapshot = False
     """Set when the current segment has grown past SEGMENT_BYTES."""
