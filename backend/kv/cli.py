@@ -9,6 +9,7 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -136,7 +137,17 @@ def run(args: argparse.Namespace) -> int:
     if args.auto_compaction_mode == "revision":
         retention = float(int(args.auto_compaction_retention))
     compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
-    return asyncio.run(_serve(config, address, urls[0], tls, progress, compaction))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(config, address, urls[0], tls, progress, compaction))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: gRPC's per-call work is mostly event-loop callbacks."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(
