@@ -172,17 +172,9 @@ class WriteAheadLog:
         self._pending = []
         self._pending_tags = []
         self._waiters = []
-        if len(waiters) <= 1:
-            # A lone writer: fsync right here. Handing a single write to the thread costs two
-            # wake-ups, more than the fsync itself on a busy machine.
-            try:
-                self._write(data)
-            except OSError as error:
-                self._fail(error, waiters)
-                return
-            self._done(len(data), tags, waiters)
-            return
-        # A group: let the thread wait for the disk while the loop gathers the next group.
+        # The thread waits for the disk while the loop serves on and gathers the next group.
+        # (An fsync on the loop looks cheaper for a lone writer, but under concurrent load
+        # requests arrive one per loop pass, and a blocked loop then fsyncs them one by one.)
         assert self._loop is not None
         self._flushing = True
         self._flushing_waiters = waiters
