@@ -115,12 +115,15 @@ def run(args: argparse.Namespace) -> int:
     address = _listen_address(urls[0], tls is not None, args.allow_insecure_remote)
     try:
         progress = parse_duration(args.experimental_watch_progress_notify_interval)
-        retention = parse_duration(
-            args.auto_compaction_retention,
-            "h" if args.auto_compaction_mode == "periodic" else "s",
-        )
+        if args.auto_compaction_mode == "revision":
+            retention = float(int(args.auto_compaction_retention))
+        else:
+            retention = parse_duration(args.auto_compaction_retention, "h")
     except ValueError as error:
-        raise SystemExit(f"clusterd kv: {error}") from error
+        raise SystemExit(
+            f"clusterd kv: {error}; --auto-compaction-retention is a number of revisions in "
+            "revision mode, and hours or a duration (30m, 1h) in periodic mode"
+        ) from error
     if args.max_request_bytes <= 0 or args.quota_backend_bytes < 0:
         raise SystemExit("clusterd kv: sizes must be positive")
     config = Config(
@@ -134,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
         max_txn_ops=args.max_txn_ops,
         snapshot_count=args.snapshot_count,
     )
-    if args.auto_compaction_mode == "revision":
-        retention = float(int(args.auto_compaction_retention))
     compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_serve(config, address, urls[0], tls, progress, compaction))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +12,9 @@ from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError, make_client
 from tests.harness.bundled import BundledStore, start_bundled
-from tests.harness.procs import REPO, free_port
+from tests.harness.procs import free_port
 from tests.kv.conftest import rpc_error
+from tests.kv.tools import run_kv
 
 
 @pytest.fixture
@@ -177,18 +176,8 @@ async def test_kill_9_under_16_concurrent_writers_loses_no_acknowledged_write(
     assert len(acked) > 100
 
 
-def _run_kv(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "backend.daemon", "kv", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_plaintext_on_a_non_loopback_address_is_refused(tmp_path: Path) -> None:
-    done = _run_kv(
+    done = run_kv(
         "--data-dir", str(tmp_path / "d"), "--listen-client-urls", f"http://0.0.0.0:{free_port()}"
     )
     assert done.returncode != 0

@@ -19,32 +19,7 @@ import pytest
 
 from tests.harness.bundled import BundledStore
 from tests.harness.etcd import EtcdMember, start_etcd
-from tests.harness.procs import find_tool
-
-ETCDCTL = find_tool("etcdctl")
-
-
-@dataclass
-class Result:
-    """One etcdctl run."""
-
-    rc: int
-    out: str
-    err: str
-
-
-def etcdctl(url: str, *args: str, stdin: str | None = None, timeout: float = 15) -> Result:
-    env = {**os.environ, "ETCDCTL_API": "3"}
-    done = subprocess.run(
-        [ETCDCTL, f"--endpoints={url}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
-
+from tests.kv.tools import ETCDCTL, Result, etcdctl
 
 _MASKS = [
     (re.compile(r"https?://(127\.0\.0\.1|localhost):\d+"), "<url>"),
