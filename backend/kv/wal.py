@@ -203,13 +203,15 @@ class WriteAheadLog:
                 waiter.set_result(None)
 
     def _fail(self, error: BaseException, waiters: list[asyncio.Future[None]]) -> None:
-        # A failed fsync leaves the file in an unknown state; refuse all further writes.
-        log.error("WAL write failed: %s", error)
+        # After a failed write or fsync the file's state is unknown, and memory already holds
+        # writes the disk may not: stop, as etcd does, and let recovery start from the disk.
+        log.critical("WAL write failed, stopping: %s", error)
         self._failed = error
         for waiter in [*waiters, *self._waiters]:
             if not waiter.done():
                 waiter.set_exception(error)
         self._waiters = []
+        raise SystemExit(f"clusterd kv: WAL write failed: {error}")
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
