@@ -11,6 +11,7 @@ import asyncio
 import functools
 import inspect
 import ipaddress
+import json
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -155,26 +156,56 @@ def typed_error(error: BaseException) -> EtcdError:
     return EtcdError(details)
 
 
+async def _typed_for(client: Any, error: BaseException) -> EtcdError:
+    """The typed error, knowing the channel.
+
+    Calls wait for a connection until their deadline, so a dead or misconfigured endpoint
+    surfaces as a bare timeout; one probe that does not wait brings back the dial's own
+    error (refused, TLS handshake, resolution) to say what is really wrong.
+    """
+    typed = typed_error(error)
+    channel = getattr(client, "channel", None)
+    if not isinstance(typed, StoreTimeout) or channel is None:
+        return typed
+    if channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY:
+        return typed
+    try:
+        await rpc.KVStub(channel).Range(
+            rpc.RangeRequest(key=b"\0", count_only=True, limit=1),
+            timeout=2,
+            metadata=getattr(client, "metadata", None),
+            wait_for_ready=False,
+        )
+    except grpc.RpcError as probe_error:
+        probed = typed_error(probe_error)
+        if not isinstance(probed, StoreTimeout):
+            return probed
+    except Exception:  # the probe only refines the message; the original error stands
+        pass
+    urls = ", ".join(endpoint.url for endpoint in getattr(client, "endpoints", []))
+    return StoreUnavailable(f"no answer from {urls or 'the store'} ({typed.args[0]})")
+
+
 def _translating(method: Any) -> Any:
     """Wrap one aetcd client method so its failures come out as typed errors."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)
-        async def agen(*args: Any, **kwargs: Any) -> Any:
+        async def agen(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
-                async for item in method(*args, **kwargs):
+                async for item in method(self, *args, **kwargs):
                     yield item
             except (aex.ClientError, grpc.RpcError) as error:
-                raise typed_error(error) from error
+                raise await _typed_for(self, error) from error
 
         return agen
 
     @functools.wraps(method)
-    async def coro(*args: Any, **kwargs: Any) -> Any:
+    async def coro(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await method(*args, **kwargs)
+            return await method(self, *args, **kwargs)
         except (aex.ClientError, grpc.RpcError) as error:
-            raise typed_error(error) from error
+            raise await _typed_for(self, error) from error
 
     return coro
 
@@ -277,7 +308,44 @@ def _grpc_target(endpoints: list[Endpoint]) -> str:
     return "ipv6:" + ",".join(dict.fromkeys(v6))
 
 
+# Calls wait for a connection until their deadline instead of failing at once while the
+# channel redials (a restarted member, fail-over to the next endpoint): a request that never
+# left is safe to send late. Watch streams are left out so their owners see the drop and say so.
+# Reads are also safe to repeat, so gRPC retries them on UNAVAILABLE (an election in progress);
+# writes are not, and their callers decide.
+_READS = [
+    {"service": "etcdserverpb.KV", "method": "Range"},
+    {"service": "etcdserverpb.Lease", "method": "LeaseTimeToLive"},
+    {"service": "etcdserverpb.Lease", "method": "LeaseLeases"},
+    {"service": "etcdserverpb.Cluster", "method": "MemberList"},
+    {"service": "etcdserverpb.Maintenance", "method": "Status"},
+]
+_UNARY_SERVICES = [
+    {"service": f"etcdserverpb.{name}"}
+    for name in ("KV", "Lease", "Cluster", "Maintenance", "Auth")
+]
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": _READS,
+                "waitForReady": True,
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            },
+            {"name": _UNARY_SERVICES, "waitForReady": True},
+        ]
+    }
+)
+
 _KEEPALIVE = {
+    "grpc.service_config": _SERVICE_CONFIG,
+    "grpc.enable_retries": 1,
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
@@ -349,7 +417,7 @@ class EtcdClient(aetcd.Client):
         except grpc.RpcError as error:
             await self.channel.close()
             self._init_channel_attrs()
-            raise typed_error(error) from error
+            raise await _typed_for(self, error) from error
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
@@ -369,7 +437,7 @@ class EtcdClient(aetcd.Client):
                 metadata=self.metadata,
             )
         except grpc.RpcError as error:
-            raise typed_error(error) from error
+            raise await _typed_for(self, error) from error
         return response.header.revision
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
@@ -383,8 +451,7 @@ class EtcdClient(aetcd.Client):
                 wait_for_ready=True,
             )
         except grpc.RpcError as error:
-            raise typed_error(error) from error
-
+            raise await _typed_for(self, error) from error
 
     async def watch(self, *args: Any, **kwargs: Any) -> aetcd.rtypes.Watch:
         """aetcd's per-event watch, with typed errors from its iterator too."""
@@ -392,7 +459,7 @@ class EtcdClient(aetcd.Client):
         try:
             watch = await aetcd.Client.watch(self, *args, **kwargs)
         except (aex.ClientError, grpc.RpcError) as error:
-            raise typed_error(error) from error
+            raise await _typed_for(self, error) from error
         inner = watch._iterator
 
         async def iterator() -> AsyncIterator[aetcd.rtypes.Event]:
@@ -400,7 +467,7 @@ class EtcdClient(aetcd.Client):
                 async for event in inner():
                     yield event
             except (aex.ClientError, grpc.RpcError) as error:
-                raise typed_error(error) from error
+                raise await _typed_for(self, error) from error
 
         watch._iterator = iterator
         return watch
@@ -451,7 +518,7 @@ class EtcdClient(aetcd.Client):
                     continue
                 yield WatchBatch(response.header.revision, list(response.events))
         except grpc.RpcError as error:
-            raise typed_error(error) from error
+            raise await _typed_for(self, error) from error
         finally:
             await requests.put(None)
             call.cancel()
@@ -490,7 +557,7 @@ def make_client(
     """Return a client for the store at ``endpoints`` (a list, or one comma-separated string)."""
     if isinstance(endpoints, str):
         endpoints = [part for part in endpoints.split(",") if part.strip()]
-    if cert and not key or key and not cert:
+    if (cert and not key) or (key and not cert):
         raise ConfigError("a client certificate needs its key, and a key its certificate")
     return EtcdClient(
         ClientConfig(

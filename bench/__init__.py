@@ -1,1 +1,1 @@
-"""Provides the benchmarks; each prints figures and ratios against a peer run alongside."""
+"""Provides the benchmarks; each prints figures beside the peer measured in the same run."""

@@ -19,7 +19,7 @@ STORE_KINDS = list(STARTERS)
 
 @pytest.fixture(autouse=True)
 def _snapshot_hygiene(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Screens render the same on every machine: colour on, fixed theme, no clock, no user config."""
+    """Screens render alike on every machine: colour on, no animations, no user environment."""
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
     monkeypatch.setenv("COLUMNS", "120")
@@ -60,7 +60,9 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
 
 
 @pytest.fixture(scope="session", params=STORE_KINDS)
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStore]:
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStore]:
     """Each store implementation in turn, shared by the worker's tests of that kind."""
     running = STARTERS[request.param](tmp_path_factory.mktemp(request.param))
     yield running

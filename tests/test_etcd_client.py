@@ -72,7 +72,9 @@ async def test_a_key_on_a_lease_vanishes_when_the_lease_expires(kv: EtcdClient, 
     assert info.TTL == -1
 
 
-async def test_compare_and_swap_applies_only_when_the_value_matches(kv: EtcdClient, ns: bytes) -> None:
+async def test_compare_and_swap_applies_only_when_the_value_matches(
+    kv: EtcdClient, ns: bytes
+) -> None:
     key = ns + b"cas"
     await kv.put(key, b"old")
     assert await kv.replace(key, b"old", b"new") is True

@@ -44,6 +44,7 @@ class EtcdMember:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def argv(self, initial_cluster: str, state: str = "new") -> list[str]:
+        token = "tok-" + initial_cluster.split("=", 2)[1].rsplit(":", 1)[-1].split(",")[0]
         argv = [
             find_tool("etcd"),
             "--name", self.name,
@@ -54,7 +55,7 @@ class EtcdMember:
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", initial_cluster,
             "--initial-cluster-state", state,
-            "--initial-cluster-token", f"tok-{self.peer_port}",
+            "--initial-cluster-token", token,
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--logger", "zap",
@@ -62,9 +63,9 @@ class EtcdMember:
         ]  # fmt: skip
         if self.tls:
             argv += ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key)]
-            argv += ["--trusted-ca-file", str(self.tls.ca)]
+            # etcd demands client certificates whenever it is given a trusted CA file.
             if self.tls.client_cert_auth:
-                argv.append("--client-cert-auth")
+                argv += ["--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
         return argv + self.extra
 
     def start(self, initial_cluster: str | None = None) -> EtcdMember:

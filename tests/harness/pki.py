@@ -75,7 +75,9 @@ class CA:
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
-        issued = Issued(self.directory / f"{common_name}.pem", self.directory / f"{common_name}-key.pem")
+        issued = Issued(
+            self.directory / f"{common_name}.pem", self.directory / f"{common_name}-key.pem"
+        )
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(issued.key, key)
         return issued

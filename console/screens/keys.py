@@ -1,0 +1,388 @@
+"""Provides the key pane: the key tree, the value view and the watch log, kept live by one watch."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal
+from textual.message import Message
+from textual.widgets import Input, Tree
+
+from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted
+from console import keyspace
+from console.keyspace import Child, Entry
+from console.screens.confirm import ConfirmScreen
+from console.screens.edit_value import EditValueScreen
+from console.screens.history import HistoryScreen
+from console.screens.new_key import NewKey, NewKeyScreen
+from console.screens.ttl import TTLChoice, TTLScreen
+from console.session import Session
+from widgets.filter_bar import FilterBar
+from widgets.key_tree import DELETE, KeyTree
+from widgets.literal import literal, plural
+from widgets.value_view import ValueView, render_value
+from widgets.watch_log import WatchLog
+
+FLUSH_SECONDS = 0.1
+"""How often queued watch events are applied: one repaint per interval, however many arrive."""
+
+WRITE_ACTIONS = {"new", "edit", "delete", "ttl"}
+
+
+def _error_text(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class KeysPane(Container):
+    """The Keys tab. It arranges the widgets; the store work runs in workers."""
+
+    DEFAULT_CSS = """
+    KeysPane {
+        height: 1fr;
+    }
+    KeysPane > Horizontal {
+        height: 1fr;
+    }
+    """
+
+    BINDINGS = [
+        Binding("n", "new", "New", id="keys.new"),
+        Binding("e", "edit", "Edit", id="keys.edit"),
+        Binding("d", "delete", "Delete", id="keys.delete"),
+        Binding("t", "ttl", "TTL", id="keys.ttl"),
+        Binding("h", "history", "History", id="keys.history"),
+        Binding("w", "watch", "Watch log", id="keys.watch"),
+        Binding("y", "copy", "Copy path", id="keys.copy"),
+        Binding("r", "reload", "Reload", id="keys.reload"),
+        Binding("slash", "filter", "Filter", id="keys.filter"),
+    ]
+
+    @dataclass
+    class RevisionSeen(Message):
+        """The watch delivered a batch up to ``revision``."""
+
+        revision: int
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        root: bytes = b"",
+        read_only: bool = False,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(id=id)
+        self.session = session
+        self.root = root
+        """The directory the tree starts at; the whole key space when empty."""
+        self.read_only = read_only
+        self.last_revision = 0
+        """The newest revision the tree reflects; the watch resumes after it."""
+        self.loaded = asyncio.Event()
+        """Set once the root directory has been listed."""
+        self._pending: list[tuple[int, list[Any]]] = []
+        self._watching = False
+        self._selected: Child | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield KeyTree(self.root, id="key-tree")
+            yield ValueView(id="value-view")
+        yield WatchLog(id="watch-log")
+        yield FilterBar(id="key-filter")
+
+    @property
+    def key_tree(self) -> KeyTree:
+        return self.query_one(KeyTree)
+
+    @property
+    def value_view(self) -> ValueView:
+        return self.query_one(ValueView)
+
+    def on_mount(self) -> None:
+        self.set_interval(FLUSH_SECONDS, self._flush)
+        self.key_tree.focus()
+        self.load_root()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in WRITE_ACTIONS:
+            return False
+        return True
+
+    # Loading ---------------------------------------------------------------------------
+
+    @work(exclusive=True, group="keys-root")
+    async def load_root(self) -> None:
+        """List the root (and every open directory again), then keep them live."""
+        while True:
+            try:
+                listing = await keyspace.list_dir(self.session.client, self.root)
+            except EtcdError:
+                await asyncio.sleep(1.0)
+                continue
+            break
+        self.key_tree.reset()
+        self.key_tree.show_listing(listing)
+        self.last_revision = max(self.last_revision, listing.revision)
+        self.loaded.set()
+        if not self._watching:
+            self._watching = True
+            self.watch_store()
+
+    @on(KeyTree.LoadRequested)
+    def _load_requested(self, event: KeyTree.LoadRequested) -> None:
+        self.load_dir(event.prefix)
+
+    @work(group="keys-dir")
+    async def load_dir(self, prefix: bytes) -> None:
+        try:
+            listing = await keyspace.list_dir(self.session.client, prefix)
+        except EtcdError as error:
+            self.notify(f"cannot list {literal(prefix).plain}: {error}", severity="error")
+            return
+        self.key_tree.show_listing(listing)
+
+    # Watching --------------------------------------------------------------------------
+
+    @work(group="keys-watch")
+    async def watch_store(self) -> None:
+        """One watch over the whole key space; resumes after drops from the last revision."""
+        delay = 0.2
+        while True:
+            start = self.last_revision + 1
+            try:
+                async for batch in self.session.client.watch_batches(
+                    *keyspace.range_of(self.root), start_revision=start, progress_notify=True
+                ):
+                    delay = 0.2
+                    if batch.events:
+                        self._pending.append((batch.revision, batch.events))
+                    self.last_revision = max(self.last_revision, batch.revision)
+            except RevisionCompacted as error:
+                self.notify(
+                    f"the store compacted past revision {start} ({error}); the tree was reloaded",
+                    title="Reloaded",
+                    severity="warning",
+                )
+                self._pending.clear()
+                self.last_revision = 0
+                self._watching = False
+                self.load_root()
+                return
+            except EtcdError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batches, self._pending = self._pending, []
+        events = [event for _, batch in batches for event in batch]
+        self.key_tree.apply_events(events)
+        log = self.query_one(WatchLog)
+        if log.prefix is not None:
+            for revision, batch in batches:
+                log.add_events(revision, [e for e in batch if e.kv.key.startswith(log.prefix)])
+        selected = self._selected
+        if selected is not None and not selected.is_dir:
+            for event in reversed(events):
+                if event.kv.key == selected.path:
+                    self._show_event(event)
+                    break
+        self.post_message(self.RevisionSeen(batches[-1][0]))
+
+    def _show_event(self, event: Any) -> None:
+        kv = event.kv
+        if event.type == DELETE:
+            note = f"{literal(kv.key).plain} was deleted at revision {kv.mod_revision}"
+            self.value_view.show_entry(None, note=note)
+            return
+        entry = Entry(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+        self.value_view.show_entry(entry, self.value_view.ttl if kv.lease else None)
+        if kv.lease:
+            self.fetch_value(kv.key)
+
+    # Selection -------------------------------------------------------------------------
+
+    @on(Tree.NodeHighlighted, "#key-tree")
+    def _highlighted(self, event: Tree.NodeHighlighted[Child]) -> None:
+        child = event.node.data
+        self._selected = child
+        if not self.loaded.is_set():
+            self.value_view.show_entry(None, note="waiting for the store…")
+            return
+        if child is None or child.is_dir:
+            label = literal(child.path).plain if child is not None and child.path else "/"
+            count = plural(child.count if child else 0, "key")
+            self.value_view.show_entry(None, note=f"{label}  {count} under it")
+            return
+        self.fetch_value(child.path)
+
+    @work(exclusive=True, group="keys-value")
+    async def fetch_value(self, key: bytes) -> None:
+        try:
+            entry = await keyspace.get_entry(self.session.client, key)
+            ttl = (
+                await keyspace.lease_ttl(self.session.client, entry.lease) if entry.lease else None
+            )
+        except KeyNotFound:
+            self.value_view.show_entry(None, note=f"{literal(key).plain} is not in the store")
+            return
+        except EtcdError as error:
+            self.value_view.show_entry(None, note=f"cannot read it: {_error_text(error)}")
+            return
+        if self._selected is not None and self._selected.path == key:
+            self.value_view.show_entry(entry, ttl)
+
+    # Actions ---------------------------------------------------------------------------
+
+    def _current(self) -> Child | None:
+        node = self.key_tree.cursor_node
+        return node.data if node is not None else None
+
+    def _directory(self) -> str:
+        child = self._current()
+        if child is None:
+            return "/"
+        if child.is_dir:
+            return child.path.decode("utf-8", "backslashreplace") or "/"
+        parent = child.path.rsplit(b"/", 1)[0] + b"/"
+        return parent.decode("utf-8", "backslashreplace")
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBar).open()
+
+    @on(FilterBar.Applied)
+    def _filter_applied(self, event: FilterBar.Applied) -> None:
+        self.key_tree.set_filter(event.matcher)
+
+    @on(Input.Submitted, "#key-filter")
+    def _filter_submitted(self) -> None:
+        self.key_tree.focus()
+
+    def action_reload(self) -> None:
+        self.load_root()
+        self.notify("reloading the key tree")
+
+    def action_copy(self) -> None:
+        child = self._current()
+        if child is None or not child.path:
+            return
+        text = child.path.decode("utf-8", "backslashreplace")
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {literal(text).plain}")
+
+    def action_watch(self) -> None:
+        log = self.query_one(WatchLog)
+        child = self._current()
+        if log.prefix is not None:
+            log.stop()
+            return
+        prefix = child.path if child is not None else self.root
+        log.start(prefix)
+
+    def action_new(self) -> None:
+        def created(answer: NewKey | None) -> None:
+            if answer is not None:
+                self.put_key(answer.key, answer.value, answer.ttl)
+
+        self.app.push_screen(NewKeyScreen(self._directory()), created)
+
+    def action_edit(self) -> None:
+        child = self._current()
+        entry = self.value_view.entry
+        if child is None or child.is_dir or entry is None or entry.key != child.path:
+            self.notify("select a key to edit its value", severity="warning")
+            return
+        kind, _ = render_value(entry.value)
+        if kind == "binary":
+            self.notify("binary values cannot be edited as text", severity="warning")
+            return
+        language = kind if kind in ("json", "yaml") else None
+
+        def edited(text: str | None) -> None:
+            if text is not None:
+                self.put_key(child.path, text.encode(), None, keep_lease=entry.lease)
+
+        self.app.push_screen(
+            EditValueScreen(child.path, entry.value.decode("utf-8"), language), edited
+        )
+
+    @work(group="keys-write")
+    async def put_key(self, key: bytes, value: bytes, ttl: int | None, keep_lease: int = 0) -> None:
+        try:
+            await keyspace.put(self.session.client, key, value, ttl, lease=keep_lease)
+        except EtcdError as error:
+            self.notify(f"cannot write {literal(key).plain}: {error}", severity="error")
+            return
+        self.notify(f"wrote {literal(key).plain}")
+
+    @work(group="keys-write")
+    async def action_delete(self) -> None:
+        child = self._current()
+        if child is None or child.path == self.root:
+            self.notify("select a key or a directory to delete", severity="warning")
+            return
+        try:
+            count = await keyspace.count_under(self.session.client, child.path, child.is_dir)
+        except EtcdError as error:
+            self.notify(f"cannot count the keys: {error}", severity="error")
+            return
+        question = Text("Delete ")
+        question.append_text(literal(child.path, "bold"))
+        if child.is_dir:
+            question.append(f" and every key under it: {count:,} key{'s' if count != 1 else ''}?")
+        else:
+            question.append("?")
+        if not await self.app.push_screen_wait(ConfirmScreen("Delete", question)):
+            return
+        try:
+            deleted = await keyspace.delete(self.session.client, child.path, child.is_dir)
+        except EtcdError as error:
+            self.notify(f"cannot delete {literal(child.path).plain}: {error}", severity="error")
+            return
+        self.notify(f"deleted {deleted:,} key{'s' if deleted != 1 else ''}")
+
+    @work(group="keys-write")
+    async def action_ttl(self) -> None:
+        child = self._current()
+        if child is None or child.path == self.root:
+            self.notify("select a key or a directory below the top", severity="warning")
+            return
+        what = Text("TTL for ")
+        what.append_text(literal(child.path, "bold"))
+        if child.is_dir:
+            what.append(": one lease covers every key under it")
+        choice: TTLChoice | None = await self.app.push_screen_wait(TTLScreen(what))
+        if choice is None:
+            return
+        try:
+            changed = await keyspace.set_ttl(
+                self.session.client, child.path, child.is_dir, choice.ttl
+            )
+        except EtcdError as error:
+            self.notify(f"cannot set the TTL: {error}", severity="error")
+            return
+        done = f"TTL {choice.ttl}s set" if choice.ttl else "TTL cleared"
+        self.notify(f"{done} on {changed:,} key{'s' if changed != 1 else ''}")
+        if not child.is_dir:
+            self.fetch_value(child.path)
+
+    @work(group="keys-history")
+    async def action_history(self) -> None:
+        child = self._current()
+        if child is None or child.is_dir:
+            self.notify("select a key to see its history", severity="warning")
+            return
+        try:
+            entries, compacted = await keyspace.history(self.session.client, child.path)
+        except EtcdError as error:
+            self.notify(f"cannot read the history: {error}", severity="error")
+            return
+        await self.app.push_screen_wait(HistoryScreen(child.path, entries, compacted))

@@ -1,0 +1,117 @@
+"""Provides the new-key dialog: path, value and an optional TTL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static, TextArea
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """What the user asked to create."""
+
+    key: bytes
+    value: bytes
+    ttl: int | None
+
+
+def parse_ttl(text: str) -> int | None:
+    """Seconds from ``30``, ``30s``, ``5m`` or ``2h``; empty means none; ValueError if bad."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1])
+    number = text[:-1] if scale else text
+    if not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"TTL {text!r} is not a positive number of seconds (30, 5m, 2h)")
+    return int(number) * (scale or 1)
+
+
+class NewKeyScreen(ModalScreen[NewKey | None]):
+    """Asks for a key, its value and a TTL; dismisses with a :class:`NewKey` or None."""
+
+    DEFAULT_CSS = """
+    NewKeyScreen {
+        align: center middle;
+    }
+    NewKeyScreen > Vertical {
+        width: 80%;
+        height: auto;
+        max-height: 90%;
+        border: thick $accent;
+        background: $surface;
+        padding: 0 1;
+    }
+    NewKeyScreen TextArea {
+        height: 8;
+    }
+    NewKeyScreen #new-error {
+        color: $error;
+        height: auto;
+    }
+    NewKeyScreen #new-buttons {
+        height: auto;
+        align: right middle;
+    }
+    NewKeyScreen Button {
+        margin-left: 2;
+    }
+    """
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Create", id="new.save"),
+        Binding("escape", "cancel", "Cancel", id="new.cancel"),
+    ]
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(Text("new key", style="bold"))
+            yield Label("key")
+            yield Input(self.directory, id="new-key")
+            yield Label("value")
+            yield TextArea("", id="new-value")
+            yield Label("TTL (empty for none; 30, 5m, 2h)")
+            yield Input("", id="new-ttl")
+            yield Static("", id="new-error")
+            with Horizontal(id="new-buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Create", variant="primary", id="save")
+
+    def on_mount(self) -> None:
+        self.query_one("#new-key", Input).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.action_cancel()
+
+    def on_input_submitted(self) -> None:
+        self.action_save()
+
+    def action_save(self) -> None:
+        error = self.query_one("#new-error", Static)
+        key = self.query_one("#new-key", Input).value
+        if not key or key.endswith("/"):
+            error.update("the key needs a name after its directory")
+            return
+        try:
+            ttl = parse_ttl(self.query_one("#new-ttl", Input).value)
+        except ValueError as problem:
+            error.update(str(problem))
+            return
+        value = self.query_one("#new-value", TextArea).text
+        self.dismiss(NewKey(key.encode(), value.encode(), ttl))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,96 @@
+"""Provides the `/` filter bar and its matcher: substring, `~` regex, `!` inverts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from textual import on
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Input
+
+Matcher = Callable[[str], bool]
+
+
+class FilterError(ValueError):
+    """The filter text is not a valid pattern."""
+
+
+def compile_filter(text: str) -> Matcher | None:
+    """A predicate for ``text``; None when the filter is empty and everything shows."""
+    invert = text.startswith("!")
+    body = text[1:] if invert else text
+    if not body:
+        return None
+    if body.startswith("~"):
+        try:
+            pattern = re.compile(body[1:])
+        except re.error as error:
+            raise FilterError(f"bad regular expression {body[1:]!r}: {error}") from error
+
+        def matches(name: str) -> bool:
+            return pattern.search(name) is not None
+    else:
+        needle = body.lower()
+
+        def matches(name: str) -> bool:
+            return needle in name.lower()
+
+    if invert:
+        return lambda name: not matches(name)
+    return matches
+
+
+class FilterBar(Input):
+    """A one-line filter that posts :class:`FilterBar.Applied` as the user types."""
+
+    DEFAULT_CSS = """
+    FilterBar {
+        dock: bottom;
+        display: none;
+        height: 3;
+    }
+    FilterBar.-active {
+        display: block;
+    }
+    """
+
+    BINDINGS = [Binding("escape", "close", "Close filter", id="filter.close")]
+
+    @dataclass
+    class Applied(Message):
+        """The filter changed; ``matcher`` is None when it is empty."""
+
+        bar: FilterBar
+        matcher: Matcher | None
+
+        @property
+        def control(self) -> FilterBar:
+            return self.bar
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(placeholder="filter: text, ~regex, !inverted", id=id)
+
+    def open(self) -> None:
+        self.add_class("-active")
+        self.focus()
+
+    def action_close(self) -> None:
+        self.remove_class("-active")
+        self.value = ""
+        self.post_message(self.Applied(self, None))
+
+    @on(Input.Changed)
+    def _typed(self, event: Input.Changed) -> None:
+        event.stop()
+        try:
+            matcher = compile_filter(event.value)
+        except FilterError as error:
+            self.add_class("-invalid")
+            self.tooltip = str(error)
+            return
+        self.remove_class("-invalid")
+        self.tooltip = None
+        self.post_message(self.Applied(self, matcher))
