@@ -78,6 +78,7 @@ async def test_leases_survive_a_restart_with_their_ttl_restarted(bundled: Bundle
     await kv.close()
 
 
+@pytest.mark.slow
 async def test_snapshots_truncate_the_log_and_recovery_keeps_history(tmp_path: Path) -> None:
     store = start_bundled(tmp_path, ["--snapshot-count", "40"])
     kv = await _client(store)
@@ -135,7 +136,7 @@ async def test_compaction_survives_a_restart(bundled: BundledStore) -> None:
 
 async def _writer(url: str, prefix: bytes, acked: dict[bytes, int]) -> None:
     """Write fresh keys until the store goes away; record each acknowledged revision."""
-    client = make_client(url, timeout=2)
+    client = make_client(url, timeout=1)
     n = 0
     try:
         while True:

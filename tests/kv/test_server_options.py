@@ -18,6 +18,7 @@ from tests.kv.conftest import RawWatch, rpc_error
 from tests.kv.tools import etcdctl, run_kv
 
 
+@pytest.mark.slow
 async def test_tls_with_client_certificates_admits_only_certified_clients(tmp_path: Path) -> None:
     ca = CA(tmp_path / "pki")
     server = ca.issue("server", server=True)
@@ -30,7 +31,7 @@ async def test_tls_with_client_certificates_admits_only_certified_clients(tmp_pa
         got = await kv.get(b"secret")
         assert got is not None and got.value == b"1"
         await kv.close()
-        stranger = make_client(store.url, cacert=str(ca.path), timeout=2)
+        stranger = make_client(store.url, cacert=str(ca.path), timeout=1)
         with pytest.raises(EtcdError):
             await stranger.get(b"secret")
         await stranger.close()
