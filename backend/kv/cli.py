@@ -24,7 +24,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--data-dir", default="default.etcd", help="directory for the WAL and snapshots")
     add("--listen-client-urls", default="http://127.0.0.1:2379", help="URL to serve clients on")
-    add("--advertise-client-urls", default=None, help="URL members list for clients")
+    add(
+        "--advertise-client-urls",
+        default=None,
+        help="client URL that member list reports (default: the listen URL)",
+    )
     add("--name", default="default", help="human-readable name of this member")
     add(
         "--initial-advertise-peer-urls",
