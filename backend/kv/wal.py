@@ -81,6 +81,13 @@ class WriteAheadLog:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
         self._failed: BaseException | None = None
+        self._switch: (
+            tuple[
+                asyncio.Future[tuple[int, Callable[[], Iterable[bytes]]]],
+                Callable[[], Callable[[], Iterable[bytes]]],
+            ]
+            | None
+        ) = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- recovery ------------------------------------------------------------------------
@@ -190,6 +197,10 @@ class WriteAheadLog:
             self._fail(error, waiters)
             return
         self._done(size, tags, waiters)
+        if self._switch is not None:
+            switched, capture = self._switch
+            self._switch = None
+            switched.set_result(self._switch_segment(capture))
         if self._pending:
             self._flush()
 
@@ -227,21 +238,33 @@ class WriteAheadLog:
     async def snapshot(self, capture: Callable[[], Callable[[], Iterable[bytes]]]) -> None:
         """Start a new segment, then write a snapshot of the state as of that switch.
 
-        ``capture`` runs on the event loop at the switch, with nothing appended in between,
-        and returns a function that yields the framed records of that state; it runs in a
-        thread, so it must only read what ``capture`` took (immutable records).
+        ``capture`` runs on the event loop at the switch and returns a function that yields
+        the framed records of the state; that function runs in a thread, so it must only
+        read what ``capture`` took (immutable records). The switch waits for no flush to be
+        in flight, not for the log to go idle, so a steady write load cannot starve it.
+        Records queued at the switch land in the new segment although the state already
+        holds them; replaying them is harmless (batches at or below the snapshot's revision
+        are skipped, the other records are idempotent).
         Old segments and snapshots go only once the new snapshot is safely on disk.
         """
         self.want_snapshot = False
-        while not self.idle:
-            await self.durable()
-        # No await from here to the capture: the switch and the captured state must agree.
-        new_seq = self.seq + 1
-        self._open(new_seq)
-        produce = capture()
+        if self._flushing:
+            switched: asyncio.Future[tuple[int, Callable[[], Iterable[bytes]]]]
+            switched = asyncio.get_running_loop().create_future()
+            self._switch = (switched, capture)
+            seq, produce = await switched
+        else:
+            seq, produce = self._switch_segment(capture)
         await asyncio.get_running_loop().run_in_executor(
-            self._snapshotter, self._write_snapshot, new_seq, produce
+            self._snapshotter, self._write_snapshot, seq, produce
         )
+
+    def _switch_segment(
+        self, capture: Callable[[], Callable[[], Iterable[bytes]]]
+    ) -> tuple[int, Callable[[], Iterable[bytes]]]:
+        seq = self.seq + 1
+        self._open(seq)
+        return seq, capture()
 
     def _write_snapshot(self, seq: int, produce: Callable[[], Iterable[bytes]]) -> None:
         final = self.directory / f"snap-{seq:016d}.bin"
