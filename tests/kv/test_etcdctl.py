@@ -192,8 +192,19 @@ def test_endpoint_and_member_commands_match_etcd(pair: Pair) -> None:
     pair.same("endpoint", "status", "-w", "json")
     pair.same("endpoint", "hashkv")
     pair.same("member", "list")
+    pair.same("member", "list", "-w", "json")
+    pair.same("endpoint", "status", "--cluster")
+    pair.same("endpoint", "health", "--cluster")
     pair.same("defrag")
     pair.same("alarm", "list")
+
+
+def test_snapshot_save_is_refused_with_a_clear_error(pair: Pair, tmp_path: Path) -> None:
+    result = etcdctl(pair.bundled.url, "snapshot", "save", str(tmp_path / "snap.db"))
+    assert result.rc != 0
+    assert "snapshot download is not supported" in result.err
+    assert etcdctl(pair.bundled.url, "put", "/after/snapshot", "ok").out == "OK\n"
+    assert etcdctl(pair.etcd.url, "put", "/after/snapshot", "ok").out == "OK\n"
 
 
 def test_compaction_then_reading_history_below_it_fails_alike(fresh_pair: Pair) -> None:
