@@ -1,10 +1,4 @@
-"""Provides the write-ahead log: framed records, group-committed fsyncs, snapshots and recovery.
-
-The data directory holds ``wal-<seq>.log`` segments and at most one ``snap-<seq>.bin``;
-a snapshot named ``seq`` holds everything in the segments before ``seq``, so recovery
-loads it and replays segments ``seq`` and later. Records are ``length, crc32, payload``;
-a torn or corrupt record ends a segment (a crash mid-append) and is cut off.
-"""
+"""Provides the write-ahead log: framed records, group-committed fsyncs, snapshots, recovery."""
 
 from __future__ import annotations
 
@@ -59,6 +53,11 @@ def _fsync_dir(path: Path) -> None:
 
 class WriteAheadLog:
     """Appends records and makes them durable in groups: all writes waiting share one fsync.
+
+    The directory holds ``wal-<seq>.log`` segments and at most one ``snap-<seq>.bin``; a
+    snapshot named ``seq`` holds everything in the segments before ``seq``, so recovery
+    loads it and replays segments ``seq`` and later. Records are ``length, crc32, payload``;
+    a torn or corrupt record ends a segment (a crash mid-append) and is cut off.
 
     ``append`` is called from the event loop and schedules a flush; ``durable()`` returns
     a future that completes once everything appended so far is on disk.
