@@ -74,12 +74,12 @@ async def test_granting_an_existing_lease_id_is_refused(kv: EtcdClient) -> None:
 
 
 async def test_keep_alive_renews_the_lease_past_its_ttl(kv: EtcdClient, ns: bytes) -> None:
-    lease = await kv.lease(1)
+    lease = await kv.lease(2)
     await kv.put(ns + b"alive", b"1", lease=lease)
     for _ in range(6):
         answer = await lease.refresh()
-        assert answer.TTL == 1
-        await asyncio.sleep(0.4)
+        assert answer.TTL == 2
+        await asyncio.sleep(0.5)
     assert await kv.get(ns + b"alive") is not None
     unknown = await kv.refresh_lease(55555)
     assert (unknown.ID, unknown.TTL) == (55555, 0)
