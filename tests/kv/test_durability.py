@@ -62,7 +62,7 @@ async def test_kill_9_loses_no_acknowledged_write(bundled: BundledStore) -> None
 async def test_leases_survive_a_restart_with_their_ttl_restarted(bundled: BundledStore) -> None:
     kv = await _client(bundled)
     lease = await kv.lease(4)
-    await kv.put(b"leased", b"1", lease=lease)
+    put = await kv.put(b"leased", b"1", lease=lease)
     await asyncio.sleep(2)
     await kv.close()
     bundled.kill()
@@ -72,7 +72,7 @@ async def test_leases_survive_a_restart_with_their_ttl_restarted(bundled: Bundle
     # About 2 s were left at the kill; a restarted clock has close to the full 4 s again.
     assert info.TTL >= 3
     assert list(info.keys) == [b"leased"]
-    watch = await kv.watch(b"leased")
+    watch = await kv.watch(b"leased", start_revision=put.header.revision + 1)
     event = await asyncio.wait_for(anext(watch.__aiter__()), 10)
     await watch.cancel()
     assert str(event.kind) == "DELETE"

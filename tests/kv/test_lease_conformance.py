@@ -90,8 +90,9 @@ async def test_keys_on_an_expired_lease_are_deleted_with_a_watch_event(
     kv: EtcdClient, ns: bytes
 ) -> None:
     lease = await kv.lease(1)
-    await kv.put(ns + b"gone", b"1", lease=lease)
-    watch = await kv.watch(ns + b"gone")
+    put = await kv.put(ns + b"gone", b"1", lease=lease)
+    # From the revision after the put, so an expiry before the watch starts is replayed.
+    watch = await kv.watch(ns + b"gone", start_revision=put.header.revision + 1)
     event = await asyncio.wait_for(anext(watch.__aiter__()), 10)
     await watch.cancel()
     assert str(event.kind) == "DELETE"
