@@ -94,7 +94,8 @@ class Store:
         self.lessor = Lessor(config.min_lease_ttl)
         self.hub = WatchHub()
         self.alarms: set[int] = set()
-        self.applied_index = 0
+        self.applied_index = 1
+        """Entries applied; like etcd's raft index it starts with the member's own first entry."""
         self.durable_revision = 1
         self.wal = WriteAheadLog(config.data_dir / "wal", self._published)
         self._writes_since_snapshot = 0
@@ -593,12 +594,14 @@ class Store:
         return rpc.HashResponse(header=self.header(self.space.revision), hash=self.hash_kv(0).hash)
 
     def status(self, version: str) -> rpc.StatusResponse:
-        size = self.wal.disk_size()
+        # On disk: the WAL, the snapshot and the member file; in use: what a snapshot of the
+        # state would hold now, which compaction shrinks and defragmentation makes the size.
+        size = self.wal.disk_size() + (self.config.data_dir / "member.json").stat().st_size
         response = rpc.StatusResponse(
             header=self.header(self.space.revision),
             version=version,
             dbSize=size,
-            dbSizeInUse=min(size, self.space.size),
+            dbSizeInUse=min(size, self.space.size + 64),
             leader=self.member_id,
             raftIndex=self.applied_index,
             raftTerm=RAFT_TERM,
