@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
+import os
 import signal
 import socket
 import subprocess
@@ -25,27 +25,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _etcd() -> str:
-    found = shutil.which("etcd") or shutil.which("etcd", path=str(Path(sys.executable).parent))
-    if not found:
-        raise RuntimeError("the demo needs `etcd` on PATH until the bundled store lands")
-    return found
-
-
 def store_command(data_dir: Path, port: int) -> list[str]:
-    """The demo store's command line. This is the one place that picks the store.
-
-    Until `clusterd kv` is on main, real etcd stands in; switching is replacing the
-    return below with ``[sys.executable, "-m", "backend.daemon", "kv", ...]``.
-    """
-    url = f"http://127.0.0.1:{port}"
-    peer = f"http://127.0.0.1:{_free_port()}"
+    """The demo store's command line: the bundled `clusterd kv`. The one place that picks it."""
     return [
-        _etcd(), "--name", "demo", "--data-dir", str(data_dir / "store"),
-        "--listen-client-urls", url, "--advertise-client-urls", url,
-        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-        "--initial-cluster", f"demo={peer}", "--log-level", "error", "--logger", "zap",
+        sys.executable, "-m", "backend.daemon", "kv",
+        "--name", "demo",
+        "--data-dir", str(data_dir / "store"),
+        "--listen-client-urls", f"http://127.0.0.1:{port}",
     ]  # fmt: skip
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, with this checkout importable even when nothing is installed."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 @dataclass
@@ -79,6 +74,7 @@ def start_store(data_dir: Path, port: int = 0) -> DemoStore:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=_child_env(),
         )
     store = DemoStore(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + READY_SECONDS

@@ -201,6 +201,7 @@ async def test_a_store_restart_shows_reconnecting_then_resumes(fresh_etcd: EtcdM
         await pilot.press("down", "up")
         assert pane(app).key_tree.cursor_node is not None
         await asyncio.to_thread(lambda: fresh_etcd.start().wait_ready())
+        await kv.wait_ready()
         await kv.put(b"/r/after-restart", b"x")
         await wait_for(pilot, lambda: tree(app).node_for(b"/r/after-restart") is not None, 20)
         await wait_for(pilot, lambda: header.state == "connected", 20)

@@ -112,7 +112,8 @@ async def test_edit_refuses_a_value_over_the_request_limit(
         await wait_for(pilot, lambda: app.query_one(ValueView).entry is not None)
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, EditValueScreen))
-        app.screen.query_one(TextArea).text = "x" * (MAX_REQUEST_BYTES + 1)
+        line = "x" * 999 + "\n"
+        app.screen.query_one(TextArea).text = line * (MAX_REQUEST_BYTES // len(line) + 1)
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert isinstance(app.screen, EditValueScreen)
