@@ -325,7 +325,7 @@ async def open_tunnel(
     known_hosts: str | None = None,
     strict: bool = True,
     username: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - it bounds each dial, not this call
+    timeout: float = DEFAULT_TIMEOUT,
     on_state: Callable[[TunnelState, int], None] | None = None,
 ) -> Tunnel:
     """Open a tunnel through ``[user@]host[:port]`` to each of ``endpoints``.

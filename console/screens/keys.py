@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal
 from textual.message import Message
-from textual.widgets import Input, Tree
+from textual.widgets import Input
 
 from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted
 from console import keyspace
@@ -31,6 +32,9 @@ from widgets.watch_log import WatchLog
 
 FLUSH_SECONDS = 0.1
 """How often queued watch events are applied: one repaint per interval, however many arrive."""
+
+PARTIAL_SECONDS = 0.25
+"""How often a directory still being listed shows what has arrived so far."""
 
 WRITE_ACTIONS = {"new", "edit", "delete", "ttl"}
 
@@ -87,6 +91,8 @@ class KeysPane(Container):
         self.loaded = asyncio.Event()
         """Set once the root directory has been listed."""
         self._pending: list[tuple[int, list[Any]]] = []
+        self._recent: list[tuple[int, list[Any]]] = []
+        self._loading = 0
         self._watching = False
         self._selected: Child | None = None
 
@@ -119,21 +125,45 @@ class KeysPane(Container):
 
     @work(exclusive=True, group="keys-root")
     async def load_root(self) -> None:
-        """List the root (and every open directory again), then keep them live."""
+        """List the top directory (open ones follow as the tree asks), then keep it live."""
+        self.key_tree.reset()
         while True:
             try:
-                listing = await keyspace.list_dir(self.session.client, self.root)
+                listing = await self._list(self.root)
             except EtcdError:
                 await asyncio.sleep(1.0)
                 continue
             break
-        self.key_tree.reset()
-        self.key_tree.show_listing(listing)
         self.last_revision = max(self.last_revision, listing.revision)
         self.loaded.set()
         if not self._watching:
             self._watching = True
             self.watch_store()
+
+    async def _list(self, prefix: bytes) -> keyspace.Listing:
+        """List a directory into the tree page by page, then replay what the watch saw."""
+        self._loading += 1
+        shown_at = 0.0
+
+        def show_some(partial: keyspace.Listing) -> None:
+            # A page at a time fills the view early; more often than this only repaints.
+            nonlocal shown_at
+            if time.monotonic() - shown_at >= PARTIAL_SECONDS:
+                shown_at = time.monotonic()
+                self.key_tree.show_listing(partial)
+
+        try:
+            listing = await keyspace.list_dir(self.session.client, prefix, on_page=show_some)
+            self.key_tree.show_listing(listing)
+            replay = [e for revision, batch in self._recent if revision > listing.revision
+                      for e in batch]  # fmt: skip
+            if replay:
+                self.key_tree.apply_events(replay)
+            return listing
+        finally:
+            self._loading -= 1
+            if not self._loading:
+                self._recent.clear()
 
     @on(KeyTree.LoadRequested)
     def _load_requested(self, event: KeyTree.LoadRequested) -> None:
@@ -142,11 +172,9 @@ class KeysPane(Container):
     @work(group="keys-dir")
     async def load_dir(self, prefix: bytes) -> None:
         try:
-            listing = await keyspace.list_dir(self.session.client, prefix)
+            await self._list(prefix)
         except EtcdError as error:
             self.notify(f"cannot list {literal(prefix).plain}: {error}", severity="error")
-            return
-        self.key_tree.show_listing(listing)
 
     # Watching --------------------------------------------------------------------------
 
@@ -183,6 +211,9 @@ class KeysPane(Container):
         if not self._pending:
             return
         batches, self._pending = self._pending, []
+        if self._loading:
+            # A listing in flight may predate these; it replays them when it lands.
+            self._recent.extend(batches)
         events = [event for _, batch in batches for event in batch]
         self.key_tree.apply_events(events)
         log = self.query_one(WatchLog)
@@ -210,9 +241,9 @@ class KeysPane(Container):
 
     # Selection -------------------------------------------------------------------------
 
-    @on(Tree.NodeHighlighted, "#key-tree")
-    def _highlighted(self, event: Tree.NodeHighlighted[Child]) -> None:
-        child = event.node.data
+    @on(KeyTree.Highlighted, "#key-tree")
+    def _highlighted(self, event: KeyTree.Highlighted) -> None:
+        child = event.child
         self._selected = child
         if not self.loaded.is_set():
             self.value_view.show_entry(None, note="waiting for the store…")
@@ -243,8 +274,7 @@ class KeysPane(Container):
     # Actions ---------------------------------------------------------------------------
 
     def _current(self) -> Child | None:
-        node = self.key_tree.cursor_node
-        return node.data if node is not None else None
+        return self.key_tree.cursor_child
 
     def _directory(self) -> str:
         child = self._current()

@@ -141,7 +141,7 @@ async def test_a_dropped_tunnel_reconnects_and_the_watch_misses_nothing(
                 pilot, lambda: any(s.startswith("reconnecting (attempt") for s in states)
             )
             key_tree = tree(app)
-            await wait_for(pilot, lambda: key_tree.node_for(ns + b"during/") is not None, 20)
+            await wait_for(pilot, lambda: key_tree.shown(ns + b"during/"), 20)
             await wait_for(pilot, lambda: header.state == "connected", 20)
             counts = {child.name: child.count for child in key_tree.children_of(ns)}
             assert counts["during/"] == 20
@@ -176,8 +176,8 @@ async def test_compaction_while_disconnected_reloads_the_tree_and_says_so(
             await kv.compact(revision)
             server.child.start()
             key_tree = tree(app)
-            await wait_for(pilot, lambda: key_tree.node_for(ns + b"later") is not None, 20)
-            assert key_tree.node_for(ns + b"top") is None
+            await wait_for(pilot, lambda: key_tree.shown(ns + b"later"), 20)
+            assert not key_tree.shown(ns + b"top")
             messages = [n.message for n in app._notifications]
             assert any("compacted" in m and "reloaded" in m for m in messages)
     finally:
@@ -199,10 +199,10 @@ async def test_a_store_restart_shows_reconnecting_then_resumes(fresh_etcd: EtcdM
         await asyncio.to_thread(fresh_etcd.stop)
         await wait_for(pilot, lambda: header.state.startswith("reconnecting (attempt"))
         await pilot.press("down", "up")
-        assert pane(app).key_tree.cursor_node is not None
+        assert pane(app).key_tree.cursor_child is not None
         await asyncio.to_thread(lambda: fresh_etcd.start().wait_ready())
         await kv.wait_ready()
         await kv.put(b"/r/after-restart", b"x")
-        await wait_for(pilot, lambda: tree(app).node_for(b"/r/after-restart") is not None, 20)
+        await wait_for(pilot, lambda: tree(app).shown(b"/r/after-restart"), 20)
         await wait_for(pilot, lambda: header.state == "connected", 20)
     await kv.close()

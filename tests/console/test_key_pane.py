@@ -70,7 +70,7 @@ async def test_new_key_action_creates_the_key_under_a_lease(
         app.screen.query_one("#new-value", TextArea).text = "brand new"
         app.screen.query_one("#new-ttl", Input).value = "5m"
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: tree(app).node_for(ns + b"fresh") is not None)
+        await wait_for(pilot, lambda: tree(app).shown(ns + b"fresh"))
         stored = await kv.get(ns + b"fresh")
         assert stored.value == b"brand new"
         assert stored.lease != 0
@@ -134,7 +134,7 @@ async def test_deleting_a_directory_asks_with_the_count_then_deletes_the_prefix(
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         assert "3 keys" in app.screen.question.plain
         await pilot.press("y")
-        await wait_for(pilot, lambda: tree(app).node_for(ns + b"config/") is None)
+        await wait_for(pilot, lambda: not tree(app).shown(ns + b"config/"))
     remaining = [kv_.key for kv_ in await kv.get_prefix(ns + b"config/")]
     assert remaining == []
     assert (await kv.get(ns + b"top")).value == b"plain"
@@ -290,15 +290,15 @@ async def test_watch_events_while_navigating_add_update_and_remove_keys(
         await kv.delete(ns + b"top")
         await kv.put(ns + b"newdir/leaf", b"x")
         key_tree = tree(app)
-        await wait_for(pilot, lambda: key_tree.node_for(ns + b"config/app/new") is not None)
-        await wait_for(pilot, lambda: key_tree.node_for(ns + b"top") is None)
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/app/new"))
+        await wait_for(pilot, lambda: not key_tree.shown(ns + b"top"))
         await wait_for(pilot, lambda: view.entry is not None and view.kind == "json")
         assert names(app, ns + b"config/app/") == ["db", "level", "new"]
         assert names(app, ns) == ["config/", "newdir/", "queue/"]
         counts = {child.name: child.count for child in key_tree.children_of(ns)}
         assert counts == {"config/": 4, "newdir/": 1, "queue/": 3}
-        assert key_tree.cursor_node is not None
-        assert key_tree.cursor_node.data.path == ns + b"config/app/level"
+        assert key_tree.cursor_child is not None
+        assert key_tree.cursor_child.path == ns + b"config/app/level"
 
 
 async def test_read_only_removes_every_write_action(
@@ -335,7 +335,7 @@ async def test_markup_and_escape_sequences_in_keys_and_values_stay_literal(
         await select(pilot, nasty_key)
         view = app.query_one(ValueView)
         await wait_for(pilot, lambda: view.entry is not None)
-        label = tree(app).node_for(nasty_key).label.plain
+        label = tree(app).label_of(nasty_key).plain
         assert "[bold red]boom" in label
         assert "\x1b" not in label and "\u241b[31mred" in label
         assert "[link=http://x]click[/link]" in view.text
