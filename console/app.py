@@ -110,6 +110,7 @@ class ClusterConsole(App[None]):
                 self.notify(
                     f"theme {self.requested_theme!r} is unknown; known themes: {known}",
                     severity="warning",
+                    markup=False,
                 )
         if self.user_keymap:
             self.set_keymap(self.user_keymap)

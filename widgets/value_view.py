@@ -6,7 +6,6 @@ import json
 import string
 
 import yaml
-from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -97,6 +96,8 @@ class ValueView(VerticalScroll):
         """How the value was shown: json, yaml, text, binary or empty."""
         self.text = ""
         """The value as shown, without styles."""
+        self.meta = ""
+        """The metadata line as shown, without styles."""
         self.ttl: int | None = None
         """Seconds left on the key's lease, counted down locally between reads."""
         self._ticker = None
@@ -149,7 +150,8 @@ class ValueView(VerticalScroll):
                 meta.append("expired", style="bold red")
             else:
                 meta.append(f"TTL {self.ttl}s", style="bold")
-        self.query_one("#value-meta", Static).update(Group(meta))
+        self.meta = meta.plain
+        self.query_one("#value-meta", Static).update(meta)
 
     def _tick(self) -> None:
         if self.ttl is None:

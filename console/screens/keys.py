@@ -174,7 +174,9 @@ class KeysPane(Container):
         try:
             await self._list(prefix)
         except EtcdError as error:
-            self.notify(f"cannot list {literal(prefix).plain}: {error}", severity="error")
+            self.notify(
+                f"cannot list {literal(prefix).plain}: {error}", severity="error", markup=False
+            )
 
     # Watching --------------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class KeysPane(Container):
                     f"the store compacted past revision {start} ({error}); the tree was reloaded",
                     title="Reloaded",
                     severity="warning",
+                    markup=False,
                 )
                 self._pending.clear()
                 self.last_revision = 0
@@ -298,7 +301,7 @@ class KeysPane(Container):
 
     def action_reload(self) -> None:
         self.load_root()
-        self.notify("reloading the key tree")
+        self.notify("reloading the key tree", markup=False)
 
     def action_copy(self) -> None:
         child = self._current()
@@ -306,7 +309,7 @@ class KeysPane(Container):
             return
         text = child.path.decode("utf-8", "backslashreplace")
         self.app.copy_to_clipboard(text)
-        self.notify(f"copied {literal(text).plain}")
+        self.notify(f"copied {literal(text).plain}", markup=False)
 
     def action_watch(self) -> None:
         log = self.query_one(WatchLog)
@@ -328,11 +331,11 @@ class KeysPane(Container):
         child = self._current()
         entry = self.value_view.entry
         if child is None or child.is_dir or entry is None or entry.key != child.path:
-            self.notify("select a key to edit its value", severity="warning")
+            self.notify("select a key to edit its value", severity="warning", markup=False)
             return
         kind, _ = render_value(entry.value)
         if kind == "binary":
-            self.notify("binary values cannot be edited as text", severity="warning")
+            self.notify("binary values cannot be edited as text", severity="warning", markup=False)
             return
         language = kind if kind in ("json", "yaml") else None
 
@@ -349,20 +352,22 @@ class KeysPane(Container):
         try:
             await keyspace.put(self.session.client, key, value, ttl, lease=keep_lease)
         except EtcdError as error:
-            self.notify(f"cannot write {literal(key).plain}: {error}", severity="error")
+            self.notify(
+                f"cannot write {literal(key).plain}: {error}", severity="error", markup=False
+            )
             return
-        self.notify(f"wrote {literal(key).plain}")
+        self.notify(f"wrote {literal(key).plain}", markup=False)
 
     @work(group="keys-write")
     async def action_delete(self) -> None:
         child = self._current()
         if child is None or child.path == self.root:
-            self.notify("select a key or a directory to delete", severity="warning")
+            self.notify("select a key or a directory to delete", severity="warning", markup=False)
             return
         try:
             count = await keyspace.count_under(self.session.client, child.path, child.is_dir)
         except EtcdError as error:
-            self.notify(f"cannot count the keys: {error}", severity="error")
+            self.notify(f"cannot count the keys: {error}", severity="error", markup=False)
             return
         question = Text("Delete ")
         question.append_text(literal(child.path, "bold"))
@@ -375,15 +380,21 @@ class KeysPane(Container):
         try:
             deleted = await keyspace.delete(self.session.client, child.path, child.is_dir)
         except EtcdError as error:
-            self.notify(f"cannot delete {literal(child.path).plain}: {error}", severity="error")
+            self.notify(
+                f"cannot delete {literal(child.path).plain}: {error}",
+                severity="error",
+                markup=False,
+            )
             return
-        self.notify(f"deleted {deleted:,} key{'s' if deleted != 1 else ''}")
+        self.notify(f"deleted {deleted:,} key{'s' if deleted != 1 else ''}", markup=False)
 
     @work(group="keys-write")
     async def action_ttl(self) -> None:
         child = self._current()
         if child is None or child.path == self.root:
-            self.notify("select a key or a directory below the top", severity="warning")
+            self.notify(
+                "select a key or a directory below the top", severity="warning", markup=False
+            )
             return
         what = Text("TTL for ")
         what.append_text(literal(child.path, "bold"))
@@ -397,10 +408,10 @@ class KeysPane(Container):
                 self.session.client, child.path, child.is_dir, choice.ttl
             )
         except EtcdError as error:
-            self.notify(f"cannot set the TTL: {error}", severity="error")
+            self.notify(f"cannot set the TTL: {error}", severity="error", markup=False)
             return
         done = f"TTL {choice.ttl}s set" if choice.ttl else "TTL cleared"
-        self.notify(f"{done} on {changed:,} key{'s' if changed != 1 else ''}")
+        self.notify(f"{done} on {changed:,} key{'s' if changed != 1 else ''}", markup=False)
         if not child.is_dir:
             self.fetch_value(child.path)
 
@@ -408,11 +419,11 @@ class KeysPane(Container):
     async def action_history(self) -> None:
         child = self._current()
         if child is None or child.is_dir:
-            self.notify("select a key to see its history", severity="warning")
+            self.notify("select a key to see its history", severity="warning", markup=False)
             return
         try:
             entries, compacted = await keyspace.history(self.session.client, child.path)
         except EtcdError as error:
-            self.notify(f"cannot read the history: {error}", severity="error")
+            self.notify(f"cannot read the history: {error}", severity="error", markup=False)
             return
         await self.app.push_screen_wait(HistoryScreen(child.path, entries, compacted))

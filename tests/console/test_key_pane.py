@@ -404,3 +404,54 @@ async def test_number_keys_switch_tabs_and_the_palette_has_every_action(
         await pilot.press("colon")
         await pilot.pause()
         assert app.screen.__class__.__name__ == "CommandPalette"
+
+
+async def test_notifications_about_a_key_show_its_name_literally(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    nasty_key = ns + b"[bold red]boom"
+    await kv.put(nasty_key, b"x")
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, nasty_key)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(app._notifications) > 0)
+        (notification,) = list(app._notifications)
+        assert notification.message == "copied " + nasty_key.decode()
+        assert notification.markup is False
+
+
+async def test_a_leased_key_shows_its_lease_and_a_ttl_that_counts_down(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    lease = await kv.lease(600)
+    await kv.put(ns + b"lock", b"held", lease=lease)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, ns + b"lock")
+        view = app.query_one(ValueView)
+        await wait_for(pilot, lambda: view.ttl is not None)
+        first = view.ttl
+        assert 590 <= first <= 600
+        assert f"lease {lease.id:x}" in view.meta and f"TTL {first}s" in view.meta
+        await wait_for(pilot, lambda: view.ttl < first, 5)
+        assert f"TTL {view.ttl}s" in view.meta
+
+
+async def test_palette_commands_run_the_pane_actions(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    await seed(kv, ns)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, ns + b"queue/")
+        await pilot.press("2")
+        await pilot.pause()
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        commands["Keys: Watch log"].callback()
+        log = app.query_one(WatchLog)
+        await wait_for(pilot, lambda: log.prefix == ns + b"queue/")
+        assert app.query_one("#tabs").active == "keys"
