@@ -32,6 +32,7 @@ from console.session import Session
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (120, 36)
 TXN = 100
+STORM_TXN = 10
 
 
 @dataclass(frozen=True)
@@ -104,28 +105,44 @@ def etcdctl_keys(url: str, prefix: str) -> float:
 
 
 async def storm_writer(url: str, rate: int, seconds: float, big: int) -> None:
-    """Put at ``rate`` per second for ``seconds``: updates and new keys under /big/."""
+    """Put at ``rate`` keys per second for ``seconds``: updates and new keys under /big/.
+
+    Puts go ten to a transaction, as a busy writer's would, so one Python process can
+    keep the rate on a loaded machine; the watch still sees one event per key.
+    """
     client = make_client([url])
     await client.connect()
     started = time.monotonic()
     sent = 0
-    pending: set[asyncio.Task[object]] = set()
+    calls: list[asyncio.Future[object]] = []
+    failed: list[int] = []
     while (elapsed := time.monotonic() - started) < seconds:
         due = int(elapsed * rate) - sent
-        for _ in range(max(due, 0)):
-            key = f"/big/k{random.randrange(big * 2):06d}".encode()
-            request = rpc.PutRequest(key=key, value=str(sent).encode())
-            task = asyncio.ensure_future(client.kvstub.Put(request, metadata=client.metadata))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            sent += 1
-        if len(pending) > 2_000:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        while due >= STORM_TXN or (due > 0 and elapsed > seconds - 0.01):
+            count = min(due, STORM_TXN)
+            # A transaction may name a key once, hence distinct keys per transaction.
+            puts = [
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=f"/big/k{number:06d}".encode(), value=str(sent).encode()
+                    )
+                )
+                for number in random.sample(range(big * 2), count)
+            ]
+            call = asyncio.ensure_future(
+                client.kvstub.Txn(rpc.TxnRequest(success=puts), metadata=client.metadata)
+            )
+            call.add_done_callback(
+                lambda done, n=count: failed.append(n) if done.exception() else None
+            )
+            calls.append(call)
+            sent += count
+            due -= count
+        calls = [call for call in calls if not call.done()]
         await asyncio.sleep(0.005)
-    if pending:
-        await asyncio.wait(pending)
+    await asyncio.gather(*calls, return_exceptions=True)
     took = time.monotonic() - started
-    print(f"{sent} {took:.3f}", flush=True)
+    print(f"{sent - sum(failed)} {took:.3f}", flush=True)
     await client.close()
 
 

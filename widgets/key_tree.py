@@ -9,7 +9,6 @@ from typing import Any
 
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.geometry import Region, Size
@@ -20,9 +19,11 @@ from textual.strip import Strip
 from backend.keys import prefix_end
 from console.keyspace import Child, Listing, child_of, display_name
 from widgets.filter_bar import Matcher
-from widgets.literal import literal, plural
+from widgets.literal import clean, plural
 
 PUT, DELETE = 0, 1
+STRIP_CACHE = 4096
+"""Drawn rows kept between paints; a storm mostly changes counts, not what is on screen."""
 FLASH_SECONDS = 1.0
 FLASH_LIMIT = 50
 """A batch that touches more keys than this flashes none: a storm would only blink."""
@@ -157,6 +158,8 @@ class KeyTree(ScrollView, can_focus=True):
         """The row the cursor is on."""
         self._announced: bytes | None = None
         self._base_style = Style()
+        self._styles: dict[str, Style] = {}
+        self._strips: dict[tuple[object, ...], Strip] = {}
 
     # Queries -----------------------------------------------------------------------------
 
@@ -189,9 +192,13 @@ class KeyTree(ScrollView, can_focus=True):
     def is_open(self, path: bytes) -> bool:
         return path in self._open
 
-    def label_of(self, path: bytes) -> Text | None:
+    def label_of(self, path: bytes) -> str | None:
+        """The text of ``path``'s row as it is drawn, or None when it is not on view."""
         row = self.row_of(path)
-        return self._label(self._rows[row]) if row is not None else None
+        if row is None:
+            return None
+        self.render_lines(Region(0, 0, self.size.width, 0))
+        return self._draw(row).text
 
     # Building rows -----------------------------------------------------------------------
 
@@ -237,10 +244,11 @@ class KeyTree(ScrollView, can_focus=True):
         if keep is not None:
             at = bisect.bisect_left(self._paths, keep)
             self.cursor = min(at, len(self._rows) - 1)
-            if offset is not None:
-                self.scroll_to(y=max(self.cursor - offset, 0), animate=False, immediate=True)
+            target = max(self.cursor - offset, 0) if offset is not None else None
+            if target is not None and target != int(self.scroll_y):
+                self.scroll_to(y=target, animate=False, immediate=True)
         self.cursor = max(0, min(self.cursor, len(self._rows) - 1))
-        self.virtual_size = Size(self.size.width, len(self._rows))
+        self._resize_rows()
         self.refresh()
         self._announce()
 
@@ -467,41 +475,59 @@ class KeyTree(ScrollView, can_focus=True):
     # Rendering ---------------------------------------------------------------------------
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self._rows))
+        self._resize_rows()
 
-    def _label(self, row: _Row) -> Text:
-        child = row.child
-        line = Text("  " * row.depth, no_wrap=True, overflow="ellipsis")
-        if child.is_dir:
-            line.append("▼ " if child.path in self._open else "▶ ")
-            line.append_text(literal(child.name))
-            bold = self.get_component_rich_style("key-tree--directory")
-            line.stylize(bold, len(line.plain) - len(child.name))
-            count = plural(child.count, "key") if child is self._root else f"{child.count:,}"
-            line.append(f"  {count}", style=self.get_component_rich_style("key-tree--count"))
-        else:
-            line.append("  ")
-            line.append_text(literal(child.name))
-        return line
+    def _resize_rows(self) -> None:
+        size = Size(self.size.width, len(self._rows))
+        if size != self.virtual_size:
+            # Assigning virtual_size lays the whole screen out again; a tree that grows with
+            # every watch batch only needs its scrollbar told.
+            self.set_reactive(ScrollView.virtual_size, size)
+            self._scroll_update(size)
 
     def render_lines(self, crop: Region) -> list[Strip]:
-        # Looking the style up walks every ancestor: once per paint, not once per line.
+        # Looking styles up walks every ancestor: once per paint, not once per line.
+        self._styles = {
+            name: self.get_component_rich_style(f"key-tree--{name}")
+            for name in ("cursor", "directory", "count", "flash")
+        }
         self._base_style = self.rich_style
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
         row = int(self.scroll_y) + y
-        base = self._base_style
         if row >= len(self._rows):
-            return Strip.blank(width, base)
+            return Strip.blank(self.scrollable_content_region.width, self._base_style)
+        return self._draw(row)
+
+    def _draw(self, row: int) -> Strip:
+        width = self.scrollable_content_region.width
+        base = self._base_style
         entry = self._rows[row]
-        line = self._label(entry)
-        if entry.child.path in self._flash:
-            line.stylize(self.get_component_rich_style("key-tree--flash"))
-        if row == self.cursor:
-            line.pad_right(max(width - line.cell_len, 0))
-            line.stylize(self.get_component_rich_style("key-tree--cursor"))
-        segments = list(line.render(self.app.console))
-        segments = [Segment(s.text.replace("\n", ""), s.style) for s in segments if s.text]
-        return Strip(segments).apply_style(base).crop_extend(0, width, base)
+        child = entry.child
+        is_open = child.path in self._open
+        flash = child.path in self._flash
+        cursor = row == self.cursor
+        key = (child.path, child.count, entry.depth, is_open, flash, cursor, width, base)
+        cached = self._strips.get(key)
+        if cached is not None:
+            return cached
+        styles = self._styles
+        lead = "  " * entry.depth + (("▼ " if is_open else "▶ ") if child.is_dir else "  ")
+        segments = [
+            Segment(lead),
+            Segment(clean(child.name), styles["directory"] if child.is_dir else None),
+        ]
+        if child.is_dir:
+            count = plural(child.count, "key") if child is self._root else f"{child.count:,}"
+            segments.append(Segment(f"  {count}", styles["count"]))
+        strip = Strip(segments).apply_style(base)
+        strip = strip.crop_extend(0, width, base)
+        # Highlights go over the row's own colours (apply_style would go under them).
+        for on, name in ((flash, "flash"), (cursor, "cursor")):
+            if on:
+                strip = Strip(Segment.apply_style(iter(strip), post_style=styles[name]), width)
+        if len(self._strips) > STRIP_CACHE:
+            self._strips.clear()
+        self._strips[key] = strip
+        return strip
