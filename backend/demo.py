@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="clusterd-demo-"))
     store = start_store(root, args.port)
+    # systemd and `timeout` stop with SIGTERM; the store must not outlive us then either.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         asyncio.run(seed_store(store.url))
         print(f"demo store at {store.url} (data in {root}); ctrl+c stops it", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -27,11 +28,18 @@ from console.config import (
     parse_keymap,
     resolve_cluster,
 )
+from console.screens.confirm import ConfirmScreen
+from console.screens.edit_value import EditValueScreen
 from console.screens.help import HelpRow, HelpScreen
+from console.screens.history import HistoryScreen
 from console.screens.keys import WRITE_ACTIONS, KeysPane
+from console.screens.new_key import NewKeyScreen
+from console.screens.ttl import TTLScreen
 from console.session import Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
+from widgets.filter_bar import FilterBar
+from widgets.key_tree import KeyTree
 
 TABS = [
     ("keys", "Keys"),
@@ -164,7 +172,15 @@ class ClusterConsole(App[None]):
     def help_rows(self) -> list[HelpRow]:
         """Every binding with the keys it has now (after the user's keymap)."""
         rows: list[HelpRow] = []
-        sections = [("Console", self.BINDINGS), ("Keys pane", KeysPane.BINDINGS)]
+        sections = [
+            ("Console", self.BINDINGS),
+            ("Keys pane", KeysPane.BINDINGS),
+            ("Key tree", KeyTree.BINDINGS),
+            ("Filter bar", FilterBar.BINDINGS),
+            ("Dialogs", [*ConfirmScreen.BINDINGS, *EditValueScreen.BINDINGS,
+                         *NewKeyScreen.BINDINGS, *TTLScreen.BINDINGS,
+                         *HistoryScreen.BINDINGS]),
+        ]  # fmt: skip
         for section, bindings in sections:
             for binding in bindings:
                 assert isinstance(binding, Binding)
@@ -264,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(Path(args.config) if args.config else None)
         settings = resolve_cluster(args, config)
         if args.demo:
+            # A closed terminal or a kill must still stop the demo store (its own session).
+            for stop in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(stop, lambda *_: sys.exit(0))
             return asyncio.run(run_demo(config, settings.read_only))
         return asyncio.run(run_console(settings, config, args.prefix))
     except ConfigFileError as error:

@@ -365,6 +365,11 @@ async def test_help_lists_every_binding_and_the_keymap_remaps_by_id(
             "keys.edit",
             "keys.ttl",
             "keys.watch",
+            "tree.toggle",
+            "filter.close",
+            "confirm.yes",
+            "edit.save",
+            "history.close",
         ):
             assert binding_id in rows
         assert rows["keys.delete"][1] == "x"
