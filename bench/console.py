@@ -158,6 +158,7 @@ async def measure(url: str, shape: Shape) -> dict[str, object]:
     app = ClusterConsole(session)
     started = time.perf_counter()
     async with app.run_test(size=SIZE) as pilot:
+        figures["app_up_s"] = time.perf_counter() - started
         pane = app.keys_pane
         tree = pane.key_tree
         await wait_for(pilot, lambda: len(tree.visible_paths) > 1, 60)
@@ -231,10 +232,13 @@ def report(kind: str, shape: Shape, figures: dict[str, object], peers: dict[str,
     expand = float(figures["expand_s"])  # type: ignore[arg-type]
     print(f"store: {kind}, {shape.keys:,} keys, /big/ has {shape.big:,} children")
     print(
-        f"  first frame      {first * 1000:8.0f} ms   (target < 500)   "
+        f"  first keys shown {first * 1000:8.0f} ms   (target < 500)   "
         f"etcdctl get all keys {peers['all'] * 1000:.0f} ms, ratio {first / peers['all']:.2f}"
     )
-    print(f"  fully listed     {float(figures['listed_s']) * 1000:8.0f} ms")  # type: ignore[arg-type]
+    up = float(figures["app_up_s"])  # type: ignore[arg-type]
+    listed = float(figures["listed_s"])  # type: ignore[arg-type]
+    print(f"    of which app start-up (Textual, before any request) {up * 1000:.0f} ms")
+    print(f"  fully listed     {listed * 1000:8.0f} ms   (the tree fills while the user reads)")
     print(
         f"  expand /big/     {expand * 1000:8.0f} ms   (target < 300)   "
         f"etcdctl get /big/ {peers['big'] * 1000:.0f} ms, ratio {expand / peers['big']:.2f}"

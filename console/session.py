@@ -63,10 +63,6 @@ class Session:
         return self.tunnel.who if self.tunnel else ""
 
     @property
-    def tunnel_state(self) -> TunnelState:
-        return self.tunnel.state if self.tunnel else "connected"
-
-    @property
     def client(self) -> EtcdClient:
         """The store client, made on first use so its channel belongs to the running loop."""
         if self._client is None:

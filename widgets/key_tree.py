@@ -189,9 +189,6 @@ class KeyTree(ScrollView, can_focus=True):
     def shown(self, path: bytes) -> bool:
         return self.row_of(path) is not None
 
-    def is_open(self, path: bytes) -> bool:
-        return path in self._open
-
     def label_of(self, path: bytes) -> str | None:
         """The text of ``path``'s row as it is drawn, or None when it is not on view."""
         row = self.row_of(path)

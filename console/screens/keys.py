@@ -201,6 +201,9 @@ class KeysPane(Container):
                     severity="warning",
                     markup=False,
                 )
+                log = self.query_one(WatchLog)
+                if log.prefix is not None:
+                    log.note(f"compacted past revision {start}: events before the reload are gone")
                 self._pending.clear()
                 self.last_revision = 0
                 self._watching = False
