@@ -1,11 +1,10 @@
-"""Runs a local demo cluster: `clusterd demo` (a store with a sample key tree for now)."""
+"""Runs a local demo cluster: `clusterd demo` (a store, a sample key tree, nodes and units)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.etcd import EtcdClient, make_client
+from backend.fleet.demo import DemoNodes, seed_scheduler, start_nodes, store_command
 
 READY_SECONDS = 20.0
 
@@ -23,24 +23,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def store_command(data_dir: Path, port: int) -> list[str]:
-    """The demo store's command line: the bundled `clusterd kv`. The one place that picks it."""
-    return [
-        sys.executable, "-m", "backend.daemon", "kv",
-        "--name", "demo",
-        "--data-dir", str(data_dir / "store"),
-        "--listen-client-urls", f"http://127.0.0.1:{port}",
-    ]  # fmt: skip
-
-
-def _child_env() -> dict[str, str]:
-    """Our environment, with this checkout importable even when nothing is installed."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
 
 
 @dataclass
@@ -69,12 +51,11 @@ def start_store(data_dir: Path, port: int = 0) -> DemoStore:
     log = data_dir / "store.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            store_command(data_dir, port),
+            store_command(data_dir / "store", port),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env=_child_env(),
         )
     store = DemoStore(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + READY_SECONDS
@@ -138,6 +119,50 @@ async def seed_store(url: str) -> None:
         await client.close()
 
 
+PLACEHOLDER_MACHINE = "/_coreos.com/fleet/machines/8a3d1b/"
+
+
+async def _delete_prefix(url: str, prefix: str) -> None:
+    client = make_client([url])
+    try:
+        await client.delete_prefix(prefix.encode())
+    finally:
+        await client.close()
+
+
+@dataclass
+class DemoCluster:
+    """The whole demo: the store with its sample tree, and the nodes running sample units."""
+
+    store: DemoStore
+    nodes: DemoNodes
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    def stop(self) -> None:
+        self.nodes.stop()
+        self.store.stop()
+
+
+async def start_cluster(root: Path, machines: int = 3, port: int = 0) -> DemoCluster:
+    """Start the store, seed its tree, start ``machines`` nodes and launch the sample units."""
+    store = await asyncio.to_thread(start_store, root, port)
+    nodes = DemoNodes(root)
+    try:
+        await seed_store(store.url)
+        # The tree's placeholder machine has no agent: units placed on it would never run.
+        await _delete_prefix(store.url, PLACEHOLDER_MACHINE)
+        start_nodes(nodes, store.url, machines)
+        await seed_scheduler(store.url, machines=machines)
+    except BaseException:
+        nodes.stop()
+        store.stop()
+        raise
+    return DemoCluster(store, nodes)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="where the demo keeps its state (a temporary dir by default)"
@@ -145,22 +170,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=int, default=0, help="client port of the demo store (free by default)"
     )
+    parser.add_argument(
+        "--machines", type=int, default=3, help="how many `clusterd node` processes to run"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    if args.machines < 1:
+        print("clusterd demo: --machines must be at least 1", file=sys.stderr)
+        return 2
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="clusterd-demo-"))
-    store = start_store(root, args.port)
-    # systemd and `timeout` stop with SIGTERM; the store must not outlive us then either.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    root = root.resolve()
+    # SIGTERM ends the demo the way Ctrl-C does: through the finally below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    cluster = None
     try:
-        asyncio.run(seed_store(store.url))
-        print(f"demo store at {store.url} (data in {root}); ctrl+c stops it", flush=True)
-        print(f"  clustertui --endpoints {store.url}", flush=True)
-        store.process.wait()
+        cluster = asyncio.run(start_cluster(root, args.machines, args.port))
+        print(f"demo cluster at {cluster.url}: {args.machines} machines (data in {root})")
+        print(f"  clustertui --endpoints {cluster.url}")
+        print(f"  clusterctl --endpoint {cluster.url} list-units")
+        print("ctrl+c stops it", flush=True)
+        cluster.store.process.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        store.stop()
+        if cluster is not None:
+            print("stopping the demo cluster…", flush=True)
+            cluster.stop()
     return 0

@@ -156,16 +156,34 @@ def typed_error(error: BaseException) -> EtcdError:
     return EtcdError(details)
 
 
-def _typed_for(client: Any, error: BaseException) -> EtcdError:
-    """The typed error, knowing the channel: a deadline spent dialling is an unreachable store."""
+async def _typed_for(client: Any, error: BaseException) -> EtcdError:
+    """The typed error, knowing the channel.
+
+    Calls wait for a connection until their deadline, so a dead or misconfigured endpoint
+    surfaces as a bare timeout; one probe that does not wait brings back the dial's own
+    error (refused, TLS handshake, resolution) to say what is really wrong.
+    """
     typed = typed_error(error)
     channel = getattr(client, "channel", None)
-    if isinstance(typed, StoreTimeout) and channel is not None:
-        state = channel.get_state(try_to_connect=False)
-        if state != grpc.ChannelConnectivity.READY:
-            urls = ", ".join(endpoint.url for endpoint in getattr(client, "endpoints", []))
-            return StoreUnavailable(f"no answer from {urls or 'the store'} ({typed.args[0]})")
-    return typed
+    if not isinstance(typed, StoreTimeout) or channel is None:
+        return typed
+    if channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY:
+        return typed
+    try:
+        await rpc.KVStub(channel).Range(
+            rpc.RangeRequest(key=b"\0", count_only=True, limit=1),
+            timeout=2,
+            metadata=getattr(client, "metadata", None),
+            wait_for_ready=False,
+        )
+    except grpc.RpcError as probe_error:
+        probed = typed_error(probe_error)
+        if not isinstance(probed, StoreTimeout):
+            return probed
+    except Exception:  # the probe only refines the message; the original error stands
+        pass
+    urls = ", ".join(endpoint.url for endpoint in getattr(client, "endpoints", []))
+    return StoreUnavailable(f"no answer from {urls or 'the store'} ({typed.args[0]})")
 
 
 def _translating(method: Any) -> Any:
@@ -178,7 +196,7 @@ def _translating(method: Any) -> Any:
                 async for item in method(self, *args, **kwargs):
                     yield item
             except (aex.ClientError, grpc.RpcError) as error:
-                raise _typed_for(self, error) from error
+                raise await _typed_for(self, error) from error
 
         return agen
 
@@ -187,7 +205,7 @@ def _translating(method: Any) -> Any:
         try:
             return await method(self, *args, **kwargs)
         except (aex.ClientError, grpc.RpcError) as error:
-            raise _typed_for(self, error) from error
+            raise await _typed_for(self, error) from error
 
     return coro
 
@@ -290,19 +308,28 @@ def _grpc_target(endpoints: list[Endpoint]) -> str:
     return "ipv6:" + ",".join(dict.fromkeys(v6))
 
 
-# Reads are safe to repeat, so gRPC retries them on UNAVAILABLE (a member that just died,
-# an election in progress); writes are not, and their callers decide.
-_RETRY_READS = json.dumps(
+# Calls wait for a connection until their deadline instead of failing at once while the
+# channel redials (a restarted member, fail-over to the next endpoint): a request that never
+# left is safe to send late. Watch streams are left out so their owners see the drop and say so.
+# Reads are also safe to repeat, so gRPC retries them on UNAVAILABLE (an election in progress);
+# writes are not, and their callers decide.
+_READS = [
+    {"service": "etcdserverpb.KV", "method": "Range"},
+    {"service": "etcdserverpb.Lease", "method": "LeaseTimeToLive"},
+    {"service": "etcdserverpb.Lease", "method": "LeaseLeases"},
+    {"service": "etcdserverpb.Cluster", "method": "MemberList"},
+    {"service": "etcdserverpb.Maintenance", "method": "Status"},
+]
+_UNARY_SERVICES = [
+    {"service": f"etcdserverpb.{name}"}
+    for name in ("KV", "Lease", "Cluster", "Maintenance", "Auth")
+]
+_SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
-                "name": [
-                    {"service": "etcdserverpb.KV", "method": "Range"},
-                    {"service": "etcdserverpb.Lease", "method": "LeaseTimeToLive"},
-                    {"service": "etcdserverpb.Lease", "method": "LeaseLeases"},
-                    {"service": "etcdserverpb.Cluster", "method": "MemberList"},
-                    {"service": "etcdserverpb.Maintenance", "method": "Status"},
-                ],
+                "name": _READS,
+                "waitForReady": True,
                 "retryPolicy": {
                     "maxAttempts": 5,
                     "initialBackoff": "0.1s",
@@ -310,13 +337,14 @@ _RETRY_READS = json.dumps(
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
-            }
+            },
+            {"name": _UNARY_SERVICES, "waitForReady": True},
         ]
     }
 )
 
 _KEEPALIVE = {
-    "grpc.service_config": _RETRY_READS,
+    "grpc.service_config": _SERVICE_CONFIG,
     "grpc.enable_retries": 1,
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
@@ -389,7 +417,7 @@ class EtcdClient(aetcd.Client):
         except grpc.RpcError as error:
             await self.channel.close()
             self._init_channel_attrs()
-            raise _typed_for(self, error) from error
+            raise await _typed_for(self, error) from error
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
         self.leasestub = rpc.LeaseStub(self.channel)
@@ -409,7 +437,7 @@ class EtcdClient(aetcd.Client):
                 metadata=self.metadata,
             )
         except grpc.RpcError as error:
-            raise _typed_for(self, error) from error
+            raise await _typed_for(self, error) from error
         return response.header.revision
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
@@ -423,7 +451,7 @@ class EtcdClient(aetcd.Client):
                 wait_for_ready=True,
             )
         except grpc.RpcError as error:
-            raise _typed_for(self, error) from error
+            raise await _typed_for(self, error) from error
 
     async def watch(self, *args: Any, **kwargs: Any) -> aetcd.rtypes.Watch:
         """aetcd's per-event watch, with typed errors from its iterator too."""
@@ -431,7 +459,7 @@ class EtcdClient(aetcd.Client):
         try:
             watch = await aetcd.Client.watch(self, *args, **kwargs)
         except (aex.ClientError, grpc.RpcError) as error:
-            raise _typed_for(self, error) from error
+            raise await _typed_for(self, error) from error
         inner = watch._iterator
 
         async def iterator() -> AsyncIterator[aetcd.rtypes.Event]:
@@ -439,7 +467,7 @@ class EtcdClient(aetcd.Client):
                 async for event in inner():
                     yield event
             except (aex.ClientError, grpc.RpcError) as error:
-                raise _typed_for(self, error) from error
+                raise await _typed_for(self, error) from error
 
         watch._iterator = iterator
         return watch
@@ -490,7 +518,7 @@ class EtcdClient(aetcd.Client):
                     continue
                 yield WatchBatch(response.header.revision, list(response.events))
         except grpc.RpcError as error:
-            raise _typed_for(self, error) from error
+            raise await _typed_for(self, error) from error
         finally:
             await requests.put(None)
             call.cancel()

@@ -260,18 +260,17 @@ async def run_console(settings: ClusterSettings, config: ConsoleConfig, root: st
 
 
 async def run_demo(config: ConsoleConfig, read_only: bool) -> int:
-    """Start the demo store in a temporary directory, seed it, open the console, stop it."""
+    """Start the demo cluster in a temporary directory, open the console on it, stop it."""
     from backend import demo
 
     with tempfile.TemporaryDirectory(prefix="clustertui-demo-") as root:
-        print("clustertui: starting the demo store…", file=sys.stderr)
-        store = demo.start_store(Path(root))
+        print("clustertui: starting the demo cluster…", file=sys.stderr)
+        cluster = await demo.start_cluster(Path(root))
         try:
-            await demo.seed_store(store.url)
-            settings = ClusterSettings(name="demo", endpoints=(store.url,), read_only=read_only)
+            settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(settings, config)
         finally:
-            store.stop()
+            await asyncio.to_thread(cluster.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,26 +3,891 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shlex
+import socket
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import asyncssh
+
+from backend.etcd import EtcdClient, EtcdError, make_client
+from backend.fleet.registry import (
+    DEFAULT_PREFIX,
+    ClusterState,
+    Job,
+    Machine,
+    Registry,
+    RegistryError,
+    UnitExists,
+    UnitState,
+    current_state,
+)
+from backend.fleet.unitfile import (
+    UnitFileError,
+    UnitName,
+    normalize_name,
+    parse,
+    unit_hash,
+    validate_name,
+)
+from backend.keys import prefix_end
+from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
+
+VERSION = "0.1.0"
+NETWORK_PREFIX = "/coreos.com/network/"
+POLL_SECONDS = 0.5
+
+# Global flags, their defaults, and how the environment names them (fleetctl's scheme:
+# the flag name upper-cased with dashes as underscores, behind a prefix).
+GLOBAL_FLAGS: dict[str, str] = {
+    "endpoint": "http://127.0.0.1:2379",
+    "tunnel": "",
+    "ssh-username": "core",
+    "ssh-port": "22",
+    "ssh-identity-file": "",
+    "known-hosts-file": "~/.fleetctl/known_hosts",
+    "strict-host-key-checking": "true",
+    "ssh-timeout": "10.0",
+    "request-timeout": "3.0",
+    "key-prefix": DEFAULT_PREFIX,
+    "ca-file": "",
+    "cert-file": "",
+    "key-file": "",
+    "remote-clusterd": "clusterd",
+}
+
+
+class CtlError(Exception):
+    """A command failed; the message is printed to stderr as it is."""
+
+
+def tabulate(rows: Sequence[Sequence[str]], tabwidth: int = 8) -> str:
+    """Lay out rows the way Go's tabwriter does with a tab pad character (fleetctl's output).
+
+    Every column but the last is padded with tabs to a common width: the widest cell plus
+    one, rounded up to a multiple of the tab width.
+    """
+    if not rows:
+        return ""
+    columns = max(len(row) for row in rows)
+    widths = [0] * columns
+    for row in rows:
+        for index, cell in enumerate(row[:-1]):
+            widths[index] = max(widths[index], len(cell) + 1)
+    lines = []
+    for row in rows:
+        parts = []
+        for index, cell in enumerate(row):
+            if index == len(row) - 1:
+                parts.append(cell)
+                continue
+            width = -(-widths[index] // tabwidth) * tabwidth
+            parts.append(cell + "\t" * -(-(width - len(cell)) // tabwidth))
+        lines.append("".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def machine_legend(machine: Machine | None, machine_id: str, full: bool) -> str:
+    """``85c0c595.../172.17.8.102``: fleetctl's short machine ID with its public IP."""
+    legend = machine_id if full else f"{machine_id[:8]}..."
+    if machine is not None and machine.public_ip:
+        legend = f"{legend}/{machine.public_ip}"
+    return legend
+
+
+def format_metadata(metadata: dict[str, str]) -> str:
+    if not metadata:
+        return "-"
+    return ",".join(f"{key}={value}" for key, value in sorted(metadata.items()))
+
+
+@dataclass
+class LocalUnit:
+    """A unit file found on disk for a name given on the command line."""
+
+    name: str
+    raw: str
+    path: Path
+
+
+def find_local_unit(arg: str) -> LocalUnit | None:
+    """The unit file ``arg`` names on disk, or its template (``x@.service`` for ``x@1.service``)."""
+    name = normalize_name(Path(arg).name)
+    path = Path(arg)
+    if not path.is_file():
+        path = path.with_name(name)
+    if path.is_file():
+        return LocalUnit(name, _read_unit(path), path)
+    parts = UnitName.parse(name)
+    if parts.is_instance:
+        template = path.with_name(parts.template)
+        if template.is_file():
+            return LocalUnit(name, _read_unit(template), template)
+    return None
+
+
+def _read_unit(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CtlError(f"failed reading unit file {path}: {error}") from error
+
+
+class Ctl:
+    """One clusterctl invocation: its options, its registry connection and its output streams."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.tunnel: Tunnel | None = None
+        self.client = self._client(args.endpoint)
+        self.registry = Registry(self.client, args.key_prefix)
+        self._machines: dict[str, Machine] | None = None
+
+    def _client(self, endpoints: str | list[str]) -> EtcdClient:
+        return make_client(
+            endpoints,
+            cacert=self.args.ca_file or None,
+            cert=self.args.cert_file or None,
+            key=self.args.key_file or None,
+            timeout=float(self.args.request_timeout),
+        )
+
+    async def open_tunnel(self) -> None:
+        """With --tunnel, reach the store through SSH port forwards on the tunnel host."""
+        if not self.args.tunnel:
+            return
+        endpoints = [url for url in self.args.endpoint.split(",") if url.strip()]
+        known_hosts = self._known_hosts()
+        try:
+            self.tunnel = await open_tunnel(
+                self.args.tunnel,
+                endpoints,
+                identity=self.args.ssh_identity_file or None,
+                known_hosts=known_hosts,
+                strict=self._strict,
+                username=self.args.ssh_username,
+                timeout=float(self.args.ssh_timeout),
+            )
+        except (TunnelError, OSError, asyncssh.Error) as error:
+            raise CtlError(
+                f"Unable to initialize client: failed initializing SSH client: {error}"
+            ) from error
+        await self.client.close()
+        self.client = self._client(self.tunnel.endpoints)
+        self.registry = Registry(self.client, self.args.key_prefix)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.tunnel is not None:
+            await self.tunnel.close()
+
+    def _known_hosts(self) -> str | None:
+        """The known hosts file, or None (ssh's defaults) when fleetctl's default is absent."""
+        path = Path(self.args.known_hosts_file).expanduser()
+        return str(path) if path.is_file() else None
+
+    @property
+    def _strict(self) -> bool:
+        return str(self.args.strict_host_key_checking).lower() in ("1", "true", "yes")
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    async def machines(self) -> dict[str, Machine]:
+        if self._machines is None:
+            self._machines = await self.registry.machines()
+        return self._machines
+
+    # -- listings ---------------------------------------------------------------------
+
+    async def list_machines(self) -> int:
+        fields = _fields(
+            self.args.fields, "machine,ip,metadata", ("machine", "ip", "metadata", "hostname")
+        )
+        machines = await self.machines()
+        getters: dict[str, Callable[[Machine], str]] = {
+            "machine": lambda m: m.id if self.args.full else f"{m.id[:8]}...",
+            "ip": lambda m: m.public_ip or "-",
+            "metadata": lambda m: format_metadata(m.metadata),
+            "hostname": lambda m: m.hostname or "-",
+        }
+        rows = [[getters[f](m) for f in fields] for _, m in sorted(machines.items())]
+        self._table(fields, rows)
+        return 0
+
+    async def list_units(self) -> int:
+        fields = _fields(
+            self.args.fields,
+            "unit,machine,active,sub",
+            ("unit", "machine", "active", "sub", "load", "hash"),
+        )
+        states = await self.registry.unit_states()
+        machines = await self.machines()
+        full = self.args.full
+        getters: dict[str, Callable[[UnitState, str], str]] = {
+            "unit": lambda s, name: name,
+            "machine": lambda s, name: machine_legend(
+                machines.get(s.machine_id), s.machine_id, full
+            ),
+            "active": lambda s, name: s.active_state or "-",
+            "sub": lambda s, name: s.sub_state or "-",
+            "load": lambda s, name: s.load_state or "-",
+            "hash": lambda s, name: (s.unit_hash if full else s.unit_hash[:7]) or "-",
+        }
+        rows = [
+            [getters[f](state, name) for f in fields]
+            for name, by_machine in sorted(states.items())
+            for _, state in sorted(by_machine.items())
+        ]
+        self._table(fields, rows)
+        return 0
+
+    async def list_unit_files(self) -> int:
+        fields = _fields(
+            self.args.fields,
+            "unit,hash,dstate,state,target",
+            ("unit", "hash", "dstate", "state", "target", "global", "desc"),
+        )
+        state = await self.registry.snapshot(("job", "unit", "machines", "states"))
+        full = self.args.full
+        rows = []
+        for name, job in sorted(state.jobs.items()):
+            is_global = _is_global(job)
+            values = {
+                "unit": name,
+                "hash": job.unit_hash if full else job.unit_hash[:7],
+                "dstate": job.target_state or "-",
+                "state": "-" if is_global else current_state(job, state.states.get(name, {})),
+                "target": "global"
+                if is_global
+                else (
+                    machine_legend(state.machines.get(job.target), job.target, full)
+                    if job.target
+                    else "-"
+                ),
+                "global": str(is_global).lower(),
+                "desc": (job.unit.description(name) if job.unit else "") or "-",
+            }
+            rows.append([values[f] for f in fields])
+        self._table(fields, rows)
+        return 0
+
+    async def list_subnets(self) -> int:
+        fields = ["subnet", "machine", "public-ip", "backend", "expires"]
+        base = (NETWORK_PREFIX + "subnets/").encode()
+        await self.client.connect()
+        response = await self.registry._range(base, prefix_end(base))
+        machines = await self.machines()
+        by_ip: dict[str, list[str]] = {}
+        for machine in machines.values():
+            by_ip.setdefault(machine.public_ip, []).append(machine.id)
+        rows = []
+        for kv in response.kvs:
+            subnet = kv.key.decode(errors="replace")[len(base) :].replace("-", "/")
+            try:
+                value = json.loads(kv.value)
+            except ValueError:
+                value = {}
+            if not isinstance(value, dict):
+                value = {}
+            public_ip = str(value.get("PublicIP", "")) or "-"
+            backend_data = value.get("BackendData")
+            if not isinstance(backend_data, dict):
+                backend_data = {}
+            owner = str(backend_data.get("MachineID", "")) or (
+                by_ip.get(public_ip, [""])[0] if len(by_ip.get(public_ip, [])) == 1 else ""
+            )
+            machine = (owner if self.args.full else f"{owner[:8]}...") if owner else "-"
+            backend = str(value.get("BackendType", "")) or "-"
+            expires = await self._expiry(kv.lease)
+            rows.append([subnet, machine, public_ip, backend, expires])
+        self._table(fields, rows)
+        return 0
+
+    async def _expiry(self, lease: int) -> str:
+        if not lease:
+            return "reserved"
+        try:
+            info = await self.client.get_lease_info(lease, keys=False)
+        except EtcdError:
+            return "-"
+        if info.TTL <= 0:
+            return "expired"
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=info.TTL)
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _table(self, fields: Sequence[str], rows: list[list[str]]) -> None:
+        if not self.args.no_legend:
+            rows = [[f.upper() for f in fields], *rows]
+        self.out.write(tabulate(rows))
+        self.out.flush()
+
+    # -- unit lifecycle ---------------------------------------------------------------
+
+    async def lazy_create(self, args: Sequence[str], *, replace: bool) -> list[str]:
+        """Make sure each named unit is in the registry, submitting local files as needed."""
+        names = []
+        for arg in args:
+            name = normalize_name(Path(arg).name)
+            try:
+                validate_name(name)
+            except UnitFileError as error:
+                raise CtlError(f"Error creating units: {error}") from None
+            if UnitName.parse(name).is_template:
+                raise CtlError(f"Error creating units: unable to start template unit {name}")
+            local = find_local_unit(arg)
+            existing = await self.registry.job(name)
+            if existing is not None and (local is None or not replace):
+                if local is not None and existing.unit_hash != unit_hash(local.raw):
+                    self.warn(
+                        f"WARNING: Unit {name} in registry differs from local unit file {arg}"
+                    )
+                names.append(name)
+                continue
+            if local is None:
+                template = UnitName.parse(name).template
+                if UnitName.parse(name).is_instance:
+                    source = await self.registry.job(template)
+                    if source is not None and source.unit is not None:
+                        await self._create(name, source.unit.raw, replace=replace)
+                        names.append(name)
+                        continue
+                    raise CtlError(
+                        f"Error creating units: unable to find Unit({name}) or template "
+                        f"Unit({template}) in Registry or on filesystem"
+                    )
+                raise CtlError(
+                    f"Error creating units: unable to find Unit({name}) "
+                    "in Registry or on filesystem"
+                )
+            await self._create(name, local.raw, replace=replace)
+            names.append(name)
+        return names
+
+    async def _create(self, name: str, raw: str, *, replace: bool) -> None:
+        try:
+            parse(raw, name)
+        except UnitFileError as error:
+            raise CtlError(f"Error creating units: {error}") from None
+        try:
+            await self.registry.create_job(name, raw, replace=replace)
+        except UnitExists as error:
+            raise CtlError(f"Error creating units: {error}") from None
+
+    async def submit(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        await self.lazy_create(self.args.units, replace=self.args.replace)
+        return 0
+
+    async def set_and_wait(
+        self, names: Sequence[str], target: str, verb: str, want: str, skip_same: bool
+    ) -> int:
+        jobs = (await self.registry.snapshot(("job", "unit"))).jobs
+        waiting = []
+        for name in names:
+            job = jobs.get(name)
+            if job is None:
+                raise CtlError(f"unable to find unit {name}")
+            if skip_same and job.target_state == target:
+                if not _is_global(job):
+                    waiting.append(name)
+                continue
+            await self.registry.set_target_state(name, target)
+            if _is_global(job):
+                self.say(f"Triggered global unit {name} {verb}")
+            else:
+                waiting.append(name)
+        return await self.wait_for(waiting, verb, want)
+
+    def _block_attempts(self) -> int:
+        if getattr(self.args, "no_block", False):
+            return -1
+        return max(0, int(getattr(self.args, "block_attempts", 0) or 0))
+
+    async def wait_for(self, names: Sequence[str], verb: str, want: str) -> int:
+        """fleetctl's blocking: poll until each unit reports ``want``, or attempts run out."""
+        attempts = self._block_attempts()
+        if attempts < 0:
+            for name in names:
+                self.say(f"Triggered unit {name} {verb}")
+            return 0
+        remaining = list(names)
+        tries = 0
+        while remaining:
+            state = await self.registry.snapshot(("job", "machines", "states"))
+            for name in list(remaining):
+                job = state.jobs.get(name) or Job(name)
+                current = current_state(job, state.states.get(name, {}))
+                if want == "inactive" and name not in state.jobs:
+                    current = "inactive"
+                if current == want:
+                    remaining.remove(name)
+                    message = f"Unit {name} {current}"
+                    if job.target and job.target in state.machines:
+                        legend = machine_legend(state.machines[job.target], job.target, False)
+                        message += f" on {legend}"
+                    self.say(message)
+            tries += 1
+            if not remaining:
+                break
+            if attempts and tries >= attempts:
+                for name in remaining:
+                    self.warn(
+                        f"Error waiting for units: timed out waiting for unit {name} "
+                        f"to report state {want}"
+                    )
+                return 1
+            await asyncio.sleep(POLL_SECONDS)
+        return 0
+
+    async def load(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        names = await self.lazy_create(self.args.units, replace=self.args.replace)
+        return await self.set_and_wait(names, "loaded", "load", "loaded", True)
+
+    async def start(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        names = await self.lazy_create(self.args.units, replace=self.args.replace)
+        return await self.set_and_wait(names, "launched", "start", "launched", True)
+
+    async def _registered(self, args: Sequence[str]) -> tuple[ClusterState, list[str]]:
+        state = await self.registry.snapshot(("job", "unit", "states"))
+        names = [normalize_name(Path(a).name) for a in args]
+        return state, [n for n in names if n in state.jobs]
+
+    async def stop(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        state, names = await self._registered(self.args.units)
+        stopping = []
+        for name in names:
+            job = state.jobs[name]
+            if not _is_global(job):
+                current = current_state(job, state.states.get(name, {}))
+                if current == "inactive":
+                    self.warn(f"Unable to stop unit {name} in state inactive")
+                    return 1
+                if current == "loaded" and job.target_state != "launched":
+                    continue
+            await self.registry.set_target_state(name, "loaded")
+            if _is_global(job):
+                self.say(f"Triggered global unit {name} stop")
+            else:
+                stopping.append(name)
+        code = await self.wait_for(stopping, "stop", "loaded")
+        listed = "[" + " ".join(stopping) + "]"
+        if code == 0:
+            self.warn(f"Successfully stopped units {listed}.")
+        else:
+            self.warn(f"Failed to stop units {listed}. exit == {code}.")
+        return code
+
+    async def unload(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        state, names = await self._registered(self.args.units)
+        unloading = []
+        for name in names:
+            job = state.jobs[name]
+            if job.target_state == "inactive":
+                continue
+            await self.registry.set_target_state(name, "inactive")
+            if _is_global(job):
+                self.say(f"Triggered global unit {name} unload")
+            else:
+                unloading.append(name)
+        code = await self.wait_for(unloading, "unload", "inactive")
+        listed = "[" + " ".join(unloading) + "]"
+        if code == 0:
+            self.warn(f"Successfully unloaded units {listed}.")
+        else:
+            self.warn(f"Failed to unload units {listed}. exit == {code}.")
+        return code
+
+    async def destroy(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        for arg in self.args.units:
+            name = normalize_name(Path(arg).name)
+            if await self.registry.destroy(name):
+                self.say(f"Destroyed {name}")
+        return 0
+
+    async def restart(self) -> int:
+        if not self.args.units:
+            self.warn("No units given")
+            return 0
+        _, names = await self._registered(self.args.units)
+        missing = [normalize_name(Path(a).name) for a in self.args.units]
+        missing = [n for n in missing if n not in names]
+        if missing:
+            raise CtlError(f"Error restarting units: unable to find unit {missing[0]}")
+        code = await self.set_and_wait(names, "loaded", "stop", "loaded", False)
+        if code:
+            return code
+        return await self.set_and_wait(names, "launched", "start", "launched", False)
+
+    # -- one unit ---------------------------------------------------------------------
+
+    async def cat(self) -> int:
+        name = normalize_name(self.args.unit)
+        job = await self.registry.job(name)
+        if job is None or job.unit is None:
+            raise CtlError(f"Unit {name} not found")
+        self.out.write(job.unit.raw)
+        if not job.unit.raw.endswith("\n"):
+            self.out.write("\n")
+        return 0
+
+    async def status(self) -> int:
+        code = 0
+        for arg in self.args.units:
+            name = normalize_name(Path(arg).name)
+            state = await self.registry.snapshot(("job", "unit", "machines", "states"))
+            job = state.jobs.get(name)
+            if job is None:
+                self.warn(f"Unit {name} does not exist.")
+                code = 1
+                continue
+            self._status_block(job, state)
+            machine = state.machines.get(job.target) if job.target else None
+            if machine is not None:
+                lines = self.journal_command(machine, name, lines=self.args.lines, follow=False)
+                _, text = await self._run_on(machine, lines, capture=True)
+                if text.strip():
+                    self.say("")
+                    self.out.write(text)
+                    self.out.flush()
+        return code
+
+    def _status_block(self, job: Job, state: ClusterState) -> None:
+        name = job.name
+        description = job.unit.description(name) if job.unit else ""
+        reported = state.states.get(name, {}).get(job.target) if job.target else None
+        mark = "●" if reported and reported.active_state == "active" else "○"
+        self.say(f"{mark} {name}" + (f" - {description}" if description else ""))
+        self.say(
+            f"   Loaded: {reported.load_state if reported else 'not-found'} "
+            f"(target state {job.target_state}; hash {job.unit_hash[:7]})"
+        )
+        if reported:
+            self.say(f"   Active: {reported.active_state} ({reported.sub_state})")
+        else:
+            self.say("   Active: inactive (dead)")
+        if _is_global(job):
+            machines = sorted(state.states.get(name, {}))
+            self.say(f"  Machine: global ({len(machines)} machines)")
+        elif job.target:
+            legend = machine_legend(state.machines.get(job.target), job.target, True)
+            self.say(f"  Machine: {legend}")
+        else:
+            self.say("  Machine: -")
+        if job.reason:
+            self.say(f"   Reason: {job.reason}")
+
+    def journal_command(
+        self, machine: Machine, unit: str, *, lines: int, follow: bool, output: str = ""
+    ) -> list[str]:
+        argv = ["clusterd", "journal", "-u", unit, "-n", str(lines), "--no-pager"]
+        if machine.data_dir:
+            argv += ["--data-dir", machine.data_dir]
+        if follow:
+            argv.append("-f")
+        if output:
+            argv += ["-o", output]
+        return argv
+
+    def _is_local(self, machine: Machine) -> bool:
+        return (
+            bool(machine.hostname)
+            and machine.hostname == socket.gethostname()
+            and not (self.args.tunnel)
+        )
+
+    def ssh_argv(self, machine: Machine, remote: str, *, tty: bool = False) -> list[str]:
+        """The OpenSSH command line that reaches ``machine``, through the tunnel host if any."""
+        argv = ["ssh", *self._ssh_options(), "-p", str(self.args.ssh_port)]
+        argv += ["-l", self.args.ssh_username]
+        if self.args.tunnel:
+            # A ProxyCommand rather than -J, so the hop uses the same key and known hosts.
+            host, port, user = self._tunnel_parts()
+            hop = ["ssh", *self._ssh_options(), "-p", str(port), "-l", user, "-W", "%h:%p", host]
+            argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
+        argv.append("-t" if tty else "-T")
+        argv.append(machine.public_ip or machine.hostname)
+        if remote:
+            argv.append(remote)
+        return argv
+
+    def _ssh_options(self) -> list[str]:
+        options = [
+            "-o", f"StrictHostKeyChecking={'yes' if self._strict else 'no'}",
+            "-o", f"ConnectTimeout={max(1, round(float(self.args.ssh_timeout)))}",
+            "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+        known_hosts = self._known_hosts()
+        if known_hosts:
+            options += ["-o", f"UserKnownHostsFile={known_hosts}"]
+        if self.args.ssh_identity_file:
+            options += ["-i", os.path.expanduser(self.args.ssh_identity_file)]
+        return options
+
+    def _tunnel_parts(self) -> tuple[str, int, str]:
+        spec = TunnelSpec.parse(self.args.tunnel)
+        return spec.host, spec.port or 22, spec.username or self.args.ssh_username
+
+    async def _run_on(
+        self, machine: Machine, command: list[str], *, capture: bool
+    ) -> tuple[int, str]:
+        """Run a ``clusterd`` command on ``machine``: here when it is this host, else over SSH."""
+        if self._is_local(machine):
+            argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
+            env: dict[str, str] | None = {**os.environ, "PYTHONPATH": _repo_path()}
+        else:
+            remote = self.args.remote_clusterd + " " + shlex.join(command[1:])
+            argv = self.ssh_argv(machine, remote)
+            env = None
+        return await _run(argv, env=env, out=None if capture else self.out)
+
+    async def journal(self) -> int:
+        name = normalize_name(self.args.unit)
+        state = await self.registry.snapshot(("job", "machines"))
+        job = state.jobs.get(name)
+        if job is None:
+            raise CtlError(f"Unit {name} does not exist.")
+        if not job.target:
+            raise CtlError(f"Unit {name} does not appear to be running.")
+        machine = state.machines.get(job.target)
+        if machine is None:
+            raise CtlError(f"Machine {job.target} of unit {name} is not in the cluster.")
+        command = self.journal_command(
+            machine, name, lines=self.args.lines, follow=self.args.follow, output=self.args.output
+        )
+        code, _ = await self._run_on(machine, command, capture=False)
+        return code
+
+    async def ssh(self) -> int:
+        target = self.args.target
+        machines = await self.machines()
+        machine = machines.get(target)
+        if machine is None:
+            matches = [m for i, m in machines.items() if i.startswith(target)]
+            if len(matches) > 1:
+                raise CtlError(f"Found more than one machine matching {target!r}")
+            machine = matches[0] if matches else None
+        if machine is None:
+            job = await self.registry.job(normalize_name(target))
+            if job is not None and job.target:
+                machine = machines.get(job.target)
+            if machine is None:
+                raise CtlError(f"Could not find machine or unit {target!r}")
+        # Like ssh itself, the words of the command go to the remote shell as one line.
+        remote = " ".join(self.args.remote)
+        argv = self.ssh_argv(machine, remote, tty=not remote and sys.stdin.isatty())
+        code, _ = await _run(argv, env=None, out=self.out, stdin=True)
+        return code
+
+
+async def _run(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None,
+    out: TextIO | None = None,
+    stdin: bool = False,
+) -> tuple[int, str]:
+    """Run ``argv``; stream its stdout into ``out`` as it comes, or collect it when None.
+
+    When ``out`` is the terminal's own stdout the child writes there directly, so an
+    interactive ssh session or a followed journal behaves as if run by hand.
+    """
+    direct = out is sys.stdout
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdin=None if stdin else subprocess.DEVNULL,
+            stdout=None if direct else subprocess.PIPE,
+        )
+    except OSError as error:
+        raise CtlError(f"failed running {argv[0]}: {error.strerror}") from error
+    if process.stdout is None:
+        return await process.wait(), ""
+    collected: list[str] = []
+    while chunk := await process.stdout.read(65536):
+        text = chunk.decode(errors="replace")
+        if out is None:
+            collected.append(text)
+        else:
+            out.write(text)
+            out.flush()
+    return await process.wait(), "".join(collected)
+
+
+def _repo_path() -> str:
+    return str(Path(__file__).resolve().parents[1])
+
+
+def _is_global(job: Job) -> bool:
+    if job.unit is None:
+        return False
+    try:
+        return job.unit.fleet(job.name).is_global
+    except ValueError:
+        return False
+
+
+def _fields(text: str | None, default: str, valid: Sequence[str]) -> list[str]:
+    fields = (default if text is None else text).split(",")
+    if fields == [""]:
+        raise CtlError("Must define output format")
+    for field in fields:
+        if field not in valid:
+            raise CtlError(f"Invalid key in output format: {field!r}")
+    return fields
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clusterctl", description="fleetctl-compatible cluster control."
+        prog="clusterctl",
+        description="fleetctl-compatible cluster control. Every global flag can also come from "
+        "CLUSTERCTL_<FLAG> (or FLEETCTL_<FLAG>), e.g. CLUSTERCTL_ENDPOINT.",
     )
-    parser.add_argument("--endpoint", help="store URLs, comma-separated")
-    parser.add_argument("--tunnel", help="[user@]host[:port] to reach the store through SSH")
+    for flag in GLOBAL_FLAGS:
+        parser.add_argument(f"--{flag}", default=None, help=f"default {GLOBAL_FLAGS[flag]!r}")
+    parser.add_argument("--version", action="version", version=f"clusterctl version {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("list-machines", help="list the machines in the cluster")
-    sub.add_parser("list-units", help="list the units and their states")
+
+    def listing(name: str, summary: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=summary)
+        command.add_argument("-l", "--full", action="store_true", help="do not ellipsize fields")
+        command.add_argument("--no-legend", action="store_true", help="do not print a legend")
+        command.add_argument("--fields", default=None, help="columns to print, comma-separated")
+        return command
+
+    listing("list-machines", "enumerate the current hosts in the cluster")
+    listing("list-units", "list the current state of units in the cluster")
+    listing("list-unit-files", "list the units that exist in the cluster")
+    subnets = sub.add_parser("list-subnets", help="list the overlay subnets and their leases")
+    subnets.add_argument("-l", "--full", action="store_true")
+    subnets.add_argument("--no-legend", action="store_true")
+
+    def lifecycle(name: str, summary: str, block_default: int, blocking: bool = True) -> None:
+        command = sub.add_parser(name, help=summary)
+        command.add_argument("units", nargs="*", metavar="UNIT")
+        command.add_argument("--replace", action="store_true", help="replace differing units")
+        if blocking:
+            command.add_argument("--no-block", action="store_true", help="do not wait")
+            command.add_argument(
+                "--block-attempts", type=int, default=block_default, help="0 waits forever"
+            )
+
+    lifecycle("submit", "upload one or more units to the cluster", 0, blocking=False)
+    lifecycle("load", "schedule units to machines without starting them", 0)
+    lifecycle("start", "start units, submitting and loading them if necessary", 0)
+    lifecycle("stop", "stop units, leaving them loaded", 0)
+    lifecycle("unload", "unschedule units from their machines", 0)
+    lifecycle("destroy", "destroy units, removing them from the cluster", 0, blocking=False)
+    lifecycle("restart", "stop, then start units", 0)
+    status = sub.add_parser("status", help="state of units and their last journal lines")
+    status.add_argument("units", nargs="+", metavar="UNIT")
+    status.add_argument("--lines", "-n", type=int, default=10)
+    cat = sub.add_parser("cat", help="print the unit file as the cluster holds it")
+    cat.add_argument("unit", metavar="UNIT")
+    journal = sub.add_parser("journal", help="print the journal of a unit, from its machine")
+    journal.add_argument("unit", metavar="UNIT")
+    journal.add_argument("--lines", "-n", type=int, default=10, help="lines to show")
+    journal.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    journal.add_argument("-o", "--output", default="", help="journalctl output format")
+    ssh = sub.add_parser("ssh", help="open a shell on (or run a command on) a machine")
+    ssh.add_argument("target", metavar="MACHINE|UNIT")
+    ssh.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND")
+    sub.add_parser("version", help="print the version and exit")
     return parser
 
 
+def apply_environment(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    """Fill unset global flags from CLUSTERCTL_<FLAG>, then FLEETCTL_<FLAG>, then defaults."""
+    for flag, default in GLOBAL_FLAGS.items():
+        attribute = flag.replace("-", "_")
+        if getattr(args, attribute) is not None:
+            continue
+        suffix = attribute.upper()
+        value = environ.get(f"CLUSTERCTL_{suffix}") or environ.get(f"FLEETCTL_{suffix}")
+        setattr(args, attribute, value if value else default)
+
+
+COMMANDS: dict[str, Callable[[Ctl], object]] = {
+    "list-machines": Ctl.list_machines,
+    "list-units": Ctl.list_units,
+    "list-unit-files": Ctl.list_unit_files,
+    "list-subnets": Ctl.list_subnets,
+    "submit": Ctl.submit,
+    "load": Ctl.load,
+    "start": Ctl.start,
+    "stop": Ctl.stop,
+    "unload": Ctl.unload,
+    "destroy": Ctl.destroy,
+    "restart": Ctl.restart,
+    "status": Ctl.status,
+    "cat": Ctl.cat,
+    "journal": Ctl.journal,
+    "ssh": Ctl.ssh,
+}
+
+
+async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run one parsed command; errors become a message on ``err`` and exit status 1."""
+    try:
+        ctl = Ctl(args, out, err)
+    except EtcdError as error:
+        print(f"Unable to initialize client: {error}", file=err)
+        return 1
+    try:
+        await ctl.open_tunnel()
+        return int(await COMMANDS[args.command](ctl))  # type: ignore[call-overload]
+    except CtlError as error:
+        print(error, file=err)
+        return 1
+    except (EtcdError, RegistryError) as error:
+        print(f"Error: {error}", file=err)
+        return 1
+    finally:
+        await ctl.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("clusterctl: not built yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"clusterctl version {VERSION}")
+        return 0
+    apply_environment(args, dict(os.environ))
+    try:
+        return asyncio.run(execute(args, sys.stdout, sys.stderr))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

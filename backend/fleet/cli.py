@@ -3,6 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from backend.etcd import ConfigError, EtcdError, make_client
+from backend.fleet.agent import Agent
+from backend.fleet.engine import Engine
+from backend.fleet.output import open_journal
+from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry
+from backend.fleet.unitfile import parse_timespan
+
+VERSION = "0.1.0"
+log = logging.getLogger("clusterd.node")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -10,12 +29,139 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--endpoints", default="http://127.0.0.1:2379", help="store URLs, comma-separated"
     )
     parser.add_argument(
-        "--data-dir", required=False, help="directory for machine-id and the journal"
+        "--data-dir", required=True, help="directory for machine-id, the journal and unit state"
     )
     parser.add_argument("--machine-id", help="32 hex characters; generated once by default")
     parser.add_argument("--metadata", default="", help="k=v,k=v for MachineMetadata constraints")
-    parser.add_argument("--public-ip", help="address other machines reach this one at")
+    parser.add_argument("--public-ip", default="", help="address other machines reach this one at")
+    parser.add_argument(
+        "--agent-ttl", default="30s", help="how long the machine stays listed after it dies"
+    )
+    parser.add_argument(
+        "--engine-reconcile-interval", default="2s", help="how often the engine reconciles anyway"
+    )
+    parser.add_argument(
+        "--disable-engine", action="store_true", help="never become the engine leader"
+    )
+    parser.add_argument("--no-overlay", action="store_true", help="do not lease an overlay subnet")
+    parser.add_argument("--key-prefix", default=DEFAULT_PREFIX, help="scheduler key prefix")
+    parser.add_argument("--hostname", default="", help="host name to report (this host's)")
+    parser.add_argument("--cacert", help="CA file to verify the store's certificate")
+    parser.add_argument("--cert", help="client certificate for the store")
+    parser.add_argument("--key", help="client key for the store")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """``k=v,k=v`` into a dict; raises ValueError on a pair without ``=``."""
+    metadata: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"metadata {pair!r} is not key=value")
+        metadata[key.strip()] = value.strip()
+    return metadata
+
+
+def machine_id(data_dir: Path, given: str | None) -> str:
+    """The given ID, else the one kept in DATA_DIR/machine-id, else a new one kept there."""
+    if given:
+        if not re.fullmatch(r"[0-9A-Za-z]{8,64}", given):
+            raise ValueError("--machine-id must be 8 to 64 letters and digits (32 hex usually)")
+        return given
+    path = data_dir / "machine-id"
+    if path.exists():
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    new = uuid.uuid4().hex
+    path.write_text(new + "\n")
+    return new
+
+
+def default_public_ip(endpoints: str) -> str:
+    """The local address that routes to the first store endpoint."""
+    host = endpoints.split(",")[0].split("://")[-1].rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, 9))
+        return str(sock.getsockname()[0])
+    return "127.0.0.1"
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    data_dir: Path = args.data_dir
+    ident = machine_id(data_dir, args.machine_id)
+    ttl = max(1, round(parse_timespan(args.agent_ttl)))
+    interval = parse_timespan(args.engine_reconcile_interval)
+    hostname = args.hostname or socket.gethostname()
+    machine = Machine(
+        id=ident,
+        public_ip=args.public_ip or default_public_ip(args.endpoints),
+        metadata=parse_metadata(args.metadata),
+        hostname=hostname,
+        data_dir=str(data_dir),
+        version=VERSION,
+    )
+    client = make_client(args.endpoints, cacert=args.cacert, cert=args.cert, key=args.key)
+    registry = Registry(client, args.key_prefix)
+    sink = open_journal(data_dir, hostname=hostname, machine_id=ident)
+    agent = Agent(
+        client,
+        registry,
+        machine,
+        data_dir=data_dir,
+        sink=sink,
+        ttl=ttl,
+        reconcile_interval=max(interval, 1.0),
+    )
+    tasks = [asyncio.create_task(agent.run(stop), name="agent")]
+    if not args.no_overlay:
+        # Imported only when used: the overlay is optional on a node.
+        from backend.overlay.lease import SubnetManager
+
+        overlay = SubnetManager(
+            client, machine.public_ip, data_dir, backend_data={"MachineID": ident}
+        )
+        tasks.append(asyncio.create_task(overlay.run(stop), name="overlay"))
+    if not args.disable_engine:
+        engine = Engine(client, registry, ident, ttl=ttl, reconcile_interval=interval)
+        tasks.append(asyncio.create_task(engine.run(stop), name="engine"))
+    log.info("machine %s (%s) serving; data in %s", ident, machine.public_ip, data_dir)
+    try:
+        await stop.wait()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sink.close()
+        await client.close()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("clusterd node: the scheduler is not built yet")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.data_dir = Path(args.data_dir).expanduser().resolve()
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        parse_metadata(args.metadata)
+        parse_timespan(args.agent_ttl)
+        parse_timespan(args.engine_reconcile_interval)
+    except ValueError as error:
+        print(f"clusterd node: {error}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await serve(args, stop)
+
+    try:
+        return asyncio.run(main())
+    except (ConfigError, EtcdError, ValueError, OSError) as error:
+        print(f"clusterd node: {error}", file=sys.stderr)
+        return 1

@@ -6,11 +6,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.procs import REPO, Child, free_port, port_open
+from tests.harness.procs import REPO, Child, OwnsChild, free_port, port_open
 
 
 @dataclass
-class BundledStore:
+class BundledStore(OwnsChild):
     """One `clusterd kv` process; ``url`` is its client URL."""
 
     data_dir: Path
@@ -36,18 +36,18 @@ class BundledStore:
 
     def start(self, timeout: float = 30.0) -> BundledStore:
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        already = log.stat().st_size if log.exists() else 0
         self.child = Child("clusterd kv", self.argv(), log, cwd=REPO)
         self.child.start()
-        self.child.wait_until(lambda: port_open(self.port), timeout)
+
+        def serving() -> bool:
+            # The port can answer a moment before the start-up line is written; tests read it.
+            with log.open("rb") as handle:
+                handle.seek(already)
+                return b"serving" in handle.read() and port_open(self.port)
+
+        self.child.wait_until(serving, timeout)
         return self
-
-    def stop(self) -> None:
-        if self.child:
-            self.child.stop()
-
-    def kill(self) -> None:
-        if self.child:
-            self.child.kill()
 
     def restart(self) -> BundledStore:
         """Start again on the same data directory and port (after stop or kill)."""

@@ -1,0 +1,253 @@
+"""Provides the agent: registers the machine, runs the units placed on it, reports their states."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.etcd import EtcdClient, EtcdError
+from backend.fleet.engine import machine_id_matches, metadata_matches
+from backend.fleet.output import LineSink
+from backend.fleet.registry import ClusterState, Job, KeptLease, Machine, Registry, UnitState
+from backend.fleet.runner import UnitRunner, reap_orphans
+from backend.fleet.tasks import first_completed
+from backend.keys import prefix_end
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    runner: UnitRunner
+    launched: bool = False
+    ops: asyncio.Task[None] | None = None
+
+
+class Agent:
+    """One machine's agent: presence lease, assignments, unit processes and their states."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        registry: Registry,
+        machine: Machine,
+        *,
+        data_dir: Path,
+        sink: LineSink,
+        ttl: int = 30,
+        reconcile_interval: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.registry = registry
+        self.machine = machine
+        self.data_dir = data_dir
+        self.run_dir = data_dir / "run"
+        self.sink = sink
+        self.ttl = max(1, int(ttl))
+        self.reconcile_interval = reconcile_interval
+        self.units: dict[str, _Entry] = {}
+        self.registered = asyncio.Event()
+        self._lease: KeptLease | None = None
+        self._dirty = asyncio.Event()
+        self._unpublished: set[str] = set()
+        self._publish_wanted = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then stop every unit and remove this machine's presence."""
+        for name in await asyncio.to_thread(reap_orphans, self.run_dir):
+            log.warning("agent: stopped %s left running by a previous agent", name)
+        backoff = 0.2
+        try:
+            while not stop.is_set():
+                lease = KeptLease(self.client, self.ttl)
+                try:
+                    await lease.grant()
+                    self._lease = lease
+                    await self.registry.register_machine(self.machine, lease.id)
+                    self._unpublished.update(self.units)
+                    self._publish_wanted.set()
+                    self.registered.set()
+                    backoff = 0.2
+                    await first_completed(
+                        stop.wait(),
+                        lease.lost.wait(),
+                        self._watch(),
+                        self._reconcile_loop(),
+                        self._publish_loop(),
+                    )
+                    if lease.lost.is_set():
+                        log.warning("agent: presence lease lost; registering again")
+                except (EtcdError, TimeoutError, OSError) as error:
+                    log.warning("agent: store error: %s", error)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    backoff = min(backoff * 2, 5.0)
+                finally:
+                    self.registered.clear()
+                    if not stop.is_set():
+                        await lease.close(revoke=False)
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop every unit, then take this machine's states and presence out of the store."""
+        entries = list(self.units.items())
+        # Queued starts must run before the stops, or they would start after them.
+        pending = [entry.ops for _, entry in entries if entry.ops is not None]
+        if pending:
+            await asyncio.wait(pending)
+        await asyncio.gather(*(self._stop_entry(entry) for _, entry in entries))
+        lease = self._lease
+        with contextlib.suppress(EtcdError, TimeoutError, OSError):
+            for name, _ in entries:
+                await asyncio.wait_for(self.registry.remove_state(name, self.machine.id), 2)
+            await asyncio.wait_for(self.registry.remove_machine(self.machine.id), 2)
+        if lease is not None:
+            await lease.close(revoke=True)
+        self.units.clear()
+        self.sink.flush()
+
+    async def _watch(self) -> None:
+        base = self.registry.key("job") + b"/"
+        revision = 0
+        while True:
+            try:
+                async for batch in self.client.watch_batches(
+                    base, prefix_end(base), start_revision=revision
+                ):
+                    revision = batch.revision + 1
+                    if batch.events:
+                        self._dirty.set()
+            except EtcdError as error:
+                log.warning("agent: watch dropped: %s", error)
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+                revision = 0
+
+    async def _reconcile_loop(self) -> None:
+        self._dirty.set()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.reconcile_interval)
+            self._dirty.clear()
+            await self.reconcile()
+
+    def wanted(self, state: ClusterState) -> dict[str, Job]:
+        """The jobs this machine should hold: those placed here, and matching global units."""
+        wanted: dict[str, Job] = {}
+        me = self.machine
+        for name, job in state.jobs.items():
+            if job.unit is None or job.target_state == "inactive":
+                continue
+            try:
+                options = job.unit.fleet(name)
+            except ValueError:
+                continue
+            if options.is_global:
+                if options.machine_id and machine_id_matches(options.machine_id, [me.id]) != [
+                    me.id
+                ]:
+                    continue
+                if metadata_matches(options.metadata, me):
+                    wanted[name] = job
+            elif job.target == me.id:
+                wanted[name] = job
+        return wanted
+
+    async def reconcile(self) -> None:
+        state = await self.registry.snapshot(("job", "unit"))
+        wanted = self.wanted(state)
+        for name in [n for n in self.units if n not in wanted]:
+            entry = self.units.pop(name)
+            self._queue(name, entry, self._retire(name, entry))
+        for name, job in wanted.items():
+            assert job.unit is not None
+            entry = self.units.get(name)
+            if entry is not None and entry.runner.unit_hash != job.unit_hash:
+                # New unit text: stop the old processes before the new ones start.
+                self.units.pop(name)
+                self._queue(name, entry, self._stop_entry(entry))
+                previous = entry.ops
+                entry = None
+            else:
+                previous = None
+            if entry is None:
+                runner = UnitRunner(
+                    name, job.unit, sink=self.sink, run_dir=self.run_dir, on_change=self._changed
+                )
+                entry = _Entry(runner, ops=previous)
+                self.units[name] = entry
+                self._changed(runner)
+            if job.target_state == "launched" and not entry.launched:
+                entry.launched = True
+                self._queue(name, entry, self._start_entry(entry))
+            elif job.target_state == "loaded" and entry.launched:
+                entry.launched = False
+                self._queue(name, entry, self._stop_entry(entry))
+
+    def _queue(self, name: str, entry: _Entry, operation: Awaitable[None]) -> None:
+        """Run ``operation`` after the unit's earlier operations, without blocking reconcile."""
+        previous = entry.ops
+
+        async def chained() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            try:
+                await operation
+            except Exception:
+                log.exception("agent: operation on %s failed", name)
+
+        entry.ops = asyncio.create_task(chained(), name=f"op-{name}")
+
+    async def _start_entry(self, entry: _Entry) -> None:
+        entry.runner.start()
+
+    async def _stop_entry(self, entry: _Entry) -> None:
+        await entry.runner.stop()
+
+    async def _retire(self, name: str, entry: _Entry) -> None:
+        await entry.runner.stop()
+        if name not in self.units:
+            self._unpublished.discard(name)
+            with contextlib.suppress(EtcdError, TimeoutError, OSError):
+                await self.registry.remove_state(name, self.machine.id)
+
+    def _changed(self, runner: UnitRunner) -> None:
+        if self.units.get(runner.name, None) is None or self.units[runner.name].runner is runner:
+            self._unpublished.add(runner.name)
+            self._publish_wanted.set()
+
+    def state_of(self, runner: UnitRunner) -> UnitState:
+        return UnitState(
+            load_state="loaded",
+            active_state=runner.active_state,
+            sub_state=runner.sub_state,
+            unit_hash=runner.unit_hash,
+            machine_id=self.machine.id,
+            machine_state={
+                "ID": self.machine.id,
+                "PublicIP": self.machine.public_ip,
+                "Metadata": self.machine.metadata,
+            },
+        )
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._publish_wanted.wait()
+            self._publish_wanted.clear()
+            lease = self._lease
+            while self._unpublished and lease is not None:
+                name = self._unpublished.pop()
+                entry = self.units.get(name)
+                if entry is None:
+                    continue
+                try:
+                    await self.registry.publish_state(name, self.state_of(entry.runner), lease.id)
+                except EtcdError:
+                    self._unpublished.add(name)
+                    raise

@@ -1,0 +1,531 @@
+"""Provides process supervision for one unit: exec lines, restart policy, stop with timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.fleet.output import LineSink
+from backend.fleet.unitfile import ExecCommand, ServiceOptions, UnitFile
+
+# Signals after which systemd counts a main process as having exited cleanly.
+CLEAN_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}
+_VAR_WORD = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
+_VAR_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MAX_BACKOFF = 30.0
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run of the unit ended: systemd's result names."""
+
+    result: str  # success, exit-code, signal, timeout, exec-failed
+    status: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return self.result == "success"
+
+
+def _result_of(returncode: int) -> Outcome:
+    if returncode == 0:
+        return Outcome("success")
+    if returncode < 0:
+        number = -returncode
+        if number in {int(s) for s in CLEAN_SIGNALS}:
+            return Outcome("success", number)
+        return Outcome("signal", number)
+    return Outcome("exit-code", returncode)
+
+
+def should_restart(policy: str, outcome: Outcome) -> bool:
+    """systemd's Restart= table for the results we produce."""
+    if policy == "always":
+        return True
+    if policy == "on-failure":
+        return not outcome.clean
+    if policy == "on-abnormal":
+        return outcome.result in ("signal", "timeout")
+    return False
+
+
+def substitute(argv: tuple[str, ...], env: dict[str, str]) -> list[str]:
+    """Expand ``$VAR`` (a whole word, split on whitespace) and ``${VAR}`` (in place)."""
+    words: list[str] = []
+    for word in argv:
+        whole = _VAR_WORD.match(word)
+        if whole:
+            words.extend(env.get(whole.group(1), "").split())
+            continue
+        words.append(_VAR_BRACED.sub(lambda m: env.get(m.group(1), ""), word).replace("$$", "$"))
+    return words
+
+
+def read_environment_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines with ``#`` comments and optional quotes, as systemd reads them."""
+    env: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        key, eq, value = text.partition("=")
+        key = key.strip()
+        if key.startswith("export "):
+            key = key[7:].strip()
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        env[key] = value
+    return env
+
+
+def process_start_time(pid: int) -> str:
+    """The kernel's start time of ``pid`` (to tell it from a later process with the same PID)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in the process group."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _wait_group_gone(pgid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def reap_orphans(run_dir: Path, grace: float = 5.0) -> list[str]:
+    """Stop unit processes a previous run of the agent left behind; returns their unit names.
+
+    Each started unit leaves ``<run_dir>/<unit>.json`` with its process group and the start
+    time of its leader, so a PID the kernel has since reused is never signalled.
+    """
+    stopped: list[str] = []
+    if not run_dir.is_dir():
+        return stopped
+    for record in sorted(run_dir.glob("*.json")):
+        try:
+            data = json.loads(record.read_text())
+            pid, pgid, started = int(data["pid"]), int(data["pgid"]), str(data["start_time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if process_start_time(pid) == started or (group_alive(pgid) and started):
+            _kill_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _kill_group(pgid, signal.SIGKILL)
+            stopped.append(record.stem)
+        record.unlink(missing_ok=True)
+    return stopped
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Resolves ``exited`` as soon as the process ends.
+
+    asyncio's ``Process.wait()`` (before Python 3.12) also waits for stdout and stderr to
+    close, and a unit's background children keep them open long after the main process died.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_CHUNK, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+@dataclass
+class _Child:
+    """A spawned process and the future that resolves when it exits."""
+
+    process: asyncio.subprocess.Process
+    exited: asyncio.Future[None]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        await asyncio.shield(self.exited)
+        return self.process.returncode or 0
+
+
+class UnitRunner:
+    """Runs one unit's processes and keeps its systemd-style state."""
+
+    def __init__(
+        self,
+        name: str,
+        unit: UnitFile,
+        *,
+        sink: LineSink,
+        run_dir: Path,
+        on_change: Callable[[UnitRunner], None] = lambda runner: None,
+    ) -> None:
+        self.name = name
+        self.unit = unit
+        self.options: ServiceOptions = unit.service(name)
+        self.sink = sink
+        self.run_dir = run_dir
+        self.on_change = on_change
+        self.active_state = "inactive"
+        self.sub_state = "dead"
+        self.main_pid = 0
+        self.restarts = 0
+        self.last_outcome: Outcome | None = None
+        self._main: _Child | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    @property
+    def unit_hash(self) -> str:
+        return self.unit.hash
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _set(self, active: str, sub: str) -> None:
+        if (active, sub) != (self.active_state, self.sub_state):
+            self.active_state, self.sub_state = active, sub
+            self.on_change(self)
+
+    def _note(self, text: str, priority: int = 6) -> None:
+        self.sink.line(
+            text.encode(), unit=self.name, identifier="clusterd", pid=os.getpid(), priority=priority
+        )
+
+    def start(self) -> None:
+        """Begin supervising (returns at once; state changes report through ``on_change``)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._task = asyncio.create_task(self._supervise(), name=f"unit-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the unit: ExecStop, KillSignal, then SIGKILL after TimeoutStopSec; wait for it."""
+        if self._task is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        # A stopped unit starts over: its earlier failure no longer describes it.
+        self._set("inactive", "dead")
+
+    async def wait_stopped(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    def _environment(self) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
+        for name in ("LANG", "LC_ALL", "TZ"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        try:
+            account = (
+                pwd.getpwnam(self.options.user) if self._as_user() else pwd.getpwuid(os.getuid())
+            )
+            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+            env["SHELL"] = account.pw_shell or "/bin/sh"
+        except KeyError:
+            pass
+        env.update(self.options.environment)
+        for path, optional in self.options.environment_files:
+            try:
+                env.update(read_environment_file(Path(path)))
+            except OSError as error:
+                if not optional:
+                    raise RuntimeError(f"EnvironmentFile={path}: {error.strerror}") from error
+        return env
+
+    def _as_user(self) -> bool:
+        return bool(self.options.user) and os.geteuid() == 0
+
+    def _spawn_kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {"start_new_session": True, "stdin": asyncio.subprocess.DEVNULL}
+        workdir = self.options.working_directory
+        if workdir:
+            optional = workdir.startswith("-")
+            path = Path(workdir.lstrip("-")).expanduser()
+            if path.is_dir():
+                kwargs["cwd"] = str(path)
+            elif not optional:
+                raise RuntimeError(f"WorkingDirectory={path} does not exist")
+        if self._as_user():
+            account = pwd.getpwnam(self.options.user)
+            kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+        return kwargs
+
+    async def _spawn(self, command: ExecCommand, env: dict[str, str]) -> _Child:
+        argv = substitute(command.argv, env)
+        if not argv:
+            raise RuntimeError("the command expands to nothing")
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitProtocol(loop),
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            **self._spawn_kwargs(),  # type: ignore[arg-type]
+        )
+        process = asyncio.subprocess.Process(transport, protocol, loop)
+        identifier = Path(argv[0]).name
+        for stream, kind in ((process.stdout, "stdout"), (process.stderr, "stderr")):
+            assert stream is not None
+            task = asyncio.create_task(self._pump(stream, identifier, process.pid, kind))
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+        return _Child(process, protocol.exited)
+
+    async def _pump(
+        self, stream: asyncio.StreamReader, identifier: str, pid: int, kind: str
+    ) -> None:
+        pending = b""
+        while chunk := await stream.read(_CHUNK):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self.sink.line(line, unit=self.name, identifier=identifier, pid=pid, stream=kind)
+            if len(pending) >= _CHUNK:
+                self.sink.line(pending, unit=self.name, identifier=identifier, pid=pid, stream=kind)
+                pending = b""
+        if pending:
+            self.sink.line(pending, unit=self.name, identifier=identifier, pid=pid, stream=kind)
+        self.sink.flush()
+
+    async def _control(
+        self, commands: tuple[ExecCommand, ...], env: dict[str, str], limit: float
+    ) -> bool:
+        """Run control commands in order; False when one fails and its failure counts.
+
+        Start-phase commands give way to a stop request; stop-phase ones run while stopping.
+        """
+        interruptible = not self._stop.is_set()
+        for command in commands:
+            try:
+                process = await self._spawn(command, env)
+            except (OSError, RuntimeError) as error:
+                self._note(f"{command.argv[0]}: {error}", 3)
+                if command.ignore_failure:
+                    continue
+                return False
+            stopped = asyncio.ensure_future(
+                self._stop.wait() if interruptible else asyncio.Event().wait()
+            )
+            waited = asyncio.ensure_future(process.wait())
+            done, _ = await asyncio.wait(
+                {stopped, waited},
+                timeout=None if limit == float("inf") else limit,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stopped.cancel()
+            if waited not in done:
+                waited.cancel()
+                _kill_group(process.pid, signal.SIGKILL)
+                await process.wait()
+                if not self._stop.is_set():
+                    self._note(f"{command.argv[0]} timed out", 3)
+                return False
+            if process.returncode != 0 and not command.ignore_failure:
+                self._note(f"{command.argv[0]} failed: {_result_of(process.returncode or 0)}", 3)
+                return False
+        return True
+
+    def _record(self, process: _Child) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "pid": process.pid,
+            "pgid": process.pid,
+            "start_time": process_start_time(process.pid),
+        }
+        self._record_path.write_text(json.dumps(record))
+
+    @property
+    def _record_path(self) -> Path:
+        return self.run_dir / f"{self.name}.json"
+
+    async def _supervise(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                outcome = await self._run_once()
+                self.last_outcome = outcome
+                if self._stop.is_set():
+                    break
+                if not should_restart(self.options.restart, outcome):
+                    if outcome.clean:
+                        self._set("inactive", "dead")
+                    else:
+                        self._set("failed", "failed")
+                    return
+                # Quick consecutive failures back off, doubling up to a cap; a run that
+                # lasted a while starts the count again.
+                failures = failures + 1 if time.monotonic() - began < 10 else 1
+                delay = min(self.options.restart_sec * 2 ** (failures - 1), _MAX_BACKOFF)
+                delay = max(delay, self.options.restart_sec)
+                self._set("activating", "auto-restart")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                self.restarts += 1
+            self._set("inactive", "dead")
+        finally:
+            self._record_path.unlink(missing_ok=True)
+
+    async def _run_once(self) -> Outcome:
+        options = self.options
+        self._set("activating", "start")
+        try:
+            env = self._environment()
+        except RuntimeError as error:
+            self._note(str(error), 3)
+            return Outcome("exec-failed")
+        timeout = options.timeout_start_sec
+        if not await self._control(options.exec_start_pre, env, timeout):
+            await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
+            return Outcome("exit-code", 1)
+        if options.type == "oneshot":
+            return await self._run_oneshot(env)
+        if not options.exec_start:
+            return Outcome("success")
+        command = options.exec_start[0]
+        try:
+            process = await self._spawn(command, env)
+        except (OSError, RuntimeError) as error:
+            self._note(f"failed to start {command.argv[0]}: {error}", 3)
+            await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
+            return Outcome("exec-failed")
+        self._main = process
+        self.main_pid = process.pid
+        self._record(process)
+        self._set("active", "running")
+        await self._control(options.exec_start_post, env, timeout)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        exited = asyncio.ensure_future(process.wait())
+        await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not exited.done():
+            exited.cancel()
+            outcome = await self._stop_main(process, env)
+        else:
+            outcome = _result_of(process.returncode or 0)
+            if command.ignore_failure and outcome.result == "exit-code":
+                outcome = Outcome("success", outcome.status)
+            self._set("deactivating", "stop-sigterm")
+            # What the main process left behind in its group goes with it.
+            await self._kill(process.pid, options.kill_signal, options.timeout_stop_sec)
+        await self._control(
+            options.exec_stop_post,
+            {**env, "SERVICE_RESULT": outcome.result},
+            options.timeout_stop_sec,
+        )
+        await self._drain()
+        self._main = None
+        self.main_pid = 0
+        return outcome
+
+    async def _run_oneshot(self, env: dict[str, str]) -> Outcome:
+        options = self.options
+        if not await self._control(options.exec_start, env, options.timeout_start_sec):
+            await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
+            return Outcome("success") if self._stop.is_set() else Outcome("exit-code", 1)
+        await self._control(options.exec_start_post, env, options.timeout_start_sec)
+        await self._drain()
+        if options.remain_after_exit:
+            self._set("active", "exited")
+            await self._stop.wait()
+            self._set("deactivating", "stop")
+            await self._control(options.exec_stop, env, options.timeout_stop_sec)
+        await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
+        return Outcome("success")
+
+    async def _stop_main(self, process: _Child, env: dict[str, str]) -> Outcome:
+        options = self.options
+        self._set("deactivating", "stop-sigterm")
+        env = {**env, "MAINPID": str(process.pid)}
+        await self._control(options.exec_stop, env, options.timeout_stop_sec)
+        await self._kill(process.pid, options.kill_signal, options.timeout_stop_sec)
+        await process.wait()
+        return _result_of(process.returncode or 0)
+
+    async def _kill(self, pgid: int, sig: int, limit: float) -> None:
+        """Send ``sig`` (to the group, or the main process for KillMode=process), then SIGKILL."""
+        if self.options.kill_mode == "process":
+            main = self._main
+            if main is not None and main.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    main.process.send_signal(sig)
+                try:
+                    await asyncio.wait_for(main.wait(), None if limit == float("inf") else limit)
+                except TimeoutError:
+                    self._set("deactivating", "stop-sigkill")
+                    with contextlib.suppress(ProcessLookupError):
+                        main.process.kill()
+            return
+        if not group_alive(pgid):
+            return
+        _kill_group(pgid, sig)
+        _kill_group(pgid, signal.SIGCONT)
+        if not await _wait_group_gone(pgid, limit):
+            self._set("deactivating", "stop-sigkill")
+            _kill_group(pgid, signal.SIGKILL)
+            await _wait_group_gone(pgid, 5.0)
+
+    async def _drain(self) -> None:
+        """Let the output readers finish the lines already written."""
+        if self._pumps:
+            await asyncio.wait(set(self._pumps), timeout=1.0)
+        self.sink.flush()

@@ -1,0 +1,400 @@
+"""Measures the journal: write rate, `-o json -n all` read rate and follow latency, beside peers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backend.journal.writer import JournalWriter
+
+REPO = Path(__file__).resolve().parents[1]
+LINE = b"GET /api/v1/items/%d 200 1532us user=alice request_id=5f3c9a7e trace=ok"
+PEERS = """\
+Peers, measured in the same run:
+* a plain file append (writes) and ``tail -f`` (follow latency): the floor, no structure;
+* journald + journalctl (systemd-cat in, ``journalctl -o json`` and ``journalctl -f`` out).
+  This machine's own journal is used when it has one; otherwise, when we are root and
+  ``unshare`` and systemd-journald exist, a private journald is started in a mount
+  namespace (tmpfs /run and /var/log/journal, rate limits off). Else the peer is skipped
+  and the output says so.
+
+Run: ``python -m bench.journal [--quick]``.
+"""
+TARGET_WRITE = 200_000
+TARGET_READ = 300_000
+TARGET_P99_MS = 50.0
+JOURNALD_CONF = """[Journal]
+Storage=volatile
+RateLimitIntervalSec=0
+RateLimitBurst=0
+RuntimeMaxUse=4G
+RuntimeMaxFileSize=512M
+ForwardToSyslog=no
+ForwardToWall=no
+ReadKMsg=no
+"""
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:>12,.0f} lines/s"
+
+
+def ratio(ours: float, theirs: float | None) -> str:
+    return f"x{ours / theirs:.2f}" if theirs else "n/a"
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+def write_ours(data_dir: Path, count: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: the caller and the flusher thread)."""
+    started = time.perf_counter()
+    cpu = time.process_time()
+    writer = JournalWriter(data_dir, hostname="bench", machine_id="0" * 32, max_bytes=4 << 30)
+    line = writer.line
+    for i in range(count):
+        line(LINE % i, unit="web.service", identifier="web", pid=4242)
+    writer.close()
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def write_plain_file(path: Path, count: int) -> float:
+    started = time.perf_counter()
+    with path.open("ab") as f:
+        for i in range(count):
+            f.write(LINE % i + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - started
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+def read_json(argv: list[str]) -> tuple[float, int, float]:
+    """Run a reader with stdout to a pipe we drain; (wall seconds, lines, its CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=REPO)
+    assert proc.stdout is not None
+    lines = 0
+    while chunk := proc.stdout.read(1 << 20):
+        lines += chunk.count(b"\n")
+    proc.wait()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, lines, cpu
+
+
+def clusterd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "backend.daemon", *args]
+
+
+# -- follow latency ------------------------------------------------------------------------
+
+
+def follow_latency(
+    reader_argv: list[str], emit: Callable[[bytes], None], samples: int, *, interval: float
+) -> list[float]:
+    """Latencies (ms) from ``emit(line)`` until ``reader_argv`` prints it."""
+    reader = subprocess.Popen(reader_argv, stdout=subprocess.PIPE, cwd=REPO)
+    assert reader.stdout is not None
+    sent: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    done = threading.Event()
+
+    def collect() -> None:
+        buffer = b""
+        fd = reader.stdout.fileno()
+        while not done.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            now = time.perf_counter()
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                if line.startswith(b"latency-probe "):
+                    seen[int(line.split()[1])] = now
+
+    thread = threading.Thread(target=collect, daemon=True)
+    thread.start()
+    try:
+        # Let the reader start and print its backlog before probing.
+        emit(b"latency-probe -1 warm-up")
+        deadline = time.monotonic() + 15
+        while -1 not in seen and time.monotonic() < deadline:
+            emit(b"latency-probe -1 warm-up")
+            time.sleep(0.1)
+        for i in range(samples):
+            sent[i] = time.perf_counter()
+            emit(b"latency-probe %d" % i)
+            time.sleep(interval)
+        deadline = time.monotonic() + 10
+        while len(seen) < samples + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        done.set()
+        reader.terminate()
+        reader.wait()
+        thread.join(2)
+    return [(seen[i] - sent[i]) * 1000 for i in sent if i in seen]
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "no lines arrived"
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (
+        f"p50 {statistics.median(ordered):6.2f} ms  p99 {p99:6.2f} ms  "
+        f"max {ordered[-1]:6.2f} ms  ({len(values)} lines)"
+    )
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("inf")
+
+
+# -- the journald peer ---------------------------------------------------------------------
+
+
+def journald_peer(count: int, samples: int, interval: float) -> dict[str, Any]:
+    """Run inside a private mount namespace: a journald of our own, fed and read."""
+    for target in ("/run", "/var/log/journal"):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", target], check=True)
+    conf = Path("/run/bench-journald.conf")
+    conf.write_text(JOURNALD_CONF)
+    subprocess.run(["mount", "--bind", str(conf), "/etc/systemd/journald.conf"], check=True)
+    journald = subprocess.Popen(["/lib/systemd/systemd-journald"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path("/run/systemd/journal/stdout").exists():
+            if time.monotonic() > deadline:
+                return {"error": "journald did not start"}
+            time.sleep(0.05)
+        started = time.perf_counter()
+        cat = subprocess.Popen(["systemd-cat", "-t", "web"], stdin=subprocess.PIPE)
+        assert cat.stdin is not None
+        batch = []
+        for i in range(count):
+            batch.append(LINE % i + b"\n")
+            if len(batch) == 10_000:
+                cat.stdin.write(b"".join(batch))
+                batch = []
+        cat.stdin.write(b"".join(batch))
+        cat.stdin.close()
+        cat.wait()
+        subprocess.run(["journalctl", "--sync"], check=False)
+        write_seconds = time.perf_counter() - started
+        read_seconds, read_lines, _ = read_json(
+            ["journalctl", "-o", "json", "-n", "all", "--no-pager", "-t", "web"]
+        )
+        probe = subprocess.Popen(["systemd-cat", "-t", "probe"], stdin=subprocess.PIPE)
+        assert probe.stdin is not None
+
+        def emit(line: bytes) -> None:
+            probe.stdin.write(line + b"\n")
+            probe.stdin.flush()
+
+        latencies = follow_latency(
+            ["journalctl", "-f", "-o", "cat", "-n", "0", "-t", "probe", "--no-pager"],
+            emit,
+            samples,
+            interval=interval,
+        )
+        probe.stdin.close()
+        probe.wait()
+        return {
+            "source": "a private journald",
+            "write_seconds": write_seconds,
+            "read_seconds": read_seconds,
+            "read_lines": read_lines,
+            "latencies": latencies,
+        }
+    finally:
+        journald.terminate()
+        journald.wait()
+
+
+def run_journald_peer(count: int, samples: int, interval: float) -> dict[str, Any] | str:
+    """journald's figures, or why there are none."""
+    if not shutil.which("journalctl"):
+        return "journalctl is not installed"
+    own = subprocess.run(["journalctl", "-n", "1", "-q", "--no-pager"], capture_output=True)
+    if own.stdout.strip():
+        # Its own journal, as it is: read it, but do not flood it with bench lines.
+        read_seconds, read_lines, _ = read_json(["journalctl", "-o", "json", "-n", "all"])
+        return {"read_seconds": read_seconds, "read_lines": read_lines, "source": "own journal"}
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return "no journal on this machine, and a private journald needs root and unshare"
+    if not Path("/lib/systemd/systemd-journald").exists():
+        return "no journal on this machine, and systemd-journald is not installed"
+    result = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "bench.journal",
+            "--peer",
+            str(count),
+            "--samples",
+            str(samples),
+            "--interval",
+            str(interval),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        timeout=1800,
+    )
+    if result.returncode != 0:
+        return f"the private journald failed: {result.stderr.decode(errors='replace')[-300:]}"
+    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.journal",
+        description=__doc__,
+        epilog=PEERS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="200,000 entries, fewer probes")
+    parser.add_argument("--peer", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--samples", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--interval", type=float, default=0.005, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer is not None:
+        print(json.dumps(journald_peer(args.peer, args.samples, args.interval)))
+        return 0
+
+    count = 200_000 if args.quick else 1_000_000
+    samples = 200 if args.quick else 1000
+    interval = 0.005
+    print(
+        f"journal benchmark: {count:,} entries, "
+        f"{samples} follow probes {interval * 1000:.0f} ms apart"
+    )
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the start\n",
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="bench-journal-") as tmp:
+        root = Path(tmp)
+        ours_write, ours_write_cpu = write_ours(root / "node", count)
+        plain_write = write_plain_file(root / "plain.log", count)
+        size = sum(p.stat().st_size for p in (root / "node" / "journal").glob("*.journal"))
+
+        read_seconds, read_lines, read_cpu = read_json(
+            clusterd("journal", "--data-dir", str(root / "node"), "-o", "json", "-n", "all")
+        )
+        assert read_lines == count, f"read {read_lines} of {count} entries"
+
+        follow_dir = root / "follow"
+        writer = JournalWriter(follow_dir, hostname="bench", machine_id="0" * 32)
+
+        def emit_ours(line: bytes) -> None:
+            writer.line(line, unit="probe.service", identifier="probe", pid=1)
+
+        ours_latency = follow_latency(
+            clusterd("journal", "--data-dir", str(follow_dir), "-f", "-o", "cat"),
+            emit_ours,
+            samples,
+            interval=interval,
+        )
+        writer.close()
+
+        tail_path = root / "tail.log"
+        tail_path.touch()
+        with tail_path.open("ab", buffering=0) as tail_file:
+            tail_latency = follow_latency(
+                ["tail", "-n", "0", "-f", str(tail_path)],
+                lambda line: tail_file.write(line + b"\n"),
+                samples,
+                interval=interval,
+            )
+
+    peer = run_journald_peer(count, samples, interval)
+
+    journald = peer if isinstance(peer, dict) else {}
+    print(f"write (JournalWriter.line; {size / count:.0f} bytes per entry on disk)")
+    print(
+        f"  ours                   {rate(count, ours_write)}   "
+        f"({rate(count, ours_write_cpu)} of CPU)"
+    )
+    print(
+        f"  plain file append      {rate(count, plain_write)}   "
+        f"ours/it {ratio(plain_write, ours_write)}"
+    )
+    if "write_seconds" in journald:
+        journald_write = float(journald["write_seconds"])
+        print(
+            f"  journald, systemd-cat  {rate(count, journald_write)}   "
+            f"ours/it {ratio(journald_write, ours_write)}"
+        )
+    print("\nread (-o json -n all, into a pipe)")
+    print(
+        f"  ours                   {rate(count, read_seconds)}   ({rate(count, read_cpu)} of CPU)"
+    )
+    if journald.get("read_lines"):
+        journald_read = float(journald["read_seconds"])
+        journald_lines = int(journald["read_lines"])
+        print(
+            f"  journalctl             {rate(journald_lines, journald_read)}   "
+            f"ours/it {ratio(journald_read / journald_lines, read_seconds / count)}   "
+            f"({journald_lines:,} entries of {journald['source']})"
+        )
+    print("\nfollow latency (written -> printed)")
+    print(f"  ours (journal -f)      {percentiles(ours_latency)}")
+    print(f"  tail -f (the floor)    {percentiles(tail_latency)}")
+    if "latencies" in journald:
+        print(f"  journalctl -f          {percentiles(journald['latencies'])}")
+    if not isinstance(peer, dict) or "error" in journald:
+        print(f"\njournald/journalctl not measured: {journald.get('error', peer)}")
+    elif "write_seconds" not in journald:
+        print("\njournald write and follow not measured: the machine's own journal is left alone")
+
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (wall-clock figures suffer from it)")
+    checks = [
+        ("write >= 200,000 lines/s", count / ours_write, TARGET_WRITE, count / ours_write_cpu),
+        ("read >= 300,000 lines/s", count / read_seconds, TARGET_READ, count / read_cpu),
+    ]
+    for name, wall, target, cpu in checks:
+        verdict = "PASS" if wall >= target else ("PASS (CPU)" if cpu >= target else "MISS")
+        print(f"  {verdict:10} {name}: {wall:,.0f} wall, {cpu:,.0f} per CPU-second")
+    latency = p99(ours_latency)
+    print(
+        f"  {'PASS' if latency < TARGET_P99_MS else 'MISS':10} follow p99 < 50 ms: {latency:.2f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Fixtures for the scheduler tests: a registry under the test's own prefix, real nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.etcd import EtcdClient
+from backend.fleet.registry import Registry
+from tests.harness.procs import REPO, Child
+
+UnitOutput = list[tuple[str, str, bytes]]
+
+
+@pytest.fixture
+async def registry(kv: EtcdClient, ns: bytes) -> AsyncIterator[Registry]:
+    """A registry under a prefix of this test's own, on each store kind."""
+    yield Registry(kv, ns.decode() + "fleet/")
+
+
+class RecordingSink:
+    """Collects unit output in memory, the way the journal writer receives it."""
+
+    def __init__(self) -> None:
+        self.lines: UnitOutput = []
+
+    def line(
+        self,
+        message: bytes,
+        *,
+        unit: str,
+        identifier: str,
+        pid: int,
+        priority: int = 6,
+        stream: str = "stdout",
+    ) -> None:
+        self.lines.append((unit, stream, message))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def messages(self, unit: str) -> list[str]:
+        return [m.decode() for u, _, m in self.lines if u == unit]
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    within: float = 10.0,
+    what: str = "condition",
+) -> None:
+    """Poll ``check`` until it holds; the scheduler's effects arrive through the store."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class NodeFactory:
+    """Starts real `clusterd node` processes against one store and prefix."""
+
+    def __init__(self, url: str, prefix: str, root: Path) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.root = root
+        self.children: list[Child] = []
+
+    def start(self, name: str, *extra: str, ttl: str = "1s", machine_id: str = "") -> Child:
+        data_dir = self.root / name
+        argv = [
+            sys.executable, "-m", "backend.daemon", "node",
+            "--endpoints", self.url,
+            "--data-dir", str(data_dir),
+            "--key-prefix", self.prefix,
+            "--agent-ttl", ttl,
+            "--engine-reconcile-interval", "0.5s",
+            "--public-ip", "127.0.0.1",
+            "--no-overlay",
+            *extra,
+        ]  # fmt: skip
+        if machine_id:
+            argv += ["--machine-id", machine_id]
+        child = Child(name, argv, self.root / f"{name}.log", cwd=REPO)
+        child.start()
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            child.stop(timeout=15)
+
+
+@pytest.fixture
+def nodes(store: object, ns: bytes, tmp_path: Path) -> Iterator[NodeFactory]:
+    factory = NodeFactory(store.url, ns.decode() + "fleet/", tmp_path)  # type: ignore[attr-defined]
+    yield factory
+    factory.stop_all()
