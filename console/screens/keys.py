@@ -136,6 +136,7 @@ class KeysPane(Container):
             break
         self.last_revision = max(self.last_revision, listing.revision)
         self.loaded.set()
+        self._select(self.key_tree.cursor_child)
         if not self._watching:
             self._watching = True
             self.watch_store()
@@ -249,7 +250,9 @@ class KeysPane(Container):
 
     @on(KeyTree.Highlighted, "#key-tree")
     def _highlighted(self, event: KeyTree.Highlighted) -> None:
-        child = event.child
+        self._select(event.child)
+
+    def _select(self, child: Child | None) -> None:
         self._selected = child
         if not self.loaded.is_set():
             self.value_view.show_entry(None, note="waiting for the store…")
