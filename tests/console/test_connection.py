@@ -17,7 +17,8 @@ from console.config import ClusterSettings
 from console.session import Session
 from console.tunnel import HostKeyUntrusted, TunnelError, TunnelSpec, open_tunnel
 from tests.console.conftest import SIZE, console_for, loaded, pane, seed, tree, wait_for
-from tests.harness.etcd import EtcdMember
+from tests.harness.etcd import EtcdMember, TLSFiles, start_etcd
+from tests.harness.pki import CA
 from tests.harness.sshd import SSHServer, start_sshd
 from tests.harness.stores import RunningStore
 
@@ -213,3 +214,30 @@ async def test_a_store_restart_shows_reconnecting_then_resumes(fresh_etcd: EtcdM
         await wait_for(pilot, lambda: tree(app).shown(b"/r/after-restart"), 20)
         await wait_for(pilot, lambda: header.state == "connected", 20)
     await kv.close()
+
+
+@pytest.mark.slow
+async def test_the_console_speaks_mutual_tls_to_the_store_through_the_tunnel(
+    sshd: SSHServer, tmp_path: Path
+) -> None:
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("etcd-server", server=True)
+    member = start_etcd(tmp_path, tls=TLSFiles(server.cert, server.key, ca.path, True))
+    operator = ca.issue("operator", server=False)
+    endpoint = member.url.replace("127.0.0.1", "localhost")
+    settings = tunnelled(
+        sshd, endpoint, cacert=str(ca.path), cert=str(operator.cert), key=str(operator.key)
+    )
+    session = Session(settings)
+    try:
+        await session.open_tunnel()
+        assert session.endpoints[0].startswith("https://127.0.0.1:")
+        await session.client.put(b"/tls/secret", b"over ssh and tls")
+        app = ClusterConsole(session, root="/tls/")
+        async with app.run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            assert [child.name for child in tree(app).children_of(b"/tls/")] == ["secret"]
+            await wait_for(pilot, lambda: app.cluster_header.state == "connected")
+    finally:
+        await session.close()
+        member.stop()
