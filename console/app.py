@@ -252,9 +252,16 @@ async def run_console(settings: ClusterSettings, config: ConsoleConfig, root: st
         theme=config.theme,
         keymap=config.keymap,
     )
+    # A closed terminal or a kill ends the console the way q does, so whatever it started
+    # (the demo cluster, the tunnel) is stopped on the way out.
+    loop = asyncio.get_running_loop()
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(stop, app.exit)
     try:
         await app.run_async()
     finally:
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(stop)
         await session.close()
     return 0
 
@@ -270,7 +277,7 @@ async def run_demo(config: ConsoleConfig, read_only: bool) -> int:
             settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(settings, config)
         finally:
-            await asyncio.to_thread(cluster.stop)
+            cluster.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,9 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(Path(args.config) if args.config else None)
         settings = resolve_cluster(args, config)
         if args.demo:
-            # A closed terminal or a kill must still stop the demo store (its own session).
-            for stop in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(stop, lambda *_: sys.exit(0))
             return asyncio.run(run_demo(config, settings.read_only))
         return asyncio.run(run_console(settings, config, args.prefix))
     except ConfigFileError as error:

@@ -101,7 +101,7 @@ def test_closing_the_terminal_stops_the_demo_store(terminal: Terminal) -> None:
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
     assert port_open(port)
     terminal.kill()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while port_open(port) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not port_open(port), "the demo store outlived its terminal"
