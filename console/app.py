@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import signal
 import sys
 import tempfile
 import time
@@ -33,17 +34,26 @@ from console.config import (
     resolve_cluster,
 )
 from console.journal_stream import MachineAccess
+from console.screens.confirm import ConfirmScreen
+from console.screens.edit_value import EditValueScreen
 from console.screens.help import HelpRow, HelpScreen
+from console.screens.history import HistoryScreen
 from console.screens.journal import JournalPane, Target
 from console.screens.keys import WRITE_ACTIONS, KeysPane
 from console.screens.machines import MachinesPane
+from console.screens.new_key import NewKeyScreen
+from console.screens.path_prompt import PathPromptScreen
 from console.screens.subnets import SubnetsPane
 from console.screens.table_pane import TablePane
+from console.screens.text_view import TextScreen
+from console.screens.ttl import TTLScreen
 from console.screens.units import UnitsPane, short_id
 from console.session import Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
+from widgets.filter_bar import FilterBar
 from widgets.journal_view import DEFAULT_LIMIT, JournalView
+from widgets.key_tree import KeyTree
 from widgets.line_table import LineTable
 
 TABS = [
@@ -152,6 +162,7 @@ class ClusterConsole(App[None]):
                 self.notify(
                     f"theme {self.requested_theme!r} is unknown; known themes: {known}",
                     severity="warning",
+                    markup=False,
                 )
         if self.user_keymap:
             self.set_keymap(self.user_keymap)
@@ -319,12 +330,27 @@ class ClusterConsole(App[None]):
         return [
             ("Console", self.BINDINGS, set()),  # type: ignore[list-item]
             ("Keys pane", KeysPane.BINDINGS, hidden(WRITE_ACTIONS)),  # type: ignore[list-item]
+            ("Key tree", KeyTree.BINDINGS, set()),  # type: ignore[list-item]
+            ("Filter bar", FilterBar.BINDINGS, set()),  # type: ignore[list-item]
             ("Tables", LineTable.BINDINGS, set()),  # type: ignore[list-item]
             ("Machines", MachinesPane.BINDINGS, hidden(MachinesPane.WRITE_ACTIONS)),  # type: ignore[list-item]
             ("Units", UnitsPane.BINDINGS, hidden(UnitsPane.WRITE_ACTIONS)),  # type: ignore[list-item]
             ("Subnets", SubnetsPane.BINDINGS, set()),  # type: ignore[list-item]
             ("Journal", JournalPane.BINDINGS, set()),  # type: ignore[list-item]
             ("Journal view", JournalView.BINDINGS, set()),  # type: ignore[list-item]
+            (
+                "Dialogs",
+                [
+                    *ConfirmScreen.BINDINGS,
+                    *EditValueScreen.BINDINGS,
+                    *NewKeyScreen.BINDINGS,
+                    *TTLScreen.BINDINGS,
+                    *HistoryScreen.BINDINGS,
+                    *TextScreen.BINDINGS,
+                    *PathPromptScreen.BINDINGS,
+                ],
+                set(),
+            ),  # type: ignore[list-item]
         ]
 
     def action_help(self) -> None:
@@ -415,9 +441,16 @@ async def run_console(
         journal_limit=journal_limit,
         remote_clusterd=remote_clusterd,
     )
+    # A closed terminal or a kill ends the console the way q does, so whatever it started
+    # (the demo cluster, the tunnel) is stopped on the way out.
+    loop = asyncio.get_running_loop()
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(stop, app.exit)
     try:
         await app.run_async()
     finally:
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(stop)
         await session.close()
     return 0
 

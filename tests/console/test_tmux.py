@@ -100,7 +100,7 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     screen = terminal.wait_for("connected", within=60)
     screen = terminal.wait_for("/services/")
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
-    assert "/queue/  12" in screen and "/_coreos.com/" in screen
+    assert "/queue/" in screen and "/config/" in screen and "/_coreos.com/" in screen
     # Down to /config/ and open it.
     terminal.keys("Down", "Down", "Down", "Enter")
     screen = terminal.wait_for("app/")
@@ -142,3 +142,16 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     terminal.wait_for("EXITED 0", within=60)
     assert not port_open(port), "the demo store outlived the console"
     assert not processes_with(f"--endpoints http://127.0.0.1:{port}"), "demo nodes outlived it"
+
+
+@pytest.mark.slow
+def test_closing_the_terminal_stops_the_demo_store(terminal: Terminal) -> None:
+    terminal.start([sys.executable, "-m", "console.app", "--demo"])
+    screen = terminal.wait_for("connected")
+    port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
+    assert port_open(port)
+    terminal.kill()
+    deadline = time.monotonic() + 30
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not port_open(port), "the demo store outlived its terminal"
