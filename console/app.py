@@ -466,8 +466,9 @@ async def run_demo(config: ConsoleConfig, read_only: bool, journal_limit: int) -
             settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(settings, config, journal_limit=journal_limit)
         finally:
-            print("clustertui: stopping the demo cluster…", file=sys.stderr)
-            await asyncio.to_thread(cluster.stop)
+            # Nothing printed here: after a hang-up the terminal is gone, and a failed
+            # write would leave the cluster running.
+            cluster.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,6 +65,9 @@ class TablePane(Container):
 
     def update_from_model(self) -> None:
         """Rebuild the rows from the model: one repaint per batch of watch events."""
+        if not self.query(LineTable):
+            # Timers can still fire while the console closes and the table is gone.
+            return
         if not self.model.loaded.is_set():
             self.table.empty_text = "loading…"
             self.status.update(Text("waiting for the store…", style="dim italic"))
