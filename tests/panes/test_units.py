@@ -12,6 +12,7 @@ from textual.widgets import Static
 from backend import demo
 from backend.fleet.registry import Registry
 from console.app import ClusterConsole
+from console.journal_stream import MachineAccess, read_journal
 from console.screens.confirm import ConfirmScreen
 from console.screens.path_prompt import PathPromptScreen
 from console.screens.text_view import TextScreen
@@ -45,6 +46,21 @@ async def launch(registry: Registry, cluster: demo.DemoCluster, names: list[str]
     while units_running(cluster, names) != names:
         assert loop.time() < deadline, f"{names} never ran"
         await asyncio.sleep(0.1)
+
+
+async def until_logged(registry: Registry, unit: str, text: str) -> None:
+    """Wait until ``unit``'s journal on its machine holds ``text`` (read as the pane reads it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        job = await registry.job(unit)
+        machines = await registry.machines()
+        if job is not None and job.target in machines:
+            lines = await read_journal(MachineAccess(), machines[job.target], [unit], "m")
+            if any(text in entry.message for entry in lines):
+                return
+        assert loop.time() < deadline, f"{unit} never logged {text!r}"
+        await asyncio.sleep(0.2)
 
 
 async def put_cursor_on(app: ClusterConsole, pilot, name: str) -> None:
@@ -241,7 +257,7 @@ async def test_cat_shows_the_unit_file_and_enter_its_status_with_journal_lines(
 ) -> None:
     registry = registry_on(cluster.url)
     await launch(registry, cluster, ["status.service"])
-    await asyncio.sleep(1.5)
+    await until_logged(registry, "status.service", "tick status.service")
     app = console_on(cluster.url)
     async with running(app) as pilot:
         await open_units(pilot)
