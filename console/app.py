@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -27,11 +28,18 @@ from console.config import (
     parse_keymap,
     resolve_cluster,
 )
+from console.screens.confirm import ConfirmScreen
+from console.screens.edit_value import EditValueScreen
 from console.screens.help import HelpRow, HelpScreen
+from console.screens.history import HistoryScreen
 from console.screens.keys import WRITE_ACTIONS, KeysPane
+from console.screens.new_key import NewKeyScreen
+from console.screens.ttl import TTLScreen
 from console.session import Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
+from widgets.filter_bar import FilterBar
+from widgets.key_tree import KeyTree
 
 TABS = [
     ("keys", "Keys"),
@@ -110,6 +118,7 @@ class ClusterConsole(App[None]):
                 self.notify(
                     f"theme {self.requested_theme!r} is unknown; known themes: {known}",
                     severity="warning",
+                    markup=False,
                 )
         if self.user_keymap:
             self.set_keymap(self.user_keymap)
@@ -163,7 +172,15 @@ class ClusterConsole(App[None]):
     def help_rows(self) -> list[HelpRow]:
         """Every binding with the keys it has now (after the user's keymap)."""
         rows: list[HelpRow] = []
-        sections = [("Console", self.BINDINGS), ("Keys pane", KeysPane.BINDINGS)]
+        sections = [
+            ("Console", self.BINDINGS),
+            ("Keys pane", KeysPane.BINDINGS),
+            ("Key tree", KeyTree.BINDINGS),
+            ("Filter bar", FilterBar.BINDINGS),
+            ("Dialogs", [*ConfirmScreen.BINDINGS, *EditValueScreen.BINDINGS,
+                         *NewKeyScreen.BINDINGS, *TTLScreen.BINDINGS,
+                         *HistoryScreen.BINDINGS]),
+        ]  # fmt: skip
         for section, bindings in sections:
             for binding in bindings:
                 assert isinstance(binding, Binding)
@@ -235,26 +252,32 @@ async def run_console(settings: ClusterSettings, config: ConsoleConfig, root: st
         theme=config.theme,
         keymap=config.keymap,
     )
+    # A closed terminal or a kill ends the console the way q does, so whatever it started
+    # (the demo cluster, the tunnel) is stopped on the way out.
+    loop = asyncio.get_running_loop()
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(stop, app.exit)
     try:
         await app.run_async()
     finally:
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(stop)
         await session.close()
     return 0
 
 
 async def run_demo(config: ConsoleConfig, read_only: bool) -> int:
-    """Start the demo store in a temporary directory, seed it, open the console, stop it."""
+    """Start the demo cluster in a temporary directory, open the console on it, stop it."""
     from backend import demo
 
     with tempfile.TemporaryDirectory(prefix="clustertui-demo-") as root:
-        print("clustertui: starting the demo store…", file=sys.stderr)
-        store = demo.start_store(Path(root))
+        print("clustertui: starting the demo cluster…", file=sys.stderr)
+        cluster = await demo.start_cluster(Path(root))
         try:
-            await demo.seed_store(store.url)
-            settings = ClusterSettings(name="demo", endpoints=(store.url,), read_only=read_only)
+            settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(settings, config)
         finally:
-            store.stop()
+            cluster.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

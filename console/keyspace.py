@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +11,10 @@ from aetcd import rpc
 from backend.etcd import EtcdClient, KeyNotFound, RequestTooLarge, RevisionCompacted, typed_error
 from backend.keys import prefix_end
 
-PAGE = 2000
-"""Keys fetched per keys-only range while listing a directory."""
+MIN_PAGE = 32
+MAX_PAGE = 4096
+"""Bounds of the keys fetched per keys-only range while listing a directory."""
+
 
 MAX_REQUEST_BYTES = 1536 * 1024
 """etcd's default --max-request-bytes; a larger value is refused before it is sent."""
@@ -85,15 +88,21 @@ async def _range(client: EtcdClient, request: rpc.RangeRequest) -> Any:
         raise typed_error(error) from error
 
 
-async def list_dir(client: EtcdClient, prefix: bytes, page: int = PAGE) -> Listing:
-    """List ``prefix``'s children with keys-only ranges, skipping over each sub-directory.
+async def list_dir(
+    client: EtcdClient, prefix: bytes, on_page: Callable[[Listing], None] | None = None
+) -> Listing:
+    """List ``prefix``'s children with keys-only ranges, jumping over each sub-directory.
 
-    A sub-directory costs one count request and is then jumped over, so listing the root
-    of a store with 100,000 keys in a few directories reads a few pages, not every key.
+    Pages start small and grow while they hold plain keys, so a directory of many
+    sub-directories costs one short page per sub-directory (their counts come together
+    in one transaction at the end), and a directory of many keys costs a few large pages.
+    ``on_page`` sees the listing so far after each page, so a view can fill as it arrives.
     """
     start, end = range_of(prefix)
     children: list[Child] = []
+    jumped: list[Child] = []
     revision = 0
+    page = MIN_PAGE
     while True:
         response = await _range(
             client,
@@ -113,22 +122,43 @@ async def list_dir(client: EtcdClient, prefix: bytes, page: int = PAGE) -> Listi
                 children.append(Child(display_name(prefix, path), path, is_dir))
         if not response.more or not response.kvs:
             break
+        if on_page is not None:
+            on_page(Listing(prefix, list(children), revision))
         last = children[-1]
         if last.is_dir:
-            counted = await _range(
-                client,
-                rpc.RangeRequest(
-                    key=last.path,
-                    range_end=prefix_end(last.path),
-                    count_only=True,
-                    revision=revision,
-                ),
-            )
-            last.count = counted.count
+            jumped.append(last)
             start = prefix_end(last.path)
+            page = max(MIN_PAGE, page // 2)
         else:
             start = response.kvs[-1].key + b"\0"
+            page = min(page * 4, MAX_PAGE)
+    await _count_all(client, jumped, revision)
     return Listing(prefix, children, revision)
+
+
+async def _count_all(client: EtcdClient, directories: list[Child], revision: int) -> None:
+    """Set each directory's count of keys: one transaction of count-only ranges per batch."""
+    for at in range(0, len(directories), TXN_OPS):
+        batch = directories[at : at + TXN_OPS]
+        ranges = [
+            rpc.RequestOp(
+                request_range=rpc.RangeRequest(
+                    key=child.path,
+                    range_end=prefix_end(child.path),
+                    count_only=True,
+                    revision=revision,
+                )
+            )
+            for child in batch
+        ]
+        try:
+            response = await client.kvstub.Txn(
+                rpc.TxnRequest(success=ranges), timeout=client._timeout, metadata=client.metadata
+            )
+        except Exception as error:
+            raise typed_error(error) from error
+        for child, answer in zip(batch, response.responses, strict=True):
+            child.count = answer.response_range.count
 
 
 async def get_entry(client: EtcdClient, key: bytes, revision: int = 0) -> Entry:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, EtcdError, make_client, typed_error
+from backend.etcd import Endpoint, EtcdClient, EtcdError, make_client, typed_error
 from console.config import ClusterSettings
 from console.tunnel import Tunnel, TunnelState, open_tunnel
 
@@ -63,19 +63,18 @@ class Session:
         return self.tunnel.who if self.tunnel else ""
 
     @property
-    def tunnel_state(self) -> TunnelState:
-        return self.tunnel.state if self.tunnel else "connected"
-
-    @property
     def client(self) -> EtcdClient:
         """The store client, made on first use so its channel belongs to the running loop."""
         if self._client is None:
+            # Through a tunnel the client dials 127.0.0.1, but TLS must check the real name.
+            server_name = Endpoint.parse(self.settings.endpoints[0]).host if self.tunnel else None
             self._client = make_client(
                 self.endpoints,
                 cacert=self.settings.cacert,
                 cert=self.settings.cert,
                 key=self.settings.key,
                 timeout=5.0,
+                server_name=server_name,
             )
         return self._client
 

@@ -40,14 +40,10 @@ async def select(pilot: Pilot, path: bytes) -> None:
     current = key_tree.root_prefix
     while (found := child_of(current, path)) is not None and found[1] and found[0] != path:
         current = found[0]
-        await wait_for(pilot, lambda c=current: key_tree.node_for(c) is not None)
-        node = key_tree.node_for(current)
-        assert node is not None
-        node.expand()
+        await wait_for(pilot, lambda c=current: key_tree.shown(c))
+        key_tree.expand(current)
         await wait_for(pilot, lambda c=current: c in key_tree.loaded_prefixes)
-    await wait_for(pilot, lambda: key_tree.node_for(path) is not None)
-    node = key_tree.node_for(path)
-    assert node is not None
-    key_tree.move_cursor(node)
+    await wait_for(pilot, lambda: key_tree.shown(path))
+    key_tree.select_path(path)
     key_tree.focus()
     await pilot.pause()

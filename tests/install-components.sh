@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real components the tests run against, when they are missing:
-# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux.
+# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux, journalctl.
 set -euo pipefail
 
 missing=()
@@ -9,6 +9,8 @@ command -v etcdctl >/dev/null || missing+=(etcd-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
+# journalctl and journald: the journal's output is compared with the real thing.
+command -v journalctl >/dev/null || missing+=(systemd)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

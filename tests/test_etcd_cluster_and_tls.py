@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from backend.etcd import EtcdClient, EtcdError, TLSError, make_client
-from tests.harness.etcd import EtcdCluster, TLSFiles, start_etcd
+from tests.harness.etcd import EtcdCluster, EtcdMember, TLSFiles, start_etcd
 from tests.harness.pki import CA
 
 
@@ -52,64 +54,64 @@ async def test_the_client_keeps_reading_and_writing_after_the_leader_dies(
     await client.close()
 
 
+@dataclass
+class TLSSetup:
+    """A CA and a real etcd serving TLS with a certificate it signed."""
+
+    ca: CA
+    member: EtcdMember
+
+
 @pytest.fixture
-def pki(tmp_path: Path) -> tuple[CA, TLSFiles]:
+def tls_etcd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TLSSetup]:
+    """Real etcd over TLS; ``@pytest.mark.parametrize("tls_etcd", [True], indirect=True)``
+    makes it demand client certificates too."""
     ca = CA(tmp_path / "pki")
     server = ca.issue("etcd-server", server=True)
-    return ca, TLSFiles(cert=server.cert, key=server.key, ca=ca.path)
+    files = TLSFiles(
+        server.cert, server.key, ca.path, client_cert_auth=getattr(request, "param", False)
+    )
+    member = start_etcd(tmp_path, tls=files)
+    yield TLSSetup(ca, member)
+    member.stop()
 
 
 @pytest.mark.slow
-async def test_a_client_with_the_right_ca_talks_to_etcd_over_tls(
-    tmp_path: Path, pki: tuple[CA, TLSFiles]
-) -> None:
-    ca, files = pki
-    member = start_etcd(tmp_path, tls=files)
-    try:
-        assert member.url.startswith("https://")
-        client = make_client(member.url, cacert=str(ca.path), timeout=5)
-        await client.put(b"/tls/k", b"secret")
-        got = await client.get(b"/tls/k")
-        assert got is not None and got.value == b"secret"
-        await client.close()
-    finally:
-        member.stop()
+async def test_a_client_with_the_right_ca_talks_to_etcd_over_tls(tls_etcd: TLSSetup) -> None:
+    assert tls_etcd.member.url.startswith("https://")
+    client = make_client(tls_etcd.member.url, cacert=str(tls_etcd.ca.path), timeout=5)
+    await client.put(b"/tls/k", b"secret")
+    got = await client.get(b"/tls/k")
+    assert got is not None and got.value == b"secret"
+    await client.close()
 
 
 @pytest.mark.slow
-async def test_a_client_certificate_is_presented_when_etcd_demands_one(
-    tmp_path: Path, pki: tuple[CA, TLSFiles]
-) -> None:
-    ca, files = pki
-    files.client_cert_auth = True
-    member = start_etcd(tmp_path, tls=files)
-    try:
-        issued = ca.issue("operator", server=False)
-        client = make_client(
-            member.url, cacert=str(ca.path), cert=str(issued.cert), key=str(issued.key), timeout=5
-        )
-        await client.put(b"/tls/mtls", b"ok")
-        assert (await client.get(b"/tls/mtls")).value == b"ok"
-        await client.close()
-    finally:
-        member.stop()
+@pytest.mark.parametrize("tls_etcd", [True], indirect=True)
+async def test_a_client_certificate_is_presented_when_etcd_demands_one(tls_etcd: TLSSetup) -> None:
+    issued = tls_etcd.ca.issue("operator", server=False)
+    client = make_client(
+        tls_etcd.member.url,
+        cacert=str(tls_etcd.ca.path),
+        cert=str(issued.cert),
+        key=str(issued.key),
+        timeout=5,
+    )
+    await client.put(b"/tls/mtls", b"ok")
+    assert (await client.get(b"/tls/mtls")).value == b"ok"
+    await client.close()
 
 
 @pytest.mark.slow
 async def test_a_wrong_ca_fails_with_a_tls_error_that_says_what_to_check(
-    tmp_path: Path, pki: tuple[CA, TLSFiles]
+    tmp_path: Path, tls_etcd: TLSSetup
 ) -> None:
-    _ca, files = pki
     stranger = CA(tmp_path / "other", name="someone else")
-    member = start_etcd(tmp_path, tls=files)
-    try:
-        client = make_client(member.url, cacert=str(stranger.path), timeout=3)
-        with pytest.raises(TLSError) as caught:
-            await client.get(b"/tls/k")
-        assert "--cacert" in str(caught.value)
-        await client.close()
-    finally:
-        member.stop()
+    client = make_client(tls_etcd.member.url, cacert=str(stranger.path), timeout=3)
+    with pytest.raises(TLSError) as caught:
+        await client.get(b"/tls/k")
+    assert "--cacert" in str(caught.value)
+    await client.close()
 
 
 def test_a_missing_ca_file_is_named_in_the_error(tmp_path: Path) -> None:

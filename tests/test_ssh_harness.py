@@ -12,18 +12,23 @@ from tests.harness.etcd import EtcdMember
 from tests.harness.sshd import SSHServer, keygen, start_asyncssh_server
 
 
+def _connect(server: SSHServer, known_hosts: Path | None = None) -> asyncssh.SSHClientConnection:
+    """Connect with the harness's client key only: no agent, no ~/.ssh/config."""
+    return asyncssh.connect(
+        server.host,
+        server.port,
+        username=server.user,
+        client_keys=[str(server.client_key)],
+        known_hosts=str(known_hosts or server.known_hosts),
+        agent_path=None,
+        config=None,
+    )
+
+
 async def test_a_local_port_forwarded_through_real_sshd_reaches_real_etcd(
     sshd: SSHServer, etcd: EtcdMember
 ) -> None:
-    async with asyncssh.connect(
-        sshd.host,
-        sshd.port,
-        username=sshd.user,
-        client_keys=[str(sshd.client_key)],
-        known_hosts=str(sshd.known_hosts),
-        agent_path=None,
-        config=None,
-    ) as connection:
+    async with _connect(sshd) as connection:
         listener = await connection.forward_local_port(
             "127.0.0.1", 0, "127.0.0.1", etcd.client_port
         )
@@ -43,15 +48,7 @@ async def test_an_unknown_host_key_is_refused(sshd: SSHServer, tmp_path: Path) -
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {public[0]} {public[1]}\n")
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
-        await asyncssh.connect(
-            sshd.host,
-            sshd.port,
-            username=sshd.user,
-            client_keys=[str(sshd.client_key)],
-            known_hosts=str(known_hosts),
-            agent_path=None,
-            config=None,
-        )
+        await _connect(sshd, known_hosts)
 
 
 async def test_the_in_process_ssh_server_forwards_to_etcd_too(
@@ -59,15 +56,7 @@ async def test_the_in_process_ssh_server_forwards_to_etcd_too(
 ) -> None:
     acceptor, server = await start_asyncssh_server(tmp_path)
     try:
-        async with asyncssh.connect(
-            server.host,
-            server.port,
-            username=server.user,
-            client_keys=[str(server.client_key)],
-            known_hosts=str(server.known_hosts),
-            agent_path=None,
-            config=None,
-        ) as connection:
+        async with _connect(server) as connection:
             listener = await connection.forward_local_port(
                 "127.0.0.1", 0, "127.0.0.1", etcd.client_port
             )

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual import on
 from textual.binding import Binding
 from textual.message import Message
@@ -89,7 +90,7 @@ class FilterBar(Input):
             matcher = compile_filter(event.value)
         except FilterError as error:
             self.add_class("-invalid")
-            self.tooltip = str(error)
+            self.tooltip = Text(str(error))
             return
         self.remove_class("-invalid")
         self.tooltip = None

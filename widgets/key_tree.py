@@ -7,17 +7,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.text import Text
-from textual import on
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
+from textual.binding import Binding
+from textual.geometry import Region, Size
 from textual.message import Message
-from textual.widgets import Tree
-from textual.widgets.tree import TreeNode
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
+from backend.keys import prefix_end
 from console.keyspace import Child, Listing, child_of, display_name
 from widgets.filter_bar import Matcher
-from widgets.literal import literal, plural
+from widgets.literal import clean, plural
 
 PUT, DELETE = 0, 1
+STRIP_CACHE = 4096
+"""Drawn rows kept between paints; a storm mostly changes counts, not what is on screen."""
 FLASH_SECONDS = 1.0
 FLASH_LIMIT = 50
 """A batch that touches more keys than this flashes none: a storm would only blink."""
@@ -40,11 +46,9 @@ class _Dir:
             loaded.children[child.path] = child
         return loaded
 
-    def insert(self, child: Child) -> int:
-        at = bisect.bisect_left(self.paths, child.path)
-        self.paths.insert(at, child.path)
+    def insert(self, child: Child) -> None:
+        self.paths.insert(bisect.bisect_left(self.paths, child.path), child.path)
         self.children[child.path] = child
-        return at
 
     def remove(self, path: bytes) -> None:
         self.paths.pop(bisect.bisect_left(self.paths, path))
@@ -55,22 +59,66 @@ class _Dir:
         return sum(child.count for child in self.children.values())
 
 
-class KeyTree(Tree[Child]):
+@dataclass
+class _Row:
+    """One visible line: an entry and how deep it sits."""
+
+    child: Child
+    depth: int
+
+
+class KeyTree(ScrollView, can_focus=True):
     """The key space as ``etcdctl ls`` shows it, with a count of keys on each directory.
 
-    The tree never talks to the store: it asks for directories with
-    :class:`KeyTree.LoadRequested` and is fed listings and watch events.
+    Visible rows are kept in one list in key order (a directory's path sorts just before
+    everything under it), so a new key finds its row by bisection and only the lines on
+    screen are ever rendered. The tree never talks to the store: it asks for directories
+    with :class:`KeyTree.LoadRequested` and is fed listings and watch events.
     """
 
     DEFAULT_CSS = """
     KeyTree {
         width: 1fr;
         min-width: 30;
+        background: $surface;
     }
-    KeyTree > .tree--label {
-        text-style: none;
+    KeyTree > .key-tree--cursor {
+        background: $block-cursor-blurred-background;
+    }
+    KeyTree:focus > .key-tree--cursor {
+        background: $block-cursor-background;
+        color: $block-cursor-foreground;
+        text-style: bold;
+    }
+    KeyTree > .key-tree--directory {
+        text-style: bold;
+    }
+    KeyTree > .key-tree--count {
+        color: $text-muted;
+    }
+    KeyTree > .key-tree--flash {
+        background: $warning 40%;
     }
     """
+
+    COMPONENT_CLASSES = {
+        "key-tree--cursor",
+        "key-tree--directory",
+        "key-tree--count",
+        "key-tree--flash",
+    }
+
+    BINDINGS = [
+        Binding("up", "cursor(-1)", "Up", show=False, id="tree.up"),
+        Binding("down", "cursor(1)", "Down", show=False, id="tree.down"),
+        Binding("pageup", "page(-1)", "Page up", show=False, id="tree.page_up"),
+        Binding("pagedown", "page(1)", "Page down", show=False, id="tree.page_down"),
+        Binding("home", "first", "First", show=False, id="tree.first"),
+        Binding("end", "last", "Last", show=False, id="tree.last"),
+        Binding("enter,space", "toggle", "Open/close", show=False, id="tree.toggle"),
+        Binding("right", "open", "Open", show=False, id="tree.open"),
+        Binding("left", "close", "Close or up", show=False, id="tree.close"),
+    ]
 
     @dataclass
     class LoadRequested(Message):
@@ -83,145 +131,232 @@ class KeyTree(Tree[Child]):
         def control(self) -> KeyTree:
             return self.tree
 
+    @dataclass
+    class Highlighted(Message):
+        """The cursor moved to ``child``."""
+
+        tree: KeyTree
+        child: Child
+
+        @property
+        def control(self) -> KeyTree:
+            return self.tree
+
     def __init__(self, root: bytes = b"", *, id: str | None = None) -> None:
+        super().__init__(id=id)
         name = root.decode("utf-8", "backslashreplace") or "/"
-        super().__init__(literal(name), Child(name, root, True, 0), id=id)
         self.root_prefix = root
         """The directory at the top of the tree; the whole key space when empty."""
-        self.guide_depth = 3
+        self._root = Child(name, root, True, 0)
+        self._rows: list[_Row] = [_Row(self._root, 0)]
+        self._paths: list[bytes] = [root]
         self._loaded: dict[bytes, _Dir] = {}
-        self._path_nodes: dict[bytes, TreeNode[Child]] = {root: self.root}
-        self._open_dirs: set[bytes] = {root}
-        self._flash_paths: set[bytes] = set()
+        self._open: set[bytes] = {root}
+        self._flash: set[bytes] = set()
         self._name_filter: Matcher | None = None
-        self.root.expand()
+        self.cursor = 0
+        """The row the cursor is on."""
+        self._announced: bytes | None = None
+        self._base_style = Style()
+        self._styles: dict[str, Style] = {}
+        self._strips: dict[tuple[object, ...], Strip] = {}
+
+    # Queries -----------------------------------------------------------------------------
 
     @property
     def loaded_prefixes(self) -> list[bytes]:
         return list(self._loaded)
+
+    @property
+    def visible_paths(self) -> list[bytes]:
+        """The paths of the rows, top to bottom."""
+        return list(self._paths)
+
+    @property
+    def cursor_child(self) -> Child | None:
+        return self._rows[self.cursor].child if self._rows else None
 
     def children_of(self, prefix: bytes) -> list[Child]:
         """The children of a loaded directory, in key order (filter not applied)."""
         loaded = self._loaded.get(prefix)
         return [loaded.children[path] for path in loaded.paths] if loaded else []
 
+    def row_of(self, path: bytes) -> int | None:
+        """The row showing ``path``, or None when it is not on view."""
+        at = bisect.bisect_left(self._paths, path)
+        return at if at < len(self._paths) and self._paths[at] == path else None
+
     def shown(self, path: bytes) -> bool:
-        """Whether a node for ``path`` is in the tree now."""
-        return path in self._path_nodes
+        return self.row_of(path) is not None
 
-    def node_for(self, path: bytes) -> TreeNode[Child] | None:
-        return self._path_nodes.get(path)
+    def label_of(self, path: bytes) -> str | None:
+        """The text of ``path``'s row as it is drawn, or None when it is not on view."""
+        row = self.row_of(path)
+        if row is None:
+            return None
+        self.render_lines(Region(0, 0, self.size.width, 0))
+        return self._draw(row).text
 
-    def reset(self) -> None:
-        """Forget every listing, keeping which directories were open."""
-        for path in list(self._path_nodes):
-            if path != self.root_prefix:
-                self._path_nodes.pop(path)
-        self.root.remove_children()
-        self._loaded.clear()
-
-    def _label_root(self) -> None:
-        loaded = self._loaded.get(self.root_prefix)
-        if loaded is None or self.root.data is None:
-            return
-        self.root.data.count = loaded.total
-        label = literal(self.root.data.name, "bold")
-        label.append(f"  {plural(loaded.total, 'key')}", style="dim")
-        self.root.set_label(label)
-
-    def _label(self, child: Child) -> Text:
-        style = "reverse" if child.path in self._flash_paths else ""
-        if not child.is_dir:
-            return literal(child.name, style)
-        label = literal(child.name, style or "bold")
-        label.append(f"  {child.count:,}", style="dim")
-        return label
+    # Building rows -----------------------------------------------------------------------
 
     def _visible(self, child: Child) -> bool:
         return self._name_filter is None or child.is_dir or self._name_filter(child.name)
 
-    def _add(self, parent: TreeNode[Child], child: Child, before: Any = None) -> TreeNode[Child]:
-        node = parent.add(self._label(child), child, before=before, allow_expand=child.is_dir)
-        self._path_nodes[child.path] = node
-        return node
-
-    def _forget(self, node: TreeNode[Child]) -> None:
-        """Drop a node's descendants from the indexes (the tree drops the nodes themselves)."""
-        for child in node.children:
-            if child.data is not None:
-                self._path_nodes.pop(child.data.path, None)
-                self._loaded.pop(child.data.path, None)
-            self._forget(child)
-
-    def _render_dir(self, prefix: bytes) -> None:
-        node = self._path_nodes.get(prefix)
+    def _rows_under(self, prefix: bytes, depth: int) -> list[_Row]:
+        """Rows for an open directory's children, and theirs where open, in order."""
         loaded = self._loaded.get(prefix)
-        if node is None or loaded is None:
-            return
-        for child_node in node.children:
-            if child_node.data is not None:
-                self._path_nodes.pop(child_node.data.path, None)
-        node.remove_children()
+        if loaded is None:
+            return []
+        rows: list[_Row] = []
         for path in loaded.paths:
             child = loaded.children[path]
-            if self._visible(child):
-                added = self._add(node, child)
-                if child.is_dir and path in self._open_dirs:
-                    added.expand()
-                    self._render_dir(path)
-        if prefix == self.root_prefix:
-            self._label_root()
+            if not self._visible(child):
+                continue
+            rows.append(_Row(child, depth))
+            if child.is_dir and path in self._open:
+                rows.extend(self._rows_under(path, depth + 1))
+        return rows
+
+    def _descendants(self, row: int) -> tuple[int, int]:
+        """The slice of rows under the directory on ``row``."""
+        path = self._paths[row]
+        if path == b"":
+            return row + 1, len(self._rows)
+        return row + 1, bisect.bisect_left(self._paths, prefix_end(path), lo=row + 1)
+
+    def _replace(self, start: int, end: int, rows: list[_Row]) -> None:
+        self._rows[start:end] = rows
+        self._paths[start:end] = [row.child.path for row in rows]
+
+    def _refill(self, prefix: bytes) -> None:
+        """Rebuild the rows under an open directory from its listing."""
+        row = self.row_of(prefix)
+        if row is None or prefix not in self._open:
+            return
+        start, end = self._descendants(row)
+        self._replace(start, end, self._rows_under(prefix, self._rows[row].depth + 1))
+
+    def _changed(self, keep: bytes | None = None, offset: int | None = None) -> None:
+        """After rows moved: keep the cursor on ``keep`` (same screen line) and repaint."""
+        if keep is not None:
+            at = bisect.bisect_left(self._paths, keep)
+            self.cursor = min(at, len(self._rows) - 1)
+            target = max(self.cursor - offset, 0) if offset is not None else None
+            if target is not None and target != int(self.scroll_y):
+                self.scroll_to(y=target, animate=False, immediate=True)
+        self.cursor = max(0, min(self.cursor, len(self._rows) - 1))
+        self._resize_rows()
+        self.refresh()
+        self._announce()
+
+    def _anchor(self) -> tuple[bytes | None, int]:
+        child = self.cursor_child
+        return (child.path if child else None), self.cursor - int(self.scroll_y)
+
+    # Feeding -----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every listing, keeping which directories were open."""
+        self._loaded.clear()
+        self._replace(1, len(self._rows), [])
+        self._changed()
 
     def show_listing(self, listing: Listing) -> None:
-        """Fill a directory from a fresh listing."""
+        """Fill a directory from a (possibly partial) listing."""
+        keep, offset = self._anchor()
         self._loaded[listing.prefix] = _Dir.of(listing)
-        self._render_dir(listing.prefix)
-        node = self._path_nodes.get(listing.prefix)
-        if node is not None and node.data is not None and listing.prefix != self.root_prefix:
-            node.data.count = self._loaded[listing.prefix].total
-            node.set_label(self._label(node.data))
+        self._refill(listing.prefix)
+        self._recount(listing.prefix)
+        self._changed(keep, offset)
+
+    def _recount(self, prefix: bytes) -> None:
+        loaded = self._loaded.get(prefix)
+        row = self.row_of(prefix)
+        if loaded is not None and row is not None:
+            self._rows[row].child.count = loaded.total
 
     def set_filter(self, matcher: Matcher | None) -> None:
+        keep, offset = self._anchor()
         self._name_filter = matcher
-        self._render_dir(self.root_prefix)
+        self._replace(1, len(self._rows), self._rows_under(self.root_prefix, 1))
+        self._changed(keep, offset)
 
-    @on(Tree.NodeExpanded)
-    def _expanded_node(self, event: Tree.NodeExpanded[Child]) -> None:
-        child = event.node.data
-        if child is None or not child.is_dir:
+    def expand(self, path: bytes) -> None:
+        """Open the directory on view at ``path``, asking for it to be listed if needed."""
+        row = self.row_of(path)
+        if row is None or not self._rows[row].child.is_dir or path in self._open:
             return
-        self._open_dirs.add(child.path)
-        # The root is listed by whoever owns the tree, before anything else.
-        if child.path != self.root_prefix and child.path not in self._loaded:
-            self.post_message(self.LoadRequested(self, child.path))
+        self._open.add(path)
+        if path in self._loaded:
+            keep, offset = self._anchor()
+            self._refill(path)
+            self._changed(keep, offset)
+        else:
+            self.refresh()
+            self.post_message(self.LoadRequested(self, path))
 
-    @on(Tree.NodeCollapsed)
-    def _collapsed_node(self, event: Tree.NodeCollapsed[Child]) -> None:
-        if event.node.data is not None:
-            self._open_dirs.discard(event.node.data.path)
+    def collapse(self, path: bytes) -> None:
+        row = self.row_of(path)
+        if row is None or path not in self._open or path == self.root_prefix:
+            return
+        keep, offset = self._anchor()
+        self._open.discard(path)
+        start, end = self._descendants(row)
+        self._replace(start, end, [])
+        if keep is not None and keep.startswith(path):
+            keep = path
+        self._changed(keep, offset)
+
+    def select_path(self, path: bytes) -> bool:
+        """Put the cursor on ``path`` if it is on view."""
+        row = self.row_of(path)
+        if row is None:
+            return False
+        self._move(row)
+        return True
 
     def apply_events(self, events: Iterable[Any]) -> set[bytes]:
         """Apply one batch of watch events (``aetcd.rpc.Event``); return the keys touched.
 
-        A directory listed at a revision ignores events at or before it, so listings and
-        the watch can race without counting a key twice.
+        A directory ignores events at or before the revision it was listed at or last
+        brought up to, so listings and the watch can race, and batches can be replayed,
+        without counting a key twice.
         """
+        keep, offset = self._anchor()
         touched: set[bytes] = set()
-        relabel: set[bytes] = set()
-        rerender: set[bytes] = set()
+        added: list[tuple[bytes, Child]] = []
+        removed: list[bytes] = []
+        newest = 0
         for event in events:
-            key = event.kv.key
-            touched.add(key)
-            self._apply(event.type, key, event.kv.mod_revision, event.kv.version, relabel, rerender)
-        for prefix in rerender:
-            self._rerender_changed(prefix)
-        flash = len(touched) <= FLASH_LIMIT
-        if flash:
-            self._flash_paths |= touched
+            kv = event.kv
+            touched.add(kv.key)
+            newest = max(newest, kv.mod_revision)
+            self._apply(event.type, kv.key, kv.mod_revision, kv.version, added, removed)
+        # Every loaded directory has now seen the batch, so replaying it changes nothing.
+        for loaded in self._loaded.values():
+            loaded.revision = max(loaded.revision, newest)
+        for path in removed:
+            row = self.row_of(path)
+            if row is not None:
+                end = self._descendants(row)[1] if self._rows[row].child.is_dir else row + 1
+                self._replace(row, end, [])
+        for parent, child in added:
+            parent_row = self.row_of(parent)
+            if parent_row is None or parent not in self._open or not self._visible(child):
+                continue
+            if self.row_of(child.path) is not None:
+                continue
+            at = bisect.bisect_left(self._paths, child.path)
+            self._replace(at, at, [_Row(child, self._rows[parent_row].depth + 1)])
+        self._recount(self.root_prefix)
+        if len(touched) <= FLASH_LIMIT:
+            self._flash |= touched
             self.set_timer(FLASH_SECONDS, lambda: self._unflash(touched))
-        for path in relabel | (touched if flash else set()):
-            self._relabel(path)
-        self._label_root()
+        if keep is not None and self.row_of(keep) is None:
+            # The key under the cursor went: stay on the same line, on its neighbour.
+            self.cursor = min(self.cursor, len(self._rows) - 1)
+            keep = self._paths[self.cursor]
+        self._changed(keep, offset)
         return touched
 
     def _apply(
@@ -230,8 +365,8 @@ class KeyTree(Tree[Child]):
         key: bytes,
         revision: int,
         version: int,
-        relabel: set[bytes],
-        rerender: set[bytes],
+        added: list[tuple[bytes, Child]],
+        removed: list[bytes],
     ) -> None:
         prefix = self.root_prefix
         while (loaded := self._loaded.get(prefix)) is not None:
@@ -242,52 +377,154 @@ class KeyTree(Tree[Child]):
             if revision > loaded.revision:
                 existing = loaded.children.get(path)
                 if kind == PUT and existing is None:
-                    name = display_name(prefix, path)
-                    loaded.insert(Child(name, path, is_dir))
-                    rerender.add(prefix)
+                    child = Child(display_name(prefix, path), path, is_dir)
+                    loaded.insert(child)
+                    added.append((prefix, child))
                 elif kind == PUT and is_dir and version == 1 and existing is not None:
                     existing.count += 1
-                    relabel.add(path)
                 elif kind == DELETE and existing is not None:
                     existing.count -= 1
-                    relabel.add(path)
                     if not is_dir or existing.count <= 0:
                         loaded.remove(path)
-                        rerender.add(prefix)
+                        removed.append(path)
+                        self._drop(path)
             if not is_dir:
                 return
             prefix = path
 
-    def _rerender_changed(self, prefix: bytes) -> None:
-        """Add nodes for new children and drop nodes of gone ones, keeping the rest in place."""
-        node = self._path_nodes.get(prefix)
-        loaded = self._loaded.get(prefix)
-        if node is None or loaded is None:
-            return
-        for child_node in list(node.children):
-            data = child_node.data
-            if data is not None and data.path not in loaded.children:
-                self._forget(child_node)
-                self._path_nodes.pop(data.path, None)
-                self._loaded.pop(data.path, None)
-                child_node.remove()
-        for at, path in enumerate(loaded.paths):
-            child = loaded.children[path]
-            if path in self._path_nodes or not self._visible(child):
-                continue
-            before = None
-            for later in loaded.paths[at + 1 :]:
-                if later in self._path_nodes:
-                    before = self._path_nodes[later]
-                    break
-            self._add(node, child, before=before)
-
-    def _relabel(self, path: bytes) -> None:
-        node = self._path_nodes.get(path)
-        if node is not None and node.data is not None:
-            node.set_label(self._label(node.data))
+    def _drop(self, path: bytes) -> None:
+        """Forget listings under a directory that has gone."""
+        for prefix in [p for p in self._loaded if p.startswith(path)]:
+            del self._loaded[prefix]
 
     def _unflash(self, paths: set[bytes]) -> None:
-        self._flash_paths -= paths
-        for path in paths:
-            self._relabel(path)
+        self._flash -= paths
+        self.refresh()
+
+    # Cursor and keys ---------------------------------------------------------------------
+
+    def _move(self, row: int) -> None:
+        self.cursor = max(0, min(row, len(self._rows) - 1))
+        height = self.scrollable_content_region.height or 1
+        top = int(self.scroll_y)
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+        elif self.cursor >= top + height:
+            self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True)
+        self.refresh()
+        self._announce()
+
+    def _announce(self) -> None:
+        child = self.cursor_child
+        if child is not None and child.path != self._announced:
+            self._announced = child.path
+            self.post_message(self.Highlighted(self, child))
+
+    def action_cursor(self, step: int) -> None:
+        self._move(self.cursor + step)
+
+    def action_page(self, direction: int) -> None:
+        height = self.scrollable_content_region.height or 1
+        self._move(self.cursor + direction * height)
+
+    def action_first(self) -> None:
+        self._move(0)
+
+    def action_last(self) -> None:
+        self._move(len(self._rows) - 1)
+
+    def action_toggle(self) -> None:
+        child = self.cursor_child
+        if child is None or not child.is_dir:
+            return
+        if child.path in self._open:
+            self.collapse(child.path)
+        else:
+            self.expand(child.path)
+
+    def action_open(self) -> None:
+        child = self.cursor_child
+        if child is not None and child.is_dir:
+            self.expand(child.path)
+
+    def action_close(self) -> None:
+        child = self.cursor_child
+        if child is None:
+            return
+        if child.is_dir and child.path in self._open and child.path != self.root_prefix:
+            self.collapse(child.path)
+            return
+        depth = self._rows[self.cursor].depth
+        for row in range(self.cursor - 1, -1, -1):
+            if self._rows[row].depth < depth:
+                self._move(row)
+                return
+
+    def on_click(self, event: events.Click) -> None:
+        row = int(self.scroll_y) + event.y
+        if not 0 <= row < len(self._rows):
+            return
+        if row == self.cursor:
+            self.action_toggle()
+        else:
+            self._move(row)
+
+    # Rendering ---------------------------------------------------------------------------
+
+    def on_resize(self) -> None:
+        self._resize_rows()
+
+    def _resize_rows(self) -> None:
+        size = Size(self.size.width, len(self._rows))
+        if size != self.virtual_size:
+            # Assigning virtual_size lays the whole screen out again; a tree that grows with
+            # every watch batch only needs its scrollbar told.
+            self.set_reactive(ScrollView.virtual_size, size)
+            self._scroll_update(size)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # Looking styles up walks every ancestor: once per paint, not once per line.
+        self._styles = {
+            name: self.get_component_rich_style(f"key-tree--{name}")
+            for name in ("cursor", "directory", "count", "flash")
+        }
+        self._base_style = self.rich_style
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        row = int(self.scroll_y) + y
+        if row >= len(self._rows):
+            return Strip.blank(self.scrollable_content_region.width, self._base_style)
+        return self._draw(row)
+
+    def _draw(self, row: int) -> Strip:
+        width = self.scrollable_content_region.width
+        base = self._base_style
+        entry = self._rows[row]
+        child = entry.child
+        is_open = child.path in self._open
+        flash = child.path in self._flash
+        cursor = row == self.cursor
+        key = (child.path, child.count, entry.depth, is_open, flash, cursor, width, base)
+        cached = self._strips.get(key)
+        if cached is not None:
+            return cached
+        styles = self._styles
+        lead = "  " * entry.depth + (("▼ " if is_open else "▶ ") if child.is_dir else "  ")
+        segments = [
+            Segment(lead),
+            Segment(clean(child.name), styles["directory"] if child.is_dir else None),
+        ]
+        if child.is_dir:
+            count = plural(child.count, "key") if child is self._root else f"{child.count:,}"
+            segments.append(Segment(f"  {count}", styles["count"]))
+        strip = Strip(segments).apply_style(base)
+        strip = strip.crop_extend(0, width, base)
+        # Highlights go over the row's own colours (apply_style would go under them).
+        for on, name in ((flash, "flash"), (cursor, "cursor")):
+            if on:
+                strip = Strip(Segment.apply_style(iter(strip), post_style=styles[name]), width)
+        if len(self._strips) > STRIP_CACHE:
+            self._strips.clear()
+        self._strips[key] = strip
+        return strip

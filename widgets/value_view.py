@@ -6,7 +6,6 @@ import json
 import string
 
 import yaml
-from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -82,10 +81,11 @@ class ValueView(VerticalScroll):
     }
     ValueView > #value-meta {
         color: $text-muted;
-        margin-bottom: 1;
+        height: 2;
     }
     ValueView > #value-key {
         text-style: bold;
+        height: 1;
     }
     """
 
@@ -97,6 +97,8 @@ class ValueView(VerticalScroll):
         """How the value was shown: json, yaml, text, binary or empty."""
         self.text = ""
         """The value as shown, without styles."""
+        self.meta = ""
+        """The metadata line as shown, without styles."""
         self.ttl: int | None = None
         """Seconds left on the key's lease, counted down locally between reads."""
         self._ticker = None
@@ -116,15 +118,18 @@ class ValueView(VerticalScroll):
         key_label = self.query_one("#value-key", Static)
         body = self.query_one("#value-body", Static)
         if entry is None:
-            key_label.update(literal(note, "dim") if note else Text("select a key", style="dim"))
-            self.query_one("#value-meta", Static).update("")
+            key_label.update(
+                literal(note, "dim") if note else Text("select a key", style="dim"), layout=False
+            )
+            self.query_one("#value-meta", Static).update("", layout=False)
             body.update("")
             self.kind = "empty"
             self.text = ""
             if self._ticker is not None:
                 self._ticker.pause()
             return
-        key_label.update(literal(entry.key))
+        # The key and metadata lines have fixed heights: no need to lay the screen out again.
+        key_label.update(literal(entry.key), layout=False)
         self.kind, renderable = render_value(entry.value)
         self.text = renderable.code if isinstance(renderable, Syntax) else renderable.plain
         body.update(renderable)
@@ -149,7 +154,8 @@ class ValueView(VerticalScroll):
                 meta.append("expired", style="bold red")
             else:
                 meta.append(f"TTL {self.ttl}s", style="bold")
-        self.query_one("#value-meta", Static).update(Group(meta))
+        self.meta = meta.plain
+        self.query_one("#value-meta", Static).update(meta, layout=False)
 
     def _tick(self) -> None:
         if self.ttl is None:

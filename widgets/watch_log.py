@@ -37,7 +37,7 @@ class WatchLog(RichLog):
         self.prefix = prefix
         self.clear()
         self.add_class("-active")
-        self.border_title = f"watching {literal(prefix).plain or '/'}"
+        self.border_title = Text(f"watching {literal(prefix).plain or '/'}")
 
     def stop(self) -> None:
         self.prefix = None

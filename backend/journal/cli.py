@@ -175,6 +175,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-u", "--unit", action="append", default=[], help="show entries of UNIT (repeatable, globs)"
     )
     parser.add_argument(
+        "-t",
+        "--identifier",
+        action="append",
+        default=[],
+        help="show entries with this SYSLOG_IDENTIFIER (repeatable)",
+    )
+    parser.add_argument(
+        "matches", nargs="*", metavar="FIELD=VALUE", help="show entries whose FIELD is VALUE"
+    )
+    parser.add_argument(
         "-f", "--follow", action="store_true", help="print new entries as they come"
     )
     parser.add_argument(
@@ -207,8 +217,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", default="short", choices=FORMATS, help="output format (short)"
     )
     parser.add_argument(
-        "-a", "--all", action="store_true", help="keep long and unprintable fields in JSON"
+        "-a",
+        "--all",
+        action="store_true",
+        help="show fields in full: long JSON values, unprintable messages, colours",
     )
+    parser.add_argument("--utc", action="store_true", help="show times in UTC")
     parser.add_argument("-q", "--quiet", action="store_true", help="no '-- No entries --' notice")
     parser.add_argument(
         "--no-pager", action="store_true", help="accepted for journalctl's sake: never pages"
@@ -238,8 +252,17 @@ def build_query(args: argparse.Namespace) -> Query:
         elif args.cursor and realtime is not None:
             realtime -= 1
         after = (journal_id, seqnum, realtime)
+    fields: dict[str, list[bytes]] = {}
+    for match in args.matches:
+        name, sep, value = match.partition("=")
+        if not sep or not name or not name.replace("_", "").isalnum() or not name.isupper():
+            raise UsageError(f"{match!r} is not a FIELD=VALUE match (fields are upper case)")
+        fields.setdefault(name, []).append(value.encode())
+    for identifier in args.identifier:
+        fields.setdefault("SYSLOG_IDENTIFIER", []).append(identifier.encode())
     return Query(
         units=list(args.unit),
+        fields=fields,
         priorities=parse_priorities(args.priority) if args.priority else None,
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
@@ -298,10 +321,16 @@ def _backlog(
 def show(args: argparse.Namespace, out: Output) -> int:
     if args.follow and args.reverse:
         raise UsageError("--follow and --reverse cannot be combined")
+    if args.utc:
+        os.environ["TZ"] = "UTC"
+        time.tzset()
     query = build_query(args)
     journal = Journal(args.data_dir)
     formatter = Formatter(args.output, journal.journal_id, show_all=args.all)
-    lines = getattr(args, "lines", 10 if args.follow else None)
+    # As journalctl: -f alone starts with the last 10; from a cursor or a time it starts
+    # there, which is how a follower that lost its connection resumes without a gap.
+    starts_somewhere = args.after_cursor or args.cursor or args.since
+    lines = getattr(args, "lines", 10 if args.follow and not starts_somewhere else None)
     shown: Record | None = None
 
     # A follower takes the end first and shows the backlog up to it, so that nothing

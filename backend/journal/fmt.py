@@ -1,9 +1,4 @@
-"""Provides journalctl's output formats and the one parser for its JSON and ours.
-
-Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise`` and ``cat``,
-written byte for byte as journalctl (systemd 252) writes them when not on a terminal:
-full width, no colours. Times are local, so ``TZ=UTC`` gives journalctl's UTC output.
-"""
+"""Provides journalctl's output formats and the one parser for its JSON and ours."""
 
 from __future__ import annotations
 
@@ -184,7 +179,12 @@ def _single(value: Value) -> bytes | None:
 
 
 class Formatter:
-    """Turns records of one journal into one output format's bytes."""
+    """Turns records of one journal into one output format's bytes.
+
+    Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise`` and ``cat``,
+    written byte for byte as journalctl (systemd 252) writes them when not on a terminal:
+    full width, no colours. Times are local, so ``TZ=UTC`` gives journalctl's UTC output.
+    """
 
     def __init__(self, mode: str, journal_id: str, *, show_all: bool = False) -> None:
         if mode not in FORMATS:
@@ -268,6 +268,10 @@ class Formatter:
         message = _single(fields.get("MESSAGE"))
         if message is None:
             return b""
+        # As journalctl: the sender's own clock when it gave one, else the journal's.
+        source = _single(fields.get("_SOURCE_REALTIME_TIMESTAMP"))
+        if source and source.isdigit():
+            realtime = int(source)
         line = self._timestamp(realtime)
         hostname = _single(fields.get("_HOSTNAME"))
         if hostname and printable(hostname):
@@ -281,7 +285,7 @@ class Formatter:
         line += b": "
         if not self.show_all:
             message = strip_tab_ansi(message)
-        if not printable(message):
+        if not self.show_all and not printable(message):
             return line + b"[" + format_bytes(len(message)).encode() + b" blob data]\n"
         lines = message.split(b"\n")
         if len(lines) > 1 and not lines[-1]:

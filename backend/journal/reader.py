@@ -1,9 +1,4 @@
-"""Provides reading a journal: filters, the newest N entries, and following new ones.
-
-Following waits on inotify (through ctypes) for the journal directory, so an idle
-follower costs nothing; a torn or half-written tail is simply not read until it is whole,
-and rotation is followed from one segment to the next.
-"""
+"""Provides reading a journal: filters, the newest N entries, and following new ones."""
 
 from __future__ import annotations
 
@@ -40,9 +35,12 @@ def mangle_unit(name: str) -> str:
 
 @dataclass
 class Query:
-    """Which entries to show: journalctl's ``-u``, ``-p``, ``-S``, ``-U``, ``-g``, cursors."""
+    """Which entries to show: journalctl's ``-u``, ``-t``, ``FIELD=VALUE``, ``-p``, ``-S``,
+    ``-U``, ``-g`` and cursors. Values of one field are or-ed, different fields and-ed."""
 
     units: list[str] = field(default_factory=list)
+    fields: dict[str, list[bytes]] = field(default_factory=dict)
+    """Exact matches, as journalctl's ``FIELD=VALUE`` arguments (``-t`` adds to them)."""
     priorities: frozenset[int] | None = None
     since: int | None = None
     until: int | None = None
@@ -59,6 +57,10 @@ class Query:
             for name in ("_SYSTEMD_UNIT", "UNIT")
         ]
         self._unit_globs = [unit for unit in self.units if any(ch in unit for ch in "*?[")]
+        self._field_needles = [
+            [store.encode_name(name) + store.encode_value(value) for value in values]
+            for name, values in self.fields.items()
+        ]
 
     def bind(self, journal_id: str) -> None:
         """Resolve the cursor against this journal: by seqnum if it is ours, else by time."""
@@ -86,6 +88,9 @@ class Query:
                 return False
         if self.units and not self._unit_matches(record):
             return False
+        for needles in self._field_needles:
+            if not any(needle in record[5] for needle in needles):
+                return False
         if self.grep is not None:
             message = record_fields(record).get("MESSAGE")
             if not isinstance(message, bytes):
@@ -111,6 +116,7 @@ class Query:
     def trivial(self) -> bool:
         return (
             not self.units
+            and not self.fields
             and self.priorities is None
             and self.since is None
             and self.until is None
@@ -203,8 +209,9 @@ class Journal:
     ) -> tuple[list[Record], Position | None]:
         """Whole entries written after ``position``, and the position after them.
 
-        Moves on to the next segment only once a newer one exists: that is when the
-        writer has finished the current one.
+        A torn or half-written tail is not read until it is whole. The reader moves on to
+        the next segment only once a newer one exists, which is when writers are done
+        with the current one; the segment stays open, so rotation cannot pull it away.
         """
         query.bind(self.journal_id)
         out: list[Record] = []
@@ -246,7 +253,12 @@ _IN_CLOEXEC = os.O_CLOEXEC
 
 
 class DirectoryWatch:
-    """Wakes when anything in a directory changes: inotify, or a stat poll without it."""
+    """Wakes when anything in a directory changes: inotify, or a stat poll without it.
+
+    inotify comes through ctypes (the standard library has no binding); an idle follower
+    then sleeps in poll() and costs nothing. Without inotify, it looks at the newest
+    segment's size every 50 ms.
+    """
 
     POLL_INTERVAL = 0.05
 

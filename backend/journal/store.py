@@ -1,19 +1,4 @@
-"""Provides the journal's on-disk layout: append-only segment files of checksummed records.
-
-A journal is a directory of segments named by the sequence number of their first entry
-(``000000000000002a.journal``), plus an ``id`` file (the journal's sequence-number ID, as
-journald's ``__SEQNUM_ID``) and a ``.lock`` file writers hold while they append.
-
-A segment is ``MAGIC`` followed by frames, one per batch a writer appends with a single
-``write()``: ``<u32 length><u32 crc32>`` and that many bytes of records. A record is
-``<u32 length><u64 seqnum><u64 realtime µs><u64 monotonic µs><u8 priority><u8 flags>``
-followed by the entry's fields already encoded as a JSON object's members (``"MESSAGE":"…",
-"PRIORITY":"6"``), the way journalctl's ``-o json`` writes them. Keeping fields pre-encoded is
-what lets ``-o json`` run at hundreds of thousands of lines a second: output is a copy, not a
-re-encoding. One checksum per frame rather than per record keeps reads cheap; a torn frame
-(the writer died inside ``write()``) is skipped whole, and its entries were never complete.
-Priority and time sit in the fixed header so filters never decode the fields.
-"""
+"""Provides the journal's on-disk layout: append-only segments of checksummed frames."""
 
 from __future__ import annotations
 
@@ -26,6 +11,19 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+# A journal is a directory of segments named by the sequence number of their first entry
+# (``000000000000002a.journal``), plus an ``id`` file (the journal's sequence-number ID, as
+# journald's ``__SEQNUM_ID``) and a ``.lock`` file writers hold while they append.
+#
+# A segment is ``MAGIC`` followed by frames, one per batch a writer appends with a single
+# ``write()``: ``<u32 length><u32 crc32>`` and that many bytes of records. A record is
+# ``<u32 length><u64 seqnum><u64 realtime µs><u64 monotonic µs><u8 priority><u8 flags>``
+# followed by the entry's fields already encoded as a JSON object's members (``"MESSAGE":"…",
+# "PRIORITY":"6"``), the way journalctl's ``-o json`` writes them. Keeping fields pre-encoded is
+# what lets ``-o json`` run at hundreds of thousands of lines a second: output is a copy, not a
+# re-encoding. One checksum per frame rather than per record keeps reads cheap; a torn frame
+# (the writer died inside ``write()``) is skipped whole, and its entries were never complete.
+# Priority and time sit in the fixed header so filters never decode the fields.
 MAGIC = b"CTJRNL1\n"
 FRAME = struct.Struct("<II")
 RECORD = struct.Struct("<IQQQBB")
@@ -35,8 +33,8 @@ FLAG_LONG_FIELD = 1
 # journalctl writes a field this long (or longer) as null in JSON unless --all is given.
 JSON_THRESHOLD = 4096
 
-# What journald's utf8_is_printable() rejects: C0 controls except newline, DEL and C1 controls.
-_NOT_PRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# What systemd's utf8_is_printable() rejects: C0 controls but tab and newline, DEL, C1.
+_NOT_PRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Bytes that keep a value off the fast path (copied verbatim between quotes).
 _NEEDS_CARE = re.compile(rb'[\x00-\x1f\x7f-\xff"\\]')
 

@@ -1,13 +1,4 @@
-"""Provides ``JournalWriter``: appends entries to a machine's journal, line by line or in bulk.
-
-Lines are buffered in memory and written by a background thread within a few milliseconds,
-so a follower sees them almost at once; the file is fsynced at least once a second. A
-crash therefore loses at most the last second, and older entries are never touched:
-every write is a checksummed frame, and a writer cuts a torn tail off before it appends.
-
-Several writers (the node agent, any number of ``clusterd cat``) may share one journal:
-each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its batch.
-"""
+"""Provides ``JournalWriter``: appends entries to a machine's journal, line by line or in bulk."""
 
 from __future__ import annotations
 
@@ -66,6 +57,14 @@ class JournalWriter:
 
     ``max_bytes`` caps the journal's total size: segments are ``max_bytes / 8`` (at most
     16 MiB) and the oldest are deleted so that the total stays under the cap.
+
+    Lines are buffered in memory and written by a background thread within a few milliseconds,
+    so a follower sees them almost at once; the file is fsynced at least once a second. A
+    crash therefore loses at most the last second, and older entries are never touched:
+    every write is a checksummed frame, and a writer cuts a torn tail off before it appends.
+
+    Several writers (the node agent, any number of ``clusterd cat``) may share one journal:
+    each takes an exclusive ``flock`` on ``journal/.lock`` to number and append its batch.
     """
 
     def __init__(

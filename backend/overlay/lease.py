@@ -1,14 +1,4 @@
-"""Provides ``SubnetManager``: acquires, keeps and re-acquires this machine's overlay subnet.
-
-The layout and the order of choices are flannel's (its etcd subnet manager):
-
-1. an existing lease whose PublicIP is ours is reused (a restart keeps its subnet);
-2. else the subnet in our previous ``subnet.env``, when it is free and still valid;
-3. else a random pick among up to 100 free subnets between SubnetMin and SubnetMax,
-   created with a "create if absent" transaction under a TTL lease, retried on lost races.
-
-A key under ``subnets/`` that has no lease is a reservation and is never handed out.
-"""
+"""Provides ``SubnetManager``: acquires, keeps and re-acquires this machine's overlay subnet."""
 
 from __future__ import annotations
 
@@ -25,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, EtcdError
+from backend.etcd import EtcdClient, EtcdError, typed_error
+from backend.keys import prefix_end
 from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
 
 log = logging.getLogger("clusterd.overlay")
@@ -104,7 +96,17 @@ def write_subnet_env(path: Path, lease: Lease, *, ip_masq: bool) -> None:
 
 
 class SubnetManager:
-    """Keeps one subnet leased for ``public_ip``, as flanneld does, until ``stop`` is set."""
+    """Keeps one subnet leased for ``public_ip``, as flanneld does, until ``stop`` is set.
+
+    The layout and the order of choices are flannel's (its etcd subnet manager):
+
+    1. an existing lease whose PublicIP is ours is reused (a restart keeps its subnet);
+    2. else the subnet in our previous ``subnet.env``, when it is free and still valid;
+    3. else a random pick among up to 100 free subnets between SubnetMin and SubnetMax,
+       created with a "create if absent" transaction under a TTL lease, retried on lost races.
+
+    A key under ``subnets/`` that has no lease is a reservation and is never handed out.
+    """
 
     def __init__(
         self,
@@ -177,7 +179,7 @@ class SubnetManager:
         return list(await self.client.get_prefix(self.subnets_prefix))
 
     async def acquire(self) -> Lease:
-        """Take a subnet for this machine (see the module's docstring for the order)."""
+        """Take a subnet for this machine (in flannel's order: see the class)."""
         config = await self.read_config()
         taken = await self._list()
         previous = self._previous_subnet(config)
@@ -186,7 +188,7 @@ class SubnetManager:
             while True:
                 mine = self._find_mine(taken, config)
                 if mine is not None:
-                    lease = await self._reuse(mine, config)
+                    lease, taken = await self._reuse(mine, config)
                 else:
                     busy = {parse_subnet_key(kv.key) for kv in taken}
                     if previous is not None and previous not in busy:
@@ -196,17 +198,47 @@ class SubnetManager:
                     previous = None
                     if granted is None:
                         granted = await self.client.lease(max(1, round(self.ttl)))
-                    lease = await self._create(subnet, config, granted.id, granted.ttl)
+                    lease, taken = await self._create(subnet, config, granted.id, granted.ttl)
                     if lease is not None:
                         granted = None
                 if lease is not None:
                     return lease
                 log.debug("lost a race for a subnet, looking again")
-                taken = await self._list()
         finally:
             if granted is not None:
                 with contextlib.suppress(EtcdError):
                     await self.client.revoke_lease(granted.id)
+
+    async def _put_if(
+        self, compare: rpc.Compare, key: bytes, value: bytes, lease_id: int
+    ) -> tuple[int | None, list[Any]]:
+        """Put ``key`` if ``compare`` holds: (revision of the put, []) or (None, the subnets).
+
+        On failure the same transaction reads the subnets back, which saves a round trip
+        per lost race when many machines start at once.
+        """
+        subnets = self.subnets_prefix
+        request = rpc.TxnRequest(
+            compare=[compare],
+            success=[
+                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease_id))
+            ],
+            failure=[
+                rpc.RequestOp(
+                    request_range=rpc.RangeRequest(key=subnets, range_end=prefix_end(subnets))
+                )
+            ],
+        )
+        await self.client.connect()
+        try:
+            response = await self.client.kvstub.Txn(
+                request, timeout=self.client.config.timeout, metadata=self.client.metadata
+            )
+        except grpc.RpcError as error:
+            raise typed_error(error) from error
+        if response.succeeded:
+            return response.header.revision, []
+        return None, list(response.responses[0].response_range.kvs)
 
     def _find_mine(self, taken: list[Any], config: NetworkConfig) -> Any | None:
         for kv in taken:
@@ -223,28 +255,29 @@ class SubnetManager:
                 return kv
         return None
 
-    async def _reuse(self, kv: Any, config: NetworkConfig) -> Lease | None:
+    async def _reuse(self, kv: Any, config: NetworkConfig) -> tuple[Lease | None, list[Any]]:
         subnet = parse_subnet_key(kv.key)
         assert subnet is not None
         if kv.lease == 0:
             log.info("using %s, reserved for %s", subnet, self.public_ip)
-            return Lease(subnet, self.public_ip, kv.key, 0, 0, kv.mod_revision, config)
+            return Lease(subnet, self.public_ip, kv.key, 0, 0, kv.mod_revision, config), []
         # Move the key to a fresh lease of our TTL; the compare makes sure it is still ours.
         granted = await self.client.lease(max(1, round(self.ttl)))
-        ok, _ = await self.client.transaction(
-            compare=[self.client.transactions.mod(kv.key) == kv.mod_revision],
-            success=[self.client.transactions.put(kv.key, self._value(config), lease=granted.id)],
-            failure=[],
+        same = rpc.Compare(
+            key=kv.key,
+            target=rpc.Compare.MOD,
+            result=rpc.Compare.EQUAL,
+            mod_revision=kv.mod_revision,
         )
-        if not ok:
+        revision, taken = await self._put_if(same, kv.key, self._value(config), granted.id)
+        if revision is None:
             await self.client.revoke_lease(granted.id)
-            return None
+            return None, taken
         with contextlib.suppress(EtcdError):
             await self.client.revoke_lease(kv.lease)
-        found = await self.client.get(kv.key)
-        revision = found.mod_revision if found is not None else 0
         log.info("reusing %s, already leased to %s", subnet, self.public_ip)
-        return Lease(subnet, self.public_ip, kv.key, granted.id, granted.ttl, revision, config)
+        lease = Lease(subnet, self.public_ip, kv.key, granted.id, granted.ttl, revision, config)
+        return lease, []
 
     def _previous_subnet(self, config: NetworkConfig) -> ipaddress.IPv4Network | None:
         value = read_subnet_env(self.subnet_env).get("FLANNEL_SUBNET")
@@ -276,20 +309,17 @@ class SubnetManager:
 
     async def _create(
         self, subnet: ipaddress.IPv4Network, config: NetworkConfig, lease_id: int, ttl: int
-    ) -> Lease | None:
-        """Create ``subnet``'s key under the lease if nobody holds it (etcd: Version == 0)."""
+    ) -> tuple[Lease | None, list[Any]]:
+        """Create ``subnet``'s key if nobody holds it (etcd: Version == 0)."""
         key = subnet_key(self.prefix, subnet)
-        ok, _ = await self.client.transaction(
-            compare=[self.client.transactions.version(key) == 0],
-            success=[self.client.transactions.put(key, self._value(config), lease=lease_id)],
-            failure=[],
+        absent = rpc.Compare(
+            key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
         )
-        if not ok:
-            return None
-        found = await self.client.get(key)
-        revision = found.mod_revision if found is not None else 0
+        revision, taken = await self._put_if(absent, key, self._value(config), lease_id)
+        if revision is None:
+            return None, taken
         log.info("leased %s for %s", subnet, self.public_ip)
-        return Lease(subnet, self.public_ip, key, lease_id, ttl, revision, config)
+        return Lease(subnet, self.public_ip, key, lease_id, ttl, revision, config), []
 
     # -- keeping it ------------------------------------------------------------------------
 

@@ -82,10 +82,9 @@ class EditValueScreen(ModalScreen[str | None]):
         text = self.query_one(TextArea).text
         size = len(text.encode()) + len(self.key)
         if size > MAX_REQUEST_BYTES:
-            self.query_one("#edit-error", Static).update(
-                f"refused: {size:,} bytes is over the store's limit of {MAX_REQUEST_BYTES:,} bytes"
-                " per request"
-            )
+            limit = f"{MAX_REQUEST_BYTES:,}"
+            refusal = f"refused: {size:,} bytes is over the store limit of {limit} bytes a request"
+            self.query_one("#edit-error", Static).update(Text(refusal))
             return
         self.dismiss(text)
 

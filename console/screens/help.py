@@ -46,7 +46,7 @@ class HelpScreen(ModalScreen[None]):
             if where != section:
                 section = where
                 table.add_row(Text(where, style="bold underline"), "", "")
-            table.add_row(keys, description, binding_id)
+            table.add_row(Text(keys), Text(description), Text(binding_id))
         with Vertical():
             yield Static(Text("clustertui help   escape closes", style="bold"))
             with VerticalScroll():

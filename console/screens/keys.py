@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal
 from textual.message import Message
-from textual.widgets import Input, Tree
+from textual.widgets import Input
 
 from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted
 from console import keyspace
@@ -31,6 +33,9 @@ from widgets.watch_log import WatchLog
 
 FLUSH_SECONDS = 0.1
 """How often queued watch events are applied: one repaint per interval, however many arrive."""
+
+PARTIAL_SECONDS = 0.25
+"""How often a directory still being listed shows what has arrived so far."""
 
 WRITE_ACTIONS = {"new", "edit", "delete", "ttl"}
 
@@ -87,6 +92,8 @@ class KeysPane(Container):
         self.loaded = asyncio.Event()
         """Set once the root directory has been listed."""
         self._pending: list[tuple[int, list[Any]]] = []
+        self._recent: list[tuple[int, list[Any]]] = []
+        self._loading = 0
         self._watching = False
         self._selected: Child | None = None
 
@@ -119,21 +126,49 @@ class KeysPane(Container):
 
     @work(exclusive=True, group="keys-root")
     async def load_root(self) -> None:
-        """List the root (and every open directory again), then keep them live."""
+        """List the top directory (open ones follow as the tree asks), then keep it live."""
+        self.key_tree.reset()
         while True:
             try:
-                listing = await keyspace.list_dir(self.session.client, self.root)
+                listing = await self._list(self.root)
             except EtcdError:
                 await asyncio.sleep(1.0)
                 continue
             break
-        self.key_tree.reset()
-        self.key_tree.show_listing(listing)
         self.last_revision = max(self.last_revision, listing.revision)
+        # What is loaded now lives as long as the view; a full collection that walks it
+        # all again stalls the UI for a fifth of a second on a big tree, so set it aside.
+        gc.freeze()
         self.loaded.set()
+        self._select(self.key_tree.cursor_child)
         if not self._watching:
             self._watching = True
             self.watch_store()
+
+    async def _list(self, prefix: bytes) -> keyspace.Listing:
+        """List a directory into the tree page by page, then replay what the watch saw."""
+        self._loading += 1
+        shown_at = 0.0
+
+        def show_some(partial: keyspace.Listing) -> None:
+            # A page at a time fills the view early; more often than this only repaints.
+            nonlocal shown_at
+            if time.monotonic() - shown_at >= PARTIAL_SECONDS:
+                shown_at = time.monotonic()
+                self.key_tree.show_listing(partial)
+
+        try:
+            listing = await keyspace.list_dir(self.session.client, prefix, on_page=show_some)
+            self.key_tree.show_listing(listing)
+            replay = [e for revision, batch in self._recent if revision > listing.revision
+                      for e in batch]  # fmt: skip
+            if replay:
+                self.key_tree.apply_events(replay)
+            return listing
+        finally:
+            self._loading -= 1
+            if not self._loading:
+                self._recent.clear()
 
     @on(KeyTree.LoadRequested)
     def _load_requested(self, event: KeyTree.LoadRequested) -> None:
@@ -142,11 +177,12 @@ class KeysPane(Container):
     @work(group="keys-dir")
     async def load_dir(self, prefix: bytes) -> None:
         try:
-            listing = await keyspace.list_dir(self.session.client, prefix)
+            await self._list(prefix)
+            gc.freeze()
         except EtcdError as error:
-            self.notify(f"cannot list {literal(prefix).plain}: {error}", severity="error")
-            return
-        self.key_tree.show_listing(listing)
+            self.notify(
+                f"cannot list {literal(prefix).plain}: {error}", severity="error", markup=False
+            )
 
     # Watching --------------------------------------------------------------------------
 
@@ -169,7 +205,11 @@ class KeysPane(Container):
                     f"the store compacted past revision {start} ({error}); the tree was reloaded",
                     title="Reloaded",
                     severity="warning",
+                    markup=False,
                 )
+                log = self.query_one(WatchLog)
+                if log.prefix is not None:
+                    log.note(f"compacted past revision {start}: events before the reload are gone")
                 self._pending.clear()
                 self.last_revision = 0
                 self._watching = False
@@ -183,6 +223,9 @@ class KeysPane(Container):
         if not self._pending:
             return
         batches, self._pending = self._pending, []
+        if self._loading:
+            # A listing in flight may predate these; it replays them when it lands.
+            self._recent.extend(batches)
         events = [event for _, batch in batches for event in batch]
         self.key_tree.apply_events(events)
         log = self.query_one(WatchLog)
@@ -210,9 +253,11 @@ class KeysPane(Container):
 
     # Selection -------------------------------------------------------------------------
 
-    @on(Tree.NodeHighlighted, "#key-tree")
-    def _highlighted(self, event: Tree.NodeHighlighted[Child]) -> None:
-        child = event.node.data
+    @on(KeyTree.Highlighted, "#key-tree")
+    def _highlighted(self, event: KeyTree.Highlighted) -> None:
+        self._select(event.child)
+
+    def _select(self, child: Child | None) -> None:
         self._selected = child
         if not self.loaded.is_set():
             self.value_view.show_entry(None, note="waiting for the store…")
@@ -243,8 +288,7 @@ class KeysPane(Container):
     # Actions ---------------------------------------------------------------------------
 
     def _current(self) -> Child | None:
-        node = self.key_tree.cursor_node
-        return node.data if node is not None else None
+        return self.key_tree.cursor_child
 
     def _directory(self) -> str:
         child = self._current()
@@ -268,7 +312,7 @@ class KeysPane(Container):
 
     def action_reload(self) -> None:
         self.load_root()
-        self.notify("reloading the key tree")
+        self.notify("reloading the key tree", markup=False)
 
     def action_copy(self) -> None:
         child = self._current()
@@ -276,7 +320,7 @@ class KeysPane(Container):
             return
         text = child.path.decode("utf-8", "backslashreplace")
         self.app.copy_to_clipboard(text)
-        self.notify(f"copied {literal(text).plain}")
+        self.notify(f"copied {literal(text).plain}", markup=False)
 
     def action_watch(self) -> None:
         log = self.query_one(WatchLog)
@@ -298,11 +342,11 @@ class KeysPane(Container):
         child = self._current()
         entry = self.value_view.entry
         if child is None or child.is_dir or entry is None or entry.key != child.path:
-            self.notify("select a key to edit its value", severity="warning")
+            self.notify("select a key to edit its value", severity="warning", markup=False)
             return
         kind, _ = render_value(entry.value)
         if kind == "binary":
-            self.notify("binary values cannot be edited as text", severity="warning")
+            self.notify("binary values cannot be edited as text", severity="warning", markup=False)
             return
         language = kind if kind in ("json", "yaml") else None
 
@@ -319,20 +363,22 @@ class KeysPane(Container):
         try:
             await keyspace.put(self.session.client, key, value, ttl, lease=keep_lease)
         except EtcdError as error:
-            self.notify(f"cannot write {literal(key).plain}: {error}", severity="error")
+            self.notify(
+                f"cannot write {literal(key).plain}: {error}", severity="error", markup=False
+            )
             return
-        self.notify(f"wrote {literal(key).plain}")
+        self.notify(f"wrote {literal(key).plain}", markup=False)
 
     @work(group="keys-write")
     async def action_delete(self) -> None:
         child = self._current()
         if child is None or child.path == self.root:
-            self.notify("select a key or a directory to delete", severity="warning")
+            self.notify("select a key or a directory to delete", severity="warning", markup=False)
             return
         try:
             count = await keyspace.count_under(self.session.client, child.path, child.is_dir)
         except EtcdError as error:
-            self.notify(f"cannot count the keys: {error}", severity="error")
+            self.notify(f"cannot count the keys: {error}", severity="error", markup=False)
             return
         question = Text("Delete ")
         question.append_text(literal(child.path, "bold"))
@@ -345,15 +391,21 @@ class KeysPane(Container):
         try:
             deleted = await keyspace.delete(self.session.client, child.path, child.is_dir)
         except EtcdError as error:
-            self.notify(f"cannot delete {literal(child.path).plain}: {error}", severity="error")
+            self.notify(
+                f"cannot delete {literal(child.path).plain}: {error}",
+                severity="error",
+                markup=False,
+            )
             return
-        self.notify(f"deleted {deleted:,} key{'s' if deleted != 1 else ''}")
+        self.notify(f"deleted {deleted:,} key{'s' if deleted != 1 else ''}", markup=False)
 
     @work(group="keys-write")
     async def action_ttl(self) -> None:
         child = self._current()
         if child is None or child.path == self.root:
-            self.notify("select a key or a directory below the top", severity="warning")
+            self.notify(
+                "select a key or a directory below the top", severity="warning", markup=False
+            )
             return
         what = Text("TTL for ")
         what.append_text(literal(child.path, "bold"))
@@ -367,10 +419,10 @@ class KeysPane(Container):
                 self.session.client, child.path, child.is_dir, choice.ttl
             )
         except EtcdError as error:
-            self.notify(f"cannot set the TTL: {error}", severity="error")
+            self.notify(f"cannot set the TTL: {error}", severity="error", markup=False)
             return
         done = f"TTL {choice.ttl}s set" if choice.ttl else "TTL cleared"
-        self.notify(f"{done} on {changed:,} key{'s' if changed != 1 else ''}")
+        self.notify(f"{done} on {changed:,} key{'s' if changed != 1 else ''}", markup=False)
         if not child.is_dir:
             self.fetch_value(child.path)
 
@@ -378,11 +430,11 @@ class KeysPane(Container):
     async def action_history(self) -> None:
         child = self._current()
         if child is None or child.is_dir:
-            self.notify("select a key to see its history", severity="warning")
+            self.notify("select a key to see its history", severity="warning", markup=False)
             return
         try:
             entries, compacted = await keyspace.history(self.session.client, child.path)
         except EtcdError as error:
-            self.notify(f"cannot read the history: {error}", severity="error")
+            self.notify(f"cannot read the history: {error}", severity="error", markup=False)
             return
         await self.app.push_screen_wait(HistoryScreen(child.path, entries, compacted))

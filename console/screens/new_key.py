@@ -103,12 +103,12 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
         error = self.query_one("#new-error", Static)
         key = self.query_one("#new-key", Input).value
         if not key or key.endswith("/"):
-            error.update("the key needs a name after its directory")
+            error.update(Text("the key needs a name after its directory"))
             return
         try:
             ttl = parse_ttl(self.query_one("#new-ttl", Input).value)
         except ValueError as problem:
-            error.update(str(problem))
+            error.update(Text(str(problem)))
             return
         value = self.query_one("#new-value", TextArea).text
         self.dismiss(NewKey(key.encode(), value.encode(), ttl))

@@ -82,7 +82,7 @@ class TTLScreen(ModalScreen[TTLChoice | None]):
         try:
             ttl = parse_ttl(self.query_one(Input).value)
         except ValueError as problem:
-            self.query_one("#ttl-error", Static).update(str(problem))
+            self.query_one("#ttl-error", Static).update(Text(str(problem)))
             return
         self.dismiss(TTLChoice(ttl))
 

@@ -70,7 +70,7 @@ async def test_new_key_action_creates_the_key_under_a_lease(
         app.screen.query_one("#new-value", TextArea).text = "brand new"
         app.screen.query_one("#new-ttl", Input).value = "5m"
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: tree(app).node_for(ns + b"fresh") is not None)
+        await wait_for(pilot, lambda: tree(app).shown(ns + b"fresh"))
         stored = await kv.get(ns + b"fresh")
         assert stored.value == b"brand new"
         assert stored.lease != 0
@@ -112,7 +112,8 @@ async def test_edit_refuses_a_value_over_the_request_limit(
         await wait_for(pilot, lambda: app.query_one(ValueView).entry is not None)
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, EditValueScreen))
-        app.screen.query_one(TextArea).text = "x" * (MAX_REQUEST_BYTES + 1)
+        line = "x" * 999 + "\n"
+        app.screen.query_one(TextArea).text = line * (MAX_REQUEST_BYTES // len(line) + 1)
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert isinstance(app.screen, EditValueScreen)
@@ -133,7 +134,7 @@ async def test_deleting_a_directory_asks_with_the_count_then_deletes_the_prefix(
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         assert "3 keys" in app.screen.question.plain
         await pilot.press("y")
-        await wait_for(pilot, lambda: tree(app).node_for(ns + b"config/") is None)
+        await wait_for(pilot, lambda: not tree(app).shown(ns + b"config/"))
     remaining = [kv_.key for kv_ in await kv.get_prefix(ns + b"config/")]
     assert remaining == []
     assert (await kv.get(ns + b"top")).value == b"plain"
@@ -289,15 +290,15 @@ async def test_watch_events_while_navigating_add_update_and_remove_keys(
         await kv.delete(ns + b"top")
         await kv.put(ns + b"newdir/leaf", b"x")
         key_tree = tree(app)
-        await wait_for(pilot, lambda: key_tree.node_for(ns + b"config/app/new") is not None)
-        await wait_for(pilot, lambda: key_tree.node_for(ns + b"top") is None)
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/app/new"))
+        await wait_for(pilot, lambda: not key_tree.shown(ns + b"top"))
         await wait_for(pilot, lambda: view.entry is not None and view.kind == "json")
         assert names(app, ns + b"config/app/") == ["db", "level", "new"]
         assert names(app, ns) == ["config/", "newdir/", "queue/"]
         counts = {child.name: child.count for child in key_tree.children_of(ns)}
         assert counts == {"config/": 4, "newdir/": 1, "queue/": 3}
-        assert key_tree.cursor_node is not None
-        assert key_tree.cursor_node.data.path == ns + b"config/app/level"
+        assert key_tree.cursor_child is not None
+        assert key_tree.cursor_child.path == ns + b"config/app/level"
 
 
 async def test_read_only_removes_every_write_action(
@@ -334,7 +335,7 @@ async def test_markup_and_escape_sequences_in_keys_and_values_stay_literal(
         await select(pilot, nasty_key)
         view = app.query_one(ValueView)
         await wait_for(pilot, lambda: view.entry is not None)
-        label = tree(app).node_for(nasty_key).label.plain
+        label = tree(app).label_of(nasty_key)
         assert "[bold red]boom" in label
         assert "\x1b" not in label and "\u241b[31mred" in label
         assert "[link=http://x]click[/link]" in view.text
@@ -364,6 +365,11 @@ async def test_help_lists_every_binding_and_the_keymap_remaps_by_id(
             "keys.edit",
             "keys.ttl",
             "keys.watch",
+            "tree.toggle",
+            "filter.close",
+            "confirm.yes",
+            "edit.save",
+            "history.close",
         ):
             assert binding_id in rows
         assert rows["keys.delete"][1] == "x"
@@ -403,3 +409,54 @@ async def test_number_keys_switch_tabs_and_the_palette_has_every_action(
         await pilot.press("colon")
         await pilot.pause()
         assert app.screen.__class__.__name__ == "CommandPalette"
+
+
+async def test_notifications_about_a_key_show_its_name_literally(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    nasty_key = ns + b"[bold red]boom"
+    await kv.put(nasty_key, b"x")
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, nasty_key)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(app._notifications) > 0)
+        (notification,) = list(app._notifications)
+        assert notification.message == "copied " + nasty_key.decode()
+        assert notification.markup is False
+
+
+async def test_a_leased_key_shows_its_lease_and_a_ttl_that_counts_down(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    lease = await kv.lease(600)
+    await kv.put(ns + b"lock", b"held", lease=lease)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, ns + b"lock")
+        view = app.query_one(ValueView)
+        await wait_for(pilot, lambda: view.ttl is not None)
+        first = view.ttl
+        assert 590 <= first <= 600
+        assert f"lease {lease.id:x}" in view.meta and f"TTL {first}s" in view.meta
+        await wait_for(pilot, lambda: view.ttl < first, 5)
+        assert f"TTL {view.ttl}s" in view.meta
+
+
+async def test_palette_commands_run_the_pane_actions(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    await seed(kv, ns)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, ns + b"queue/")
+        await pilot.press("2")
+        await pilot.pause()
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        commands["Keys: Watch log"].callback()
+        log = app.query_one(WatchLog)
+        await wait_for(pilot, lambda: log.prefix == ns + b"queue/")
+        assert app.query_one("#tabs").active == "keys"

@@ -72,7 +72,7 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     screen = terminal.wait_for("connected")
     screen = terminal.wait_for("/services/")
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
-    assert "24 keys" in screen and "/queue/" in screen
+    assert "/queue/" in screen and "/config/" in screen
     # Down to /config/ and open it.
     terminal.keys("Down", "Down", "Down", "Enter")
     screen = terminal.wait_for("app/")
@@ -92,3 +92,16 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     terminal.keys("1", "q")
     terminal.wait_for("EXITED 0")
     assert not port_open(port), "the demo store outlived the console"
+
+
+@pytest.mark.slow
+def test_closing_the_terminal_stops_the_demo_store(terminal: Terminal) -> None:
+    terminal.start([sys.executable, "-m", "console.app", "--demo"])
+    screen = terminal.wait_for("connected")
+    port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
+    assert port_open(port)
+    terminal.kill()
+    deadline = time.monotonic() + 30
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not port_open(port), "the demo store outlived its terminal"

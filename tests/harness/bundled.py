@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.harness.etcd import TLSFiles
-from tests.harness.procs import REPO, Child, free_port, port_open
+from tests.harness.procs import REPO, Child, OwnsChild, free_port, port_open
 
 
 @dataclass
-class BundledStore:
+class BundledStore(OwnsChild):
     """One `clusterd kv` process; ``url`` is its client URL."""
 
     data_dir: Path
@@ -58,14 +58,6 @@ class BundledStore:
 
         self.child.wait_until(serving, timeout)
         return self
-
-    def stop(self) -> None:
-        if self.child:
-            self.child.stop()
-
-    def kill(self) -> None:
-        if self.child:
-            self.child.kill()
 
     def restart(self) -> BundledStore:
         """Start again on the same data directory and port (after stop or kill)."""

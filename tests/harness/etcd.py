@@ -8,7 +8,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.procs import Child, find_tool, free_port
+from tests.harness.procs import Child, OwnsChild, find_tool, free_port
 
 
 @dataclass
@@ -22,7 +22,7 @@ class TLSFiles:
 
 
 @dataclass
-class EtcdMember:
+class EtcdMember(OwnsChild):
     """One real etcd process; ``url`` is its client URL."""
 
     name: str
@@ -87,14 +87,6 @@ class EtcdMember:
         assert self.child is not None
         self.child.wait_until(self.healthy, timeout)
         return self
-
-    def stop(self) -> None:
-        if self.child:
-            self.child.stop()
-
-    def kill(self) -> None:
-        if self.child:
-            self.child.kill()
 
 
 def _tcp_open(member: EtcdMember) -> bool:

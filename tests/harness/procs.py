@@ -118,3 +118,18 @@ class Child:
     def kill(self) -> None:
         """SIGKILL, the way a crash or the OOM killer ends a process."""
         self.stop(signal.SIGKILL)
+
+
+class OwnsChild:
+    """Stop and crash for harness objects that run one :class:`Child` in ``self.child``."""
+
+    child: Child | None
+
+    def stop(self) -> None:
+        if self.child:
+            self.child.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, the way a crash or the OOM killer ends a process."""
+        if self.child:
+            self.child.kill()

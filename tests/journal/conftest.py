@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -12,15 +13,28 @@ from pathlib import Path
 
 import pytest
 
+from backend.daemon import main
 from backend.journal.fmt import parse_export
 from backend.journal.writer import JournalWriter
 from tests.harness.procs import REPO
 
-FIXTURES = Path("/work/shared/fixtures/journalctl")
-if not FIXTURES.exists():
-    FIXTURES = REPO / "tests" / "journal" / "fixtures"
+# Real journalctl output (systemd 252) and the export it was made from; see its README.
+FIXTURES = REPO / "tests" / "journal" / "fixtures"
 
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
+
+# Fields no two journals share: the cursor names its journal; journalctl 252 (which made
+# the fixtures) writes no __SEQNUM/__SEQNUM_ID, 254+ and we do.
+UNCOMPARABLE = {"__CURSOR", "__SEQNUM", "__SEQNUM_ID"}
+
+
+def objects(output: bytes) -> list[dict[str, object]]:
+    """JSON (or JSON-seq) output as objects, without the fields that cannot compare."""
+    return [
+        {k: v for k, v in json.loads(line.lstrip(b"\x1e")).items() if k not in UNCOMPARABLE}
+        for line in output.splitlines()
+        if line.strip()
+    ]
 
 
 def import_export(data_dir: Path, export: bytes) -> None:
@@ -56,11 +70,36 @@ def clusterd(*args: str, tz: str = "UTC", **kwargs: object) -> subprocess.Comple
 
 
 @pytest.fixture
-def journal(fixture_journal: Path) -> Run:
-    """``journal(*flags)``: run `clusterd journal --data-dir <fixture journal> FLAGS`."""
+def in_process(
+    capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Run]:
+    """``in_process(*argv)``: run `clusterd ARGV` in this process (TZ=UTC), output captured.
 
-    def run(*flags: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-        return clusterd("journal", "--data-dir", str(fixture_journal), *flags, **kwargs)
+    The same code as the command line, without a Python start-up per call: these tests
+    run dozens of commands.
+    """
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+
+    def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        try:
+            code = main(list(argv))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        out, err = capsysbinary.readouterr()
+        return subprocess.CompletedProcess(list(argv), code, out, err)
+
+    yield run
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def journal(fixture_journal: Path, in_process: Run) -> Run:
+    """``journal(*flags)``: `clusterd journal --data-dir <fixture journal> FLAGS`."""
+
+    def run(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        return in_process("journal", "--data-dir", str(fixture_journal), *flags)
 
     return run
 

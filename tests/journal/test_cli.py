@@ -10,7 +10,7 @@ import pytest
 from backend.journal.cli import UsageError, parse_priorities, parse_time
 from backend.journal.fmt import parse_json
 from backend.journal.writer import JournalWriter
-from tests.journal.conftest import Run, clusterd
+from tests.journal.conftest import FIXTURES, Run, clusterd
 
 
 def test_without_n_every_entry_is_shown_and_bare_n_means_ten(journal: Run) -> None:
@@ -63,6 +63,18 @@ def test_several_units_and_globs_are_or_ed(journal: Run) -> None:
     assert journal("-o", "cat", "-u", "redi*").stdout.splitlines() == out[:2]
 
 
+def test_identifiers_and_field_matches_narrow_the_entries(journal: Run) -> None:
+    assert journal("-o", "cat", "-t", "redis-server", "-p", "err").stdout == (
+        b"Error: connection refused\n"
+    )
+    assert journal("-o", "cat", "_PID=1003", "_PID=1006").stdout == (
+        b'Ready to accept connections\n{"level":"info","msg":"ready to serve client requests"}\n'
+    )
+    assert journal("-o", "cat", "_PID=1003", "SYSLOG_IDENTIFIER=etcd", "-q").stdout == b""
+    bad = journal("pid=3")
+    assert bad.returncode == 1 and b"is not a FIELD=VALUE match" in bad.stderr
+
+
 def test_grep_with_capitals_is_case_sensitive_unless_told(journal: Run) -> None:
     assert journal("-o", "cat", "-g", "Error").stdout == b"Error: connection refused\n"
     told = journal("-o", "cat", "-g", "ERROR", "--case-sensitive=no").stdout
@@ -112,7 +124,9 @@ def test_priority_names_cover_syslog_levels() -> None:
     assert parse_priorities("info..notice") == frozenset({5, 6})
 
 
-def test_cat_records_stdin_with_its_identifier_unit_and_priority(tmp_path: Path) -> None:
+def test_cat_records_stdin_with_its_identifier_unit_and_priority(
+    tmp_path: Path, in_process: Run
+) -> None:
     result = clusterd(
         "cat",
         "--data-dir",
@@ -126,7 +140,7 @@ def test_cat_records_stdin_with_its_identifier_unit_and_priority(tmp_path: Path)
         input=b"starting\n<2>tape jammed\n",
     )
     assert result.returncode == 0, result.stderr
-    out = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
+    out = in_process("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
     entries = [parse_json(line) for line in out]
     assert [(e["MESSAGE"], e["PRIORITY"]) for e in entries] == [
         (b"starting", b"4"),
@@ -136,7 +150,9 @@ def test_cat_records_stdin_with_its_identifier_unit_and_priority(tmp_path: Path)
     assert {e["_SYSTEMD_UNIT"] for e in entries} == {b"backup.service"}
 
 
-def test_cat_runs_a_command_records_both_streams_and_returns_its_status(tmp_path: Path) -> None:
+def test_cat_runs_a_command_records_both_streams_and_returns_its_status(
+    tmp_path: Path, in_process: Run
+) -> None:
     result = clusterd(
         "cat",
         "--data-dir",
@@ -149,7 +165,7 @@ def test_cat_runs_a_command_records_both_streams_and_returns_its_status(tmp_path
         "echo to-out; echo to-err >&2; exit 3",
     )
     assert result.returncode == 3
-    out = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
+    out = in_process("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
     got = sorted(
         (e["MESSAGE"], e["PRIORITY"], e["SYSLOG_IDENTIFIER"]) for e in map(parse_json, out)
     )
@@ -162,13 +178,13 @@ def test_cat_reports_a_missing_command(tmp_path: Path) -> None:
     assert b"cannot run /no/such/program" in result.stderr
 
 
-def test_long_fields_are_null_in_json_unless_all(tmp_path: Path) -> None:
+def test_long_fields_are_null_in_json_unless_all(tmp_path: Path, in_process: Run) -> None:
     with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32) as writer:
         writer.line(b"y" * 4096, unit=None, identifier="t", pid=1)
         writer.line(b"y" * 4095, unit=None, identifier="t", pid=1)
-    plain = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
+    plain = in_process("journal", "--data-dir", str(tmp_path), "-o", "json").stdout.splitlines()
     assert [parse_json(line)["MESSAGE"] for line in plain] == [None, b"y" * 4095]
-    full = clusterd("journal", "--data-dir", str(tmp_path), "-o", "json", "-a").stdout
+    full = in_process("journal", "--data-dir", str(tmp_path), "-o", "json", "-a").stdout
     assert parse_json(full.splitlines()[0])["MESSAGE"] == b"y" * 4096
 
 
@@ -177,3 +193,22 @@ def test_show_cursor_names_the_last_entry_printed_even_in_reverse(journal: Run) 
     assert shown[-1].startswith(b"unicode: ")
     cursor = last.removeprefix(b"-- cursor: ").decode()
     assert journal("-o", "cat", "--after-cursor", cursor).stdout == b"x" * 5000 + b"\n"
+
+
+def test_utc_shows_utc_whatever_the_local_zone(
+    journal: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    local = journal("-o", "short-iso", "-n", "1").stdout
+    assert local.startswith(b"2025-11-27T19:00:12+0900 ")
+    utc = journal("-o", "short-iso", "--utc").stdout
+    assert utc == (FIXTURES / "out.short-iso").read_bytes()
+
+
+def test_all_prints_unprintable_messages_instead_of_blob_notes(journal: Run) -> None:
+    lines = journal("-o", "short", "-a", "_PID=1007", "_PID=1008").stdout.splitlines()
+    assert lines == [
+        b"Nov 27 10:00:07 node-1 hello[1007]: binary \xff\xfe bytes",
+        b"Nov 27 10:00:08 node-1 hello[1008]: bell\x07 and escape \x1b[31mred\x1b[0m",
+    ]

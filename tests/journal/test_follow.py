@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backend.journal import store
 from backend.journal.writer import JournalWriter
-from tests.journal.conftest import Follower
+from tests.journal.conftest import Follower, Run
 
 Follow = Callable[..., Follower]
 
@@ -55,7 +55,9 @@ def test_follow_waits_for_a_journal_that_does_not_exist_yet(tmp_path: Path, foll
 
 
 def test_follow_survives_rotation(tmp_path: Path, follow: Follow) -> None:
-    with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32, max_bytes=256 * 1024) as w:
+    # Segments of 64 KiB; the cap holds all ~270 KB written, so even a follower slowed
+    # down by a busy machine loses nothing to deletion (journalctl would lose it too).
+    with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32, max_bytes=512 * 1024) as w:
         write(w, b"before")
         follower = follow(tmp_path, "-o", "cat")
         assert follower.read_lines(1) == [b"before"]
@@ -65,7 +67,7 @@ def test_follow_survives_rotation(tmp_path: Path, follow: Follow) -> None:
             write(w, *lines)
             expected += lines
         assert len(store.list_segments(tmp_path / "journal")) > 3
-        assert follower.read_lines(len(expected)) == expected
+        assert follower.read_lines(len(expected), timeout=30) == expected
 
 
 def test_follow_skips_a_torn_tail_until_a_writer_replaces_it(
@@ -133,3 +135,16 @@ def test_an_idle_follower_does_not_spin(tmp_path: Path, follow: Follow) -> None:
     time.sleep(1.0)
     used = _cpu_ticks(follower.process.pid) - before
     assert used <= 2, f"idle follower used {used} ticks of {os.sysconf('SC_CLK_TCK')} per second"
+
+
+def test_follow_after_a_cursor_resumes_with_everything_since(
+    writer: JournalWriter, tmp_path: Path, follow: Follow, in_process: Run
+) -> None:
+    write(writer, *(b"seen %d" % i for i in range(3)))
+    shown = in_process("journal", "--data-dir", str(tmp_path), "--show-cursor", "-o", "cat")
+    cursor = shown.stdout.splitlines()[-1].removeprefix(b"-- cursor: ").decode()
+    write(writer, *(b"missed %d" % i for i in range(25)))
+    follower = follow(tmp_path, "-o", "cat", "--after-cursor", cursor)
+    assert follower.read_lines(25) == [b"missed %d" % i for i in range(25)]
+    write(writer, b"live")
+    assert follower.read_lines(1) == [b"live"]

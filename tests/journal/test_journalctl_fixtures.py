@@ -1,34 +1,23 @@
-"""Our `clusterd journal` output against real journalctl's, on the same entries.
+"""Our `clusterd journal` output against real journalctl's, on the same entries."""
 
-journalctl's fixture outputs were made from input.export (see the fixture README); the
-same entries are imported into our journal here and every format is compared.
-
-What cannot match, and is left out of the comparison on purpose:
-* ``__CURSOR``: journald's cursor names its own file's sequence ID and hashes; ours is
-  opaque too, and each only makes sense to the tool that made it.
-* ``__SEQNUM`` and ``__SEQNUM_ID``: journalctl 254+ writes them, the 252 that made the
-  fixtures does not; we do.
-* The order of JSON members: journalctl writes them in its hash table's order.
-"""
+# journalctl's fixture outputs were made from input.export (see the fixture README); the
+# same entries are imported into our journal here and every format is compared.
+#
+# What cannot match, and is left out of the comparison on purpose:
+# * ``__CURSOR``: journald's cursor names its own file's sequence ID and hashes; ours is
+#   opaque too, and each only makes sense to the tool that made it.
+# * ``__SEQNUM`` and ``__SEQNUM_ID``: journalctl 254+ writes them, the 252 that made the
+#   fixtures does not; we do.
+# * The order of JSON members: journalctl writes them in its hash table's order.
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
 
 from backend.journal.fmt import parse_json
-from tests.journal.conftest import FIXTURES, Run
-
-UNCOMPARABLE = {"__CURSOR", "__SEQNUM", "__SEQNUM_ID"}
-
-
-def objects(output: bytes) -> list[dict]:
-    return [
-        {k: v for k, v in json.loads(line.lstrip(b"\x1e")).items() if k not in UNCOMPARABLE}
-        for line in output.splitlines()
-        if line.strip()
-    ]
+from tests.journal.conftest import FIXTURES, UNCOMPARABLE, Run, clusterd, objects
 
 
 @pytest.mark.parametrize(
@@ -72,6 +61,12 @@ def test_json_output_matches_journalctl_value_for_value(
     # Every line is one compact object, as journalctl writes it.
     assert result.stdout.count(b"\n") == expected.count(b"\n")
     assert b'": "' not in result.stdout and b'", "' not in result.stdout
+
+
+def test_the_installed_command_prints_the_same_bytes(fixture_journal: Path) -> None:
+    result = clusterd("journal", "--data-dir", str(fixture_journal), "-o", "short-precise")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (FIXTURES / "out.short-precise").read_bytes()
 
 
 def test_json_seq_frames_each_entry_like_journalctl(journal: Run) -> None:

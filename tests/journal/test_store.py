@@ -81,11 +81,20 @@ def test_binary_and_unprintable_messages_are_stored_as_byte_arrays(
     writer: JournalWriter, tmp_path: Path
 ) -> None:
     writer.line(b"bad \xff utf8", unit=None, identifier="x", pid=None)
+    writer.line(b"bell\x07", unit=None, identifier="x", pid=None)
+    writer.line(b"c1 \xc2\x85", unit=None, identifier="x", pid=None)
+    # Tab and newline count as printable, as in systemd's utf8_is_printable().
     writer.line(b"tab\there", unit=None, identifier="x", pid=None)
     writer.line("ünïcode fine".encode(), unit=None, identifier="x", pid=None)
     writer.flush()
     bodies = [json.loads(b"{" + r[5] + b"}")["MESSAGE"] for r in entries(tmp_path)]
-    assert bodies == [list(b"bad \xff utf8"), list(b"tab\there"), "ünïcode fine"]
+    assert bodies == [
+        list(b"bad \xff utf8"),
+        list(b"bell\x07"),
+        list(b"c1 \xc2\x85"),
+        "tab\there",
+        "ünïcode fine",
+    ]
 
 
 def test_rotation_keeps_the_journal_under_its_cap(tmp_path: Path) -> None:

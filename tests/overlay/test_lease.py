@@ -27,6 +27,7 @@ def prefix_of(ns: bytes) -> str:
     return ns.decode().rstrip("/") + "/coreos.com/network"
 
 
+@pytest.mark.slow
 async def test_250_machines_acquiring_at_once_get_250_distinct_subnets(
     kv: EtcdClient, store, ns: bytes, tmp_path: Path
 ) -> None:
