@@ -478,3 +478,21 @@ async def test_keys_typed_right_after_slash_land_in_the_filter(
         await wait_for(pilot, lambda: app.query_one("#key-filter", Input).value == "qun")
         assert app.screen is app.screen_stack[0]  # `n` did not open the new-key dialog
         assert app.is_running  # nor did `q` quit
+
+
+async def test_history_stops_at_compaction_and_says_so(
+    fresh_store: RunningStore, fresh_kv: EtcdClient
+) -> None:
+    for value in (b"one", b"two"):
+        await fresh_kv.put(b"/h/key", value)
+    two = await fresh_kv.current_revision()
+    await fresh_kv.put(b"/h/key", b"three")
+    await fresh_kv.compact(two)
+    app = console_for(fresh_store.url, b"/h/")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, b"/h/key")
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        assert [entry.value for entry in app.screen.entries] == [b"three", b"two"]
+        assert app.screen.compacted
