@@ -42,7 +42,6 @@ from backend.keys import prefix_end
 from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
 VERSION = "0.1.0"
-NETWORK_PREFIX = "/coreos.com/network/"
 POLL_SECONDS = 0.5
 
 # Global flags, their defaults, and how the environment names them (fleetctl's scheme:
@@ -62,7 +61,12 @@ GLOBAL_FLAGS: dict[str, str] = {
     "cert-file": "",
     "key-file": "",
     "remote-clusterd": "clusterd",
+    "overlay-prefix": "/coreos.com/network/",
 }
+
+# etcdctl's and clustertui's names for the TLS flags, beside fleetctl's.
+ALIASES = {"endpoint": ("--endpoints",), "ca-file": ("--cacert",), "cert-file": ("--cert",),
+           "key-file": ("--key",)}  # fmt: skip
 
 
 class CtlError(Exception):
@@ -287,9 +291,9 @@ class Ctl:
 
     async def list_subnets(self) -> int:
         fields = ["subnet", "machine", "public-ip", "backend", "expires"]
-        base = (NETWORK_PREFIX + "subnets/").encode()
+        base = (self.args.overlay_prefix.rstrip("/") + "/subnets/").encode()
         await self.client.connect()
-        response = await self.registry._range(base, prefix_end(base))
+        response = await self.registry.read_range(base, prefix_end(base))
         machines = await self.machines()
         by_ip: dict[str, list[str]] = {}
         for machine in machines.values():
@@ -433,8 +437,9 @@ class Ctl:
             for name in list(remaining):
                 job = state.jobs.get(name) or Job(name)
                 current = current_state(job, state.states.get(name, {}))
-                if want == "inactive" and name not in state.jobs:
-                    current = "inactive"
+                if want == "inactive" and job.target:
+                    # Unloaded means unscheduled too: wait for the engine to clear the target.
+                    current = "loaded"
                 if current == want:
                     remaining.remove(name)
                     message = f"Unit {name} {current}"
@@ -572,6 +577,10 @@ class Ctl:
                 code = 1
                 continue
             self._status_block(job, state)
+            reported = state.states.get(name, {}).get(job.target) if job.target else None
+            if (reported is None or reported.active_state != "active") and code == 0:
+                # systemctl status (which fleetctl status runs) exits 3 for a unit not active.
+                code = 3
             machine = state.machines.get(job.target) if job.target else None
             if machine is not None:
                 lines = self.journal_command(machine, name, lines=self.args.lines, follow=False)
@@ -674,15 +683,21 @@ class Ctl:
 
     async def journal(self) -> int:
         name = normalize_name(self.args.unit)
-        state = await self.registry.snapshot(("job", "machines"))
+        state = await self.registry.snapshot(("job", "unit", "machines", "states"))
         job = state.jobs.get(name)
         if job is None:
             raise CtlError(f"Unit {name} does not exist.")
-        if not job.target:
+        target = job.target
+        if _is_global(job):
+            # A global unit runs everywhere: this host's copy if it has one, else the first.
+            hosts = sorted(m for m in state.states.get(name, {}) if m in state.machines)
+            local = [m for m in hosts if self._is_local(state.machines[m])]
+            target = (local or hosts or [""])[0]
+        if not target:
             raise CtlError(f"Unit {name} does not appear to be running.")
-        machine = state.machines.get(job.target)
+        machine = state.machines.get(target)
         if machine is None:
-            raise CtlError(f"Machine {job.target} of unit {name} is not in the cluster.")
+            raise CtlError(f"Machine {target} of unit {name} is not in the cluster.")
         command = self.journal_command(
             machine, name, lines=self.args.lines, follow=self.args.follow, output=self.args.output
         )
@@ -775,8 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="fleetctl-compatible cluster control. Every global flag can also come from "
         "CLUSTERCTL_<FLAG> (or FLEETCTL_<FLAG>), e.g. CLUSTERCTL_ENDPOINT.",
     )
-    for flag in GLOBAL_FLAGS:
-        parser.add_argument(f"--{flag}", default=None, help=f"default {GLOBAL_FLAGS[flag]!r}")
+    for flag, default in GLOBAL_FLAGS.items():
+        names = [f"--{flag}", *ALIASES.get(flag, ())]
+        parser.add_argument(*names, default=None, help=f"default {default!r}")
     parser.add_argument("--version", action="version", version=f"clusterctl version {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

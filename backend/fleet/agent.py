@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.engine import machine_id_matches, metadata_matches
+from backend.fleet.engine import global_runs_on
 from backend.fleet.output import LineSink
 from backend.fleet.registry import ClusterState, Job, KeptLease, Machine, Registry, UnitState
 from backend.fleet.runner import UnitRunner, reap_orphans
-from backend.fleet.tasks import first_completed
-from backend.keys import prefix_end
+from backend.fleet.tasks import first_completed, watch_changes
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,7 @@ class Agent:
         self._dirty = asyncio.Event()
         self._unpublished: set[str] = set()
         self._publish_wanted = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then stop every unit and remove this machine's presence."""
@@ -75,7 +75,9 @@ class Agent:
                     await first_completed(
                         stop.wait(),
                         lease.lost.wait(),
-                        self._watch(),
+                        watch_changes(
+                            self.client, self.registry.key("job") + b"/", self._dirty, "agent"
+                        ),
                         self._reconcile_loop(),
                         self._publish_loop(),
                     )
@@ -95,38 +97,19 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Stop every unit, then take this machine's states and presence out of the store."""
-        entries = list(self.units.items())
-        # Queued starts must run before the stops, or they would start after them.
-        pending = [entry.ops for _, entry in entries if entry.ops is not None]
+        entries = list(self.units.values())
+        # Queued starts must run before the stops, or they would start after them; units
+        # being retired finish stopping too.
+        pending = [e.ops for e in entries if e.ops is not None] + list(self._retiring)
         if pending:
             await asyncio.wait(pending)
-        await asyncio.gather(*(self._stop_entry(entry) for _, entry in entries))
-        lease = self._lease
-        with contextlib.suppress(EtcdError, TimeoutError, OSError):
-            for name, _ in entries:
-                await asyncio.wait_for(self.registry.remove_state(name, self.machine.id), 2)
-            await asyncio.wait_for(self.registry.remove_machine(self.machine.id), 2)
-        if lease is not None:
-            await lease.close(revoke=True)
+        await asyncio.gather(*(self._stop_entry(entry) for entry in entries))
+        # The machine object and every state hang on the presence lease: revoking it takes
+        # them all out in one request (and if the store is away, they expire with it).
+        if self._lease is not None:
+            await self._lease.close(revoke=True)
         self.units.clear()
         self.sink.flush()
-
-    async def _watch(self) -> None:
-        base = self.registry.key("job") + b"/"
-        revision = 0
-        while True:
-            try:
-                async for batch in self.client.watch_batches(
-                    base, prefix_end(base), start_revision=revision
-                ):
-                    revision = batch.revision + 1
-                    if batch.events:
-                        self._dirty.set()
-            except EtcdError as error:
-                log.warning("agent: watch dropped: %s", error)
-                await asyncio.sleep(0.5)
-                self._dirty.set()
-                revision = 0
 
     async def _reconcile_loop(self) -> None:
         self._dirty.set()
@@ -148,11 +131,7 @@ class Agent:
             except ValueError:
                 continue
             if options.is_global:
-                if options.machine_id and machine_id_matches(options.machine_id, [me.id]) != [
-                    me.id
-                ]:
-                    continue
-                if metadata_matches(options.metadata, me):
+                if global_runs_on(options, me):
                     wanted[name] = job
             elif job.target == me.id:
                 wanted[name] = job
@@ -164,6 +143,9 @@ class Agent:
         for name in [n for n in self.units if n not in wanted]:
             entry = self.units.pop(name)
             self._queue(name, entry, self._retire(name, entry))
+            if entry.ops is not None:
+                self._retiring.add(entry.ops)
+                entry.ops.add_done_callback(self._retiring.discard)
         for name, job in wanted.items():
             assert job.unit is not None
             entry = self.units.get(name)
@@ -218,7 +200,9 @@ class Agent:
                 await self.registry.remove_state(name, self.machine.id)
 
     def _changed(self, runner: UnitRunner) -> None:
-        if self.units.get(runner.name, None) is None or self.units[runner.name].runner is runner:
+        entry = self.units.get(runner.name)
+        # A runner being replaced by one for new unit text no longer speaks for the unit.
+        if entry is None or entry.runner is runner:
             self._unpublished.add(runner.name)
             self._publish_wanted.set()
 

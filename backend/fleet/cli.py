@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -75,7 +76,10 @@ def machine_id(data_dir: Path, given: str | None) -> str:
         if kept:
             return kept
     new = uuid.uuid4().hex
-    path.write_text(new + "\n")
+    # Written whole or not at all: a reader never sees an empty ID.
+    partial = path.with_name(f".machine-id.{os.getpid()}")
+    partial.write_text(new + "\n")
+    partial.replace(path)
     return new
 
 
@@ -90,7 +94,7 @@ def default_public_ip(endpoints: str) -> str:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     data_dir: Path = args.data_dir
-    ident = machine_id(data_dir, args.machine_id)
+    ident: str = args.machine_id
     ttl = max(1, round(parse_timespan(args.agent_ttl)))
     interval = parse_timespan(args.engine_reconcile_interval)
     hostname = args.hostname or socket.gethostname()
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         parse_metadata(args.metadata)
         parse_timespan(args.agent_ttl)
         parse_timespan(args.engine_reconcile_interval)
-    except ValueError as error:
+        args.machine_id = machine_id(args.data_dir, args.machine_id)
+    except (ValueError, OSError) as error:
         print(f"clusterd node: {error}", file=sys.stderr)
         return 2
 

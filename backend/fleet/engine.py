@@ -14,11 +14,11 @@ from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError
 from backend.fleet.registry import MAX_TXN_OPS, ClusterState, Job, KeptLease, Machine, Registry
-from backend.fleet.tasks import first_completed
+from backend.fleet.tasks import first_completed, watch_changes
 from backend.fleet.unitfile import FleetOptions
-from backend.keys import prefix_end
 
 log = logging.getLogger(__name__)
+COALESCE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,13 @@ def machine_id_matches(wanted: str, machine_ids: Iterable[str]) -> list[str]:
     return [machine_id for machine_id in ids if machine_id.startswith(wanted)]
 
 
+def global_runs_on(options: FleetOptions, machine: Machine) -> bool:
+    """Whether a global unit with these options runs on ``machine``."""
+    if options.machine_id and machine_id_matches(options.machine_id, [machine.id]) != [machine.id]:
+        return False
+    return metadata_matches(options.metadata, machine)
+
+
 def _describe_metadata(wanted: dict[str, tuple[str, ...]]) -> str:
     return " ".join(f"{key}={'|'.join(values)}" for key, values in sorted(wanted.items()))
 
@@ -102,6 +109,7 @@ def schedule(state: ClusterState) -> dict[str, Decision]:
     """
     decisions: dict[str, Decision] = {}
     units: dict[str, _Unit] = {}
+    global_units: dict[str, FleetOptions] = {}
     for name, job in sorted(state.jobs.items()):
         if job.target_state == "inactive":
             decisions[name] = Decision()
@@ -116,9 +124,16 @@ def schedule(state: ClusterState) -> dict[str, Decision]:
             if options.is_global:
                 # Global units are not placed: every agent whose machine matches runs them.
                 decisions[name] = Decision()
+                global_units[name] = options
             else:
                 units[name] = _Unit(name, options, job.target)
     placement = _Placement(dict(sorted(state.machines.items())))
+    for name, options in global_units.items():
+        # Where a global unit runs, its Conflicts apply to placed units, both ways.
+        for machine_id, machine in placement.machines.items():
+            if global_runs_on(options, machine):
+                placement.names[machine_id].append(name)
+                placement.patterns[machine_id].extend((name, p) for p in options.conflicts)
     order = _order(units, decisions)
     replaced_by: dict[str, list[str]] = {}
     for unit in order:
@@ -339,20 +354,32 @@ class Engine:
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _campaign(self, lease: KeptLease) -> bool:
+    async def _campaign(self, lease: KeptLease, *, retake: bool = True) -> bool:
         key = self.registry.leader_key
         vacant = rpc.Compare(
             key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
         )
         response = await self.registry.txn(
-            [vacant], [self.registry.put_op(key, self.machine_id, lease.id)]
+            [vacant],
+            [self.registry.put_op(key, self.machine_id, lease.id)],
+            [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
-        return bool(response.succeeded)
+        if response.succeeded:
+            return True
+        held = response.responses[0].response_range.kvs
+        ours = self.registry.put_op(b"", self.machine_id).request_put.value
+        if retake and held and held[0].value == ours and held[0].lease not in (0, lease.id):
+            # Our own leadership from before a restart: rather than wait for its lease to
+            # run out, end it and campaign again.
+            with contextlib.suppress(EtcdError):
+                await self.client.revoke_lease(held[0].lease)
+            return await self._campaign(lease, retake=False)
+        return False
 
     async def _wait_for_vacancy(self, stop: asyncio.Event) -> None:
         """Return when the leader key is deleted (or expires), or after a while to re-check."""
         key = self.registry.leader_key
-        response = await self.registry._range(key)
+        response = await self.registry.read_range(key)
         if not response.kvs:
             return
         revision = response.header.revision
@@ -369,7 +396,14 @@ class Engine:
         self.elected.set()
         log.info("engine: %s is the leader", self.machine_id)
         self._dirty.set()
-        watchers = [asyncio.create_task(self._watch(section)) for section in ("job", "machines")]
+        watchers = [
+            asyncio.create_task(
+                watch_changes(
+                    self.client, self.registry.key(section) + b"/", self._dirty, f"engine {section}"
+                )
+            )
+            for section in ("job", "machines")
+        ]
         try:
             await first_completed(
                 stop.wait(), lease.lost.wait(), self._reconcile_loop(lease), *watchers
@@ -381,27 +415,13 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError, EtcdError):
                     await task
 
-    async def _watch(self, section: str) -> None:
-        base = self.registry.key(section) + b"/"
-        revision = 0
-        while True:
-            try:
-                async for batch in self.client.watch_batches(
-                    base, prefix_end(base), start_revision=revision
-                ):
-                    revision = batch.revision + 1
-                    if batch.events:
-                        self._dirty.set()
-            except EtcdError as error:
-                log.warning("engine: watch on %s dropped: %s", section, error)
-                self._dirty.set()
-                await asyncio.sleep(0.5)
-                revision = 0
-
     async def _reconcile_loop(self, lease: KeptLease) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self.reconcile_interval)
+            # Changes come in bursts (a submit of many units, a machine and its states
+            # going away): a moment's wait lets one pass handle the whole burst.
+            await asyncio.sleep(COALESCE_SECONDS)
             self._dirty.clear()
             await self.reconcile(lease)
 

@@ -150,7 +150,8 @@ class Registry:
     def leader_key(self) -> bytes:
         return self.key("lease", "engine-leader")
 
-    async def _range(self, key: bytes, end: bytes | None = None, **kwargs: Any) -> Any:
+    async def read_range(self, key: bytes, end: bytes | None = None, **kwargs: Any) -> Any:
+        """A raw Range of ``[key, end)`` (``RangeResponse``), for reads the typed ones lack."""
         await self.client.connect()
         request = rpc.RangeRequest(key=key, range_end=end or b"", **kwargs)
         try:
@@ -190,7 +191,7 @@ class Registry:
         units: dict[str, str] = {}
         for section in sections:
             base = self.key(section) + b"/"
-            response = await self._range(base, prefix_end(base), revision=state.revision)
+            response = await self.read_range(base, prefix_end(base), revision=state.revision)
             state.revision = state.revision or response.header.revision
             for kv in response.kvs:
                 rel = kv.key.decode(errors="replace")[len(self.prefix) :]
@@ -211,7 +212,7 @@ class Registry:
                 unit = parse(raw)
             except ValueError:
                 return None
-            if len(self._parsed) > 10_000:
+            if len(self._parsed) > 100_000:
                 self._parsed.clear()
             self._parsed[digest] = unit
         return unit
@@ -242,7 +243,7 @@ class Registry:
             state.leader = data
 
     async def unit_text(self, unit_hash_hex: str) -> str | None:
-        response = await self._range(self.key("unit", unit_hash_hex))
+        response = await self.read_range(self.key("unit", unit_hash_hex))
         if not response.kvs:
             return None
         data = _decode(response.kvs[0].value)
@@ -250,7 +251,7 @@ class Registry:
 
     async def job(self, name: str) -> Job | None:
         base = self.key("job", name) + b"/"
-        response = await self._range(base, prefix_end(base))
+        response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
             self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
@@ -318,7 +319,7 @@ class Registry:
 
     async def list_jobs(self) -> dict[str, Job]:
         base = self.key("job") + b"/"
-        response = await self._range(base, prefix_end(base))
+        response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
             self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
@@ -326,7 +327,7 @@ class Registry:
 
     async def machines(self) -> dict[str, Machine]:
         base = self.key("machines") + b"/"
-        response = await self._range(base, prefix_end(base))
+        response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
             self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
@@ -334,7 +335,7 @@ class Registry:
 
     async def unit_states(self, name: str | None = None) -> dict[str, dict[str, UnitState]]:
         base = self.key("states", name) + b"/" if name else self.key("states") + b"/"
-        response = await self._range(base, prefix_end(base))
+        response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
             self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
@@ -344,9 +345,6 @@ class Registry:
         await self.txn(
             [], [self.put_op(self.key("machines", machine.id, "object"), machine.to_json(), lease)]
         )
-
-    async def remove_machine(self, machine_id: str) -> None:
-        await self.txn([], [self.delete_op(self.key("machines", machine_id) + b"/", prefix=True)])
 
     async def publish_state(self, name: str, state: UnitState, lease: int) -> None:
         key = self.key("states", name, state.machine_id)

@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -35,6 +36,13 @@ class Outcome:
     @property
     def clean(self) -> bool:
         return self.result == "success"
+
+    def describe(self) -> str:
+        if self.result == "signal":
+            return f"killed by {signal.Signals(self.status).name}"
+        if self.result == "exit-code":
+            return f"exited with status {self.status}"
+        return self.result
 
 
 def _result_of(returncode: int) -> Outcome:
@@ -185,6 +193,7 @@ class _Child:
 
     process: asyncio.subprocess.Process
     exited: asyncio.Future[None]
+    transport: asyncio.SubprocessTransport
 
     @property
     def pid(self) -> int:
@@ -197,6 +206,10 @@ class _Child:
     async def wait(self) -> int:
         await asyncio.shield(self.exited)
         return self.process.returncode or 0
+
+    def close(self) -> None:
+        """Let go of the pipes (a child's children may still hold the other ends)."""
+        self.transport.close()
 
 
 class UnitRunner:
@@ -226,6 +239,7 @@ class UnitRunner:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()
+        self._children: list[_Child] = []
 
     @property
     def unit_hash(self) -> str:
@@ -273,14 +287,9 @@ class UnitRunner:
         for name in ("LANG", "LC_ALL", "TZ"):
             if name in os.environ:
                 env[name] = os.environ[name]
-        try:
-            account = (
-                pwd.getpwnam(self.options.user) if self._as_user() else pwd.getpwuid(os.getuid())
-            )
-            env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-            env["SHELL"] = account.pw_shell or "/bin/sh"
-        except KeyError:
-            pass
+        account = self._account()
+        env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+        env["SHELL"] = account.pw_shell or "/bin/sh"
         env.update(self.options.environment)
         for path, optional in self.options.environment_files:
             try:
@@ -293,6 +302,18 @@ class UnitRunner:
     def _as_user(self) -> bool:
         return bool(self.options.user) and os.geteuid() == 0
 
+    def _account(self) -> pwd.struct_passwd:
+        """The account the unit runs as: User= when the agent is root, else the agent's own."""
+        user = self.options.user
+        if not self._as_user():
+            if user:
+                self._note(f"User={user} ignored: the agent does not run as root", 4)
+            return pwd.getpwuid(os.getuid())
+        try:
+            return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except KeyError:
+            raise RuntimeError(f"User={user}: no such user") from None
+
     def _spawn_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {"start_new_session": True, "stdin": asyncio.subprocess.DEVNULL}
         workdir = self.options.working_directory
@@ -304,7 +325,7 @@ class UnitRunner:
             elif not optional:
                 raise RuntimeError(f"WorkingDirectory={path} does not exist")
         if self._as_user():
-            account = pwd.getpwnam(self.options.user)
+            account = self._account()
             kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
         return kwargs
 
@@ -328,7 +349,9 @@ class UnitRunner:
             task = asyncio.create_task(self._pump(stream, identifier, process.pid, kind))
             self._pumps.add(task)
             task.add_done_callback(self._pumps.discard)
-        return _Child(process, protocol.exited)
+        child = _Child(process, protocol.exited, transport)
+        self._children.append(child)
+        return child
 
     async def _pump(
         self, stream: asyncio.StreamReader, identifier: str, pid: int, kind: str
@@ -358,7 +381,7 @@ class UnitRunner:
             try:
                 process = await self._spawn(command, env)
             except (OSError, RuntimeError) as error:
-                self._note(f"{command.argv[0]}: {error}", 3)
+                self._note(f"{shlex.join(command.argv)}: {error}", 3)
                 if command.ignore_failure:
                     continue
                 return False
@@ -377,10 +400,11 @@ class UnitRunner:
                 _kill_group(process.pid, signal.SIGKILL)
                 await process.wait()
                 if not self._stop.is_set():
-                    self._note(f"{command.argv[0]} timed out", 3)
+                    self._note(f"{shlex.join(command.argv)}: timed out after {limit:g}s", 3)
                 return False
             if process.returncode != 0 and not command.ignore_failure:
-                self._note(f"{command.argv[0]} failed: {_result_of(process.returncode or 0)}", 3)
+                outcome = _result_of(process.returncode or 0)
+                self._note(f"{shlex.join(command.argv)}: {outcome.describe()}", 3)
                 return False
         return True
 
@@ -417,6 +441,7 @@ class UnitRunner:
                 failures = failures + 1 if time.monotonic() - began < 10 else 1
                 delay = min(self.options.restart_sec * 2 ** (failures - 1), _MAX_BACKOFF)
                 delay = max(delay, self.options.restart_sec)
+                self._note(f"restarting in {delay:g}s (restart {self.restarts + 1})")
                 self._set("activating", "auto-restart")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
@@ -424,6 +449,7 @@ class UnitRunner:
             self._set("inactive", "dead")
         finally:
             self._record_path.unlink(missing_ok=True)
+            await self._drain()
 
     async def _run_once(self) -> Outcome:
         options = self.options
@@ -462,6 +488,8 @@ class UnitRunner:
             outcome = await self._stop_main(process, env)
         else:
             outcome = _result_of(process.returncode or 0)
+            if not outcome.clean:
+                self._note(f"main process {process.pid} {outcome.describe()}", 4)
             if command.ignore_failure and outcome.result == "exit-code":
                 outcome = Outcome("success", outcome.status)
             self._set("deactivating", "stop-sigterm")
@@ -528,4 +556,7 @@ class UnitRunner:
         """Let the output readers finish the lines already written."""
         if self._pumps:
             await asyncio.wait(set(self._pumps), timeout=1.0)
+        for child in [c for c in self._children if c.returncode is not None]:
+            child.close()
+            self._children.remove(child)
         self.sink.flush()

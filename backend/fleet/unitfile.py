@@ -111,6 +111,8 @@ class UnitName:
 
 def expand_specifiers(value: str, name: str) -> str:
     """Replace %n %N %p %i %% in ``value`` for the unit ``name``; unknown ones stay as they are."""
+    if "%" not in value:
+        return value
     parts = UnitName.parse(name)
     table = {
         "n": parts.full,
@@ -245,6 +247,9 @@ class FleetOptions:
     replaces: tuple[str, ...] = ()
 
 
+_NO_FLEET_OPTIONS = FleetOptions()
+
+
 @dataclass(frozen=True)
 class ServiceOptions:
     """The [Service] options the runner honours."""
@@ -274,6 +279,7 @@ class UnitFile:
 
     raw: str
     sections: dict[str, list[Option]]
+    _fleet: dict[str, FleetOptions] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hash(self) -> str:
@@ -290,8 +296,13 @@ class UnitFile:
         return [o for o in self.sections.get(section, []) if o.key == key]
 
     def fleet(self, name: str) -> FleetOptions:
-        """The [X-Fleet] options of this unit when it runs as ``name``."""
-        return fleet_options(self, name)
+        """The [X-Fleet] options of this unit when it runs as ``name`` (computed once per name)."""
+        if "X-Fleet" not in self.sections:
+            return _NO_FLEET_OPTIONS
+        options = self._fleet.get(name)
+        if options is None:
+            options = self._fleet[name] = fleet_options(self, name)
+        return options
 
     def service(self, name: str) -> ServiceOptions:
         """The [Service] options of this unit when it runs as ``name``."""

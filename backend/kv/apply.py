@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +94,8 @@ class Store:
         self.lessor = Lessor(config.min_lease_ttl)
         self.hub = WatchHub()
         self.alarms: set[int] = set()
-        self.applied_index = 0
+        self.applied_index = 1
+        """Entries applied; like etcd's raft index it starts with the member's own first entry."""
         self.durable_revision = 1
         self.wal = WriteAheadLog(config.data_dir / "wal", self._published)
         self._writes_since_snapshot = 0
@@ -222,8 +223,8 @@ class Store:
         ) and not self._snapshotting:
             self._spawn(self.take_snapshot())
 
-    def _spawn(self, coroutine: object) -> None:
-        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
@@ -410,8 +411,9 @@ class Store:
         self._check_size(request)
         _check_intervals(list(request.success))
         _check_intervals(list(request.failure))
+        # The branch taken at every level, depth first: etcd decides them all up front.
         path = self._choose(request)
-        self._check_txn_apply(request, path, iter(path))
+        self._check_txn_apply(request, iter(path))
         cost = _put_cost(request, iter(path))
         if cost:
             self._check_space(cost)
@@ -434,9 +436,8 @@ class Store:
                 path.extend(self._choose(op.request_txn))
         return path
 
-    def _check_txn_apply(self, request: rpc.TxnRequest, path: list[bool], walk: object) -> None:
-        steps = walk  # an iterator over ``path`` shared with the nested calls
-        succeeded = next(steps)  # type: ignore[call-overload]
+    def _check_txn_apply(self, request: rpc.TxnRequest, steps: Iterator[bool]) -> None:
+        succeeded = next(steps)
         for op in request.success if succeeded else request.failure:
             which = op.WhichOneof("request")
             if which == "request_put":
@@ -444,12 +445,16 @@ class Store:
             elif which == "request_range":
                 self.space.check_revision(op.request_range.revision)
             elif which == "request_txn":
-                self._check_txn_apply(op.request_txn, path, steps)
+                self._check_txn_apply(op.request_txn, steps)
 
     def _apply_txn(
-        self, writer: Writer, request: rpc.TxnRequest, steps: object, response: rpc.TxnResponse
+        self,
+        writer: Writer,
+        request: rpc.TxnRequest,
+        steps: Iterator[bool],
+        response: rpc.TxnResponse,
     ) -> None:
-        succeeded = next(steps)  # type: ignore[call-overload]
+        succeeded = next(steps)
         response.succeeded = succeeded
         revision = writer.batch.revision
         for op in request.success if succeeded else request.failure:
@@ -589,12 +594,14 @@ class Store:
         return rpc.HashResponse(header=self.header(self.space.revision), hash=self.hash_kv(0).hash)
 
     def status(self, version: str) -> rpc.StatusResponse:
-        size = self.wal.disk_size()
+        # On disk: the WAL, the snapshot and the member file; in use: what a snapshot of the
+        # state would hold now, which compaction shrinks and defragmentation makes the size.
+        size = self.wal.disk_size() + (self.config.data_dir / "member.json").stat().st_size
         response = rpc.StatusResponse(
             header=self.header(self.space.revision),
             version=version,
             dbSize=size,
-            dbSizeInUse=min(size, self.space.size),
+            dbSizeInUse=min(size, self.space.size + 64),
             leader=self.member_id,
             raftIndex=self.applied_index,
             raftTerm=RAFT_TERM,
@@ -705,8 +712,8 @@ def _check_intervals(ops: list[rpc.RequestOp]) -> tuple[set[bytes], list[tuple[b
     return puts, dels
 
 
-def _put_cost(request: rpc.TxnRequest, steps: object) -> int:
-    succeeded = next(steps)  # type: ignore[call-overload]
+def _put_cost(request: rpc.TxnRequest, steps: Iterator[bool]) -> int:
+    succeeded = next(steps)
     cost = 0
     for op in request.success if succeeded else request.failure:
         which = op.WhichOneof("request")

@@ -9,6 +9,7 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +24,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--data-dir", default="default.etcd", help="directory for the WAL and snapshots")
     add("--listen-client-urls", default="http://127.0.0.1:2379", help="URL to serve clients on")
-    add("--advertise-client-urls", default=None, help="URL members list for clients")
+    add(
+        "--advertise-client-urls",
+        default=None,
+        help="client URL that member list reports (default: the listen URL)",
+    )
     add("--name", default="default", help="human-readable name of this member")
     add(
         "--initial-advertise-peer-urls",
@@ -114,12 +119,15 @@ def run(args: argparse.Namespace) -> int:
     address = _listen_address(urls[0], tls is not None, args.allow_insecure_remote)
     try:
         progress = parse_duration(args.experimental_watch_progress_notify_interval)
-        retention = parse_duration(
-            args.auto_compaction_retention,
-            "h" if args.auto_compaction_mode == "periodic" else "s",
-        )
+        if args.auto_compaction_mode == "revision":
+            retention = float(int(args.auto_compaction_retention))
+        else:
+            retention = parse_duration(args.auto_compaction_retention, "h")
     except ValueError as error:
-        raise SystemExit(f"clusterd kv: {error}") from error
+        raise SystemExit(
+            f"clusterd kv: {error}; --auto-compaction-retention is a number of revisions in "
+            "revision mode, and hours or a duration (30m, 1h) in periodic mode"
+        ) from error
     if args.max_request_bytes <= 0 or args.quota_backend_bytes < 0:
         raise SystemExit("clusterd kv: sizes must be positive")
     config = Config(
@@ -133,10 +141,18 @@ def run(args: argparse.Namespace) -> int:
         max_txn_ops=args.max_txn_ops,
         snapshot_count=args.snapshot_count,
     )
-    if args.auto_compaction_mode == "revision":
-        retention = float(int(args.auto_compaction_retention))
     compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
-    return asyncio.run(_serve(config, address, urls[0], tls, progress, compaction))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(config, address, urls[0], tls, progress, compaction))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: gRPC's per-call work is mostly event-loop callbacks."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aetcd import rpc
+from sortedcontainers import SortedList
 
 from backend.kv import errors
 
@@ -78,8 +79,8 @@ class KeySpace:
         self.compacted = 0
         """The newest compacted revision; history before it is gone."""
         self.index: dict[bytes, KeyHistory] = {}
-        self.keys: list[bytes] = []
-        """Every key with a history, sorted, for range scans."""
+        self.keys: SortedList = SortedList()
+        """Every key with a history, sorted (O(log n) inserts), for range scans."""
         self.log: list[Batch] = []
         """Revision batches after ``compacted``, oldest first, for watch replay."""
         self.size = 0
@@ -104,17 +105,15 @@ class KeySpace:
             raise errors.COMPACTED
         return revision
 
-    def keys_in(self, key: bytes, end: bytes) -> Iterator[bytes] | list[bytes]:
+    def keys_in(self, key: bytes, end: bytes) -> list[bytes]:
         """Keys with a history in ``[key, end)``; an empty end is the one key."""
         if not end:
             return [key] if key in self.index else []
-        keys = self.keys
-        lo = bisect.bisect_left(keys, key)
         if end == FROM_KEY:
-            return keys[lo:]
+            return list(self.keys.irange(key))
         if end <= key:
             return []
-        return keys[lo : bisect.bisect_left(keys, end, lo)]
+        return list(self.keys.irange(key, end, inclusive=(True, False)))
 
     def range(self, key: bytes, end: bytes, revision: int) -> list[rpc.KeyValue]:
         """Live records in ``[key, end)`` at ``revision``, in key order."""
@@ -148,7 +147,7 @@ class KeySpace:
         history = self.index.get(key)
         if history is None:
             history = self.index[key] = KeyHistory()
-            bisect.insort(self.keys, key)
+            self.keys.add(key)
         history.revs.append(rec.mod_revision)
         history.recs.append(rec)
         self.size += len(key) + len(rec.value) + 48
@@ -176,10 +175,9 @@ class KeySpace:
                 del history.recs[:keep]
                 if not revs:
                     gone.append(key)
-        if gone:
-            for key in gone:
-                del self.index[key]
-            self.keys = sorted(self.index)
+        for key in gone:
+            del self.index[key]
+            self.keys.remove(key)
         self.compacted = revision
         cut = 0
         # The batch at the compaction revision stays: a watch may still start there.

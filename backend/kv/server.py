@@ -117,6 +117,8 @@ class WatchService(services.WatchServicer):
             outbox = stream.outbox
             while (response := await outbox.get()) is not None:
                 await context.write(response)
+                if stream.lagging:
+                    stream.catch_up()
         finally:
             reader.cancel()
             stream.close()

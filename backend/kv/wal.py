@@ -1,10 +1,4 @@
-"""Provides the write-ahead log: framed records, group-committed fsyncs, snapshots and recovery.
-
-The data directory holds ``wal-<seq>.log`` segments and at most one ``snap-<seq>.bin``;
-a snapshot named ``seq`` holds everything in the segments before ``seq``, so recovery
-loads it and replays segments ``seq`` and later. Records are ``length, crc32, payload``;
-a torn or corrupt record ends a segment (a crash mid-append) and is cut off.
-"""
+"""Provides the write-ahead log: framed records, group-committed fsyncs, snapshots, recovery."""
 
 from __future__ import annotations
 
@@ -60,9 +54,13 @@ def _fsync_dir(path: Path) -> None:
 class WriteAheadLog:
     """Appends records and makes them durable in groups: all writes waiting share one fsync.
 
-    ``append`` is called from the event loop and never blocks; ``durable()`` returns a
-    future that completes once everything appended so far is on disk. One writer thread
-    does the writes and fsyncs, so the event loop keeps serving while the disk works.
+    The directory holds ``wal-<seq>.log`` segments and at most one ``snap-<seq>.bin``; a
+    snapshot named ``seq`` holds everything in the segments before ``seq``, so recovery
+    loads it and replays segments ``seq`` and later. Records are ``length, crc32, payload``;
+    a torn or corrupt record ends a segment (a crash mid-append) and is cut off.
+
+    ``append`` is called from the event loop and schedules a flush; ``durable()`` returns
+    a future that completes once everything appended so far is on disk.
     """
 
     SEGMENT_BYTES = 64 * 1024 * 1024
@@ -75,11 +73,20 @@ class WriteAheadLog:
         self._pending: list[bytes] = []
         self._pending_tags: list[Any] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._inflight_waiters: list[asyncio.Future[None]] | None = None
+        self._scheduled = False
+        self._flushing = False
+        self._flushing_waiters: list[asyncio.Future[None]] = []
         self._written = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
         self._failed: BaseException | None = None
+        self._switch: (
+            tuple[
+                asyncio.Future[tuple[int, Callable[[], Iterable[bytes]]]],
+                Callable[[], Callable[[], Iterable[bytes]]],
+            ]
+            | None
+        ) = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- recovery ------------------------------------------------------------------------
@@ -127,10 +134,19 @@ class WriteAheadLog:
     # -- appending -----------------------------------------------------------------------
 
     def append(self, record: bytes, tag: Any = None) -> None:
-        """Queue a framed record; ``tag`` is handed to ``on_durable`` once it is on disk."""
+        """Queue a framed record; ``tag`` is handed to ``on_durable`` once it is on disk.
+
+        The flush runs once the event loop has handled what is ready now, so the writes
+        that arrive together share one fsync (group commit).
+        """
         self._pending.append(record)
         if tag is not None:
             self._pending_tags.append(tag)
+        if not self._scheduled and not self._flushing:
+            self._scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop.call_soon(self._flush)
 
     def durable(self) -> asyncio.Future[None]:
         """A future that completes when everything appended so far is on disk."""
@@ -141,10 +157,8 @@ class WriteAheadLog:
             future.set_exception(self._failed)
         elif self._pending:
             self._waiters.append(future)
-            if self._inflight_waiters is None:
-                self._start_flush()
-        elif self._inflight_waiters is not None:
-            self._inflight_waiters.append(future)
+        elif self._flushing:
+            self._flushing_waiters.append(future)
         else:
             future.set_result(None)
         return future
@@ -152,54 +166,68 @@ class WriteAheadLog:
     @property
     def idle(self) -> bool:
         """Nothing appended is waiting for the disk."""
-        return not self._pending and self._inflight_waiters is None
+        return not self._pending and not self._flushing
 
-    def _start_flush(self) -> None:
-        assert self._loop is not None
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending or self._flushing:
+            return
         data = b"".join(self._pending)
         tags = self._pending_tags
         waiters = self._waiters
         self._pending = []
         self._pending_tags = []
         self._waiters = []
-        self._inflight_waiters = waiters
-        self._written += len(data)
-        rotate = self._written > self.SEGMENT_BYTES
+        # The thread waits for the disk while the loop serves on and gathers the next group.
+        # (An fsync on the loop looks cheaper for a lone writer, but under concurrent load
+        # requests arrive one per loop pass, and a blocked loop then fsyncs them one by one.)
+        assert self._loop is not None
+        self._flushing = True
+        self._flushing_waiters = waiters
         job = self._loop.run_in_executor(self._executor, self._write, data)
-        job.add_done_callback(lambda done: self._flushed(done, tags, waiters, rotate))
+        job.add_done_callback(lambda done: self._flushed(done, len(data), tags))
+
+    def _flushed(self, done: asyncio.Future[None], size: int, tags: list[Any]) -> None:
+        self._flushing = False
+        waiters = self._flushing_waiters
+        self._flushing_waiters = []
+        error = done.exception()
+        if error is not None:
+            self._fail(error, waiters)
+            return
+        self._done(size, tags, waiters)
+        if self._switch is not None:
+            switched, capture = self._switch
+            self._switch = None
+            switched.set_result(self._switch_segment(capture))
+        if self._pending:
+            self._flush()
+
+    def _done(self, size: int, tags: list[Any], waiters: list[asyncio.Future[None]]) -> None:
+        self._written += size
+        if self._written > self.SEGMENT_BYTES:
+            self.want_snapshot = True
+        self.on_durable(tags)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, error: BaseException, waiters: list[asyncio.Future[None]]) -> None:
+        # After a failed write or fsync the file's state is unknown, and memory already holds
+        # writes the disk may not: stop, as etcd does, and let recovery start from the disk.
+        log.critical("WAL write failed, stopping: %s", error)
+        self._failed = error
+        for waiter in [*waiters, *self._waiters]:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiters = []
+        raise SystemExit(f"clusterd kv: WAL write failed: {error}")
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         os.fdatasync(self._fd)
-
-    def _flushed(
-        self,
-        done: asyncio.Future[None],
-        tags: list[Any],
-        waiters: list[asyncio.Future[None]],
-        rotate: bool,
-    ) -> None:
-        error = done.exception()
-        self._inflight_waiters = None
-        if error is not None:
-            # A failed fsync leaves the file in an unknown state; refuse all further writes.
-            log.error("WAL write failed: %s", error)
-            self._failed = error
-            for waiter in waiters + self._waiters:
-                if not waiter.done():
-                    waiter.set_exception(error)
-            self._waiters = []
-            return
-        self.on_durable(tags)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        if rotate:
-            self.want_snapshot = True
-        if self._pending:
-            self._start_flush()
 
     want_snapshot = False
     """Set when the current segment has grown past SEGMENT_BYTES."""
@@ -209,21 +237,33 @@ class WriteAheadLog:
     async def snapshot(self, capture: Callable[[], Callable[[], Iterable[bytes]]]) -> None:
         """Start a new segment, then write a snapshot of the state as of that switch.
 
-        ``capture`` runs on the event loop at the switch, with nothing appended in between,
-        and returns a function that yields the framed records of that state; it runs in a
-        thread, so it must only read what ``capture`` took (immutable records).
+        ``capture`` runs on the event loop at the switch and returns a function that yields
+        the framed records of the state; that function runs in a thread, so it must only
+        read what ``capture`` took (immutable records). The switch waits for no flush to be
+        in flight, not for the log to go idle, so a steady write load cannot starve it.
+        Records queued at the switch land in the new segment although the state already
+        holds them; replaying them is harmless (batches at or below the snapshot's revision
+        are skipped, the other records are idempotent).
         Old segments and snapshots go only once the new snapshot is safely on disk.
         """
         self.want_snapshot = False
-        while not self.idle:
-            await self.durable()
-        # No await from here to the capture: the switch and the captured state must agree.
-        new_seq = self.seq + 1
-        self._open(new_seq)
-        produce = capture()
+        if self._flushing:
+            switched: asyncio.Future[tuple[int, Callable[[], Iterable[bytes]]]]
+            switched = asyncio.get_running_loop().create_future()
+            self._switch = (switched, capture)
+            seq, produce = await switched
+        else:
+            seq, produce = self._switch_segment(capture)
         await asyncio.get_running_loop().run_in_executor(
-            self._snapshotter, self._write_snapshot, new_seq, produce
+            self._snapshotter, self._write_snapshot, seq, produce
         )
+
+    def _switch_segment(
+        self, capture: Callable[[], Callable[[], Iterable[bytes]]]
+    ) -> tuple[int, Callable[[], Iterable[bytes]]]:
+        seq = self.seq + 1
+        self._open(seq)
+        return seq, capture()
 
     def _write_snapshot(self, seq: int, produce: Callable[[], Iterable[bytes]]) -> None:
         final = self.directory / f"snap-{seq:016d}.bin"

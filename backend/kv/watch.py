@@ -14,6 +14,9 @@ NOPUT = rpc.WatchCreateRequest.NOPUT
 NODELETE = rpc.WatchCreateRequest.NODELETE
 REPLAY_CHUNK_REVISIONS = 1000
 """Revisions per replay response, like etcd's watch batch limit."""
+MAX_QUEUED_RESPONSES = 1024
+"""Responses a stream may have waiting for a slow client before its watchers fall back to
+catching up from history, as etcd's "victim" watchers do; this bounds a stream's memory."""
 
 
 class Source(Protocol):
@@ -35,6 +38,7 @@ class Watcher:
         "end",
         "id",
         "key",
+        "lagging",
         "next_revision",
         "no_delete",
         "no_put",
@@ -54,6 +58,9 @@ class Watcher:
         self.no_delete = NODELETE in filters
         self.progress = request.progress_notify
         self.next_revision = 0
+        """The first revision this watcher has not been sent yet."""
+        self.lagging = False
+        """Set while its stream is backed up; it then catches up from history."""
 
     def matches(self, key: bytes) -> bool:
         end = self.end
@@ -119,7 +126,12 @@ class WatchHub:
                 concerned.add(watcher)
             revision = batch.revision
             for watcher in concerned:
-                if watcher.next_revision > revision:
+                if watcher.next_revision > revision or watcher.lagging:
+                    continue
+                stream = watcher.stream
+                if stream.outbox.qsize() >= MAX_QUEUED_RESPONSES:
+                    watcher.lagging = True
+                    stream.lagging.add(watcher)
                     continue
                 watcher.next_revision = revision + 1
                 events = watcher.select(batch)
@@ -138,6 +150,7 @@ class WatchStream:
         self.source = source
         self.watchers: dict[int, Watcher] = {}
         self.outbox: asyncio.Queue[rpc.WatchResponse | None] = asyncio.Queue()
+        self.lagging: set[Watcher] = set()
         self._next_id = 0
 
     def send(self, response: rpc.WatchResponse | None) -> None:
@@ -217,6 +230,32 @@ class WatchStream:
                 header=self.source.header(revision), watch_id=watcher.id, events=events
             )
         )
+
+    def catch_up(self) -> None:
+        """Once the client has read most of the backlog, replay what lagging watchers missed."""
+        if self.outbox.qsize() > MAX_QUEUED_RESPONSES // 2:
+            return
+        source = self.source
+        durable = source.durable_revision
+        for watcher in list(self.lagging):
+            self.lagging.discard(watcher)
+            watcher.lagging = False
+            if self.watchers.get(watcher.id) is not watcher:
+                continue
+            if watcher.next_revision < source.space.compacted:
+                # The history it missed is gone: end it the way etcd ends such a watch.
+                self.watchers.pop(watcher.id)
+                source.hub.remove(watcher)
+                self.send(
+                    rpc.WatchResponse(
+                        header=source.header(durable),
+                        watch_id=watcher.id,
+                        canceled=True,
+                        compact_revision=source.space.compacted,
+                    )
+                )
+            elif watcher.next_revision <= durable:
+                self._replay(watcher, watcher.next_revision, durable)
 
     def cancel(self, watch_id: int) -> None:
         watcher = self.watchers.pop(watch_id, None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from backend.keys import prefix_end
 from console.ctl import tabulate
 from tests.ctl.conftest import CtlRunner
 from tests.fleet.conftest import NodeFactory, eventually
+from tests.harness.etcd import TLSFiles, start_etcd
+from tests.harness.pki import CA
 from tests.harness.procs import REPO
 from tests.harness.sshd import SSHServer
 
@@ -195,7 +199,7 @@ async def test_status_of_an_unplaceable_unit_gives_the_reason(
     reason = "no machine has the metadata region=eu"
     await registry.txn([], [registry.put_op(registry.key("job", "far.service", "reason"), reason)])
     result = await ctl("status", "far")
-    assert result.code == 0
+    assert result.code == 3
     assert f"   Reason: {reason}" in result.out.splitlines()
     missing = await ctl("status", "ghost")
     assert missing.code == 1 and missing.err == "Unit ghost.service does not exist.\n"
@@ -359,9 +363,8 @@ async def test_status_and_journal_show_the_units_lines(
         return result.code == 0 and "line 3" in result.out
 
     await eventually(three_lines, within=15, what="the unit's lines in the journal")
-    # journal goes to this process's stdout (it runs clusterd journal as a child); status
-    # captures it.
     status = await ctl("status", "talk")
+    assert status.code == 0
     assert "   Active: active (running)" in status.out
     assert [line.rsplit(": ", 1)[-1] for line in status.out.splitlines() if "]: line" in line] == [
         "line 1",
@@ -432,3 +435,84 @@ async def test_ssh_hops_through_the_tunnel_host(
     result = await ctl(*_ssh_flags(sshd), "--tunnel", sshd.spec, "ssh", M1, "echo", "hopped")
     assert result.code == 0, result.err
     assert result.out == "hopped\n"
+
+
+async def test_list_subnets_shows_leases_and_reservations(
+    ctl: CtlRunner, registry: Registry, kv: EtcdClient, ns: bytes
+) -> None:
+    await seed(registry)
+    overlay = ns.decode() + "network/"
+    lease = await kv.lease(600)
+    leased = {"PublicIP": "172.17.8.102", "BackendType": "vxlan", "BackendData": {"MachineID": M1}}
+    await kv.put(
+        f"{overlay}subnets/10.1.15.0-24".encode(), json.dumps(leased).encode(), lease=lease
+    )
+    reserved = {"PublicIP": "172.17.8.200", "BackendType": "vxlan"}
+    await kv.put(f"{overlay}subnets/10.1.99.0-24".encode(), json.dumps(reserved).encode())
+    result = await ctl("--overlay-prefix", overlay, "list-subnets")
+    assert result.code == 0, result.err
+    header, first, second = result.rows
+    assert header == ["SUBNET", "MACHINE", "PUBLIC-IP", "BACKEND", "EXPIRES"]
+    assert first[:4] == ["10.1.15.0/24", "85c0c595...", "172.17.8.102", "vxlan"]
+    expires = dt.datetime.strptime(first[4], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    remaining = (expires - dt.datetime.now(dt.UTC)).total_seconds()
+    assert 550 < remaining <= 601
+    assert second == ["10.1.99.0/24", "-", "172.17.8.200", "vxlan", "reserved"]
+
+
+async def test_restart_stops_then_starts_the_unit_in_a_new_process(
+    ctl: CtlRunner, nodes: NodeFactory, registry: Registry
+) -> None:
+    node = nodes.start("n1", ttl="2s")
+    node.wait_until((nodes.root / "n1" / "machine-id").exists)
+    await registry.create_job("svc.service", HELLO)
+    started = await ctl("start", "--block-attempts", "40", "svc")
+    assert started.code == 0, started.err
+    record = nodes.root / "n1" / "run" / "svc.service.json"
+    before = json.loads(record.read_text())["pid"]
+    restarted = await ctl("restart", "--block-attempts", "40", "svc")
+    assert restarted.code == 0, restarted.err
+    lines = restarted.out.splitlines()
+    assert [line.split(" on ")[0] for line in lines] == [
+        "Unit svc.service loaded",
+        "Unit svc.service launched",
+    ]
+    assert json.loads(record.read_text())["pid"] != before
+
+
+@pytest.mark.slow
+def test_tls_flags_reach_a_store_that_demands_client_certificates(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("etcd-server", server=True)
+    member = start_etcd(tmp_path, tls=TLSFiles(server.cert, server.key, ca.path, True))
+    try:
+        operator = ca.issue("operator", server=False)
+        tls = ["--cacert", str(ca.path), "--cert", str(operator.cert), "--key", str(operator.key)]
+        listed = cli("--endpoints", member.url, *tls, "list-machines", env={})
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout == "MACHINE\tIP\tMETADATA\n"
+        refused = cli("--endpoint", member.url, "--ca-file", str(ca.path), "list-machines", env={})
+        assert refused.returncode == 1
+        assert refused.stdout == ""
+        # gRPC's own TLS diagnostics may come first; clusterctl's word is the last line.
+        assert refused.stderr.splitlines()[-1].startswith("Error:")
+    finally:
+        member.stop()
+
+
+async def test_journal_of_a_global_unit_reads_this_hosts_copy(
+    ctl: CtlRunner, registry: Registry, tmp_path: Path
+) -> None:
+    here = os.uname().nodename
+    writer = JournalWriter(tmp_path / "here", hostname=here, machine_id=M2)
+    writer.line(b"monitoring here", unit="monitor.service", identifier="sh", pid=9)
+    writer.close()
+    await registry.register_machine(Machine(M1, "172.17.8.102", {}, "elsewhere"), 0)
+    await registry.register_machine(Machine(M2, "127.0.0.1", {}, here, str(tmp_path / "here")), 0)
+    await registry.create_job("monitor.service", GLOBAL)
+    for machine in (M1, M2):
+        state = UnitState("loaded", "active", "running", unit_hash(GLOBAL), machine)
+        await registry.publish_state("monitor.service", state, 0)
+    result = await ctl("journal", "monitor")
+    assert result.code == 0, result.err
+    assert result.out.rstrip().endswith("sh[9]: monitoring here")

@@ -134,3 +134,50 @@ async def test_a_follower_does_not_write(kv: EtcdClient, registry: Registry) -> 
     finally:
         await halt(stop, task)
         await kv.revoke_lease(lease.id)
+
+
+async def test_constraints_combine_through_the_store(kv: EtcdClient, registry: Registry) -> None:
+    await register(kv, registry, Machine("aaaaaaaa01", metadata={"disk": "ssd"}))
+    await register(kv, registry, Machine("bbbbbbbb02", metadata={"disk": "ssd"}))
+    await register(kv, registry, Machine("cccccccc03", metadata={"disk": "hdd"}))
+    engine = Engine(kv, registry, "aaaaaaaa01", ttl=2, reconcile_interval=30)
+    stop, task = await run_engine(engine)
+    try:
+        ssd = "[X-Fleet]\nMachineMetadata=disk=ssd\nConflicts=db@*\n"
+        await submit(registry, "db@1.service", SIMPLE + ssd)
+        await submit(registry, "db@2.service", SIMPLE + ssd)
+        await submit(registry, "db@3.service", SIMPLE + ssd)
+        await submit(registry, "backup.service", SIMPLE + "[X-Fleet]\nMachineOf=db@2.service\n")
+        await submit(registry, "pinned.service", SIMPLE + "[X-Fleet]\nMachineID=cccccccc\n")
+
+        async def settled() -> bool:
+            jobs = await registry.list_jobs()
+            return len(jobs) == 5 and all(j.target or j.reason for j in jobs.values())
+
+        await eventually(settled, what="every unit placed or explained")
+        jobs = await registry.list_jobs()
+        assert {jobs["db@1.service"].target, jobs["db@2.service"].target} == {
+            "aaaaaaaa01",
+            "bbbbbbbb02",
+        }
+        assert jobs["db@3.service"].target == ""
+        assert "conflicting unit" in jobs["db@3.service"].reason
+        assert jobs["backup.service"].target == jobs["db@2.service"].target
+        assert jobs["pinned.service"].target == "cccccccc03"
+    finally:
+        await halt(stop, task)
+
+
+async def test_a_restarted_engine_retakes_its_own_leadership_at_once(
+    kv: EtcdClient, registry: Registry
+) -> None:
+    stale = await kv.lease(60)
+    await kv.put(registry.leader_key, b'"e1aaaaaaaa"', lease=stale)
+    engine = Engine(kv, registry, "e1aaaaaaaa", ttl=30, reconcile_interval=30)
+    stop, task = await run_engine(engine)
+    try:
+        await asyncio.wait_for(engine.elected.wait(), 5)
+        info = await kv.get_lease_info(stale.id, keys=False)
+        assert info.TTL == -1
+    finally:
+        await halt(stop, task)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
 from pathlib import Path
 
+from backend.etcd import make_client
 from backend.fleet.registry import Registry, current_state
 from backend.fleet.runner import process_start_time, reap_orphans
+from backend.fleet.unitfile import unit_hash
 from tests.fleet.conftest import NodeFactory, eventually
+from tests.harness.etcd import EtcdMember
 from tests.harness.procs import Child
+from tests.harness.stores import RunningStore
 
 LOOP = '[Service]\nExecStart=/bin/sh -c "while true; do echo tick; sleep 0.2; done"\n'
 
@@ -172,3 +177,64 @@ async def test_a_global_unit_runs_on_every_matching_machine(
         return active == east_ids
 
     await eventually(everywhere_east, within=15, what="the global unit on both east machines")
+
+
+async def test_replacing_a_running_unit_restarts_it_with_the_new_text(
+    nodes: NodeFactory, registry: Registry, tmp_path: Path
+) -> None:
+    registry = Registry(registry.client, nodes.prefix)
+    child = nodes.start("solo")
+    machine = ident(child, tmp_path)
+    marker = tmp_path / "version"
+    first = f'[Service]\nExecStart=/bin/sh -c "echo one > {marker}; exec sleep 60"\n'
+    second = first.replace("one", "two")
+    await launch(registry, "svc.service", first)
+    await eventually(lambda: marker.exists() and marker.read_text() == "one\n", within=15)
+    old_pid = unit_pid(tmp_path / "solo", "svc.service")
+    await registry.create_job("svc.service", second, replace=True)
+
+    async def second_running() -> bool:
+        states = (await registry.unit_states("svc.service")).get("svc.service", {})
+        state = states.get(machine)
+        return (
+            state is not None
+            and state.unit_hash == unit_hash(second)
+            and (state.active_state == "active")
+        )
+
+    await eventually(second_running, within=15, what="the new text running")
+    assert marker.read_text() == "two\n"
+    assert not process_start_time(old_pid)
+
+
+def restart_store(store: RunningStore) -> None:
+    if isinstance(store, EtcdMember):
+        store.stop()
+        store.start().wait_ready()
+    else:
+        store.restart()  # type: ignore[attr-defined]
+
+
+async def test_units_keep_running_through_a_store_restart_and_the_node_comes_back(
+    fresh_store: RunningStore, tmp_path: Path
+) -> None:
+    prefix = "/outage/fleet/"
+    factory = NodeFactory(fresh_store.url, prefix, tmp_path)
+    client = make_client([fresh_store.url])
+    registry = Registry(client, prefix)
+    try:
+        machine = ident(factory.start("n1", ttl="2s"), tmp_path)
+        await launch(registry, "svc.service")
+        await eventually(lambda: runs_on(registry, "svc.service", machine), within=15)
+        pid = unit_pid(tmp_path / "n1", "svc.service")
+        await client.close()
+        await asyncio.to_thread(restart_store, fresh_store)
+        client = make_client([fresh_store.url])
+        registry = Registry(client, prefix)
+        await eventually(lambda: runs_on(registry, "svc.service", machine), within=20)
+        assert unit_pid(tmp_path / "n1", "svc.service") == pid
+        assert process_start_time(pid)
+        assert machine in await registry.machines()
+    finally:
+        factory.stop_all()
+        await client.close()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from backend.fleet.runner import UnitRunner, group_alive, reap_orphans
 from backend.fleet.unitfile import parse
@@ -300,3 +303,50 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="User= takes effect only when the agent is root")
+async def test_user_runs_the_unit_as_that_account(sink: RecordingSink, tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    unit = runner(
+        "[Service]\nType=oneshot\nUser=nobody\nExecStart=/bin/sh -c 'echo $(id -u) $HOME'\n",
+        sink,
+        tmp_path,
+        "who.service",
+    )
+    unit.start()
+    await unit.wait_stopped()
+    assert sink.messages("who.service") == [f"{nobody.pw_uid} {nobody.pw_dir}"]
+
+
+async def test_an_unknown_user_fails_the_unit_or_is_ignored_when_not_root(
+    sink: RecordingSink, tmp_path: Path
+) -> None:
+    unit = runner(
+        "[Service]\nUser=no-such-user-here\nExecStart=/bin/true\n", sink, tmp_path, "u.service"
+    )
+    unit.start()
+    await unit.wait_stopped()
+    if os.geteuid() == 0:
+        assert unit.active_state == "failed"
+        assert "User=no-such-user-here: no such user" in sink.messages("u.service")
+    else:
+        assert unit.active_state == "inactive"
+        assert "User=no-such-user-here ignored" in sink.messages("u.service")[0]
+
+
+async def test_a_start_command_past_timeout_start_sec_is_killed_and_fails_the_unit(
+    sink: RecordingSink, tmp_path: Path
+) -> None:
+    unit = runner(
+        "[Service]\nTimeoutStartSec=300ms\nExecStartPre=/bin/sleep 30\nExecStart=/bin/sleep 30\n",
+        sink,
+        tmp_path,
+        "slow.service",
+    )
+    began = time.monotonic()
+    unit.start()
+    await unit.wait_stopped()
+    assert time.monotonic() - began < 5
+    assert unit.active_state == "failed"
+    assert "/bin/sleep 30: timed out after 0.3s" in sink.messages("slow.service")

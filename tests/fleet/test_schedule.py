@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from backend.fleet.engine import Decision, schedule
 from backend.fleet.registry import ClusterState, Job, Machine
 from backend.fleet.unitfile import parse
@@ -219,3 +224,79 @@ def test_a_placed_unit_whose_constraint_no_longer_holds_moves() -> None:
     state = three()
     add(state, "x.service", "MachineMetadata=disk=hdd", target=A)
     assert schedule(state)["x.service"].target == C
+
+
+_OPTIONS = st.sampled_from(
+    [
+        "",
+        "MachineMetadata=region=us-west",
+        "MachineMetadata=disk=ssd\nMachineMetadata=disk=hdd",
+        "Conflicts=web@*.service",
+        "Conflicts=db.service",
+        "MachineOf=db.service",
+        "MachineID=bbbbbbbb",
+        "Replaces=u1.service",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["db", "web@1", "web@2", "web@3", "u1", "u2", "u3", "u4"]),
+            _OPTIONS,
+            st.sampled_from(["", A, B, C, "gone"]),
+        ),
+        max_size=8,
+        unique_by=lambda t: t[0],
+    ),
+    st.sets(st.sampled_from([A, B, C]), min_size=1),
+)
+def test_placements_always_honour_the_constraints(
+    units: list[tuple[str, str, str]], alive: set[str]
+) -> None:
+    state = three()
+    state.machines = {m: state.machines[m] for m in alive}
+    for stem, fleet, target in units:
+        add(state, f"{stem}.service", fleet, target=target)
+    decisions = schedule(state)
+    on: dict[str, list[str]] = {}
+    for name, decision in decisions.items():
+        assert decision.target or decision.reason
+        if not decision.target:
+            continue
+        assert decision.target in state.machines
+        on.setdefault(decision.target, []).append(name)
+        options = state.jobs[name].unit.fleet(name)  # type: ignore[union-attr]
+        machine = state.machines[decision.target]
+        for key, values in options.metadata.items():
+            assert machine.metadata.get(key) in values
+        if options.machine_id:
+            assert decision.target.startswith(options.machine_id)
+        for leader in options.machine_of:
+            assert decisions[leader].target == decision.target
+    for names in on.values():
+        for name in names:
+            options = state.jobs[name].unit.fleet(name)  # type: ignore[union-attr]
+            for other in names:
+                if other != name:
+                    assert not any(fnmatch.fnmatchcase(other, p) for p in options.conflicts)
+
+
+def test_conflicts_with_a_global_unit_apply_where_it_runs() -> None:
+    state = three()
+    add(state, "monitor.service", "Global=true\nMachineMetadata=region=us-west")
+    add(state, "loner.service", "Conflicts=monitor.service")
+    add(state, "picky.service", "MachineMetadata=region=us-west\nConflicts=monitor*")
+    decisions = schedule(state)
+    assert decisions["loner.service"].target == A
+    assert decisions["picky.service"].target == ""
+    assert "conflicting unit" in decisions["picky.service"].reason
+
+
+def test_a_global_units_own_conflicts_keep_matching_units_away() -> None:
+    state = three()
+    add(state, "guard.service", "Global=true\nMachineID=aaaaaaaa\nConflicts=batch-*")
+    add(state, "batch-1.service", "MachineMetadata=disk=ssd")
+    assert schedule(state)["batch-1.service"].target == B

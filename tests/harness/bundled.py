@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.harness.etcd import TLSFiles
 from tests.harness.procs import REPO, Child, OwnsChild, free_port, port_open
 
 
@@ -16,14 +17,22 @@ class BundledStore(OwnsChild):
     data_dir: Path
     port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
+    tls: TLSFiles | None = None
     child: Child | None = None
     kind: str = "bundled"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
+        tls = []
+        if self.tls:
+            tls = ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key)]
+            tls += ["--trusted-ca-file", str(self.tls.ca)]
+            if self.tls.client_cert_auth:
+                tls.append("--client-cert-auth")
         return [
             sys.executable, "-m", "backend.daemon", "kv",
             "--data-dir", str(self.data_dir),
@@ -31,6 +40,7 @@ class BundledStore(OwnsChild):
             # etcd's harness timing, hence the same minimum lease TTL.
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
+            *tls,
             *self.extra,
         ]  # fmt: skip
 
@@ -58,6 +68,8 @@ class BundledStore(OwnsChild):
         return self.child.output() if self.child else ""
 
 
-def start_bundled(root: Path, extra: list[str] | None = None) -> BundledStore:
+def start_bundled(
+    root: Path, extra: list[str] | None = None, tls: TLSFiles | None = None
+) -> BundledStore:
     """A `clusterd kv` on a free loopback port, answering connections."""
-    return BundledStore(data_dir=root / "kv", extra=list(extra or [])).start()
+    return BundledStore(data_dir=root / "kv", extra=list(extra or []), tls=tls).start()

@@ -19,32 +19,7 @@ import pytest
 
 from tests.harness.bundled import BundledStore
 from tests.harness.etcd import EtcdMember, start_etcd
-from tests.harness.procs import find_tool
-
-ETCDCTL = find_tool("etcdctl")
-
-
-@dataclass
-class Result:
-    """One etcdctl run."""
-
-    rc: int
-    out: str
-    err: str
-
-
-def etcdctl(url: str, *args: str, stdin: str | None = None, timeout: float = 15) -> Result:
-    env = {**os.environ, "ETCDCTL_API": "3"}
-    done = subprocess.run(
-        [ETCDCTL, f"--endpoints={url}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
-
+from tests.kv.tools import ETCDCTL, Result, etcdctl
 
 _MASKS = [
     (re.compile(r"https?://(127\.0\.0\.1|localhost):\d+"), "<url>"),
@@ -217,8 +192,19 @@ def test_endpoint_and_member_commands_match_etcd(pair: Pair) -> None:
     pair.same("endpoint", "status", "-w", "json")
     pair.same("endpoint", "hashkv")
     pair.same("member", "list")
+    pair.same("member", "list", "-w", "json")
+    pair.same("endpoint", "status", "--cluster")
+    pair.same("endpoint", "health", "--cluster")
     pair.same("defrag")
     pair.same("alarm", "list")
+
+
+def test_snapshot_save_is_refused_with_a_clear_error(pair: Pair, tmp_path: Path) -> None:
+    result = etcdctl(pair.bundled.url, "snapshot", "save", str(tmp_path / "snap.db"))
+    assert result.rc != 0
+    assert "snapshot download is not supported" in result.err
+    assert etcdctl(pair.bundled.url, "put", "/after/snapshot", "ok").out == "OK\n"
+    assert etcdctl(pair.etcd.url, "put", "/after/snapshot", "ok").out == "OK\n"
 
 
 def test_compaction_then_reading_history_below_it_fails_alike(fresh_pair: Pair) -> None:

@@ -295,3 +295,26 @@ async def test_a_txn_that_fails_a_check_changes_nothing(kv: EtcdClient, ns: byte
     assert (code, message) == (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
     assert await kv.get(ns + b"ok") is None
     assert await kv.current_revision() == before
+
+
+async def test_compaction_and_defrag_give_the_space_of_old_versions_back(
+    fresh_kv: EtcdClient,
+) -> None:
+    kv = fresh_kv
+    for i in range(100):
+        last = await kv.put(b"big", b"%03d" % i + b"x" * 20_000)
+    before = await kv.maintenancestub.Status(rpc.StatusRequest())
+    await kv.kvstub.Compact(rpc.CompactionRequest(revision=last.header.revision, physical=True))
+    await kv.maintenancestub.Defragment(rpc.DefragmentRequest())
+    after = await kv.maintenancestub.Status(rpc.StatusRequest())
+    assert after.dbSize < before.dbSize / 2
+    got = await kv.get(b"big")
+    assert got is not None and got.value.startswith(b"099")
+
+
+async def test_authenticate_answers_that_auth_is_not_enabled(kv: EtcdClient) -> None:
+    call = rpc.AuthStub(kv.channel).Authenticate(rpc.AuthenticateRequest(name="u", password="p"))
+    assert await rpc_error(call) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "etcdserver: authentication is not enabled",
+    )

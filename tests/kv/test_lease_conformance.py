@@ -74,12 +74,12 @@ async def test_granting_an_existing_lease_id_is_refused(kv: EtcdClient) -> None:
 
 
 async def test_keep_alive_renews_the_lease_past_its_ttl(kv: EtcdClient, ns: bytes) -> None:
-    lease = await kv.lease(1)
+    lease = await kv.lease(2)
     await kv.put(ns + b"alive", b"1", lease=lease)
     for _ in range(6):
         answer = await lease.refresh()
-        assert answer.TTL == 1
-        await asyncio.sleep(0.4)
+        assert answer.TTL == 2
+        await asyncio.sleep(0.5)
     assert await kv.get(ns + b"alive") is not None
     unknown = await kv.refresh_lease(55555)
     assert (unknown.ID, unknown.TTL) == (55555, 0)
@@ -90,8 +90,9 @@ async def test_keys_on_an_expired_lease_are_deleted_with_a_watch_event(
     kv: EtcdClient, ns: bytes
 ) -> None:
     lease = await kv.lease(1)
-    await kv.put(ns + b"gone", b"1", lease=lease)
-    watch = await kv.watch(ns + b"gone")
+    put = await kv.put(ns + b"gone", b"1", lease=lease)
+    # From the revision after the put, so an expiry before the watch starts is replayed.
+    watch = await kv.watch(ns + b"gone", start_revision=put.header.revision + 1)
     event = await asyncio.wait_for(anext(watch.__aiter__()), 10)
     await watch.cancel()
     assert str(event.kind) == "DELETE"

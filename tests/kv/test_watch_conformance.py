@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aetcd import rpc
 
 from backend.etcd import EtcdClient
@@ -138,3 +139,26 @@ async def test_a_watch_from_a_compacted_revision_is_canceled_with_the_compaction
     replay = await at_point.next()
     await at_point.close()
     assert [e.kv.value for e in replay.events] == [b"2"]
+
+
+@pytest.mark.slow
+async def test_a_client_that_reads_late_still_gets_every_event_in_order(
+    kv: EtcdClient, ns: bytes, raw_watch: RawWatch
+) -> None:
+    await raw_watch.create(ns, prefix_end(ns))
+    value = b"x" * 2048
+    total = 3000
+
+    async def writer(first: int) -> None:
+        for i in range(first, total, 32):
+            await kv.put(ns + b"%05d" % i, value)
+
+    # Nobody reads the watch while the writes go on, so its stream backs up on the server.
+    await asyncio.gather(*(writer(w) for w in range(32)))
+    seen: list[tuple[int, bytes]] = []
+    while len(seen) < total:
+        response = await raw_watch.next()
+        seen += [(e.kv.mod_revision, e.kv.key) for e in response.events]
+    assert len(seen) == total
+    assert [revision for revision, _key in seen] == sorted({revision for revision, _key in seen})
+    assert {key for _revision, key in seen} == {ns + b"%05d" % i for i in range(total)}

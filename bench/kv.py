@@ -1,0 +1,183 @@
+"""Benchmarks the bundled store against real etcd: put/get throughput and watch latency.
+
+Both stores run on loopback with durable writes (etcd fsyncs its WAL; `clusterd kv` fsyncs
+with group commit), and both are driven by the same aetcd-based client in the same run.
+
+    python -m bench.kv [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from backend.etcd import EtcdClient, make_client
+from tests.harness.bundled import start_bundled
+from tests.harness.etcd import start_etcd
+from tests.harness.stores import RunningStore
+
+CONCURRENCY = 64
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _rate(
+    op: Callable[[int], Awaitable[object]], seconds: float, tasks: int, pid: int
+) -> tuple[float, float]:
+    """Ops per second of ``tasks`` concurrent loops over ``seconds``, and server CPU µs per op."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop(first: int) -> None:
+        nonlocal done
+        i = first
+        while time.perf_counter() < deadline:
+            await op(i)
+            i += tasks
+            done += 1
+
+    cpu = _cpu_seconds(pid)
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(t) for t in range(tasks)))
+    elapsed = time.perf_counter() - start
+    return done / elapsed, (_cpu_seconds(pid) - cpu) * 1e6 / max(done, 1)
+
+
+async def _watch_latency(client: EtcdClient, watchers: int, events: int) -> tuple[float, float]:
+    """Milliseconds from issuing a put to each watcher receiving it: (p50, p99)."""
+    key = b"/bench/watch/%d" % watchers
+    latencies: list[float] = []
+    sent: dict[bytes, float] = {}
+    ready = asyncio.Event()
+    seen = 0
+
+    async def watch() -> None:
+        nonlocal seen
+        stream = client.watch_batches(key)
+        async for batch in stream:
+            now = time.perf_counter()
+            for event in batch.events:
+                latencies.append((now - sent[event.kv.value]) * 1000)
+            seen += 1
+            if seen == watchers:
+                ready.set()
+
+    tasks = [asyncio.ensure_future(watch()) for _ in range(watchers)]
+    # Watches are created asynchronously: a put must reach every watcher before timing starts.
+    while True:
+        ready.clear()
+        seen = 0
+        sent[b"warm"] = time.perf_counter()
+        await client.put(key, b"warm")
+        try:
+            await asyncio.wait_for(ready.wait(), 0.5)
+            break
+        except TimeoutError:
+            continue
+    latencies.clear()
+    for i in range(events):
+        value = b"%d" % i
+        ready.clear()
+        seen = 0
+        sent[value] = time.perf_counter()
+        await client.put(key, value)
+        await asyncio.wait_for(ready.wait(), 10)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ordered = sorted(latencies)
+    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
+
+
+THROUGHPUT = [
+    ("put sequential", "put", 1),
+    ("get sequential", "get", 1),
+    (f"put {CONCURRENCY}-concurrent", "put", CONCURRENCY),
+    (f"get {CONCURRENCY}-concurrent", "get", CONCURRENCY),
+]
+
+
+async def measure(
+    stores: dict[str, RunningStore], seconds: float, rounds: int, events: int
+) -> dict[str, dict[str, float]]:
+    """Every figure for every store.
+
+    The stores take turns, ``rounds`` times per measure, and each figure is the median of
+    its rounds: the machine is shared, and turns give both stores the same background load.
+    """
+    clients = {kind: make_client([store.url]) for kind, store in stores.items()}
+    for client in clients.values():
+        await client.wait_ready()
+    value = b"v" * 100
+    figures: dict[str, dict[str, float]] = {kind: {} for kind in stores}
+
+    def ops(client: EtcdClient) -> dict[str, Callable[[int], Awaitable[object]]]:
+        async def put(i: int) -> None:
+            await client.put(b"/bench/k/%06d" % (i % 1000), value)
+
+        async def get(i: int) -> None:
+            await client.get(b"/bench/k/%06d" % (i % 1000))
+
+        return {"put": put, "get": get}
+
+    pids = {kind: _pid(store) for kind, store in stores.items()}
+    for kind, client in clients.items():
+        await _rate(ops(client)["put"], 0.5, CONCURRENCY, pids[kind])  # warm up
+    for name, op, tasks in THROUGHPUT:
+        samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in stores}
+        for _round in range(rounds):
+            for kind, client in clients.items():
+                samples[kind].append(await _rate(ops(client)[op], seconds, tasks, pids[kind]))
+        for kind, taken in samples.items():
+            figures[kind][f"{name} ops/s"] = statistics.median(rate for rate, _cpu in taken)
+            figures[kind][f"{name} server CPU us/op"] = statistics.median(c for _r, c in taken)
+    for watchers in (1, 100):
+        for kind, client in clients.items():
+            p50, p99 = await _watch_latency(client, watchers, events)
+            figures[kind][f"watch p50 ms ({watchers} watchers)"] = p50
+            figures[kind][f"watch p99 ms ({watchers} watchers)"] = p99
+    for client in clients.values():
+        await client.close()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
+    args = parser.parse_args()
+    seconds, rounds, events = (1.0, 3, 200) if args.quick else (2.0, 5, 1000)
+    with tempfile.TemporaryDirectory(prefix="bench-kv-") as tmp:
+        root = Path(tmp)
+        stores: dict[str, RunningStore] = {}
+        try:
+            stores["etcd"] = start_etcd(root / "etcd")
+            stores["bundled"] = start_bundled(root / "bundled")
+            figures = asyncio.run(measure(stores, seconds, rounds, events))
+        finally:
+            for store in stores.values():
+                store.stop()
+    print(f"{'measure':42} {'etcd':>9} {'bundled':>9} {'bundled/etcd':>13}")
+    for name, real in figures["etcd"].items():
+        ours = figures["bundled"][name]
+        # For CPU and latency lower is better; the ratio still reads bundled over etcd.
+        print(f"{name:42} {real:9.1f} {ours:9.1f} {ours / real:12.2f}x")
+
+
+def _pid(store: RunningStore) -> int:
+    child = getattr(store, "child", None)
+    assert child is not None, "the bench starts its stores as child processes"
+    return int(child.pid)
+
+
+if __name__ == "__main__":
+    main()
