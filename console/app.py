@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import tempfile
@@ -228,10 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal console for a cluster: keys, machines, units, subnets, journal.",
     )
     add_connection_flags(parser)
-    parser.add_argument("--prefix", default="", help="open the key tree at this directory")
-    parser.add_argument("--config", help="config file (default ~/.config/clustertui/config.yaml)")
+    env = os.environ
     parser.add_argument(
-        "--demo", action="store_true", help="start a local demo cluster and open it"
+        "--prefix",
+        default=env.get("CLUSTERTUI_PREFIX", ""),
+        help="open the key tree at this directory",
+    )
+    parser.add_argument(
+        "--config",
+        default=env.get("CLUSTERTUI_CONFIG"),
+        help="config file (default ~/.config/clustertui/config.yaml)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        default=env.get("CLUSTERTUI_DEMO", "").lower() in ("1", "true", "yes"),
+        help="start a local demo cluster and open it",
     )
     return parser
 
