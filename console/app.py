@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 import tempfile
@@ -391,26 +392,44 @@ class ClusterConsole(App[None]):
         self.run_worker(pane.run_action(action), group="palette")
 
 
+def _line_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lines (1 or more)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clustertui",
         description="A terminal console for a cluster: keys, machines, units, subnets, journal.",
     )
     add_connection_flags(parser)
-    parser.add_argument("--prefix", default="", help="open the key tree at this directory")
-    parser.add_argument("--config", help="config file (default ~/.config/clustertui/config.yaml)")
+    env = os.environ
     parser.add_argument(
-        "--demo", action="store_true", help="start a local demo cluster and open it"
+        "--prefix",
+        default=env.get("CLUSTERTUI_PREFIX", ""),
+        help="open the key tree at this directory",
+    )
+    parser.add_argument(
+        "--config",
+        default=env.get("CLUSTERTUI_CONFIG"),
+        help="config file (default ~/.config/clustertui/config.yaml)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        default=env.get("CLUSTERTUI_DEMO", "").lower() in ("1", "true", "yes"),
+        help="start a local demo cluster and open it",
     )
     parser.add_argument(
         "--journal-lines",
-        type=int,
-        default=DEFAULT_LIMIT,
+        type=_line_count,
+        default=env.get("CLUSTERTUI_JOURNAL_LINES", str(DEFAULT_LIMIT)),
         help=f"lines the journal pane keeps (default {DEFAULT_LIMIT:,})",
     )
     parser.add_argument(
         "--remote-clusterd",
-        default="clusterd",
+        default=env.get("CLUSTERTUI_REMOTE_CLUSTERD", "clusterd"),
         help="the command that runs clusterd on a machine over SSH (default clusterd)",
     )
     return parser

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Input
@@ -76,7 +76,15 @@ class FilterBar(Input):
 
     def open(self) -> None:
         self.add_class("-active")
-        self.focus()
+        self.screen.set_focus(self)
+
+    def type_ahead(self, event: events.Key) -> bool:
+        """Take a key typed right after `/` that reached the list first; whether it did."""
+        # The screen knows at once; has_focus waits for the Focus event to arrive.
+        if self.screen.focused is not self or not event.is_printable or not event.character:
+            return False
+        self.insert_text_at_cursor(event.character)
+        return True
 
     def action_close(self) -> None:
         self.remove_class("-active")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal
@@ -301,6 +301,20 @@ class KeysPane(Container):
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()
+
+    def on_key(self, event: events.Key) -> None:
+        # Bindings run only once a key has bubbled up to the app, by which time the keys
+        # typed right after `/` have already gone to the tree. So the filter opens here,
+        # as `/` passes, and the keys behind it are handed over as they follow.
+        filter_bar = self.query_one(FilterBar)
+        keymap: dict[str, str] = getattr(self.app, "user_keymap", {})
+        opening = self.screen.focused is not filter_bar
+        if opening and event.key in keymap.get("keys.filter", "slash").split(","):
+            filter_bar.open()
+        elif not filter_bar.type_ahead(event):
+            return
+        event.stop()
+        event.prevent_default()
 
     @on(FilterBar.Applied)
     def _filter_applied(self, event: FilterBar.Applied) -> None:

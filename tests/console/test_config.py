@@ -126,3 +126,12 @@ def test_the_command_line_reports_an_unknown_cluster(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no cluster named 'nope' (known: prod, lab)" in result.stderr
+
+
+def test_every_console_flag_has_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTERTUI_PREFIX", "/config/")
+    monkeypatch.setenv("CLUSTERTUI_DEMO", "true")
+    monkeypatch.setenv("CLUSTERTUI_CONFIG", "/etc/clustertui.yaml")
+    args = build_parser().parse_args([])
+    assert (args.prefix, args.demo, args.config) == ("/config/", True, "/etc/clustertui.yaml")
+    assert build_parser().parse_args(["--prefix", "/x/"]).prefix == "/x/"

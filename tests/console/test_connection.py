@@ -241,3 +241,28 @@ async def test_the_console_speaks_mutual_tls_to_the_store_through_the_tunnel(
     finally:
         await session.close()
         member.stop()
+
+
+async def test_a_host_alias_from_ssh_config_is_honoured(
+    sshd: SSHServer, etcd: EtcdMember, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        "Host cluster-gateway\n"
+        f"  HostName {sshd.host}\n"
+        f"  Port {sshd.port}\n"
+        f"  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key}\n"
+        f"  UserKnownHostsFile {sshd.known_hosts}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    tunnel = await open_tunnel("cluster-gateway", [etcd.url])
+    try:
+        client = make_client(tunnel.endpoints)
+        await client.put(b"/alias/k", b"through the alias")
+        assert (await client.get(b"/alias/k")).value == b"through the alias"
+        await client.close()
+    finally:
+        await tunnel.close()

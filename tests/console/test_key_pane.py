@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from textual import events
 from textual.widgets import Input, TextArea
 
 from backend.etcd import EtcdClient
@@ -460,3 +461,38 @@ async def test_palette_commands_run_the_pane_actions(
         log = app.query_one(WatchLog)
         await wait_for(pilot, lambda: log.prefix == ns + b"queue/")
         assert app.query_one("#tabs").active == "keys"
+
+
+async def test_keys_typed_right_after_slash_land_in_the_filter(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    await seed(kv, ns)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        # As a terminal delivers a fast typist: every key queued before any is handled.
+        for key, character in [("slash", "/"), ("q", "q"), ("u", "u"), ("n", "n")]:
+            event = events.Key(key, character)
+            event.set_sender(app)
+            app._driver.send_message(event)  # type: ignore[union-attr]
+        await wait_for(pilot, lambda: app.query_one("#key-filter", Input).value == "qun")
+        assert app.screen is app.screen_stack[0]  # `n` did not open the new-key dialog
+        assert app.is_running  # nor did `q` quit
+
+
+async def test_history_stops_at_compaction_and_says_so(
+    fresh_store: RunningStore, fresh_kv: EtcdClient
+) -> None:
+    for value in (b"one", b"two"):
+        await fresh_kv.put(b"/h/key", value)
+    two = await fresh_kv.current_revision()
+    await fresh_kv.put(b"/h/key", b"three")
+    await fresh_kv.compact(two)
+    app = console_for(fresh_store.url, b"/h/")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, b"/h/key")
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        assert [entry.value for entry in app.screen.entries] == [b"three", b"two"]
+        assert app.screen.compacted

@@ -165,7 +165,11 @@ async def test_filling_the_quota_raises_nospace_and_keeps_what_was_written(
             await kv.put(b"fill/%03d" % i, b"x" * 100_000)
             written.append(b"fill/%03d" % i)
     assert 3 <= len(written) < 100
-    assert [item.key for item in await kv.get_prefix(b"fill/")] == written
+    found = [item.key for item in await kv.get_prefix(b"fill/")]
+    # Every acknowledged write is kept. The refused one may be there too: under load a
+    # client retry can find that its first attempt went in before the quota ran out.
+    assert found[: len(written)] == written
+    assert len(found) - len(written) <= 1
     status = await kv.maintenancestub.Status(rpc.StatusRequest())
     assert any("NOSPACE" in error for error in status.errors)
     await kv.close()
