@@ -442,8 +442,12 @@ async def run_console(
     *,
     journal_limit: int = DEFAULT_LIMIT,
     remote_clusterd: str = "clusterd",
+    on_hangup: Callable[[], None] | None = None,
 ) -> int:
-    """Open the tunnel in the terminal, then hand the screen to the console."""
+    """Open the tunnel in the terminal, then hand the screen to the console.
+
+    ``on_hangup`` stops whatever the caller started when the terminal goes away.
+    """
     session = Session(settings)
     try:
         await session.open_tunnel()
@@ -460,11 +464,11 @@ async def run_console(
         journal_limit=journal_limit,
         remote_clusterd=remote_clusterd,
     )
-    # A closed terminal or a kill ends the console the way q does, so whatever it started
-    # (the demo cluster, the tunnel) is stopped on the way out.
+    # A kill ends the console the way q does, so whatever it started (the demo cluster, the
+    # tunnel) is stopped on the way out and the terminal is put back.
     loop = asyncio.get_running_loop()
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(stop, app.exit)
+    loop.add_signal_handler(signal.SIGTERM, app.exit)
+    loop.add_signal_handler(signal.SIGHUP, partial(_hang_up, on_hangup))
     try:
         await app.run_async()
     finally:
@@ -472,6 +476,18 @@ async def run_console(
             loop.remove_signal_handler(stop)
         await session.close()
     return 0
+
+
+def _hang_up(on_hangup: Callable[[], None] | None) -> None:
+    """The terminal is gone: stop what the console started, then leave at once.
+
+    There is no terminal to restore and no one to tell, and Textual's orderly shutdown
+    would block for ever writing its goodbye to the dead terminal.
+    """
+    if on_hangup is not None:
+        with contextlib.suppress(Exception):
+            on_hangup()
+    os._exit(128 + signal.SIGHUP)
 
 
 async def run_demo(config: ConsoleConfig, read_only: bool, journal_limit: int) -> int:
@@ -483,7 +499,9 @@ async def run_demo(config: ConsoleConfig, read_only: bool, journal_limit: int) -
         cluster = await demo.start_cluster(Path(root))
         try:
             settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
-            return await run_console(settings, config, journal_limit=journal_limit)
+            return await run_console(
+                settings, config, journal_limit=journal_limit, on_hangup=cluster.stop
+            )
         finally:
             # Nothing printed here: after a hang-up the terminal is gone, and a failed
             # write would leave the cluster running.
