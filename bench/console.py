@@ -24,12 +24,15 @@ from pathlib import Path
 
 from aetcd import rpc
 from textual import events
+from textual.geometry import Region
+from textual.strip import Strip
 
 from backend.etcd import EtcdClient, make_client
 from bench import _console_panes
 from console.app import ClusterConsole
 from console.config import ClusterSettings
 from console.session import Session
+from widgets.key_tree import KeyTree
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (120, 36)
@@ -158,14 +161,26 @@ async def measure(url: str, shape: Shape) -> dict[str, object]:
     figures: dict[str, object] = {}
     session = Session(ClusterSettings(name="bench", endpoints=(url,)))
     app = ClusterConsole(session)
+    # The first frame is the first paint of the tree with keys in it: the moment a person
+    # sees them. Waiting for the app to go idle instead would also wait for the rest of the
+    # listing, which fills in while the first keys are already on screen.
+    drawn: list[float] = []
+    paint = KeyTree.render_lines
+
+    def timed_paint(tree: KeyTree, crop: Region) -> list[Strip]:
+        if not drawn and len(tree.visible_paths) > 1:
+            drawn.append(time.perf_counter())
+        return paint(tree, crop)
+
+    KeyTree.render_lines = timed_paint  # type: ignore[method-assign]
     started = time.perf_counter()
     async with app.run_test(size=SIZE) as pilot:
         figures["app_up_s"] = time.perf_counter() - started
         pane = app.keys_pane
         tree = pane.key_tree
-        await wait_for(pilot, lambda: len(tree.visible_paths) > 1, 60)
-        await pilot.pause()
-        figures["first_frame_s"] = time.perf_counter() - started
+        await wait_for(pilot, lambda: bool(drawn), 60)
+        figures["first_frame_s"] = drawn[0] - started
+        KeyTree.render_lines = paint  # type: ignore[method-assign]
         await wait_for(pilot, lambda: pane.loaded.is_set(), 60)
         await pilot.pause()
         figures["listed_s"] = time.perf_counter() - started
