@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
+
+from textual.pilot import Pilot
+from textual.screen import Screen
 
 from backend.etcd import EtcdClient
 from console.app import ClusterConsole
@@ -14,7 +19,18 @@ from widgets.key_tree import KeyTree
 
 SIZE = (120, 36)
 
-__all__ = ["SIZE", "console_for", "loaded", "pane", "seed", "select", "tree", "wait_for"]
+__all__ = [
+    "SIZE",
+    "console_for",
+    "loaded",
+    "open_screen",
+    "pane",
+    "seed",
+    "seeded_console",
+    "select",
+    "tree",
+    "wait_for",
+]
 
 
 def console_for(url: str, root: bytes = b"", **kwargs: object) -> ClusterConsole:
@@ -39,3 +55,21 @@ async def seed(kv: EtcdClient, ns: bytes) -> None:
     for number in range(3):
         await kv.put(ns + f"queue/{number:04d}".encode(), b"job")
     await kv.put(ns + b"top", b"plain")
+
+
+@contextlib.asynccontextmanager
+async def seeded_console(
+    url: str, kv: EtcdClient, ns: bytes, **kwargs: object
+) -> AsyncIterator[tuple[ClusterConsole, Pilot[None]]]:
+    """The sample tree under ``ns``, and a console on it that has listed it."""
+    await seed(kv, ns)
+    app = console_for(url, ns, **kwargs)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        yield app, pilot
+
+
+async def open_screen(pilot: Pilot[None], key: str, kind: type[Screen[object]]) -> None:
+    """Press ``key`` and wait until the screen it opens is on top."""
+    await pilot.press(key)
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, kind))

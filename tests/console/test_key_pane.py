@@ -15,7 +15,18 @@ from console.screens.help import HelpScreen
 from console.screens.history import HistoryScreen
 from console.screens.new_key import NewKeyScreen
 from console.screens.ttl import TTLScreen
-from tests.console.conftest import SIZE, console_for, loaded, pane, seed, select, tree, wait_for
+from tests.console.conftest import (
+    SIZE,
+    console_for,
+    loaded,
+    open_screen,
+    pane,
+    seed,
+    seeded_console,
+    select,
+    tree,
+    wait_for,
+)
 from tests.harness.stores import RunningStore
 from widgets.value_view import ValueView
 from widgets.watch_log import WatchLog
@@ -28,10 +39,7 @@ def names(app, prefix: bytes) -> list[str]:  # type: ignore[no-untyped-def]
 async def test_the_tree_lists_directories_with_key_counts(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         children = {child.name: child for child in tree(app).children_of(ns)}
         assert list(children) == ["config/", "queue/", "top"]
         assert children["config/"].count == 3
@@ -60,13 +68,9 @@ async def test_selecting_a_json_key_shows_it_pretty_with_its_revisions(
 async def test_new_key_action_creates_the_key_under_a_lease(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"top")
-        await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+        await open_screen(pilot, "n", NewKeyScreen)
         app.screen.query_one("#new-key", Input).value = (ns + b"fresh").decode()
         app.screen.query_one("#new-value", TextArea).text = "brand new"
         app.screen.query_one("#new-ttl", Input).value = "5m"
@@ -82,14 +86,10 @@ async def test_new_key_action_creates_the_key_under_a_lease(
 async def test_edit_action_saves_the_new_value(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"config/app/level")
         await wait_for(pilot, lambda: app.query_one(ValueView).entry is not None)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EditValueScreen))
+        await open_screen(pilot, "e", EditValueScreen)
         assert app.screen.query_one(TextArea).text == "info"
         app.screen.query_one(TextArea).text = "debug"
         await pilot.press("ctrl+s")
@@ -105,14 +105,10 @@ async def test_edit_action_saves_the_new_value(
 async def test_edit_refuses_a_value_over_the_request_limit(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"top")
         await wait_for(pilot, lambda: app.query_one(ValueView).entry is not None)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, EditValueScreen))
+        await open_screen(pilot, "e", EditValueScreen)
         line = "x" * 999 + "\n"
         app.screen.query_one(TextArea).text = line * (MAX_REQUEST_BYTES // len(line) + 1)
         await pilot.press("ctrl+s")
@@ -126,13 +122,9 @@ async def test_edit_refuses_a_value_over_the_request_limit(
 async def test_deleting_a_directory_asks_with_the_count_then_deletes_the_prefix(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"config/")
-        await pilot.press("d")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await open_screen(pilot, "d", ConfirmScreen)
         assert "3 keys" in app.screen.question.plain
         await pilot.press("y")
         await wait_for(pilot, lambda: not tree(app).shown(ns + b"config/"))
@@ -144,16 +136,12 @@ async def test_deleting_a_directory_asks_with_the_count_then_deletes_the_prefix(
 async def test_cancelled_delete_and_ctrl_d_keep_the_key(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"top")
         await pilot.press("ctrl+d", "ctrl+k")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        await pilot.press("d")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await open_screen(pilot, "d", ConfirmScreen)
         await pilot.press("enter")  # the focused button is Cancel
         await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
     assert (await kv.get(ns + b"top")).value == b"plain"
@@ -162,13 +150,9 @@ async def test_cancelled_delete_and_ctrl_d_keep_the_key(
 async def test_ttl_on_a_directory_puts_every_key_under_one_lease_and_clears_it(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (_app, pilot):
         await select(pilot, ns + b"queue/")
-        await pilot.press("t")
-        await wait_for(pilot, lambda: isinstance(app.screen, TTLScreen))
+        await open_screen(pilot, "t", TTLScreen)
         await pilot.press(*"120", "enter")
         leases: set[int] = set()
         for _ in range(100):
@@ -177,8 +161,7 @@ async def test_ttl_on_a_directory_puts_every_key_under_one_lease_and_clears_it(
                 break
             await pilot.pause(0.05)
         assert len(leases) == 1 and 0 not in leases
-        await pilot.press("t")
-        await wait_for(pilot, lambda: isinstance(app.screen, TTLScreen))
+        await open_screen(pilot, "t", TTLScreen)
         await pilot.press("enter")
         for _ in range(100):
             leases = {kv_.lease for kv_ in await kv.get_prefix(ns + b"queue/")}
@@ -199,8 +182,7 @@ async def test_history_lists_earlier_values_newest_first(
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await select(pilot, ns + b"top")
-        await pilot.press("h")
-        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        await open_screen(pilot, "h", HistoryScreen)
         assert [entry.value for entry in app.screen.entries] == [b"three", b"two", b"one", b"plain"]
         await pilot.press("escape")
 
@@ -208,10 +190,7 @@ async def test_history_lists_earlier_values_newest_first(
 async def test_watch_log_lists_events_under_the_selected_prefix(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"queue/")
         await pilot.press("w")
         log = app.query_one(WatchLog)
@@ -229,10 +208,7 @@ async def test_watch_log_lists_events_under_the_selected_prefix(
 async def test_copy_puts_the_key_path_on_the_clipboard(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"config/app/db")
         await pilot.press("y")
         assert app.clipboard == (ns + b"config/app/db").decode()
@@ -241,10 +217,7 @@ async def test_copy_puts_the_key_path_on_the_clipboard(
 async def test_reload_picks_up_the_store_as_it_is(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         pane(app).loaded.clear()
         await pilot.press("r")
         await loaded(pilot)
@@ -278,10 +251,7 @@ async def test_filter_matches_substrings_regexes_and_inverts(
 async def test_watch_events_while_navigating_add_update_and_remove_keys(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"config/app/level")
         view = app.query_one(ValueView)
         await wait_for(pilot, lambda: view.entry is not None)
@@ -305,10 +275,7 @@ async def test_watch_events_while_navigating_add_update_and_remove_keys(
 async def test_read_only_removes_every_write_action(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns, read_only=True)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns, read_only=True) as (app, pilot):
         await select(pilot, ns + b"top")
         for key in ("n", "e", "d", "t"):
             await pilot.press(key)
@@ -318,8 +285,7 @@ async def test_read_only_removes_every_write_action(
             binding.action for _, binding, enabled, _ in app.active_bindings.values() if enabled
         }
         assert not shown & {"new", "edit", "delete", "ttl"}
-        await pilot.press("question_mark")
-        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await open_screen(pilot, "question_mark", HelpScreen)
         ids = {row[3] for row in app.screen.rows}
         assert "keys.delete" not in ids and "keys.history" in ids
     assert (await kv.get(ns + b"top")).value == b"plain"
@@ -351,13 +317,9 @@ async def test_markup_and_escape_sequences_in_keys_and_values_stay_literal(
 async def test_help_lists_every_binding_and_the_keymap_remaps_by_id(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns, keymap={"keys.delete": "x"})
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns, keymap={"keys.delete": "x"}) as (app, pilot):
         await select(pilot, ns + b"top")
-        await pilot.press("question_mark")
-        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await open_screen(pilot, "question_mark", HelpScreen)
         rows = {row[3]: row for row in app.screen.rows}
         for binding_id in (
             "app.quit",
@@ -375,17 +337,13 @@ async def test_help_lists_every_binding_and_the_keymap_remaps_by_id(
             assert binding_id in rows
         assert rows["keys.delete"][1] == "x"
         await pilot.press("escape")
-        await pilot.press("x")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await open_screen(pilot, "x", ConfirmScreen)
 
 
 async def test_number_keys_switch_tabs_and_the_palette_has_every_action(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await pilot.press("3")
         await pilot.pause()
         assert app.query_one("#tabs").active == "units"
@@ -449,10 +407,7 @@ async def test_a_leased_key_shows_its_lease_and_a_ttl_that_counts_down(
 async def test_palette_commands_run_the_pane_actions(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"queue/")
         await pilot.press("2")
         await pilot.pause()
@@ -466,10 +421,7 @@ async def test_palette_commands_run_the_pane_actions(
 async def test_keys_typed_right_after_slash_land_in_the_filter(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
-    await seed(kv, ns)
-    app = console_for(store.url, ns)
-    async with app.run_test(size=SIZE) as pilot:
-        await loaded(pilot)
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
         # As a terminal delivers a fast typist: every key queued before any is handled.
         for key, character in [("slash", "/"), ("q", "q"), ("u", "u"), ("n", "n")]:
             event = events.Key(key, character)
@@ -492,7 +444,6 @@ async def test_history_stops_at_compaction_and_says_so(
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await select(pilot, b"/h/key")
-        await pilot.press("h")
-        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        await open_screen(pilot, "h", HistoryScreen)
         assert [entry.value for entry in app.screen.entries] == [b"three", b"two"]
         assert app.screen.compacted
