@@ -384,6 +384,8 @@ class EtcdClient(aetcd.Client):
             timeout=config.timeout,
             options={**_KEEPALIVE, **config.options},
         )
+        # Authenticating awaits; callers racing to the first request must share one channel.
+        self._connect_lock = asyncio.Lock()
 
     @property
     def endpoint_urls(self) -> list[str]:
@@ -405,6 +407,11 @@ class EtcdClient(aetcd.Client):
         """Open the channel and the service stubs (gRPC dials lazily, on the first request)."""
         if self._connected.is_set():
             return
+        async with self._connect_lock:
+            if not self._connected.is_set():
+                await self._open()
+
+    async def _open(self) -> None:
         self.channel = self._channel()
         try:
             if self._username is not None:
