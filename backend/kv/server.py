@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NoReturn
@@ -17,13 +18,14 @@ from backend.kv import errors
 from backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
 from backend.kv.errors import StoreError
 from backend.kv.watch import WatchStream
+from backend.kv.wire import Context, WireServer, server_ssl_context
 
 log = logging.getLogger("clusterd.kv")
 
 API_VERSION = "3.4.0"
 """The etcd API level this store speaks, reported by Status."""
 
-_Context = grpc.aio.ServicerContext
+_Context = Context
 
 
 async def _fail(context: _Context, error: StoreError) -> NoReturn:
@@ -257,32 +259,10 @@ class TLSConfig:
     trusted_ca_file: str | None = None
     client_cert_auth: bool = False
 
-    def credentials(self) -> grpc.ServerCredentials:
-        with open(self.key_file, "rb") as key, open(self.cert_file, "rb") as cert:
-            pair = (key.read(), cert.read())
-        ca = None
-        if self.trusted_ca_file:
-            with open(self.trusted_ca_file, "rb") as handle:
-                ca = handle.read()
-        return grpc.ssl_server_credentials(
-            [pair], root_certificates=ca, require_client_auth=self.client_cert_auth
+    def ssl_context(self) -> ssl.SSLContext:
+        return server_ssl_context(
+            self.cert_file, self.key_file, self.trusted_ca_file, self.client_cert_auth
         )
-
-
-def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", max_request_bytes + GRPC_OVERHEAD_BYTES),
-        ("grpc.max_send_message_length", 2**31 - 1),
-        # etcdctl and aetcd ping every 10 s, idle or not; without these gRPC answers
-        # the third ping with GOAWAY and silently ends idle watches.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 1000),
-        ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_time_ms", 2 * 60 * 60 * 1000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.so_reuseport", 0),
-    ]
 
 
 class KVServer:
@@ -302,25 +282,22 @@ class KVServer:
         self.progress_interval = progress_interval
         self.compaction = compaction
         self.streams: set[WatchStream] = set()
-        self.server: grpc.aio.Server | None = None
+        self.server: WireServer | None = None
+        self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=server_options(self.store.config.max_request_bytes))
         store = self.store
-        services.add_KVServicer_to_server(KVService(store), server)
-        services.add_WatchServicer_to_server(WatchService(store, self.streams), server)
-        services.add_LeaseServicer_to_server(LeaseService(store), server)
-        services.add_ClusterServicer_to_server(ClusterService(store), server)
-        services.add_MaintenanceServicer_to_server(MaintenanceService(store), server)
-        services.add_AuthServicer_to_server(AuthService(), server)
-        if self.tls is not None:
-            port = server.add_secure_port(self.address, self.tls.credentials())
-        else:
-            port = server.add_insecure_port(self.address)
-        if not port:
-            raise OSError(f"cannot listen on {self.address}")
-        await server.start()
+        server = WireServer(store.config.max_request_bytes + GRPC_OVERHEAD_BYTES)
+        server.add(services.add_KVServicer_to_server, KVService(store))
+        server.add(services.add_WatchServicer_to_server, WatchService(store, self.streams))
+        server.add(services.add_LeaseServicer_to_server, LeaseService(store))
+        server.add(services.add_ClusterServicer_to_server, ClusterService(store))
+        server.add(services.add_MaintenanceServicer_to_server, MaintenanceService(store))
+        server.add(services.add_AuthServicer_to_server, AuthService())
+        self.port = await server.listen(
+            self.address, self.tls.ssl_context() if self.tls is not None else None
+        )
         self.server = server
         self._tasks = [
             asyncio.ensure_future(self._expire_leases()),
@@ -367,9 +344,11 @@ class KVServer:
         for task in self._tasks:
             task.cancel()
         if self.server is not None:
-            await self.server.stop(grace=1.0)
+            self.server.close()
         for stream in list(self.streams):
             stream.send(None)
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
         with contextlib.suppress(OSError):
             await self.store.durable()
         for task in list(self.store.background):
