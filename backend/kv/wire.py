@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import ssl
@@ -54,7 +55,8 @@ MAX_WINDOW = 2**31 - 1
 FRAME_SIZE = 16_384
 """The largest frame this server accepts (HTTP/2's default) and the default it sends."""
 STREAM_WINDOW = 4 * 1024 * 1024
-"""How much each stream may send before we have read it: a whole default-sized request."""
+"""How much each stream may send before we have read it: at least a whole request, so a
+unary call never waits for a WINDOW_UPDATE (the server raises it for larger limits)."""
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_HEADER_BLOCK = 64 * 1024
 """A request's header block may not grow beyond this across CONTINUATION frames."""
@@ -281,7 +283,7 @@ class Connection(asyncio.Protocol):
             return
         self.server.connections.add(self)
         settings = _SETTING.pack(S_ENABLE_PUSH, 0) + _SETTING.pack(
-            S_INITIAL_WINDOW_SIZE, STREAM_WINDOW
+            S_INITIAL_WINDOW_SIZE, self.server.stream_window
         )
         transport.write(
             frame(SETTINGS, 0, 0, settings)
@@ -548,9 +550,7 @@ class Connection(asyncio.Protocol):
                 stream.message = bytearray(data[offset:])
         elif buffered:
             buffered.clear()
-        if stream.inbox is None and length:
-            # A unary request is read as it arrives; reopen its window at once.
-            self.consumed(stream, length)
+        # A unary request fits its stream's window whole (see STREAM_WINDOW): no update.
 
     def consumed(self, stream: Stream, size: int) -> None:
         if not stream.remote_closed and not stream.finished and size:
@@ -570,7 +570,47 @@ class Connection(asyncio.Protocol):
 
     def _start(self, stream: Stream, request: Any) -> None:
         stream.started = True
-        stream.task = asyncio.ensure_future(self._run(stream, request))
+        handler = stream.handler
+        if handler.request_streaming or handler.response_streaming:
+            stream.task = asyncio.ensure_future(self._run(stream, request))
+        else:
+            self._step(stream, handler.unary_unary(request, Context(stream)))
+
+    def _step(self, stream: Stream, coro: Any, _done: object = None) -> None:
+        """Runs a unary handler's coroutine to its next wait, as a Task would, but inline.
+
+        Most calls finish without waiting (a read) or wait once (a write waits for the disk),
+        and a Task costs a loop pass before it starts. A handler here may await futures and
+        coroutines; it must not need ``asyncio.current_task()``.
+        """
+        try:
+            waited = coro.send(None)
+        except StopIteration as stop:
+            if not stream.reset:
+                body = stream.handler.response_serializer(stop.value)
+                self.send_message_now(stream, body)
+                self._finish(stream, grpc.StatusCode.OK, "")
+            return
+        except Abort as abort:
+            self._finish(stream, abort.code, abort.message)
+            return
+        except asyncio.CancelledError:
+            self._finish(stream, grpc.StatusCode.CANCELLED, "cancelled")
+            return
+        except Exception as error:
+            log.exception("%s failed", _path(stream))
+            self._finish(
+                stream, grpc.StatusCode.UNKNOWN, f"Unexpected {type(error).__name__}: {error}"
+            )
+            return
+        if waited is None:  # a bare yield, as asyncio.sleep(0) does
+            self.loop.call_soon(self._step, stream, coro)
+        elif getattr(waited, "_asyncio_future_blocking", False):
+            waited._asyncio_future_blocking = False
+            waited.add_done_callback(functools.partial(self._step, stream, coro))
+        else:
+            coro.close()
+            raise RuntimeError(f"{_path(stream)}: a handler yielded {waited!r}")
 
     async def _run(self, stream: Stream, request: Any) -> None:
         handler = stream.handler
@@ -654,7 +694,7 @@ class Connection(asyncio.Protocol):
         if stream.pending:
             stream.trailers = trailers
         else:
-            self._write(trailers)
+            self._write_now(trailers)
             self._closed_local(stream)
         self._maybe_close()
 
@@ -716,6 +756,19 @@ class Connection(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         self.out.append(data)
         if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _write_now(self, data: bytes) -> None:
+        """Ends a call's output: sent at once when it is the connection's only call.
+
+        With more calls running, the output of all that finish in this loop pass is
+        gathered into one write; a lone call should not wait a loop pass for company.
+        """
+        self.out.append(data)
+        if len(self.streams) <= 1:
+            self._flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
 
@@ -808,6 +861,7 @@ class WireServer:
 
     def __init__(self, max_receive: int) -> None:
         self.max_receive = max_receive
+        self.stream_window = min(MAX_WINDOW, max(STREAM_WINDOW, max_receive + FRAME_SIZE))
         self.registry = _Registry()
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
