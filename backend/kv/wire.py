@@ -11,8 +11,8 @@ What it speaks (RFC 9113 and gRPC's PROTOCOL-HTTP2): the client preface and SETT
 and HEADERS with CONTINUATION and padding, RST_STREAM, PING, GOAWAY and WINDOW_UPDATE, with
 flow control in both directions; unary and streaming calls; status and message in trailers,
 or trailers-only when a call fails before answering. What it does not: server push (a server
-never pushes), compressed messages (answered with UNIMPLEMENTED, as clients only compress
-when asked to) and deadlines (the client enforces its own).
+never pushes), compression (refused with etcd's own error, since etcd installs no
+decompressor either) and deadlines (the client enforces its own).
 """
 
 from __future__ import annotations
@@ -138,8 +138,11 @@ class Context:
         raise Abort(code, details)
 
     async def write(self, message: Any) -> None:
+        """Sends one response of a streaming call; ``bytes`` are sent as already serialized."""
         stream = self._stream
-        await stream.conn.send_message(stream, stream.handler.response_serializer(message))
+        if not isinstance(message, bytes):
+            message = stream.handler.response_serializer(message)
+        await stream.conn.send_message(stream, message)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(
@@ -465,9 +468,16 @@ class Connection(asyncio.Protocol):
         for name, value in headers:
             if name == b":path":
                 path = value
-            elif name == b"grpc-encoding" and value != b"identity":
-                self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, "compression is not supported")
-                return
+            elif name == b"grpc-encoding":
+                if value != b"identity":  # as etcd: no decompressors
+                    self._finish(
+                        stream,
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        f"grpc: Decompressor is not installed for grpc-encoding "
+                        f'"{value.decode("latin-1")}"',
+                    )
+                    return
+
         handler = self.server.handlers.get(path)
         if handler is None:
             self._finish(
@@ -523,14 +533,18 @@ class Connection(asyncio.Protocol):
                     f"grpc: received message larger than max ({size} vs. {limit})",
                 )
                 return
-            if compressed:
-                self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, "compression is not supported")
-                return
             end = offset + 5 + size
             if end > total:
                 break
             body = bytes(data[offset + 5 : end])
             offset = end
+            if compressed:  # the flag on a message whose call declared no encoding
+                self._finish(
+                    stream,
+                    grpc.StatusCode.INTERNAL,
+                    "grpc: compressed flag set with identity or empty encoding",
+                )
+                return
             try:
                 request = handler.request_deserializer(body)
             except Exception:  # protobuf raises DecodeError, and others
