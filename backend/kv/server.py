@@ -105,6 +105,7 @@ class WatchService(services.WatchServicer):
         self, request_iterator: AsyncIterator[rpc.WatchRequest], context: _Context
     ) -> None:
         stream = WatchStream(self.store)
+        stream.deliver = context.try_write
         self.streams.add(stream)
 
         async def read() -> None:

@@ -144,6 +144,21 @@ class Context:
             message = stream.handler.response_serializer(message)
         await stream.conn.send_message(stream, message)
 
+    def try_write(self, message: Any) -> bool:
+        """Sends one response of a streaming call now, if nothing waits to go before it.
+
+        False when the client is behind (flow control or a full socket buffer): the
+        caller then queues the message and sends it with ``write``, which waits.
+        """
+        stream = self._stream
+        conn = stream.conn
+        if stream.pending or stream.reset or stream.finished or conn.paused:
+            return False
+        if not isinstance(message, bytes):
+            message = stream.handler.response_serializer(message)
+        conn.send_message_now(stream, message)
+        return True
+
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(
             (name.decode("latin-1"), value.decode("latin-1"))
