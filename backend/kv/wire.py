@@ -22,6 +22,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import socket
 import ssl
 import struct
 from collections import deque
@@ -300,6 +301,17 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A client that vanished without a FIN (its host died, a tunnel dropped) would hold
+            # its watches and leases' streams for ever; TCP keepalive finds it, as Go's
+            # listener does for etcd (15 s there). Small answers go out without delay.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 15)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
         settings = _SETTING.pack(S_ENABLE_PUSH, 0) + _SETTING.pack(
             S_INITIAL_WINDOW_SIZE, self.server.stream_window
         )
