@@ -23,11 +23,15 @@ log = logging.getLogger("clusterd.kv")
 def configure(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--data-dir", default="default.etcd", help="directory for the WAL and snapshots")
-    add("--listen-client-urls", default="http://127.0.0.1:2379", help="URL to serve clients on")
+    add(
+        "--listen-client-urls",
+        default="http://127.0.0.1:2379",
+        help="comma-separated URLs to serve clients on; https:// ones serve TLS",
+    )
     add(
         "--advertise-client-urls",
         default=None,
-        help="client URL that member list reports (default: the listen URL)",
+        help="client URLs that member list reports (default: the listen URLs)",
     )
     add("--name", default="default", help="human-readable name of this member")
     add(
@@ -83,12 +87,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _listen_address(url: str, tls: bool, allow_insecure_remote: bool) -> str:
+def _listen_address(
+    url: str, tls: TLSConfig | None, allow_insecure_remote: bool
+) -> tuple[str, TLSConfig | None]:
+    """Where one URL listens, and with what TLS: as in etcd, the scheme decides."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https"):
         raise SystemExit(f"clusterd kv: --listen-client-urls {url!r}: use http:// or https://")
     if parts.scheme == "https" and not tls:
         raise SystemExit("clusterd kv: an https:// URL needs --cert-file and --key-file")
+    if parts.scheme == "http":
+        tls = None
     host = parts.hostname or "127.0.0.1"
     try:
         port = parts.port or 2379
@@ -103,7 +112,7 @@ def _listen_address(url: str, tls: bool, allow_insecure_remote: bool) -> str:
             )
         log.warning("serving plaintext on %s: anyone who can reach it can read and write", host)
     shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{port}"
+    return f"{shown}:{port}", tls
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cert_file:
         tls = TLSConfig(args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth)
     urls = [u.strip() for u in args.listen_client_urls.split(",") if u.strip()]
-    if len(urls) != 1:
-        raise SystemExit("clusterd kv: give exactly one --listen-client-urls URL")
-    address = _listen_address(urls[0], tls is not None, args.allow_insecure_remote)
+    if not urls:
+        raise SystemExit("clusterd kv: --listen-client-urls needs at least one URL")
+    listeners = [_listen_address(url, tls, args.allow_insecure_remote) for url in urls]
     try:
         progress = parse_duration(args.experimental_watch_progress_notify_interval)
         if args.auto_compaction_mode == "revision":
@@ -133,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     config = Config(
         data_dir=Path(args.data_dir),
         name=args.name,
-        client_urls=tuple((args.advertise_client_urls or urls[0]).split(",")),
+        client_urls=tuple((args.advertise_client_urls or ",".join(urls)).split(",")),
         peer_urls=tuple(args.initial_advertise_peer_urls.split(",")),
         quota_bytes=args.quota_backend_bytes or Config.quota_bytes,
         max_request_bytes=args.max_request_bytes,
@@ -143,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     )
     compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve(config, address, urls[0], tls, progress, compaction))
+        return runner.run(_serve(config, listeners, urls, progress, compaction))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -157,22 +166,26 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 async def _serve(
     config: Config,
-    address: str,
-    url: str,
-    tls: TLSConfig | None,
+    listeners: list[tuple[str, TLSConfig | None]],
+    urls: list[str],
     progress: float,
     compaction: tuple[str, float] | None,
 ) -> int:
     store = Store(config)
     store.recover()
-    server = KVServer(store, address, tls, progress, compaction)
+    server = KVServer(store, listeners, progress, compaction)
     try:
         await server.start()
     except (OSError, RuntimeError) as error:
-        print(f"clusterd kv: cannot listen on {url}: {error}", file=sys.stderr)
+        failed = urls[server.listening] if server.listening < len(urls) else ", ".join(urls)
+        print(f"clusterd kv: cannot listen on {failed}: {error}", file=sys.stderr)
+        await server.stop()
         return 1
     log.info(
-        "serving %s from %s, recovered at revision %d", url, config.data_dir, store.space.revision
+        "serving %s from %s, recovered at revision %d",
+        ", ".join(urls),
+        config.data_dir,
+        store.space.revision,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -272,14 +272,14 @@ class KVServer:
     def __init__(
         self,
         store: Store,
-        address: str,
-        tls: TLSConfig | None = None,
+        listeners: list[tuple[str, TLSConfig | None]],
         progress_interval: float = 600.0,
         compaction: tuple[str, float] | None = None,
     ) -> None:
         self.store = store
-        self.address = address
-        self.tls = tls
+        self.listeners = listeners
+        self.listening = 0
+        """How many of the listeners are up (start stops at the first that fails)."""
         self.progress_interval = progress_interval
         self.compaction = compaction
         self.streams: set[WatchStream] = set()
@@ -296,10 +296,11 @@ class KVServer:
         server.add(services.add_ClusterServicer_to_server, ClusterService(store))
         server.add(services.add_MaintenanceServicer_to_server, MaintenanceService(store))
         server.add(services.add_AuthServicer_to_server, AuthService())
-        self.port = await server.listen(
-            self.address, self.tls.ssl_context() if self.tls is not None else None
-        )
         self.server = server
+        for address, tls in self.listeners:
+            port = await server.listen(address, tls.ssl_context() if tls is not None else None)
+            self.port = self.port or port
+            self.listening += 1
         self._tasks = [
             asyncio.ensure_future(self._expire_leases()),
             asyncio.ensure_future(self._notify_progress()),

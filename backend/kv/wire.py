@@ -928,7 +928,7 @@ class WireServer:
         self.registry = _Registry()
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
-        self.server: asyncio.Server | None = None
+        self.servers: list[asyncio.Server] = []
 
     def add(self, register: Callable[[Any, Any], None], servicer: object) -> None:
         """``add(rpc_pb2_grpc.add_KVServicer_to_server, KVService(...))``."""
@@ -937,15 +937,16 @@ class WireServer:
     async def listen(self, address: str, ssl_context: ssl.SSLContext | None = None) -> int:
         host, port = split_address(address)
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
+        server = await loop.create_server(
             lambda: Connection(self), host or None, port, ssl=ssl_context, reuse_address=True
         )
-        return int(self.server.sockets[0].getsockname()[1])
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
         """Stops listening and tells every client that no new calls are taken."""
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         for conn in list(self.connections):
             conn.goaway()
 
@@ -956,9 +957,9 @@ class WireServer:
             await asyncio.wait([conn.closed for conn in self.connections], timeout=grace)
         for conn in list(self.connections):
             conn.abort()
-        if self.server is not None:
+        for server in self.servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+                await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
 def server_ssl_context(

@@ -1,8 +1,9 @@
-"""`clusterd kv`'s flags: TLS with client certificates, progress notifications, auto-compaction."""
+"""`clusterd kv`'s flags: TLS, several listen URLs, progress notifications, auto-compaction."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 from aetcd import rpc
 
 from backend.etcd import EtcdError, make_client
-from tests.harness.bundled import start_bundled
+from tests.harness.bundled import BundledStore, start_bundled
 from tests.harness.etcd import EtcdMember, TLSFiles
 from tests.harness.pki import CA
+from tests.harness.procs import free_port
 from tests.harness.stores import RunningStore
 from tests.kv.conftest import RawWatch, rpc_error
 from tests.kv.tools import etcdctl, run_kv
@@ -105,3 +107,38 @@ def test_a_revision_retention_that_is_not_a_number_is_refused(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode != 0
     assert "number of revisions" in done.stderr
+
+
+@pytest.mark.slow
+async def test_each_listen_url_serves_with_its_own_scheme(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("server", server=True)
+    tls = TLSFiles(server.cert, server.key, ca.path)
+    secure, plain = free_port(), free_port()
+    urls = f"https://127.0.0.1:{secure},http://127.0.0.1:{plain}"
+    store = BundledStore(
+        data_dir=tmp_path / "kv", port=secure, tls=tls, extra=["--listen-client-urls", urls]
+    ).start()
+    try:
+        assert f"serving {urls.replace(',', ', ')} from" in store.output()
+        over_tls = make_client(f"https://127.0.0.1:{secure}", cacert=str(ca.path))
+        await over_tls.put(b"both", b"1")
+        await over_tls.close()
+        assert etcdctl(f"http://127.0.0.1:{plain}", "get", "both", "--print-value-only").out == (
+            "1\n"
+        )
+        members = etcdctl(f"http://127.0.0.1:{plain}", "member", "list").out
+        assert f"https://127.0.0.1:{secure},http://127.0.0.1:{plain}" in members
+    finally:
+        store.stop()
+
+
+def test_a_listen_url_already_taken_is_named_in_the_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"http://127.0.0.1:{taken.getsockname()[1]}"
+        urls = f"http://127.0.0.1:{free_port()},{busy}"
+        done = run_kv("--data-dir", str(tmp_path / "d"), "--listen-client-urls", urls)
+    assert done.returncode == 1
+    assert f"cannot listen on {busy}:" in done.stderr
