@@ -157,11 +157,25 @@ class KeySpace:
         self._record(rec)
 
     def compact(self, revision: int) -> None:
-        """Drop every version superseded at ``revision``, and the history before it."""
+        """Drop every version superseded at ``revision``, and the history before it.
+
+        Only keys written since the last compaction can hold a superseded version (every
+        other key has one record, which stays), and those are the keys of the log's
+        batches: the work follows the history compacted away, not the size of the store.
+        """
         if revision <= self.compacted:
             return
-        gone: list[bytes] = []
-        for key, history in self.index.items():
+        changed: set[bytes] = set()
+        for batch in self.log:
+            if batch.revision > revision:
+                break
+            for rec, _prev in batch.changes:
+                changed.add(rec.key)
+        index = self.index
+        for key in changed:
+            history = index.get(key)
+            if history is None:
+                continue
             revs = history.revs
             if revs[0] > revision:
                 continue
@@ -174,10 +188,8 @@ class KeySpace:
                 del revs[:keep]
                 del history.recs[:keep]
                 if not revs:
-                    gone.append(key)
-        for key in gone:
-            del self.index[key]
-            self.keys.remove(key)
+                    del index[key]
+                    self.keys.remove(key)
         self.compacted = revision
         cut = 0
         # The batch at the compaction revision stays: a watch may still start there.
