@@ -335,10 +335,16 @@ class Connection(asyncio.Protocol):
             self.resumed.set_result(None)
 
     def pause_writing(self) -> None:
+        # The client is not reading what we send: stop reading what it sends until it does,
+        # so a flood of requests or pings whose answers pile up cannot grow our memory.
         self.paused = True
+        with contextlib.suppress(Exception):
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         self.paused = False
+        with contextlib.suppress(Exception):
+            self.transport.resume_reading()  # type: ignore[union-attr]
         if self.resumed is not None and not self.resumed.done():
             self.resumed.set_result(None)
         self.resumed = None
