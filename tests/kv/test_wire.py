@@ -23,6 +23,7 @@ from aetcd import rpc
 from backend.etcd import EtcdClient
 from backend.keys import prefix_end
 from backend.kv.wire import (
+    ACK,
     COMPRESSION_ERROR,
     DATA,
     END_HEADERS,
@@ -30,6 +31,7 @@ from backend.kv.wire import (
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADERS,
+    PING,
     PREFACE,
     PROTOCOL_ERROR,
     RST_STREAM,
@@ -316,6 +318,23 @@ async def test_a_gzip_compressed_request_is_refused_as_etcd_refuses_it(
 # -- keepalive
 
 
+async def test_a_ping_is_answered_with_an_ack_carrying_its_own_payload(
+    store: RunningStore,
+) -> None:
+    # grpc core sends one keepalive ping at a time and waits for its ack: a server that never
+    # acks silently stops keepalive instead of failing the channel, so ask on the wire.
+    conn = await RawH2.connect(store.url)
+    try:
+        conn.send(HELLO + frame(PING, 0, 0, b"wire-ok!"))
+        async with asyncio.timeout(5):
+            while (got := await conn.next_frame()) is not None:
+                if got.kind == PING and got.flags & ACK:
+                    break
+        assert got is not None and (got.stream, got.payload) == (0, b"wire-ok!")
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(params=["etcd", "bundled"])
 def ping_tolerant_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStore]:
     """Each store, permitting a keepalive ping every 100 ms.
@@ -358,7 +377,9 @@ async def test_an_idle_watch_under_aggressive_keepalive_pings_still_gets_a_later
         await requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=b"ka")))
         async with asyncio.timeout(5):
             assert (await call.read()).created
-        await asyncio.sleep(2.5)  # idle: only keepalive pings cross the connection
+        # Idle: only keepalive pings cross the connection (grpc core sends one a second at
+        # most, so etcd's default policy would already have sent GOAWAY by now).
+        await asyncio.sleep(2.5)
         async with grpc.aio.insecure_channel(target) as other:
             put = await rpc.KVStub(other).Put(rpc.PutRequest(key=b"ka", value=b"later"))
         async with asyncio.timeout(5):
