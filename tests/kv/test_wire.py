@@ -25,14 +25,17 @@ from backend.keys import prefix_end
 from backend.kv.wire import (
     ACK,
     COMPRESSION_ERROR,
+    CONTINUATION,
     DATA,
     END_HEADERS,
     END_STREAM,
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADERS,
+    PADDED,
     PING,
     PREFACE,
+    PRIORITY_FLAG,
     PROTOCOL_ERROR,
     RST_STREAM,
     S_INITIAL_WINDOW_SIZE,
@@ -278,6 +281,33 @@ async def test_a_call_running_when_the_client_sends_goaway_still_gets_its_window
         await conn.close()
 
 
+async def test_a_request_split_over_continuation_with_padding_and_priority_is_understood(
+    kv: EtcdClient, store: RunningStore, ns: bytes
+) -> None:
+    await kv.put(ns + b"k", b"v")
+    conn = await RawH2.connect(store.url)
+    try:
+        block = conn.request_headers(RANGE)
+        pad = 7
+        # HEADERS: pad length, priority (dependency 0, weight 15), the block's first part, pad.
+        first = bytes([pad]) + bytes(4) + b"\x0f" + block[:5] + bytes(pad)
+        message = rpc.RangeRequest(key=ns + b"k").SerializeToString()
+        body = struct.pack(">BL", 0, len(message)) + message
+        conn.send(
+            HELLO
+            + frame(HEADERS, PADDED | PRIORITY_FLAG, 1, first)
+            + frame(CONTINUATION, 0, 1, block[5:9])
+            + frame(CONTINUATION, END_HEADERS, 1, block[9:])
+            + frame(DATA, PADDED, 1, bytes([3]) + body[:4] + bytes(3))
+            + frame(DATA, END_STREAM, 1, body[4:])
+        )
+        answer = await conn.response(1)
+        assert answer.headers[b"grpc-status"] == b"0"
+        assert [item.value for item in _range(answer).kvs] == [b"v"]
+    finally:
+        await conn.close()
+
+
 # -- calls the store does not serve
 
 
@@ -416,6 +446,14 @@ BAD_INPUT = [
         COMPRESSION_ERROR,
         True,
         id="HEADERS that are not HPACK",
+    ),
+    pytest.param(
+        lambda conn: (
+            HELLO + frame(HEADERS, 0, 1, conn.request_headers(PUT)) + frame(PING, 0, 0, bytes(8))
+        ),
+        PROTOCOL_ERROR,
+        True,
+        id="a frame between HEADERS and its CONTINUATION",
     ),
 ]
 
