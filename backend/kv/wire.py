@@ -288,6 +288,7 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.resumed: asyncio.Future[None] | None = None
         self.closing = False
+        self.failed = False
         self.closed: asyncio.Future[None] = self.loop.create_future()
 
     # -- transport events
@@ -366,7 +367,9 @@ class Connection(asyncio.Protocol):
         size = len(buffer)
         unpack = _FRAME.unpack_from
         try:
-            while size - offset >= 9 and not self.closing:
+            # Not ``closing``: after a GOAWAY either way the running calls still need the
+            # client's WINDOW_UPDATEs, RST_STREAMs and request DATA.
+            while size - offset >= 9 and not self.failed:
                 high, low, kind, flags, stream_id = unpack(buffer, offset)
                 length = (high << 16) | low
                 if length > FRAME_SIZE:
@@ -864,6 +867,7 @@ class Connection(asyncio.Protocol):
             )
             self.transport.close()
         self.closing = True
+        self.failed = True
 
     def goaway(self) -> None:
         """Tells the client that no new calls are taken; the ones running go on."""
