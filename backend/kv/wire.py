@@ -234,6 +234,7 @@ class Stream:
         "message",
         "metadata",
         "pending",
+        "recv_window",
         "remote_closed",
         "reset",
         "started",
@@ -246,6 +247,7 @@ class Stream:
         self.conn = conn
         self.id = stream_id
         self.window = window
+        self.recv_window = conn.server.stream_window
         self.handler: Any = None
         self.metadata: list[tuple[bytes, bytes]] = []
         self.message = bytearray()
@@ -282,6 +284,8 @@ class Connection(asyncio.Protocol):
         self.peer_stream_window = DEFAULT_WINDOW
         self.peer_frame_size = FRAME_SIZE
         self.recv_unacked = 0
+        self.recv_window = CONNECTION_WINDOW
+        """What the client may still send before our next WINDOW_UPDATE."""
         self.blocked: dict[int, Stream] = {}
         self.out: list[bytes] = []
         self.flush_scheduled = False
@@ -407,11 +411,16 @@ class Connection(asyncio.Protocol):
         elif kind == SETTINGS:
             self._settings(flags, stream_id, payload)
         elif kind == RST_STREAM:
+            if len(payload) != 4:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "bad RST_STREAM")
+            if stream_id == 0 or stream_id > self.last_stream:
+                raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
                 stream.reset = True
                 self.blocked.pop(stream_id, None)
                 self._cancel(stream)
+                self._maybe_close()
         elif kind == GOAWAY:
             self.closing = True  # the client opens no more streams; ours run to their end
             self._maybe_close()
@@ -455,10 +464,17 @@ class Connection(asyncio.Protocol):
             self._flush_blocked()
             return
         stream = self.streams.get(stream_id)
-        if stream is not None and increment:
-            stream.window += increment
-            if stream.pending or stream.trailers is not None:
-                self._flush_stream(stream)
+        if stream is None:
+            return
+        if not increment:
+            self._reset(stream, PROTOCOL_ERROR)
+            return
+        stream.window += increment
+        if stream.window > MAX_WINDOW:
+            self._reset(stream, FLOW_CONTROL_ERROR)
+            return
+        if stream.pending or stream.trailers is not None:
+            self._flush_stream(stream)
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0 or stream_id % 2 == 0:
@@ -515,9 +531,7 @@ class Connection(asyncio.Protocol):
 
         handler = self.server.handlers.get(path)
         if handler is None:
-            self._finish(
-                stream, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}"
-            )
+            self._finish(stream, *self.server.unknown(path.decode("latin-1")))
             return
         stream.handler = handler
         if handler.request_streaming:
@@ -552,9 +566,13 @@ class Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         length = len(payload)
         if length:
+            self.recv_window -= length
+            if self.recv_window < 0:
+                raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
             self.recv_unacked += length
             if self.recv_unacked >= CONNECTION_WINDOW // 2:
                 self._write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
+                self.recv_window += self.recv_unacked
                 self.recv_unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -564,7 +582,13 @@ class Connection(asyncio.Protocol):
         if stream.remote_closed:
             self._reset(stream, STREAM_CLOSED)
             return
+        stream.recv_window -= length
+        if stream.recv_window < 0:
+            self._reset(stream, FLOW_CONTROL_ERROR)
+            return
         payload = _unpad(flags, payload)
+        if stream.inbox is not None and len(payload) < length:
+            self.consumed(stream, length - len(payload))  # padding is read at once
         if stream.handler is not None and not stream.finished:
             self._messages(stream, payload, length)
         if flags & END_STREAM:
@@ -626,6 +650,7 @@ class Connection(asyncio.Protocol):
 
     def consumed(self, stream: Stream, size: int) -> None:
         if not stream.remote_closed and not stream.finished and size:
+            stream.recv_window += size
             self._write(frame(WINDOW_UPDATE, 0, stream.id, size.to_bytes(4, "big")))
 
     def _remote_closed(self, stream: Stream) -> None:
@@ -779,6 +804,7 @@ class Connection(asyncio.Protocol):
             self.streams.pop(stream.id, None)
         if stream.task is not None and not stream.task.done() and stream.inbox is not None:
             stream.inbox.close()
+        self._maybe_close()
 
     def _reset(self, stream: Stream, code: int) -> None:
         self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
@@ -939,6 +965,20 @@ class WireServer:
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.Server] = []
+
+    def unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
+        """The status for a method not served, worded as etcd's gRPC (grpc-go) words it."""
+        name = path[1:] if path.startswith("/") else path
+        service, slash, method = name.rpartition("/")
+        if not slash:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, f'malformed method name: "{path}"'
+        if f"/{service}/".encode() in self.services:
+            return grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method} for service {service}"
+        return grpc.StatusCode.UNIMPLEMENTED, f"unknown service {service}"
+
+    @property
+    def services(self) -> set[bytes]:
+        return {path[: path.rindex(b"/") + 1] for path in self.handlers}
 
     def add(self, register: Callable[[Any, Any], None], servicer: object) -> None:
         """``add(rpc_pb2_grpc.add_KVServicer_to_server, KVService(...))``."""
