@@ -52,6 +52,8 @@ class Batch:
     changes: list[tuple[rpc.KeyValue, rpc.KeyValue | None]] = field(default_factory=list)
     _plain: list[rpc.Event] | None = None
     _with_prev: list[rpc.Event] | None = None
+    record: bytes | None = None
+    """Its WAL record once written (kept for snapshots)."""
 
     def events(self, prev_kv: bool = False) -> list[rpc.Event]:
         """The batch as Event messages, built once per flavour and shared by every watcher."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -266,6 +267,24 @@ class TLSConfig:
         )
 
 
+FREEZE_SECONDS = 1.0
+FREEZE_REVISIONS = 1000
+
+
+def _freeze_history() -> None:
+    """Moves what has lived until now out of the reach of Python's full garbage collections.
+
+    The store's history is long-lived and free of reference cycles, yet every record is an
+    object the cyclic collector tracks, and a full collection walks them all: measured, 112 ms
+    at 200,000 revisions, growing with the store, a stall in every call and watch that waits
+    behind it. Frozen objects are still freed by reference counting when compaction drops
+    them; only cycles among them would never be collected, so the young generations are
+    collected first and the wire layer breaks its own cycles when a connection ends.
+    """
+    gc.collect(1)
+    gc.freeze()
+
+
 class KVServer:
     """The store behind a gRPC server, with its background duties."""
 
@@ -301,9 +320,11 @@ class KVServer:
             port = await server.listen(address, tls.ssl_context() if tls is not None else None)
             self.port = self.port or port
             self.listening += 1
+        _freeze_history()  # what recovery built
         self._tasks = [
             asyncio.ensure_future(self._expire_leases()),
             asyncio.ensure_future(self._notify_progress()),
+            asyncio.ensure_future(self._keep_history_frozen()),
         ]
         if self.compaction is not None:
             self._tasks.append(asyncio.ensure_future(self._auto_compact(*self.compaction)))
@@ -314,6 +335,15 @@ class KVServer:
             if self.store.expire_leases():
                 with contextlib.suppress(OSError):
                     await self.store.durable()
+
+    async def _keep_history_frozen(self) -> None:
+        last = self.store.space.revision
+        while True:
+            await asyncio.sleep(FREEZE_SECONDS)
+            revision = self.store.space.revision
+            if revision - last >= FREEZE_REVISIONS:
+                last = revision
+                _freeze_history()
 
     async def _notify_progress(self) -> None:
         while True:

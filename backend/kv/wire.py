@@ -338,6 +338,8 @@ class Connection(asyncio.Protocol):
         self.blocked.clear()
         if self.resumed is not None and not self.resumed.done():
             self.resumed.set_result(None)
+        # The transport refers to us: drop our side, so no cycle outlives the connection.
+        self.transport = None
 
     def pause_writing(self) -> None:
         # The client is not reading what we send: stop reading what it sends until it does,
