@@ -591,6 +591,10 @@ class Connection(asyncio.Protocol):
         payload = _unpad(flags, payload)
         if stream.inbox is not None and len(payload) < length:
             self.consumed(stream, length - len(payload))  # padding is read at once
+        if flags & END_STREAM:
+            # Half-closed before the handler runs: a call answered at once then ends
+            # cleanly, without a RST_STREAM telling the client to stop sending.
+            stream.remote_closed = True
         if stream.handler is not None and not stream.finished:
             self._messages(stream, payload, length)
         if flags & END_STREAM:

@@ -545,3 +545,25 @@ async def test_a_watch_cancelled_mid_stream_leaves_the_server_and_other_watches_
     finally:
         await doomed.close()
         await other.close()
+
+
+async def test_a_unary_answer_ends_with_its_trailers_and_no_reset(
+    kv: EtcdClient, store: RunningStore, ns: bytes
+) -> None:
+    await kv.put(ns + b"k", b"v")
+    conn = await RawH2.connect(store.url)
+    try:
+        conn.send(HELLO)
+        conn.call(1, RANGE, rpc.RangeRequest(key=ns + b"k").SerializeToString())
+        conn.send(frame(PING, 0, 0, b"sentinel"))
+        seen: list[Frame] = []
+        async with asyncio.timeout(5):
+            while not (seen and seen[-1].kind == PING and seen[-1].flags & ACK):
+                got = await conn.next_frame()
+                assert got is not None, "the connection ended"
+                seen.append(got)
+        on_stream = [(f.kind, f.flags & END_STREAM) for f in seen if f.stream == 1]
+        assert on_stream[-1] == (HEADERS, END_STREAM)  # the trailers end the call
+        assert RST_STREAM not in [kind for kind, _end in on_stream]
+    finally:
+        await conn.close()
