@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import zlib
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from aetcd import rpc
 from backend.kv import errors
 from backend.kv.lease import Lessor
 from backend.kv.mvcc import FROM_KEY, Batch, KeySpace, Writer
-from backend.kv.wal import WriteAheadLog, frame
+from backend.kv.wal import WriteAheadLog, frame, fsync_dir, parse_records
 from backend.kv.watch import WatchHub
 
 log = logging.getLogger("clusterd.kv")
@@ -35,6 +36,9 @@ COMPACT = b"C"
 ALARM = b"A"
 META = b"M"
 BASE = b"K"
+SNAPSHOT_ALIGN = 512
+"""A saved snapshot is padded to a multiple of this and ends with the SHA-256 of all before
+it: etcd's own layout, which `etcdctl snapshot save` checks for ("sha256 checksum not found")."""
 
 _ASCEND = rpc.RangeRequest.ASCEND
 _DESCEND = rpc.RangeRequest.DESCEND
@@ -196,6 +200,19 @@ class Store:
                 yield frame(ALARM, request.SerializeToString())
 
         return produce
+
+    def backup(self) -> Callable[[], bytes]:
+        """Capture the state now, for `etcdctl snapshot save`; the function returned builds
+        the file in a thread: the WAL snapshot's records, zeros up to SNAPSHOT_ALIGN, and the
+        SHA-256 of both."""
+        produce = self.snapshot_state()
+
+        def build() -> bytes:
+            body = b"".join(produce())
+            body += bytes(-len(body) % SNAPSHOT_ALIGN)
+            return body + hashlib.sha256(body).digest()
+
+        return build
 
     async def take_snapshot(self) -> None:
         if self._snapshotting:
@@ -733,3 +750,44 @@ def _put_cost(request: rpc.TxnRequest, steps: Iterator[bool]) -> int:
         elif which == "request_txn":
             cost += _put_cost(op.request_txn, steps)
     return cost
+
+
+class RestoreError(Exception):
+    """A snapshot that cannot become a store, said in words a sysadmin can act on."""
+
+
+def restore_snapshot(snapshot: Path, data_dir: Path) -> None:
+    """Make a new ``data_dir`` hold what ``snapshot`` (from `etcdctl snapshot save`) holds.
+
+    The snapshot must be whole: the digest at its end matching, every record intact. Its
+    records become the data directory's WAL snapshot, so starting the store recovers them:
+    keys, history since the last compaction, revisions, leases (their TTLs restarted) and
+    alarms. An existing store is never overwritten.
+    """
+    wal_dir = data_dir / "wal"
+    if wal_dir.is_dir() and any(wal_dir.iterdir()):
+        raise RestoreError(f"{data_dir} already holds a store; restore into a new data directory")
+    try:
+        data = snapshot.read_bytes()
+    except OSError as error:
+        raise RestoreError(f"cannot read {snapshot}: {error.strerror or error}") from error
+    digest = hashlib.sha256(data[:-32]).digest()
+    whole = len(data) % SNAPSHOT_ALIGN == 32 and data[-32:] == digest
+    if whole:
+        records, end = parse_records(data[:-32])
+        body = data[:end]
+        whole = bool(records) and records[0][0] == META and not data[end:-32].strip(b"\0")
+    if not whole:
+        raise RestoreError(
+            f"{snapshot} is not a whole clusterd kv snapshot (truncated, corrupt, or made by "
+            "another store; a real etcd's snapshot is restored with `etcdctl snapshot restore`)"
+        )
+    wal_dir.mkdir(parents=True, exist_ok=True)
+    final = wal_dir / f"snap-{1:016d}.bin"
+    temp = final.with_suffix(".tmp")
+    with temp.open("wb") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
+    fsync_dir(wal_dir)

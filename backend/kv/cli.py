@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backend.kv.apply import Config, Store
+from backend.kv.apply import Config, RestoreError, Store, restore_snapshot
 from backend.kv.lease import min_lease_ttl
 from backend.kv.server import KVServer, TLSConfig
 
@@ -55,6 +55,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--experimental-watch-progress-notify-interval",
         default="10m",
         help="how often watchers that asked for progress notifications get one",
+    )
+    add(
+        "--restore-snapshot",
+        metavar="FILE",
+        help="start a new data directory from a snapshot saved with `etcdctl snapshot save`",
     )
     add("--cert-file", help="server TLS certificate")
     add("--key-file", help="server TLS key")
@@ -151,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
         snapshot_count=args.snapshot_count,
     )
     compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
+    if args.restore_snapshot:
+        try:
+            restore_snapshot(Path(args.restore_snapshot), config.data_dir)
+        except RestoreError as error:
+            print(f"clusterd kv: {error}", file=sys.stderr)
+            return 1
+        log.info("restored %s into %s", args.restore_snapshot, config.data_dir)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_serve(config, listeners, urls, progress, compaction))
 

@@ -43,10 +43,6 @@ AUTH_NOT_ENABLED = _error(
 )
 MEMBER_NOT_FOUND = _error(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
 NOT_CAPABLE = _error(grpc.StatusCode.UNAVAILABLE, "etcdserver: not capable")
-SNAPSHOT_UNSUPPORTED = _error(
-    grpc.StatusCode.UNIMPLEMENTED,
-    "clusterd kv: snapshot download is not supported; copy the data directory while stopped",
-)
 SINGLE_NODE = _error(
     grpc.StatusCode.UNIMPLEMENTED,
     "clusterd kv: the bundled store is single-node; run a real etcd cluster to add members",

@@ -23,6 +23,7 @@ from backend.kv.wire import Context, WireServer, server_ssl_context
 
 log = logging.getLogger("clusterd.kv")
 
+SNAPSHOT_CHUNK = 32 * 1024
 API_VERSION = "3.4.0"
 """The etcd API level this store speaks, reported by Status."""
 
@@ -210,7 +211,7 @@ class ClusterService(services.ClusterServicer):
 
 
 class MaintenanceService(services.MaintenanceServicer):
-    """Status, Alarm, Hash, HashKV and Defragment; Snapshot is refused clearly."""
+    """Status, Alarm, Hash, HashKV, Defragment and Snapshot."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -238,8 +239,19 @@ class MaintenanceService(services.MaintenanceServicer):
         except StoreError as error:
             await _fail(context, error)
 
-    async def Snapshot(self, request: rpc.SnapshotRequest, context: _Context) -> None:
-        await _fail(context, errors.SNAPSHOT_UNSUPPORTED)
+    async def Snapshot(
+        self, request: rpc.SnapshotRequest, context: _Context
+    ) -> AsyncIterator[rpc.SnapshotResponse]:
+        """The state as of now, for `etcdctl snapshot save`; `clusterd kv --restore-snapshot`
+        starts a store from the file. Built in a thread, sent in etcd's 32 KiB chunks."""
+        store = self.store
+        build = store.backup()
+        data = await asyncio.get_running_loop().run_in_executor(None, build)
+        header = store.header(store.space.revision)
+        for offset in range(0, len(data), SNAPSHOT_CHUNK):
+            blob = data[offset : offset + SNAPSHOT_CHUNK]
+            remaining = len(data) - offset - len(blob)
+            yield rpc.SnapshotResponse(header=header, remaining_bytes=remaining, blob=blob)
 
     async def MoveLeader(self, request: rpc.MoveLeaderRequest, context: _Context) -> None:
         await _fail(context, errors.SINGLE_NODE)

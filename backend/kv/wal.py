@@ -27,7 +27,11 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 def read_records(path: Path) -> tuple[list[tuple[bytes, bytes]], int]:
     """The intact records of one file, and the offset where intact data ends."""
-    data = path.read_bytes()
+    return parse_records(path.read_bytes())
+
+
+def parse_records(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The intact records at the start of ``data``, and the offset where they end."""
     records: list[tuple[bytes, bytes]] = []
     offset = 0
     size = len(data)
@@ -45,7 +49,7 @@ def read_records(path: Path) -> tuple[list[tuple[bytes, bytes]], int]:
     return records, offset
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -146,7 +150,7 @@ class WriteAheadLog:
         self._written = self._offset = end
         self._allocated = os.fstat(fd).st_size
         self._reserve(0)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _reserve(self, size: int) -> None:
         """Makes sure the next ``size`` bytes are allocated, a PREALLOCATE at a time."""
@@ -324,7 +328,7 @@ class WriteAheadLog:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, final)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         for old in self.directory.glob("snap-*.bin"):
             if _seq_of(old) < seq:
                 old.unlink()
