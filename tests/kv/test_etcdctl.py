@@ -199,14 +199,6 @@ def test_endpoint_and_member_commands_match_etcd(pair: Pair) -> None:
     pair.same("alarm", "list")
 
 
-def test_snapshot_save_is_refused_with_a_clear_error(pair: Pair, tmp_path: Path) -> None:
-    result = etcdctl(pair.bundled.url, "snapshot", "save", str(tmp_path / "snap.db"))
-    assert result.rc != 0
-    assert "snapshot download is not supported" in result.err
-    assert etcdctl(pair.bundled.url, "put", "/after/snapshot", "ok").out == "OK\n"
-    assert etcdctl(pair.etcd.url, "put", "/after/snapshot", "ok").out == "OK\n"
-
-
 def test_compaction_then_reading_history_below_it_fails_alike(fresh_pair: Pair) -> None:
     for value in ("1", "2", "3"):
         fresh_pair.same("put", "/c/k", value)
