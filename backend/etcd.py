@@ -348,7 +348,9 @@ _KEEPALIVE = {
     "grpc.enable_retries": 1,
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 1,
+    # Pings only while calls or watches are open: etcd (PermitWithoutStream=false) counts
+    # pings on an idle connection as strikes and answers GOAWAY "too_many_pings".
+    "grpc.keepalive_permit_without_calls": 0,
     "grpc.http2.max_pings_without_data": 0,
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
     "grpc.max_send_message_length": 64 * 1024 * 1024,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,7 @@ from backend.etcd import (
 )
 from backend.keys import prefix_end
 from tests.harness.etcd import EtcdMember
-from tests.harness.procs import free_port
+from tests.harness.procs import REPO, free_port
 
 
 async def test_put_then_get_returns_the_value_and_its_revisions(kv: EtcdClient, ns: bytes) -> None:
@@ -136,3 +138,35 @@ async def test_an_endpoint_nobody_listens_on_gives_store_unavailable() -> None:
 def test_unusable_endpoints_are_refused_with_the_reason(endpoints: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         make_client(endpoints)
+
+
+IDLE_CLIENT = """
+import asyncio, sys
+from backend.etcd import make_client
+
+async def main():
+    client = make_client([sys.argv[1]])
+    await client.put(b"/idle/k", b"v")
+    await asyncio.sleep(float(sys.argv[2]))  # idle: no call, no watch
+    print((await client.get(b"/idle/k")).value.decode())
+    await client.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_an_idle_client_is_not_sent_away_by_etcd_for_pinging(etcd: EtcdMember) -> None:
+    # etcd counts pings on a connection without streams as strikes; after two it answers
+    # GOAWAY "too_many_pings", which gRPC reports on stderr (in clusterctl's output, say).
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_CLIENT, etcd.url, "32"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert done.stdout == "v\n", done.stderr
+    assert "too_many_pings" not in done.stderr
+    assert "GOAWAY" not in done.stderr
