@@ -8,8 +8,11 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shlex
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ _CHUNK = 64 * 1024
 class Outcome:
     """How a run of the unit ended: systemd's result names."""
 
-    result: str  # success, exit-code, signal, timeout, exec-failed
+    result: str  # success, exit-code, signal, timeout, exec-failed, protocol
     status: int = 0
 
     @property
@@ -212,6 +215,79 @@ class _Child:
         self.transport.close()
 
 
+class _NotifySocket:
+    """The sd_notify(3) socket of a Type=notify unit: READY=1, STATUS=, STOPPING=1.
+
+    An abstract datagram socket (no path to clean up or to outgrow sun_path), passed as
+    $NOTIFY_SOCKET. Senders are identified by their credentials: processes of the unit's
+    process group are heard (systemd's NotifyAccess=all, for want of cgroups), others not.
+    """
+
+    def __init__(self, runner: UnitRunner) -> None:
+        self.runner = runner
+        self.ready = asyncio.Event()
+        self.status = ""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.setblocking(False)
+        name = f"clusterd/notify/{os.getpid()}/{secrets.token_hex(8)}"
+        self.sock.bind("\0" + name)
+        self.address = "@" + name
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._receive)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sender = 0
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    sender = struct.unpack("=iII", payload[:12])[0]
+            main = self.runner.main_pid
+            if not main or not sender or not _in_group(sender, main):
+                continue
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").split("\n"):
+            key, _, value = line.partition("=")
+            if key == "READY" and value == "1":
+                self.ready.set()
+            elif key == "STATUS":
+                self.status = value
+                self.runner.status_text = value
+                self.runner.on_change(self.runner)
+            elif key == "STOPPING" and value == "1":
+                self.runner._set("deactivating", "stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    """Whether ``pid`` may speak for the unit: its leader, a member of its group, or gone.
+
+    A short-lived sender (`systemd-notify --ready` from a shell script) has often exited
+    before its message is read, and can no longer be checked; the socket's random abstract
+    name, known only from the unit's environment, is what keeps strangers out.
+    """
+    if pid == pgid:
+        return True
+    try:
+        return os.getpgid(pid) == pgid
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+
+
 class UnitRunner:
     """Runs one unit's processes and keeps its systemd-style state."""
 
@@ -234,6 +310,8 @@ class UnitRunner:
         self.sub_state = "dead"
         self.main_pid = 0
         self.restarts = 0
+        self.status_text = ""
+        """What a Type=notify unit last said with STATUS=."""
         self.last_outcome: Outcome | None = None
         self._main: _Child | None = None
         self._stop = asyncio.Event()
@@ -468,15 +546,49 @@ class UnitRunner:
         if not options.exec_start:
             return Outcome("success")
         command = options.exec_start[0]
+        notify = _NotifySocket(self) if options.type == "notify" else None
         try:
+            if notify is not None:
+                env = {**env, "NOTIFY_SOCKET": notify.address}
             process = await self._spawn(command, env)
         except (OSError, RuntimeError) as error:
+            if notify is not None:
+                notify.close()
             self._note(f"failed to start {command.argv[0]}: {error}", 3)
             await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
             return Outcome("exec-failed")
+        try:
+            return await self._run_main(command, process, env, notify)
+        finally:
+            if notify is not None:
+                notify.close()
+
+    async def _run_main(
+        self,
+        command: ExecCommand,
+        process: _Child,
+        env: dict[str, str],
+        notify: _NotifySocket | None,
+    ) -> Outcome:
+        options = self.options
+        timeout = options.timeout_start_sec
         self._main = process
         self.main_pid = process.pid
         self._record(process)
+        if notify is not None:
+            ready = await self._until_ready(process, notify, timeout)
+            if ready is not None:
+                await self._kill(process.pid, options.kill_signal, options.timeout_stop_sec)
+                await process.wait()
+                await self._control(
+                    options.exec_stop_post,
+                    {**env, "SERVICE_RESULT": ready.result},
+                    options.timeout_stop_sec,
+                )
+                await self._drain()
+                self._main = None
+                self.main_pid = 0
+                return ready
         self._set("active", "running")
         await self._control(options.exec_start_post, env, timeout)
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -504,6 +616,31 @@ class UnitRunner:
         self._main = None
         self.main_pid = 0
         return outcome
+
+    async def _until_ready(
+        self, process: _Child, notify: _NotifySocket, limit: float
+    ) -> Outcome | None:
+        """Type=notify: wait for READY=1. None once ready; else how the start ended."""
+        stopped = asyncio.ensure_future(self._stop.wait())
+        exited = asyncio.ensure_future(process.wait())
+        ready = asyncio.ensure_future(notify.ready.wait())
+        done, _ = await asyncio.wait(
+            {stopped, exited, ready},
+            timeout=None if limit == float("inf") else limit,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for waiter in (stopped, exited, ready):
+            waiter.cancel()
+        if ready in done or notify.ready.is_set():
+            return None
+        if stopped in done:
+            return Outcome("success")
+        if exited in done:
+            outcome = _result_of(process.returncode or 0)
+            self._note(f"main process {process.pid} {outcome.describe()} before READY=1", 3)
+            return outcome if not outcome.clean else Outcome("protocol")
+        self._note(f"start operation timed out after {limit:g}s without READY=1", 3)
+        return Outcome("timeout")
 
     async def _run_oneshot(self, env: dict[str, str]) -> Outcome:
         options = self.options

@@ -19,7 +19,7 @@ UNIT_SUFFIXES = (
     ".device",
     ".swap",
 )
-SERVICE_TYPES = ("simple", "oneshot")
+SERVICE_TYPES = ("simple", "oneshot", "notify")
 RESTART_POLICIES = ("no", "on-failure", "on-abnormal", "always")
 KILL_MODES = ("control-group", "process")
 _NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?$")
@@ -406,8 +406,8 @@ def _validate(unit: UnitFile, name: str) -> None:
                 raise UnitFileError(f"{option.key}=: {error.reason}", option.line, name) from None
     starts = unit.options("Service", "ExecStart")
     kind = unit.value("Service", "Type", "simple")
-    if kind == "simple" and len([o for o in starts if o.value]) > 1:
-        raise UnitFileError("Type=simple takes one ExecStart=", starts[-1].line, name)
+    if kind in ("simple", "notify") and len([o for o in starts if o.value]) > 1:
+        raise UnitFileError(f"Type={kind} takes one ExecStart=", starts[-1].line, name)
     if check_name.endswith(".service") and "Service" in unit.sections:
         if not any(o.value for o in starts) and not unit.values("Service", "ExecStop"):
             header = _section_line(unit.raw, "Service")
