@@ -337,6 +337,21 @@ class Store:
                 history = space.index.get(key)
                 kv = None if history is None else history.at(at)
                 found = [] if kv is None else [kv]
+        elif (
+            at == space.revision
+            and (request.limit > 0 or request.count_only)
+            and request.sort_order in (_NONE, _ASCEND)
+            and request.sort_target == rpc.RangeRequest.KEY
+            and not (
+                request.min_mod_revision
+                or request.max_mod_revision
+                or request.min_create_revision
+                or request.max_create_revision
+            )
+        ):
+            # A page or a count of the newest revision in key order, as the console and
+            # etcdctl ask for it: counted from the indexes, and only the page is read.
+            return self._page(request, key, end, current)
         else:
             found = space.range(key, end, at)
         count = len(found)
@@ -359,10 +374,30 @@ class Store:
         limit = request.limit
         if limit > 0 and len(found) > limit:
             found = found[:limit]
-            more = True
+            more = not request.count_only  # etcd reads no keys for a count, so none are left
         response = rpc.RangeResponse(header=self.header(current), more=more, count=count)
         if request.count_only:
             return response
+        if request.keys_only:
+            response.kvs.extend(_without_value(kv) for kv in found)
+        else:
+            response.kvs.extend(found)
+        return response
+
+    def _page(
+        self, request: rpc.RangeRequest, key: bytes, end: bytes, current: int
+    ) -> rpc.RangeResponse:
+        space = self.space
+        count = space.count_live(key, end)
+        limit = request.limit
+        response = rpc.RangeResponse(
+            header=self.header(current),
+            more=0 < limit < count and not request.count_only,
+            count=count,
+        )
+        if request.count_only:
+            return response
+        found = space.first_live(key, end, limit)
         if request.keys_only:
             response.kvs.extend(_without_value(kv) for kv in found)
         else:

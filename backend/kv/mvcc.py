@@ -83,6 +83,9 @@ class KeySpace:
         self.index: dict[bytes, KeyHistory] = {}
         self.keys: SortedList = SortedList()
         """Every key with a history, sorted (O(log n) inserts), for range scans."""
+        self.dead: SortedList = SortedList()
+        """Keys whose newest record is a deletion: ``keys`` less these are the live keys, so
+        a range counts and pages at the newest revision without walking all it covers."""
         self.log: list[Batch] = []
         """Revision batches after ``compacted``, oldest first, for watch replay."""
         self.size = 0
@@ -117,6 +120,34 @@ class KeySpace:
             return []
         return list(self.keys.irange(key, end, inclusive=(True, False)))
 
+    def _span(self, keys: SortedList, key: bytes, end: bytes) -> tuple[int, int]:
+        start = keys.bisect_left(key)
+        stop = len(keys) if end == FROM_KEY else keys.bisect_left(end)
+        return start, max(start, stop)
+
+    def count_live(self, key: bytes, end: bytes) -> int:
+        """Live keys in ``[key, end)`` at the newest revision, in O(log n)."""
+        if end != FROM_KEY and end <= key:
+            return 0
+        start, stop = self._span(self.keys, key, end)
+        dead_start, dead_stop = self._span(self.dead, key, end)
+        return (stop - start) - (dead_stop - dead_start)
+
+    def first_live(self, key: bytes, end: bytes, limit: int) -> list[rpc.KeyValue]:
+        """The first ``limit`` live records in ``[key, end)`` at the newest revision."""
+        if end != FROM_KEY and end <= key:
+            return []
+        found: list[rpc.KeyValue] = []
+        index = self.index
+        stop = None if end == FROM_KEY else end
+        for k in self.keys.irange(key, stop, inclusive=(True, False)):
+            rec = index[k].recs[-1]
+            if rec.version:
+                found.append(rec)
+                if len(found) == limit:
+                    break
+        return found
+
     def range(self, key: bytes, end: bytes, revision: int) -> list[rpc.KeyValue]:
         """Live records in ``[key, end)`` at ``revision``, in key order."""
         index = self.index
@@ -150,6 +181,14 @@ class KeySpace:
         if history is None:
             history = self.index[key] = KeyHistory()
             self.keys.add(key)
+            was_dead = False
+        else:
+            was_dead = history.recs[-1].version == 0
+        if was_dead != (rec.version == 0):
+            if was_dead:
+                self.dead.remove(key)
+            else:
+                self.dead.add(key)
         history.revs.append(rec.mod_revision)
         history.recs.append(rec)
         self.size += len(key) + len(rec.value) + 48
@@ -192,6 +231,7 @@ class KeySpace:
                 if not revs:
                     del index[key]
                     self.keys.remove(key)
+                    self.dead.discard(key)
         self.compacted = revision
         cut = 0
         # The batch at the compaction revision stays: a watch may still start there.

@@ -50,6 +50,28 @@ async def test_a_prefix_range_with_limit_says_there_is_more_and_counts_all(
     assert whole.more is False
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"limit": 2}, (3, True, [b"b", b"c"])),
+        ({"limit": 2, "keys_only": True}, (3, True, [b"b", b"c"])),
+        ({"limit": 5}, (3, False, [b"b", b"c", b"d"])),
+        ({"limit": 1, "sort_order": rpc.RangeRequest.ASCEND}, (3, True, [b"b"])),
+        ({"count_only": True}, (3, False, [])),
+        ({"count_only": True, "limit": 1}, (3, False, [])),  # a count reads no keys: no "more"
+    ],
+)
+async def test_pages_and_counts_skip_deleted_keys_and_count_every_live_one(
+    kv: EtcdClient, ns: bytes, options: dict[str, object], expected: tuple[int, bool, list[bytes]]
+) -> None:
+    await _fill(kv, ns, [(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")])
+    await kv.delete(ns + b"a")
+    await kv.put(ns + b"e", b"5")
+    await kv.delete(ns + b"e")
+    response = await kv.kvstub.Range(RR(key=ns, range_end=prefix_end(ns), **options))
+    assert (response.count, response.more, _keys(response, ns)) == expected
+
+
 async def test_count_only_and_keys_only_leave_out_what_they_say(kv: EtcdClient, ns: bytes) -> None:
     await _fill(kv, ns, [(b"a", b"1"), (b"b", b"2")])
     counted = await kv.kvstub.Range(RR(key=ns, range_end=prefix_end(ns), count_only=True))

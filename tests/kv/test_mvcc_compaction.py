@@ -1,4 +1,5 @@
-"""Compaction keeps exactly what a read at or after the compaction revision can see."""
+"""Compaction keeps exactly what a read at or after the compaction revision can see, and the
+live-key index counts and pages as a walk of the key space would."""
 
 from __future__ import annotations
 
@@ -65,6 +66,12 @@ def test_compaction_keeps_every_view_from_the_compaction_revision_on(
         assert len(kept) <= 1, (key, history.revs, middle)
         if kept:
             assert history.recs[0].version != 0
+    newest = _view(space, space.revision)
+    # The live-key index pages and counts as a walk would.
+    assert space.count_live(b"\0", FROM_KEY) == len(newest)
+    assert space.count_live(b"b", b"d") == len([v for v in newest if b"b" <= v[0] < b"d"])
+    paged = space.first_live(b"\0", FROM_KEY, 2)
+    assert [(kv.key, kv.value) for kv in paged] == [(v[0], v[1]) for v in newest[:2]]
     assert space.size == sum(
         len(key) + len(rec.value) + 48 for key, h in space.index.items() for rec in h.recs
     )
