@@ -44,6 +44,8 @@ OUTPUTS = {
     "cat-g-upper": ["-o", "cat", "-g", "Warning"],
     "short-all": ["-o", "short", "--all"],
     "json-seq": ["-o", "json-seq"],
+    "export-r-n3": ["-o", "export", "-r", "-n", "3"],
+    "export-g-line": ["-o", "export", "-g", "line"],
 }
 CONF = b"[Journal]\nStorage=volatile\nRateLimitIntervalSec=0\nForwardToSyslog=no\nReadKMsg=no\n"
 
