@@ -218,8 +218,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--output",
         default="short",
         choices=FORMATS,
-        help="output format (short); export: journald's binary-safe export format, "
-        "for systemd-journal-remote",
+        help="output format (short); verbose: every field of each entry; export: journald's "
+        "binary-safe export format, for systemd-journal-remote",
     )
     parser.add_argument(
         "-a",

@@ -19,6 +19,7 @@ FORMATS = (
     "short",
     "short-iso",
     "short-precise",
+    "verbose",
     "export",
     "json",
     "json-seq",
@@ -29,6 +30,8 @@ _JSON_ENTRY = (
     b'{"__CURSOR":"s=%s;i=%x;t=%x","__REALTIME_TIMESTAMP":"%d","__MONOTONIC_TIMESTAMP":"%d",'
     b'"__SEQNUM":"%d","__SEQNUM_ID":"%s",%s}\n'
 )
+# systemd's USEC_TIMESTAMP_FORMATTABLE_MAX: later times are shown as a placeholder.
+_FORMATTABLE_MAX = 253_402_214_399_000_000
 _SGR = re.compile(rb"\x1b\[[0-9;]*m")
 _BYTE_UNITS = (
     ("E", 1 << 60),
@@ -196,6 +199,15 @@ def format_bytes(size: int) -> str:
     return f"{size}B"
 
 
+def _multiline(value: bytes, indent: int) -> bytes:
+    """``value``'s lines, the second on indented by ``indent``, as journalctl's print_multiline."""
+    lines = value.split(b"\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    pad = b"\n" + b" " * indent
+    return pad.join(lines) + b"\n"
+
+
 def _single(value: Value) -> bytes | None:
     if isinstance(value, list):
         return value[0] if value else None
@@ -208,8 +220,8 @@ def _single(value: Value) -> bytes | None:
 class Formatter:
     """Turns records of one journal into one output format's bytes.
 
-    Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise``, ``export``
-    and ``cat``, written byte for byte as journalctl (systemd 252) writes them when
+    Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise``, ``verbose``,
+    ``export`` and ``cat``, written byte for byte as journalctl (systemd 252) writes them when
     not on a terminal: full width, no colours. Times are local, so ``TZ=UTC`` gives
     journalctl's UTC output.
     """
@@ -227,6 +239,7 @@ class Formatter:
             "json-seq": self._json_seq,
             "cat": self._cat,
             "export": self._export,
+            "verbose": self._verbose,
         }.get(mode, self._short)
 
     def many(self, records: list[Record]) -> bytes:
@@ -287,6 +300,35 @@ class Formatter:
             head += export_field("_BOOT_ID", boot)
         body = b"".join(export_field(name, value) for name, value in pairs if name != "_BOOT_ID")
         return head + body + b"\n"
+
+    def _verbose(self, record: Record) -> bytes:
+        pairs = record_pairs(record)
+        realtime = record[1]
+        # As journalctl: the sender's own clock when it gave one, else the journal's.
+        source = next((v for n, v in pairs if n == "_SOURCE_REALTIME_TIMESTAMP"), None)
+        if source is not None and source.isdigit():
+            realtime = int(source)
+        lines = [self._verbose_timestamp(realtime), b" [", cursor(self.journal_id, record).encode()]
+        lines.append(b"]\n")
+        for name, value in pairs:
+            lines.append(b"    %s=" % name.encode())
+            if self.show_all or printable(value):
+                lines.append(_multiline(value, 4 + len(name) + 1))
+            else:
+                lines.append(b"[%s blob data]\n" % format_bytes(len(value)).encode())
+        return b"".join(lines)
+
+    @staticmethod
+    def _verbose_timestamp(realtime: int) -> bytes:
+        if not 0 < realtime < _FORMATTABLE_MAX:
+            return b"--- XXXX-XX-XX XX:XX:XX UTC"
+        second, micros = divmod(realtime, 1_000_000)
+        local = time.localtime(second)
+        return b"%s.%06d %s" % (
+            time.strftime("%a %Y-%m-%d %H:%M:%S", local).encode(),
+            micros,
+            time.strftime("%Z", local).encode(),
+        )
 
     def _cat(self, record: Record) -> bytes:
         message = _single(record_fields(record).get("MESSAGE"))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from tests.journal.conftest import UNCOMPARABLE, Run, import_export, objects
 from tests.journal.private_journald import OUTPUTS, SAMPLES
 
 # Formats that show each entry's cursor, which no two journals share.
-_WITH_CURSORS = ("json", "export")
+_WITH_CURSORS = ("json", "export", "verbose")
+_VERBOSE_CURSOR = re.compile(rb" \[s=[^\]\n]*\]\n")
 
 
 def _namespaces_work() -> bool:
@@ -115,3 +117,26 @@ def test_export_matches_the_installed_journalctl(
     assert _without_uncomparable_export_lines(result.stdout) == (
         _without_uncomparable_export_lines(theirs)
     )
+
+
+def _comparable_verbose(output: bytes) -> bytes:
+    """Verbose output with each cursor replaced, and without the boot ID lines.
+
+    journald's export (which our journal was filled from) moves ``_BOOT_ID`` ahead of
+    the other fields, so ours is first where journalctl shows it among the others.
+    """
+    output = _VERBOSE_CURSOR.sub(b" [cursor]\n", output)
+    return b"".join(
+        line for line in output.splitlines(keepends=True) if not line.startswith(b"    _BOOT_ID=")
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in OUTPUTS if n.startswith("verbose")])
+def test_verbose_matches_the_installed_journalctl(
+    ours: Run, journalctl_outputs: Path, name: str
+) -> None:
+    result = ours(*OUTPUTS[name])
+    assert result.returncode == 0, result.stderr
+    theirs = (journalctl_outputs / name).read_bytes()
+    assert result.stdout.count(b"\n    _BOOT_ID=") == theirs.count(b"\n    _BOOT_ID=") > 0
+    assert _comparable_verbose(result.stdout) == _comparable_verbose(theirs)
