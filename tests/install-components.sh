@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real components the tests run against, when they are missing:
-# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux, journalctl.
+# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux, journalctl, systemd-journal-remote.
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,8 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v tmux >/dev/null || missing+=(tmux)
 # journalctl and journald: the journal's output is compared with the real thing.
 command -v journalctl >/dev/null || missing+=(systemd)
+# systemd-journal-remote (outside PATH on Debian): reads our `-o export` back into a journal file.
+[ -x /lib/systemd/systemd-journal-remote ] || missing+=(systemd-journal-remote)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -21,9 +23,10 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts sshd and etcd as system services on install; the tests run their own.
+  # Debian starts sshd and etcd (and may start journal-remote's listener) as system services
+  # on install; the tests run their own.
   if command -v systemctl >/dev/null; then
-    systemctl disable --now etcd ssh >/dev/null 2>&1 || true
+    systemctl disable --now etcd ssh systemd-journal-remote.socket >/dev/null 2>&1 || true
   fi
   exit 0
 fi

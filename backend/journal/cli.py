@@ -214,7 +214,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--show-cursor", action="store_true", help="print the last entry's cursor at the end"
     )
     parser.add_argument(
-        "-o", "--output", default="short", choices=FORMATS, help="output format (short)"
+        "-o",
+        "--output",
+        default="short",
+        choices=FORMATS,
+        help="output format (short); verbose: every field of each entry; export: journald's "
+        "binary-safe export format, for systemd-journal-remote",
     )
     parser.add_argument(
         "-a",

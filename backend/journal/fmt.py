@@ -15,12 +15,23 @@ Value = bytes | None | list[bytes | None]
 """A field's value: bytes; None where journalctl left out a long value; a list when repeated."""
 Fields = dict[str, Value]
 
-FORMATS = ("short", "short-iso", "short-precise", "json", "json-seq", "cat")
+FORMATS = (
+    "short",
+    "short-iso",
+    "short-precise",
+    "verbose",
+    "export",
+    "json",
+    "json-seq",
+    "cat",
+)
 
 _JSON_ENTRY = (
     b'{"__CURSOR":"s=%s;i=%x;t=%x","__REALTIME_TIMESTAMP":"%d","__MONOTONIC_TIMESTAMP":"%d",'
     b'"__SEQNUM":"%d","__SEQNUM_ID":"%s",%s}\n'
 )
+# systemd's USEC_TIMESTAMP_FORMATTABLE_MAX: later times are shown as a placeholder.
+_FORMATTABLE_MAX = 253_402_214_399_000_000
 _SGR = re.compile(rb"\x1b\[[0-9;]*m")
 _BYTE_UNITS = (
     ("E", 1 << 60),
@@ -100,6 +111,25 @@ def record_fields(record: Record) -> Fields:
     return {name: _decode(value) for name, value in json.loads(b"{" + record[5] + b"}").items()}
 
 
+def record_pairs(record: Record) -> list[tuple[str, bytes]]:
+    """The stored fields of ``record`` in their order, a repeated field once per value."""
+    pairs = json.loads(b"{" + record[5] + b"}", object_pairs_hook=list)
+    return [
+        (
+            name,
+            bytes(value) if isinstance(value, list) else value.encode(),
+        )
+        for name, value in pairs
+    ]
+
+
+def export_field(name: str, value: bytes) -> bytes:
+    """One field in journald's export format, binary-safe when the value is not one line of text."""
+    if b"\n" not in value and printable(value):
+        return b"%s=%s\n" % (name.encode(), value)
+    return b"%s\n%s%s\n" % (name.encode(), struct.pack("<Q", len(value)), value)
+
+
 def parse_export(data: bytes) -> Iterator[list[tuple[str, bytes]]]:
     """Entries of journald's export format (``journalctl -o export``), fields in order.
 
@@ -169,6 +199,15 @@ def format_bytes(size: int) -> str:
     return f"{size}B"
 
 
+def _multiline(value: bytes, indent: int) -> bytes:
+    """``value``'s lines, the second on indented by ``indent``, as journalctl's print_multiline."""
+    lines = value.split(b"\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    pad = b"\n" + b" " * indent
+    return pad.join(lines) + b"\n"
+
+
 def _single(value: Value) -> bytes | None:
     if isinstance(value, list):
         return value[0] if value else None
@@ -181,9 +220,10 @@ def _single(value: Value) -> bytes | None:
 class Formatter:
     """Turns records of one journal into one output format's bytes.
 
-    Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise`` and ``cat``,
-    written byte for byte as journalctl (systemd 252) writes them when not on a terminal:
-    full width, no colours. Times are local, so ``TZ=UTC`` gives journalctl's UTC output.
+    Formats: ``json``, ``json-seq``, ``short``, ``short-iso``, ``short-precise``, ``verbose``,
+    ``export`` and ``cat``, written byte for byte as journalctl (systemd 252) writes them when
+    not on a terminal: full width, no colours. Times are local, so ``TZ=UTC`` gives
+    journalctl's UTC output.
     """
 
     def __init__(self, mode: str, journal_id: str, *, show_all: bool = False) -> None:
@@ -198,6 +238,8 @@ class Formatter:
             "json": self._json,
             "json-seq": self._json_seq,
             "cat": self._cat,
+            "export": self._export,
+            "verbose": self._verbose,
         }.get(mode, self._short)
 
     def many(self, records: list[Record]) -> bytes:
@@ -238,6 +280,55 @@ class Formatter:
             if size >= store.JSON_THRESHOLD:
                 doc[name] = None
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()
+
+    def _export(self, record: Record) -> bytes:
+        seq, realtime, monotonic = record[:3]
+        pairs = record_pairs(record)
+        jid = self.journal_id.encode()
+        head = b"__CURSOR=s=%s;i=%x;t=%x\n__REALTIME_TIMESTAMP=%d\n__MONOTONIC_TIMESTAMP=%d\n" % (
+            jid,
+            seq,
+            realtime,
+            realtime,
+            monotonic,
+        )
+        # journald's own __SEQNUM fields (systemd 254 on), as in our JSON.
+        head += b"__SEQNUM=%d\n__SEQNUM_ID=%s\n" % (seq, jid)
+        # journalctl puts the boot ID among the addressing fields, not among the others.
+        boot = next((value for name, value in pairs if name == "_BOOT_ID"), None)
+        if boot is not None:
+            head += export_field("_BOOT_ID", boot)
+        body = b"".join(export_field(name, value) for name, value in pairs if name != "_BOOT_ID")
+        return head + body + b"\n"
+
+    def _verbose(self, record: Record) -> bytes:
+        pairs = record_pairs(record)
+        realtime = record[1]
+        # As journalctl: the sender's own clock when it gave one, else the journal's.
+        source = next((v for n, v in pairs if n == "_SOURCE_REALTIME_TIMESTAMP"), None)
+        if source is not None and source.isdigit():
+            realtime = int(source)
+        lines = [self._verbose_timestamp(realtime), b" [", cursor(self.journal_id, record).encode()]
+        lines.append(b"]\n")
+        for name, value in pairs:
+            lines.append(b"    %s=" % name.encode())
+            if self.show_all or printable(value):
+                lines.append(_multiline(value, 4 + len(name) + 1))
+            else:
+                lines.append(b"[%s blob data]\n" % format_bytes(len(value)).encode())
+        return b"".join(lines)
+
+    @staticmethod
+    def _verbose_timestamp(realtime: int) -> bytes:
+        if not 0 < realtime < _FORMATTABLE_MAX:
+            return b"--- XXXX-XX-XX XX:XX:XX UTC"
+        second, micros = divmod(realtime, 1_000_000)
+        local = time.localtime(second)
+        return b"%s.%06d %s" % (
+            time.strftime("%a %Y-%m-%d %H:%M:%S", local).encode(),
+            micros,
+            time.strftime("%Z", local).encode(),
+        )
 
     def _cat(self, record: Record) -> bytes:
         message = _single(record_fields(record).get("MESSAGE"))

@@ -44,6 +44,11 @@ OUTPUTS = {
     "cat-g-upper": ["-o", "cat", "-g", "Warning"],
     "short-all": ["-o", "short", "--all"],
     "json-seq": ["-o", "json-seq"],
+    "verbose": ["-o", "verbose"],
+    "verbose-all": ["-o", "verbose", "--all"],
+    "verbose-r-n3-p": ["-o", "verbose", "-r", "-n", "3", "-p", "info"],
+    "export-r-n3": ["-o", "export", "-r", "-n", "3"],
+    "export-g-line": ["-o", "export", "-g", "line"],
 }
 CONF = b"[Journal]\nStorage=volatile\nRateLimitIntervalSec=0\nForwardToSyslog=no\nReadKMsg=no\n"
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,10 @@ from backend.journal.fmt import parse_json
 from tests.harness.procs import REPO
 from tests.journal.conftest import UNCOMPARABLE, Run, import_export, objects
 from tests.journal.private_journald import OUTPUTS, SAMPLES
+
+# Formats that show each entry's cursor, which no two journals share.
+_WITH_CURSORS = ("json", "export", "verbose")
+_VERBOSE_CURSOR = re.compile(rb" \[s=[^\]\n]*\]\n")
 
 
 def _namespaces_work() -> bool:
@@ -70,7 +75,7 @@ def test_journalctl_saw_every_sample(journalctl_outputs: Path) -> None:
     assert [e["MESSAGE"] for e in entries] == expected
 
 
-@pytest.mark.parametrize("name", [n for n in OUTPUTS if not n.startswith("json")])
+@pytest.mark.parametrize("name", [n for n in OUTPUTS if not n.startswith(_WITH_CURSORS)])
 def test_text_formats_match_the_installed_journalctl(
     ours: Run, journalctl_outputs: Path, name: str
 ) -> None:
@@ -91,3 +96,47 @@ def test_json_matches_the_installed_journalctl(
     assert [{k: v for k, v in e.items() if k not in UNCOMPARABLE} for e in ours_parsed] == [
         {k: v for k, v in e.items() if k not in UNCOMPARABLE} for e in theirs_parsed
     ]
+
+
+def _without_uncomparable_export_lines(export: bytes) -> bytes:
+    return b"".join(
+        line
+        for line in export.splitlines(keepends=True)
+        if line.partition(b"=")[0].decode(errors="replace") not in UNCOMPARABLE
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in OUTPUTS if n.startswith("export")])
+def test_export_matches_the_installed_journalctl(
+    ours: Run, journalctl_outputs: Path, name: str
+) -> None:
+    result = ours(*OUTPUTS[name])
+    assert result.returncode == 0, result.stderr
+    theirs = (journalctl_outputs / name).read_bytes()
+    assert result.stdout.count(b"\n__CURSOR=") == theirs.count(b"\n__CURSOR=")
+    assert _without_uncomparable_export_lines(result.stdout) == (
+        _without_uncomparable_export_lines(theirs)
+    )
+
+
+def _comparable_verbose(output: bytes) -> bytes:
+    """Verbose output with each cursor replaced, and without the boot ID lines.
+
+    journald's export (which our journal was filled from) moves ``_BOOT_ID`` ahead of
+    the other fields, so ours is first where journalctl shows it among the others.
+    """
+    output = _VERBOSE_CURSOR.sub(b" [cursor]\n", output)
+    return b"".join(
+        line for line in output.splitlines(keepends=True) if not line.startswith(b"    _BOOT_ID=")
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in OUTPUTS if n.startswith("verbose")])
+def test_verbose_matches_the_installed_journalctl(
+    ours: Run, journalctl_outputs: Path, name: str
+) -> None:
+    result = ours(*OUTPUTS[name])
+    assert result.returncode == 0, result.stderr
+    theirs = (journalctl_outputs / name).read_bytes()
+    assert result.stdout.count(b"\n    _BOOT_ID=") == theirs.count(b"\n    _BOOT_ID=") > 0
+    assert _comparable_verbose(result.stdout) == _comparable_verbose(theirs)

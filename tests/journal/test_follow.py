@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from backend.journal import store
 from backend.journal.writer import JournalWriter
 from tests.journal.conftest import Follower, Run
@@ -148,3 +150,16 @@ def test_follow_after_a_cursor_resumes_with_everything_since(
     assert follower.read_lines(25) == [b"missed %d" % i for i in range(25)]
     write(writer, b"live")
     assert follower.read_lines(1) == [b"live"]
+
+
+@pytest.mark.parametrize("output", ["verbose", "export"])
+def test_follow_prints_new_entries_in_every_field_format(
+    writer: JournalWriter, tmp_path: Path, follow: Follow, in_process: Run, output: str
+) -> None:
+    write(writer, b"before")
+    follower = follow(tmp_path, "-o", output)
+    write(writer, b"during\nwith a second line")
+    whole = in_process("journal", "--data-dir", str(tmp_path), "-o", output).stdout
+    assert whole.count(b"during") == 1
+    expected = whole.split(b"\n")[:-1]
+    assert follower.read_lines(len(expected)) == expected
