@@ -56,6 +56,7 @@ def _through_journal_remote(export: bytes, tmp_path: Path, *flags: str) -> bytes
         [JOURNAL_REMOTE, "-o", str(target), "-"], input=export, capture_output=True, timeout=60
     )
     assert written.returncode == 0, written.stderr
+    assert b"ignoring" not in written.stderr, written.stderr  # every line of ours understood
     read = subprocess.run(
         ["journalctl", "--file", str(target), "--no-pager", *flags],
         env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
