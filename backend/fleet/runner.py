@@ -14,7 +14,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +163,8 @@ def reap_orphans(run_dir: Path, grace: float = 5.0) -> list[str]:
             record.unlink(missing_ok=True)
             continue
         if process_start_time(pid) == started or (group_alive(pgid) and started):
+            if process_start_time(pid) == started:
+                pgid = _group_of(pid, pgid)  # a detached daemon's own group
             _kill_group(pgid, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while group_alive(pgid) and time.monotonic() < deadline:
@@ -269,6 +271,61 @@ class _NotifySocket:
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
+
+
+def _group_of(pid: int, fallback: int) -> int:
+    """The process group ``pid`` is in now, or ``fallback`` if it is gone."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return fallback
+
+
+def _pid_in(path: Path) -> int:
+    """The PID a PID file holds, or 0."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _watch_exit(pid: int) -> asyncio.Future[None]:
+    """A future that completes when ``pid`` (not necessarily our child) exits."""
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        fd = -1
+    if fd >= 0:
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            if not gone.done():
+                gone.set_result(None)
+
+        def cancelled(future: asyncio.Future[None]) -> None:
+            if future.cancelled():
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(fd)
+                    os.close(fd)
+
+        loop.add_reader(fd, readable)
+        gone.add_done_callback(cancelled)
+        return gone
+
+    async def poll() -> None:  # no pidfds (Linux before 5.3): watch /proc
+        while True:
+            if not process_start_time(pid):
+                break
+            await asyncio.sleep(0.1)
+        if not gone.done():
+            gone.set_result(None)
+
+    poller = asyncio.ensure_future(poll())
+    gone.add_done_callback(lambda _: poller.cancel())
+    return gone
 
 
 def _in_group(pid: int, pgid: int) -> bool:
@@ -487,12 +544,11 @@ class UnitRunner:
         return True
 
     def _record(self, process: _Child) -> None:
+        self._record_pid(process.pid, process.pid)
+
+    def _record_pid(self, pid: int, pgid: int) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "pid": process.pid,
-            "pgid": process.pid,
-            "start_time": process_start_time(process.pid),
-        }
+        record = {"pid": pid, "pgid": pgid, "start_time": process_start_time(pid)}
         self._record_path.write_text(json.dumps(record))
 
     @property
@@ -543,6 +599,8 @@ class UnitRunner:
             return Outcome("exit-code", 1)
         if options.type == "oneshot":
             return await self._run_oneshot(env)
+        if options.type == "forking":
+            return await self._run_forking(env)
         if not options.exec_start:
             return Outcome("success")
         command = options.exec_start[0]
@@ -641,6 +699,118 @@ class UnitRunner:
             return outcome if not outcome.clean else Outcome("protocol")
         self._note(f"start operation timed out after {limit:g}s without READY=1", 3)
         return Outcome("timeout")
+
+    async def _run_forking(self, env: dict[str, str]) -> Outcome:
+        """Type=forking: ExecStart detaches a daemon and exits 0; PIDFile= names the daemon.
+
+        The daemon is not our child (it is reparented when its starter exits), so its exit
+        is seen through a pidfd but its status cannot be known: a daemon that dies on its
+        own counts as failed, which is what Restart=on-failure is for.
+        """
+        options = self.options
+        limit = options.timeout_start_sec
+        command = options.exec_start[0]
+        try:
+            starter = await self._spawn(command, env)
+        except (OSError, RuntimeError) as error:
+            self._note(f"failed to start {command.argv[0]}: {error}", 3)
+            await self._control(options.exec_stop_post, env, options.timeout_stop_sec)
+            return Outcome("exec-failed")
+        self.main_pid = starter.pid
+        deadline = time.monotonic() + limit
+        started = await self._wait_or_stop(starter.wait(), limit)
+        daemon = 0
+        if started == "done" and starter.returncode == 0:
+            daemon = await self._read_pid_file(deadline)
+        outcome: Outcome | None = None
+        if started == "stopped":
+            outcome = Outcome("success")
+        elif started == "timeout":
+            self._note(f"start operation timed out after {limit:g}s", 3)
+            outcome = Outcome("timeout")
+        elif starter.returncode != 0:
+            outcome = _result_of(starter.returncode or 0)
+            self._note(f"{shlex.join(command.argv)}: {outcome.describe()}", 3)
+        elif not daemon:
+            self._note(f"PIDFile={options.pid_file} names no running process after start", 3)
+            outcome = Outcome("protocol")
+        if outcome is not None:
+            await self._kill(starter.pid, options.kill_signal, options.timeout_stop_sec)
+            await self._control(
+                options.exec_stop_post,
+                {**env, "SERVICE_RESULT": outcome.result},
+                options.timeout_stop_sec,
+            )
+            await self._drain()
+            self.main_pid = 0
+            return outcome
+        pgid = _group_of(daemon, daemon)
+        gone = _watch_exit(daemon)
+        self.main_pid = daemon
+        self._record_pid(daemon, pgid)
+        self._set("active", "running")
+        await self._control(options.exec_start_post, env, limit)
+        ended = await self._wait_or_stop(gone, float("inf"))
+        if ended == "done":
+            self._note(f"main process {daemon} exited (its status is unknown: not our child)", 4)
+            outcome = Outcome("exit-code", 1)
+            self._set("deactivating", "stop-sigterm")
+        else:
+            self._set("deactivating", "stop-sigterm")
+            await self._control(
+                options.exec_stop, {**env, "MAINPID": str(daemon)}, options.timeout_stop_sec
+            )
+            outcome = Outcome("success")
+        if options.kill_mode == "process":
+            if not gone.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(daemon, options.kill_signal)
+                if await self._wait_or_stop(gone, options.timeout_stop_sec, stop=False) != "done":
+                    self._set("deactivating", "stop-sigkill")
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(daemon, signal.SIGKILL)
+        else:
+            # Its group now: a daemon may call setsid() after its PID was written.
+            await self._kill(_group_of(daemon, pgid), options.kill_signal, options.timeout_stop_sec)
+        await self._kill(starter.pid, options.kill_signal, options.timeout_stop_sec)
+        gone.cancel()
+        await self._control(
+            options.exec_stop_post,
+            {**env, "SERVICE_RESULT": outcome.result},
+            options.timeout_stop_sec,
+        )
+        await self._drain()
+        self.main_pid = 0
+        return outcome
+
+    async def _wait_or_stop(
+        self, awaitable: Awaitable[object], limit: float, stop: bool = True
+    ) -> str:
+        """ "done" when ``awaitable`` completes, "stopped" on a stop request, else "timeout"."""
+        waited = asyncio.ensure_future(awaitable)
+        stopped = asyncio.ensure_future(self._stop.wait() if stop else asyncio.Event().wait())
+        done, _ = await asyncio.wait(
+            {waited, stopped},
+            timeout=None if limit == float("inf") else limit,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        stopped.cancel()
+        if waited in done:
+            return "done"
+        if not isinstance(awaitable, asyncio.Future):
+            waited.cancel()
+        return "stopped" if stopped in done else "timeout"
+
+    async def _read_pid_file(self, deadline: float) -> int:
+        """The live PID in PIDFile=, waiting for the file until ``deadline``; 0 if none."""
+        path = Path(self.options.pid_file)
+        while True:
+            pid = _pid_in(path)
+            if pid > 0 and process_start_time(pid):
+                return pid
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return 0
+            await asyncio.sleep(0.05)
 
     async def _run_oneshot(self, env: dict[str, str]) -> Outcome:
         options = self.options

@@ -19,7 +19,7 @@ UNIT_SUFFIXES = (
     ".device",
     ".swap",
 )
-SERVICE_TYPES = ("simple", "oneshot", "notify")
+SERVICE_TYPES = ("simple", "oneshot", "notify", "forking")
 RESTART_POLICIES = ("no", "on-failure", "on-abnormal", "always")
 KILL_MODES = ("control-group", "process")
 _NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?$")
@@ -271,6 +271,7 @@ class ServiceOptions:
     timeout_stop_sec: float = 90.0
     kill_signal: int = int(signal.SIGTERM)
     kill_mode: str = "control-group"
+    pid_file: str = ""
 
 
 @dataclass
@@ -406,8 +407,16 @@ def _validate(unit: UnitFile, name: str) -> None:
                 raise UnitFileError(f"{option.key}=: {error.reason}", option.line, name) from None
     starts = unit.options("Service", "ExecStart")
     kind = unit.value("Service", "Type", "simple")
-    if kind in ("simple", "notify") and len([o for o in starts if o.value]) > 1:
+    if kind in ("simple", "notify", "forking") and len([o for o in starts if o.value]) > 1:
         raise UnitFileError(f"Type={kind} takes one ExecStart=", starts[-1].line, name)
+    if kind == "forking" and not unit.value("Service", "PIDFile", ""):
+        types = unit.options("Service", "Type")
+        raise UnitFileError(
+            "Type=forking needs PIDFile= here: without cgroups, the PID file is how the "
+            "daemon is found once it has detached",
+            types[-1].line if types else 0,
+            name,
+        )
     if check_name.endswith(".service") and "Service" in unit.sections:
         if not any(o.value for o in starts) and not unit.values("Service", "ExecStop"):
             header = _section_line(unit.raw, "Service")
@@ -502,6 +511,7 @@ def service_options(unit: UnitFile, name: str) -> ServiceOptions:
         restart=get("Restart", "no"),
         restart_sec=parse_timespan(get("RestartSec", "100ms")),
         timeout_start_sec=parse_timespan(get("TimeoutStartSec", timeout or "90s")),
+        pid_file=get("PIDFile"),
         timeout_stop_sec=parse_timespan(get("TimeoutStopSec", timeout or "90s")),
         kill_signal=parse_signal(get("KillSignal", "SIGTERM")),
         kill_mode=get("KillMode", "control-group"),
