@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from textual.app import App
 from textual.pilot import Pilot
+from textual.screen import Screen
 
 from backend import demo
 from backend.etcd import make_client
@@ -27,10 +29,17 @@ __all__ = [
     "console_on",
     "registry_on",
     "running",
+    "shown",
     "unit_pid",
     "units_running",
     "wait_for",
 ]
+
+
+def shown(app: App[object], screen: type[Screen[object]], selector: str) -> bool:
+    """``screen`` is up with ``selector`` mounted in it: a pushed screen composes a moment
+    after it becomes ``app.screen``, and a key pressed before then is lost."""
+    return isinstance(app.screen, screen) and bool(app.screen.query(selector))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from textual.app import App, ComposeResult
 from console.journal_stream import MachineAccess, parse_entry
 from console.screens.journal import JournalPane
 from console.screens.path_prompt import PathPromptScreen
-from tests.panes.conftest import SIZE, wait_for
+from tests.panes.conftest import SIZE, shown, wait_for
 from widgets.journal_view import JournalEntry, JournalView
 
 START = 1_795_000_000_000_000
@@ -130,7 +130,7 @@ async def test_S_saves_the_shown_lines_to_a_file(tmp_path: Path) -> None:
         app.pane.view.focus()
         await feed(pilot, app, lines(3))
         await pilot.press("S")
-        await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))
+        await wait_for(pilot, lambda: shown(app, PathPromptScreen, "#prompt-input"))
         app.screen.query_one("#prompt-input").value = str(target)
         await pilot.press("enter")
         await wait_for(pilot, target.exists)

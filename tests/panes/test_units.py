@@ -21,6 +21,7 @@ from tests.panes.conftest import (
     open_units,
     registry_on,
     running,
+    shown,
     unit_pid,
     units_running,
     wait_for,
@@ -190,7 +191,7 @@ async def test_destroy_asks_first_then_removes_the_unit(cluster: demo.DemoCluste
         await open_units(pilot)
         await put_cursor_on(app, pilot, "doomed.service")
         await pilot.press("D")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for(pilot, lambda: shown(app, ConfirmScreen, "#confirm-question"))
         assert "doomed.service" in text_of(app.screen, "#confirm-question")
         await pilot.press("y")
         await wait_for(pilot, lambda: unit_pid(cluster, "doomed.service") is None, within=15)
@@ -214,7 +215,7 @@ async def test_marking_three_units_and_stopping_them_stops_all_three(
         await pilot.press("space", "space", "space")
         assert app.units_pane.table.marked == set(names)
         await pilot.press("x")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await wait_for(pilot, lambda: shown(app, ConfirmScreen, "#confirm-question"))
         question = text_of(app.screen, "#confirm-question")
         assert all(name in question for name in names) and "3 units" in question
         await pilot.press("y")
@@ -237,7 +238,7 @@ async def test_submit_takes_a_unit_file_and_shows_errors_with_line_numbers(
     async with running(app) as pilot:
         await open_units(pilot)
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))
+        await wait_for(pilot, lambda: shown(app, PathPromptScreen, "#prompt-input"))
         await pilot.press(*str(bad), "enter")
         await wait_for(pilot, lambda: "line 3" in text_of(app.screen, "#prompt-error"))
         assert isinstance(app.screen, PathPromptScreen)
@@ -263,12 +264,12 @@ async def test_cat_shows_the_unit_file_and_enter_its_status_with_journal_lines(
         await open_units(pilot)
         await put_cursor_on(app, pilot, "status.service")
         await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, TextScreen))
+        await wait_for(pilot, lambda: shown(app, TextScreen, "#text-body"))
         assert "ExecStart=/bin/sh -c" in text_of(app.screen, "#text-body")
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, TextScreen))
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TextScreen), within=15)
+        await wait_for(pilot, lambda: shown(app, TextScreen, "#text-body"), within=15)
         body = text_of(app.screen, "#text-body")
         assert "launched (desired launched)" in body and "active (running)" in body
         assert "Machine: " in body and "tick status.service" in body
