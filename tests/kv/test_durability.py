@@ -11,6 +11,7 @@ import pytest
 from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError, make_client
+from backend.kv.wal import frame, read_records
 from tests.harness.bundled import BundledStore, start_bundled
 from tests.harness.procs import free_port
 from tests.kv.conftest import rpc_error
@@ -197,3 +198,51 @@ def test_sigterm_shuts_down_cleanly(bundled: BundledStore) -> None:
     assert bundled.child.process is not None
     assert bundled.child.process.returncode == 0
     assert "shutting down" in bundled.output()
+
+
+def _batch(revision: int, key: bytes, value: bytes) -> bytes:
+    """The WAL record a put of a new key at ``revision`` makes."""
+    kv = rpc.KeyValue(
+        key=key, value=value, create_revision=revision, mod_revision=revision, version=1
+    )
+    body = rpc.RangeResponse(header=rpc.ResponseHeader(revision=revision), kvs=[kv])
+    return frame(b"B", body.SerializeToString())
+
+
+async def test_a_torn_write_inside_the_preallocated_segment_never_comes_back(
+    bundled: BundledStore,
+) -> None:
+    kv = await _client(bundled)
+    last = await kv.put(b"safe", b"1")
+    await kv.close()
+    bundled.kill()
+    segment = sorted((bundled.data_dir / "wal").glob("wal-*.log"))[-1]
+    _records, end = read_records(segment)
+    assert segment.stat().st_size > end  # the segment holds space taken ahead of the writes
+    # A group write that tore: its first record damaged, the one after it whole but never
+    # acknowledged. The damaged one is exactly as long as the next put's record will be, so
+    # that record would end where the unacknowledged one begins, were it not cut away.
+    following = last.header.revision + 1
+    put_record = _batch(following, b"next", b"2")
+    damaged = put_record[:8] + bytes(len(put_record) - 8)
+    ghost = _batch(following + 1, b"ghost", b"never acknowledged")
+    with segment.open("r+b") as handle:
+        handle.seek(end)
+        handle.write(damaged + ghost)
+    bundled.start()
+    assert "torn record" in bundled.output()
+    kv = await _client(bundled)
+    assert await kv.get(b"ghost") is None
+    after = await kv.put(b"next", b"2")
+    assert after.header.revision == following
+    await kv.close()
+    bundled.kill()
+    with segment.open("rb") as handle:
+        handle.seek(end)
+        assert handle.read(len(put_record)) == put_record  # the put landed where we meant
+    bundled.start()
+    kv = await _client(bundled)
+    everything = await kv.kvstub.Range(rpc.RangeRequest(key=b"\0", range_end=b"\0"))
+    assert [(item.key, item.value) for item in everything.kvs] == [(b"next", b"2"), (b"safe", b"1")]
+    assert await kv.current_revision() == following
+    await kv.close()
