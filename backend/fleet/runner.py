@@ -638,15 +638,7 @@ class UnitRunner:
             if ready is not None:
                 await self._kill(process.pid, options.kill_signal, options.timeout_stop_sec)
                 await process.wait()
-                await self._control(
-                    options.exec_stop_post,
-                    {**env, "SERVICE_RESULT": ready.result},
-                    options.timeout_stop_sec,
-                )
-                await self._drain()
-                self._main = None
-                self.main_pid = 0
-                return ready
+                return await self._end_run(env, ready)
         self._set("active", "running")
         await self._control(options.exec_start_post, env, timeout)
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -665,10 +657,14 @@ class UnitRunner:
             self._set("deactivating", "stop-sigterm")
             # What the main process left behind in its group goes with it.
             await self._kill(process.pid, options.kill_signal, options.timeout_stop_sec)
+        return await self._end_run(env, outcome)
+
+    async def _end_run(self, env: dict[str, str], outcome: Outcome) -> Outcome:
+        """ExecStopPost with the run's result, the last output lines, and the run forgotten."""
         await self._control(
-            options.exec_stop_post,
+            self.options.exec_stop_post,
             {**env, "SERVICE_RESULT": outcome.result},
-            options.timeout_stop_sec,
+            self.options.timeout_stop_sec,
         )
         await self._drain()
         self._main = None
@@ -736,14 +732,7 @@ class UnitRunner:
             outcome = Outcome("protocol")
         if outcome is not None:
             await self._kill(starter.pid, options.kill_signal, options.timeout_stop_sec)
-            await self._control(
-                options.exec_stop_post,
-                {**env, "SERVICE_RESULT": outcome.result},
-                options.timeout_stop_sec,
-            )
-            await self._drain()
-            self.main_pid = 0
-            return outcome
+            return await self._end_run(env, outcome)
         pgid = _group_of(daemon, daemon)
         gone = _watch_exit(daemon)
         self.main_pid = daemon
@@ -774,14 +763,7 @@ class UnitRunner:
             await self._kill(_group_of(daemon, pgid), options.kill_signal, options.timeout_stop_sec)
         await self._kill(starter.pid, options.kill_signal, options.timeout_stop_sec)
         gone.cancel()
-        await self._control(
-            options.exec_stop_post,
-            {**env, "SERVICE_RESULT": outcome.result},
-            options.timeout_stop_sec,
-        )
-        await self._drain()
-        self.main_pid = 0
-        return outcome
+        return await self._end_run(env, outcome)
 
     async def _wait_or_stop(
         self, awaitable: Awaitable[object], limit: float, stop: bool = True

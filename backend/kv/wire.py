@@ -141,9 +141,7 @@ class Context:
     async def write(self, message: Any) -> None:
         """Sends one response of a streaming call; ``bytes`` are sent as already serialized."""
         stream = self._stream
-        if not isinstance(message, bytes):
-            message = stream.handler.response_serializer(message)
-        await stream.conn.send_message(stream, message)
+        await stream.conn.send_message(stream, self._body(message))
 
     def try_write(self, message: Any) -> bool:
         """Sends one response of a streaming call now, if nothing waits to go before it.
@@ -155,10 +153,14 @@ class Context:
         conn = stream.conn
         if stream.pending or stream.reset or stream.finished or conn.paused:
             return False
-        if not isinstance(message, bytes):
-            message = stream.handler.response_serializer(message)
-        conn.send_message_now(stream, message)
+        conn.send_message_now(stream, self._body(message))
         return True
+
+    def _body(self, message: Any) -> bytes:
+        """A response serialized, unless it already is."""
+        if isinstance(message, bytes):
+            return message
+        return self._stream.handler.response_serializer(message)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(
@@ -596,11 +598,11 @@ class Connection(asyncio.Protocol):
             # cleanly, without a RST_STREAM telling the client to stop sending.
             stream.remote_closed = True
         if stream.handler is not None and not stream.finished:
-            self._messages(stream, payload, length)
+            self._messages(stream, payload)
         if flags & END_STREAM:
             self._remote_closed(stream)
 
-    def _messages(self, stream: Stream, payload: bytes, length: int) -> None:
+    def _messages(self, stream: Stream, payload: bytes) -> None:
         """Whole gRPC messages out of the stream's bytes, to its handler."""
         buffered = stream.message
         if buffered:
@@ -728,9 +730,8 @@ class Connection(asyncio.Protocol):
                         await self.send_message(stream, handler.response_serializer(response))
                 else:
                     await result
-            else:
-                call = handler.stream_unary if handler.request_streaming else handler.unary_unary
-                response = await call(request, context)
+            else:  # unary calls never get here: _step drives them
+                response = await handler.stream_unary(request, context)
                 if not stream.reset:
                     self.send_message_now(stream, handler.response_serializer(response))
         except Abort as abort:
