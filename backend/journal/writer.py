@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from backend import filemodes
 from backend.journal import store
 
 log = logging.getLogger("clusterd.journal")
@@ -77,7 +78,7 @@ class JournalWriter:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.directory = Path(data_dir) / "journal"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        store.make_journal_dir(self.directory, log)
         self.journal_id = store.journal_id(self.directory)
         self.max_bytes = max_bytes
         self.segment_bytes = max(min(max_bytes // 8, SEGMENT_MAX), SEGMENT_MIN)
@@ -90,7 +91,7 @@ class JournalWriter:
         self._prefixes: dict[tuple[str | None, str | None, int | None, int], bytes] = {}
         self._partial: dict[tuple[str | None, int | None, str], bytes] = {}
         self._lock_fd = os.open(
-            self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, filemodes.JOURNAL_FILE
         )
         self._segment: Path | None = None
         self._fd = -1
@@ -405,7 +406,7 @@ class JournalWriter:
         path = self.directory / store.segment_name(first_seqnum)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         if create:
-            self._fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, filemodes.JOURNAL_FILE)
             os.write(self._fd, store.MAGIC)
             self._size = len(store.MAGIC)
         else:
