@@ -1,0 +1,109 @@
+"""`clusterd journal -f` when its journal's directory is deleted, moved away and made again."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from backend.journal.writer import JournalWriter
+from tests.journal.conftest import Follower
+
+Follow = Callable[..., Follower]
+
+REMOVED = b"was removed; waiting for it to come back"
+
+
+def write(data_dir: Path, *lines: bytes) -> str:
+    """Write ``lines`` with a writer of its own (as a restarted node would); the journal's ID."""
+    with JournalWriter(data_dir, hostname="h", machine_id="0" * 32) as writer:
+        for line in lines:
+            writer.line(line, unit="app.service", identifier="app", pid=5)
+        writer.flush()
+        return writer.journal_id
+
+
+def messages(lines: list[bytes]) -> list[str]:
+    return [json.loads(line)["MESSAGE"] for line in lines]
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def remove(data_dir: Path, how: str) -> None:
+    if how == "rm -rf journal":
+        shutil.rmtree(data_dir / "journal")
+    elif how == "rm -rf data dir":
+        shutil.rmtree(data_dir)
+    else:  # mv journal away
+        os.rename(data_dir / "journal", data_dir / "journal.old")
+
+
+@pytest.mark.parametrize("how", ["rm -rf journal", "rm -rf data dir", "mv journal away"])
+def test_follow_says_its_directory_went_and_follows_the_new_one(
+    tmp_path: Path, follow: Follow, how: str
+) -> None:
+    data_dir = tmp_path / "node"
+    old_id = write(data_dir, b"before 1", b"before 2")
+    follower = follow(data_dir, "-o", "json")
+    assert messages(follower.read_lines(2)) == ["before 1", "before 2"]
+
+    remove(data_dir, how)
+    said = follower.read_stderr_until(REMOVED)
+    assert (
+        said
+        == (
+            f"clusterd journal: journal directory {data_dir / 'journal'} was removed; "
+            "waiting for it to come back\n"
+        ).encode()
+    )
+
+    # Waiting costs nothing: no busy loop while there is no directory.
+    before = cpu_ticks(follower.process.pid)
+    time.sleep(1.0)
+    assert cpu_ticks(follower.process.pid) - before <= 2
+    assert os.path.exists(data_dir / "journal") is False, "a reader must not make the journal"
+
+    new_id = write(data_dir, b"after 1", b"after 2")
+    assert new_id != old_id
+    started = time.monotonic()
+    lines = follower.read_lines(2, timeout=5)
+    took = time.monotonic() - started
+    assert messages(lines) == ["after 1", "after 2"], lines
+    # The new journal's cursor names the new journal.
+    assert f"s={new_id};".encode() in lines[0]
+    assert took < 5
+    write(data_dir, b"live")
+    assert messages(follower.read_lines(1, timeout=5)) == ["live"]
+    follower.read_stderr_until(b"is back")
+    assert REMOVED not in follower._errors  # said once
+
+
+def test_follow_notices_every_removal_not_just_the_first(tmp_path: Path, follow: Follow) -> None:
+    write(tmp_path, b"one")
+    follower = follow(tmp_path, "-o", "json")
+    assert messages(follower.read_lines(1)) == ["one"]
+    for round_ in range(3):
+        shutil.rmtree(tmp_path / "journal")
+        follower.read_stderr_until(REMOVED)
+        write(tmp_path, b"round %d" % round_)
+        assert messages(follower.read_lines(1, timeout=5)) == [f"round {round_}"]
+
+
+def test_a_follower_waiting_for_its_directory_exits_when_its_reader_goes(
+    tmp_path: Path, follow: Follow
+) -> None:
+    write(tmp_path, b"one")
+    follower = follow(tmp_path, "-o", "cat")
+    assert follower.read_lines(1) == [b"one"]
+    shutil.rmtree(tmp_path / "journal")
+    follower.read_stderr_until(REMOVED)
+    follower.stdout.close()
+    assert follower.process.wait(timeout=10) == 0
