@@ -59,11 +59,17 @@ def make_dirs(path: Path, mode: int) -> bool:
     return bool(missing)
 
 
+def perm_string(mode: int) -> str:
+    """``-rwx------``: a permission as Go prints an ``os.FileMode`` without its type."""
+    return "-" + stat.filemode(mode)[1:]
+
+
 def tighten(path: Path, mode: int, log: logging.Logger | None = None) -> bool:
     """Take from ``path`` the permission bits ``mode`` does not allow; True if it had any.
 
-    Says so with etcd's words (``check file permission: directory … exist, but the permission
-    is …``). A file we cannot change (another user's) is left as it is.
+    Says so in etcd's words (``check file permission: directory "…" exist, but the
+    permission is "drwxr-xr-x". The recommended permission is "-rwx------" …``); etcd only
+    warns, we also tighten. A file we cannot change (another user's) is left as it is.
     """
     try:
         info = os.lstat(path)
@@ -77,27 +83,18 @@ def tighten(path: Path, mode: int, log: logging.Logger | None = None) -> bool:
     kind = "directory" if stat.S_ISDIR(info.st_mode) else "file"
     try:
         os.chmod(path, current & mode)
-    except PermissionError:
-        if log is not None:
-            log.warning(
-                "check file permission: %s %r exist, but the permission is %r and cannot be "
-                "changed. The recommended permission is %r",
-                kind,
-                str(path),
-                mode_string(info.st_mode),
-                stat.filemode(stat.S_IFMT(info.st_mode) | mode),
-            )
-        return True
+        done = f"; tightened it to {perm_string(current & mode)}"
+    except PermissionError as error:
+        done = f"; cannot tighten it: {error.strerror}"
     if log is not None:
         log.warning(
-            "check file permission: %s %r exist, but the permission is %r. The recommended "
-            "permission is %r to prevent possible unprivileged access to the data; tightened "
-            "to %r",
+            'check file permission: %s "%s" exist, but the permission is "%s". The recommended '
+            'permission is "%s" to prevent possible unprivileged access to the data%s',
             kind,
-            str(path),
+            path,
             mode_string(info.st_mode),
-            stat.filemode(stat.S_IFMT(info.st_mode) | mode),
-            stat.filemode(stat.S_IFMT(info.st_mode) | (current & mode)),
+            perm_string(mode),
+            done,
         )
     return True
 
@@ -123,10 +120,10 @@ def tighten_files(directory: Path, mode: int, log: logging.Logger | None = None)
             loose += 1
     if loose and log is not None:
         log.warning(
-            "check file permission: %d files in %r were looser than %r; tightened",
+            'check file permission: %d files in "%s" were looser than "%s"; tightened them',
             loose,
-            str(directory),
-            stat.filemode(stat.S_IFREG | mode),
+            directory,
+            perm_string(mode),
         )
     return loose
 
