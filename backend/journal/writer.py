@@ -318,6 +318,8 @@ class JournalWriter:
                 batch, self._pending = self._pending, []
             if not batch:
                 return
+            if not os.fstat(self._lock_fd).st_nlink:
+                self._start_again()
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 self._catch_up()
@@ -332,6 +334,25 @@ class JournalWriter:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             if self._unsynced_since is None:
                 self._unsynced_since = time.monotonic()
+
+    def _start_again(self) -> None:
+        """The journal was deleted under us (its lock file is gone): start a new one in its
+        place, with a new ID, rather than write into files nobody can open. Followers wait
+        for the directory to come back and follow the new journal from its start."""
+        log.warning("the journal in %s was removed; starting a new one", self.directory)
+        store.make_journal_dir(self.directory, log)
+        self.journal_id = store.journal_id(self.directory)
+        lock_fd = os.open(
+            self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, filemodes.JOURNAL_FILE
+        )
+        os.close(self._lock_fd)
+        self._lock_fd = lock_fd
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._segment = None
+        self._size = -1
+        self._unsynced_since = None
 
     def _append(self, batch: list[Pending]) -> None:
         # One frame per write(); a frame never spans two segments.

@@ -97,6 +97,31 @@ def test_follow_notices_every_removal_not_just_the_first(tmp_path: Path, follow:
         assert messages(follower.read_lines(1, timeout=5)) == [f"round {round_}"]
 
 
+def test_a_running_writer_starts_a_new_journal_and_the_follower_follows_it(
+    tmp_path: Path, follow: Follow
+) -> None:
+    # A node keeps its writer open for days: someone deleting its journal must not leave it
+    # writing into files nobody can open (or failing every second), nor the follower waiting.
+    with JournalWriter(tmp_path, hostname="h", machine_id="0" * 32) as writer:
+        writer.line(b"one", unit="a.service", identifier="a", pid=1)
+        writer.flush()
+        old_id = writer.journal_id
+        follower = follow(tmp_path, "-o", "json")
+        assert messages(follower.read_lines(1)) == ["one"]
+        shutil.rmtree(tmp_path / "journal")
+        follower.read_stderr_until(REMOVED)
+        writer.line(b"two", unit="a.service", identifier="a", pid=1)
+        writer.flush()
+        assert writer.journal_id != old_id
+        (line,) = follower.read_lines(1, timeout=5)
+        assert messages([line]) == ["two"]
+        assert f"s={writer.journal_id};".encode() in line
+        # Without flush(): the writer's own thread writes the new journal too.
+        writer.line(b"three", unit="a.service", identifier="a", pid=1)
+        assert messages(follower.read_lines(1, timeout=5)) == ["three"]
+    assert (tmp_path / "journal" / ".lock").exists()
+
+
 def test_a_follower_waiting_for_its_directory_exits_when_its_reader_goes(
     tmp_path: Path, follow: Follow
 ) -> None:
