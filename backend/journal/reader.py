@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fnmatch
 import json
 import os
@@ -281,8 +282,8 @@ class DirectoryWatch:
     It also notices the directory itself going away (deleted, or moved off its path:
     IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED, or a different inode or none at the path,
     looked at on every wake and at least once a second): :attr:`gone` is then set and
-    :meth:`wait` returns. :meth:`arm` watches the
-    directory found at the path again, once there is one.
+    :meth:`wait` returns. :meth:`arm` watches the directory found at the path again, once
+    there is one.
     """
 
     POLL_INTERVAL = 0.05
@@ -311,6 +312,8 @@ class DirectoryWatch:
 
     @property
     def uses_inotify(self) -> bool:
+        """There is an inotify instance: :attr:`fd` belongs in the caller's poller (the
+        directory itself may still be followed by looking, when no watch could be added)."""
         return self.fd >= 0
 
     @property
@@ -342,9 +345,11 @@ class DirectoryWatch:
                 wd = self._libc.inotify_add_watch(
                     self.fd, os.fsencode(self.directory), _WATCH_MASK | _IN_ONLYDIR
                 )
-                if wd < 0:
+                if wd >= 0:
+                    self._wd = wd
+                elif ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR):
                     continue  # gone again meanwhile, or replaced: look again
-                self._wd = wd
+                # Else (no watches left: ENOSPC; EACCES): follow it by looking, as without inotify.
             # The same directory before and after: the watch is on the one we stat'ed.
             if self._identity_now() == before:
                 self._identity = before
@@ -376,7 +381,7 @@ class DirectoryWatch:
         the caller sees a closed stdout while it waits. Returns early, with :attr:`gone`
         set, once the directory is removed.
         """
-        if self.uses_inotify:
+        if self._wd >= 0:
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 wait = self.CHECK_INTERVAL
@@ -400,13 +405,16 @@ class DirectoryWatch:
                     return others
         while True:
             events = poller.poll(self.POLL_INTERVAL * 1000)
+            others = [(fd, ev) for fd, ev in events if fd != self.fd]
+            if len(others) != len(events):
+                self.drain()  # leftovers of an earlier watch
             if self._identity is not None and self._identity_now() != self._identity:
                 self.gone = True
-                return events
+                return others
             stamp = self._stamp()
-            if events or stamp != self._last:
+            if others or stamp != self._last:
                 self._last = stamp
-                return events
+                return others
 
     def drain(self) -> None:
         """Read the pending events; note the watched directory's own removal among them."""

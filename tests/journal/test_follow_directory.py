@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
+import select
 import shutil
 import time
 from collections.abc import Callable
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.journal.reader import DirectoryWatch
 from backend.journal.writer import JournalWriter
 from tests.journal.conftest import Follower
 
@@ -132,3 +137,55 @@ def test_a_follower_waiting_for_its_directory_exits_when_its_reader_goes(
     follower.read_stderr_until(REMOVED)
     follower.stdout.close()
     assert follower.process.wait(timeout=10) == 0
+
+
+# -- without inotify watches -------------------------------------------------------------------
+
+
+class _Patched:
+    """The real libc, except that inotify has no watches left (fs.inotify.max_user_watches
+    reached): a failure the kernel gives on demand only by lowering a machine-wide limit."""
+
+    def __init__(self, libc: ctypes.CDLL) -> None:
+        self.inotify_init1 = libc.inotify_init1
+
+    def inotify_add_watch(self, fd: int, path: bytes, mask: int) -> int:
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    def inotify_rm_watch(self, fd: int, wd: int) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("why", ["no inotify", "no watches left"])
+def test_the_stat_fallback_notices_the_directory_going_and_coming_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    write(tmp_path, b"one")
+    journal = tmp_path / "journal"
+    if why == "no inotify":
+        monkeypatch.setattr(ctypes.util, "find_library", lambda name: "/nonexistent/libc.so")
+    else:
+        real = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: _Patched(real))
+    watch = DirectoryWatch(journal)
+    try:
+        assert watch.present
+        poller = select.poll()
+        if watch.uses_inotify:
+            poller.register(watch.fd, select.POLLIN)
+        write(tmp_path, b"two")
+        started = time.monotonic()
+        watch.wait(poller, None)  # the new segment data wakes it
+        assert not watch.gone
+        shutil.rmtree(journal)
+        before = time.process_time()
+        watch.wait(poller, None)
+        assert watch.gone
+        assert time.monotonic() - started < 2
+        assert time.process_time() - before < 0.2  # looked every 50 ms, no busy loop
+        assert not watch.arm()
+        write(tmp_path, b"three")
+        assert watch.arm() and watch.present
+    finally:
+        watch.close()
