@@ -12,7 +12,8 @@ The modes are etcd's and journald's:
 
 Every file and directory is created with its mode passed to ``open(2)``/``mkdir(2)``, so the
 umask can only take bits away, never add them; an existing one that is looser than it should
-be is tightened (only the extra bits are removed) with a warning.
+be is tightened (only the extra bits are removed) with a warning. The one file set to its
+mode whatever the umask is ``subnet.env``, as flanneld does: it is there to be read.
 """
 
 from __future__ import annotations
@@ -72,10 +73,8 @@ def tighten(path: Path, mode: int, log: logging.Logger | None = None) -> bool:
     warns, we also tighten. A file we cannot change (another user's) is left as it is.
     """
     try:
-        info = os.lstat(path)
+        info = os.stat(path)  # a data dir that is a symlink: the directory it points to
     except FileNotFoundError:
-        return False
-    if stat.S_ISLNK(info.st_mode):
         return False
     current = stat.S_IMODE(info.st_mode)
     if not current & ~mode:
