@@ -319,7 +319,12 @@ class JournalWriter:
             if not batch:
                 return
             if not os.fstat(self._lock_fd).st_nlink:
-                self._start_again()
+                try:
+                    self._start_again()
+                except OSError:
+                    with self._pending_lock:
+                        self._pending[:0] = batch
+                    raise
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 self._catch_up()
