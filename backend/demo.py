@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend import filemodes
 from backend.etcd import EtcdClient, make_client
 from backend.fleet.demo import DemoNodes, seed_scheduler, start_nodes, store_command
 
@@ -46,7 +47,8 @@ class DemoStore:
 
 def start_store(data_dir: Path, port: int = 0) -> DemoStore:
     """Start the demo store under ``data_dir`` and wait until it takes connections."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # 0700, as tempfile.mkdtemp makes the default one: it holds the store and the logs.
+    filemodes.make_dirs(data_dir, filemodes.PRIVATE_DIR)
     port = port or _free_port()
     log = data_dir / "store.log"
     with log.open("ab") as out:

@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from backend import filemodes
 from backend.etcd import ConfigError, EtcdError, make_client
 from backend.fleet.agent import Agent
 from backend.fleet.engine import Engine
@@ -78,7 +79,8 @@ def machine_id(data_dir: Path, given: str | None) -> str:
     new = uuid.uuid4().hex
     # Written whole or not at all: a reader never sees an empty ID.
     partial = path.with_name(f".machine-id.{os.getpid()}")
-    partial.write_text(new + "\n")
+    # World-readable, as /etc/machine-id is.
+    filemodes.write_file(partial, (new + "\n").encode(), filemodes.PUBLIC_FILE)
     partial.replace(path)
     return new
 
@@ -149,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         args.data_dir = Path(args.data_dir).expanduser().resolve()
-        args.data_dir.mkdir(parents=True, exist_ok=True)
+        # 0711: only the node lists it; subnet.env (0644) and the journal (0750) stay
+        # reachable, the private parts (run/) are 0700 themselves.
+        filemodes.ensure_dir(args.data_dir, filemodes.NODE_DIR, log)
         parse_metadata(args.metadata)
         parse_timespan(args.agent_ttl)
         parse_timespan(args.engine_reconcile_interval)

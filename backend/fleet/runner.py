@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend import filemodes
 from backend.fleet.output import LineSink
 from backend.fleet.unitfile import ExecCommand, ServiceOptions, UnitFile
 
@@ -547,9 +548,9 @@ class UnitRunner:
         self._record_pid(process.pid, process.pid)
 
     def _record_pid(self, pid: int, pgid: int) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        filemodes.make_dirs(self.run_dir, filemodes.PRIVATE_DIR)
         record = {"pid": pid, "pgid": pgid, "start_time": process_start_time(pid)}
-        self._record_path.write_text(json.dumps(record))
+        filemodes.write_file(self._record_path, json.dumps(record).encode(), filemodes.PRIVATE_FILE)
 
     @property
     def _record_path(self) -> Path:

@@ -363,27 +363,78 @@ def show(args: argparse.Namespace, out: Output) -> int:
 def follow(
     journal: Journal, query: Query, formatter: Formatter, position: Position | None, out: Output
 ) -> int:
-    journal.directory.mkdir(parents=True, exist_ok=True)
+    # The follower only reads: it never makes the journal's directory, it waits for it.
     watch = DirectoryWatch(journal.directory)
     poller = select.poll()
     if watch.uses_inotify:
         poller.register(watch.fd, select.POLLIN)
     # No events asked for: poll still reports POLLERR/POLLHUP when the reader goes away.
     poller.register(out.stream.fileno(), 0)
+    if position is not None and not watch.present:
+        watch.gone = True  # removed between reading the backlog and watching
+
+    def emit(records: list[Record]) -> None:
+        if records:
+            if not formatter.journal_id:
+                formatter.journal_id = journal.reload_id()
+            for chunk in _chunks(records):
+                out.write(formatter.many(chunk))
+            out.flush()
+
     try:
         while True:
+            if watch.gone:
+                # What was written before the directory went is still in the open segment.
+                if position is not None:
+                    emit(journal.read_rest(position, query))
+                    position.close()
+                    position = None
+                print(
+                    f"clusterd journal: journal directory {journal.directory} was removed; "
+                    "waiting for it to come back",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if not _await_directory(watch, poller):
+                    return 0
+                # A new journal: its own ID, and everything in it is news.
+                formatter.journal_id = journal.reload_id()
+                print(
+                    f"clusterd journal: journal directory {journal.directory} is back; "
+                    "following it from its start",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif not watch.present and not _await_directory(watch, poller):
+                return 0
             records, position = journal.read_after(position, query)
-            if records:
-                if not formatter.journal_id:
-                    formatter.journal_id = journal.reload_id()
-                for chunk in _chunks(records):
-                    out.write(formatter.many(chunk))
-                out.flush()
+            emit(records)
             hangups = watch.wait(poller, None)
-            if any(events & (select.POLLERR | select.POLLHUP) for _, events in hangups):
+            if _hung_up(hangups):
                 return 0
     finally:
+        if position is not None:
+            position.close()
         watch.close()
+
+
+RETURN_INTERVAL = 0.5
+"""How often a follower looks for its journal's directory while there is none."""
+
+
+def _hung_up(events: list[tuple[int, int]]) -> bool:
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
+
+def _await_directory(watch: DirectoryWatch, poller: select.poll) -> bool:
+    """Wait until the journal's directory exists and is watched; False if stdout closed."""
+    while not watch.arm():
+        events = poller.poll(RETURN_INTERVAL * 1000)
+        if watch.uses_inotify and any(fd == watch.fd for fd, _ in events):
+            watch.drain()
+        if _hung_up([(fd, ev) for fd, ev in events if fd != watch.fd]):
+            return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fnmatch
 import json
 import os
 import re
 import select
+import stat
+import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +245,14 @@ class Journal:
                 except FileNotFoundError:
                     continue
 
+    def read_rest(self, position: Position, query: Query) -> list[Record]:
+        """The whole entries left in ``position``'s segment, which stays open after its
+        journal is deleted: what was written before the journal went away."""
+        position.file.seek(position.offset)
+        records, consumed = store.read_records(position.file.read(), 0)
+        position.offset += consumed
+        return [record for record in records if query.matches(record)]
+
 
 # -- waiting for news ----------------------------------------------------------------------
 
@@ -248,8 +260,16 @@ _IN_MODIFY = 0x002
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
 _IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONLYDIR = 0x01000000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
+_IN_EVENT = struct.Struct("iIII")
+"""struct inotify_event: wd, mask, cookie, len (and ``len`` bytes of name after it)."""
+_WATCH_MASK = _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF
 
 
 class DirectoryWatch:
@@ -258,13 +278,26 @@ class DirectoryWatch:
     inotify comes through ctypes (the standard library has no binding); an idle follower
     then sleeps in poll() and costs nothing. Without inotify, it looks at the newest
     segment's size every 50 ms.
+
+    It also notices the directory itself going away (deleted, or moved off its path:
+    IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED, or a different inode or none at the path,
+    looked at on every wake and at least once a second): :attr:`gone` is then set and
+    :meth:`wait` returns. :meth:`arm` watches the directory found at the path again, once
+    there is one.
     """
 
     POLL_INTERVAL = 0.05
+    CHECK_INTERVAL = 1.0
+    """How often an idle inotify watch also looks whether the directory is still there."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.fd = -1
+        self.gone = False
+        """The directory that was watched has been removed or moved away from its path."""
+        self._wd = -1
+        self._identity: tuple[int, int] | None = None
+        self._libc: ctypes.CDLL | None = None
         libc_name = ctypes.util.find_library("c")
         try:
             libc = ctypes.CDLL(libc_name, use_errno=True)
@@ -272,16 +305,64 @@ class DirectoryWatch:
         except (OSError, AttributeError):
             fd = -1
         if fd >= 0:
-            mask = _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO | _IN_DELETE
-            if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-                os.close(fd)
-                fd = -1
+            self._libc = libc
         self.fd = fd
+        self.arm()
         self._last = self._stamp()
 
     @property
     def uses_inotify(self) -> bool:
+        """There is an inotify instance: :attr:`fd` belongs in the caller's poller (the
+        directory itself may still be followed by looking, when no watch could be added)."""
         return self.fd >= 0
+
+    @property
+    def present(self) -> bool:
+        """A directory is being watched (it existed when last armed and has not gone)."""
+        return self._identity is not None and not self.gone
+
+    def _identity_now(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.directory)
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+    def arm(self) -> bool:
+        """Watch the directory now at the path, if there is one; True when there is.
+
+        The watch is set up before the caller reads, so nothing written after that read
+        goes unnoticed.
+        """
+        self._unwatch()
+        self.gone = False
+        self._identity = None
+        for _attempt in range(3):
+            before = self._identity_now()
+            if before is None:
+                return False
+            if self._libc is not None:
+                wd = self._libc.inotify_add_watch(
+                    self.fd, os.fsencode(self.directory), _WATCH_MASK | _IN_ONLYDIR
+                )
+                if wd >= 0:
+                    self._wd = wd
+                elif ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # gone again meanwhile, or replaced: look again
+                # Else (no watches left: ENOSPC; EACCES): follow it by looking, as without inotify.
+            # The same directory before and after: the watch is on the one we stat'ed.
+            if self._identity_now() == before:
+                self._identity = before
+                self._last = self._stamp()
+                return True
+            self._unwatch()
+        return False
+
+    def _unwatch(self) -> None:
+        if self._wd >= 0 and self._libc is not None:
+            # Fails harmlessly (EINVAL) when the kernel has removed it already (IN_IGNORED).
+            self._libc.inotify_rm_watch(self.fd, self._wd)
+        self._wd = -1
 
     def _stamp(self) -> tuple[int, ...]:
         stamp: list[int] = []
@@ -297,27 +378,69 @@ class DirectoryWatch:
         """Poll ``poller`` (which must hold :attr:`fd` when inotify is in use) until news.
 
         Returns the poll events of the other descriptors registered with ``poller``, so
-        the caller sees a closed stdout while it waits.
+        the caller sees a closed stdout while it waits. Returns early, with :attr:`gone`
+        set, once the directory is removed.
         """
-        if self.uses_inotify:
-            events = poller.poll(None if timeout is None else timeout * 1000)
-            others = [(fd, ev) for fd, ev in events if fd != self.fd]
-            if len(others) != len(events):
-                self.drain()
-            return others
+        if self._wd >= 0:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = self.CHECK_INTERVAL
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline - time.monotonic()))
+                events = poller.poll(wait * 1000)
+                others = [(fd, ev) for fd, ev in events if fd != self.fd]
+                if len(others) != len(events):
+                    self.drain()
+                # IN_DELETE_SELF comes only once nothing holds the directory, and our own open
+                # segment holds it: so a look at the path, on every wake and once a second.
+                if (
+                    self._identity is not None
+                    and not self.gone
+                    and self._identity_now() != self._identity
+                ):
+                    self.gone = True
+                if events or self.gone:
+                    return others
+                if deadline is not None and time.monotonic() >= deadline:
+                    return others
         while True:
             events = poller.poll(self.POLL_INTERVAL * 1000)
+            others = [(fd, ev) for fd, ev in events if fd != self.fd]
+            if len(others) != len(events):
+                self.drain()  # leftovers of an earlier watch
+            if self._identity is not None and self._identity_now() != self._identity:
+                self.gone = True
+                return others
             stamp = self._stamp()
-            if events or stamp != self._last:
+            if others or stamp != self._last:
                 self._last = stamp
-                return events
+                return others
 
     def drain(self) -> None:
+        """Read the pending events; note the watched directory's own removal among them."""
+        data = b""
         try:
-            while os.read(self.fd, 65536):
-                pass
+            while chunk := os.read(self.fd, 65536):
+                data += chunk
         except BlockingIOError:
             pass
+        offset = 0
+        while offset + _IN_EVENT.size <= len(data):
+            wd, mask, _cookie, length = _IN_EVENT.unpack_from(data, offset)
+            offset += _IN_EVENT.size + length
+            if mask & _IN_Q_OVERFLOW:
+                # Events were lost: see for ourselves whether the directory is still there.
+                if self._identity is not None and self._identity_now() != self._identity:
+                    self.gone = True
+            elif (
+                wd == self._wd
+                and wd >= 0
+                and mask & (_IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED)
+            ):
+                self.gone = True
+        if self.gone and self._wd >= 0:
+            # A directory moved away is still watched: stop hearing about it.
+            self._unwatch()
 
     def close(self) -> None:
         if self.fd >= 0:

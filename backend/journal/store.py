@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import struct
@@ -10,6 +11,8 @@ import uuid
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+
+from backend import filemodes
 
 # A journal is a directory of segments named by the sequence number of their first entry
 # (``000000000000002a.journal``), plus an ``id`` file (the journal's sequence-number ID, as
@@ -103,6 +106,16 @@ def list_segments(journal_dir: Path) -> list[Path]:
     ]
 
 
+def make_journal_dir(journal_dir: Path, log: logging.Logger | None = None) -> None:
+    """The journal's directory, 0750 as journald's (its data directory 0711 if missing too);
+    one left looser by an older version is tightened, its files to 0640."""
+    if not journal_dir.parent.is_dir():
+        filemodes.make_dirs(journal_dir.parent, filemodes.NODE_DIR)
+    if not filemodes.make_dirs(journal_dir, filemodes.JOURNAL_DIR) and log is not None:
+        filemodes.tighten(journal_dir, filemodes.JOURNAL_DIR, log)
+        filemodes.tighten_files(journal_dir, filemodes.JOURNAL_FILE, log)
+
+
 def journal_id(journal_dir: Path) -> str:
     """The journal's sequence-number ID (32 hex digits), created on first use."""
     path = journal_dir / "id"
@@ -110,9 +123,9 @@ def journal_id(journal_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    journal_dir.mkdir(parents=True, exist_ok=True)
+    make_journal_dir(journal_dir)
     tmp = journal_dir / f".id.{os.getpid()}"
-    tmp.write_text(uuid.uuid4().hex + "\n")
+    filemodes.write_file(tmp, (uuid.uuid4().hex + "\n").encode(), filemodes.JOURNAL_FILE)
     try:
         # link() fails if another process created the ID first; theirs wins.
         os.link(tmp, path)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from backend import filemodes
 from backend.journal import store
 
 log = logging.getLogger("clusterd.journal")
@@ -77,7 +78,7 @@ class JournalWriter:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.directory = Path(data_dir) / "journal"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        store.make_journal_dir(self.directory, log)
         self.journal_id = store.journal_id(self.directory)
         self.max_bytes = max_bytes
         self.segment_bytes = max(min(max_bytes // 8, SEGMENT_MAX), SEGMENT_MIN)
@@ -90,7 +91,7 @@ class JournalWriter:
         self._prefixes: dict[tuple[str | None, str | None, int | None, int], bytes] = {}
         self._partial: dict[tuple[str | None, int | None, str], bytes] = {}
         self._lock_fd = os.open(
-            self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, filemodes.JOURNAL_FILE
         )
         self._segment: Path | None = None
         self._fd = -1
@@ -317,6 +318,13 @@ class JournalWriter:
                 batch, self._pending = self._pending, []
             if not batch:
                 return
+            if not os.fstat(self._lock_fd).st_nlink:
+                try:
+                    self._start_again()
+                except OSError:
+                    with self._pending_lock:
+                        self._pending[:0] = batch
+                    raise
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 self._catch_up()
@@ -331,6 +339,25 @@ class JournalWriter:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             if self._unsynced_since is None:
                 self._unsynced_since = time.monotonic()
+
+    def _start_again(self) -> None:
+        """The journal was deleted under us (its lock file is gone): start a new one in its
+        place, with a new ID, rather than write into files nobody can open. Followers wait
+        for the directory to come back and follow the new journal from its start."""
+        log.warning("the journal in %s was removed; starting a new one", self.directory)
+        store.make_journal_dir(self.directory, log)
+        self.journal_id = store.journal_id(self.directory)
+        lock_fd = os.open(
+            self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, filemodes.JOURNAL_FILE
+        )
+        os.close(self._lock_fd)
+        self._lock_fd = lock_fd
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._segment = None
+        self._size = -1
+        self._unsynced_since = None
 
     def _append(self, batch: list[Pending]) -> None:
         # One frame per write(); a frame never spans two segments.
@@ -405,7 +432,7 @@ class JournalWriter:
         path = self.directory / store.segment_name(first_seqnum)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         if create:
-            self._fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, filemodes.JOURNAL_FILE)
             os.write(self._fd, store.MAGIC)
             self._size = len(store.MAGIC)
         else:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aetcd import rpc
 
+from backend import filemodes
 from backend.kv import errors
 from backend.kv.lease import Lessor
 from backend.kv.mvcc import FROM_KEY, Batch, KeySpace, Writer
@@ -78,7 +79,8 @@ def _member_ids(data_dir: Path, name: str) -> tuple[int, int]:
     seed = hashlib.sha256(f"{name}:{data_dir.resolve()}".encode()).digest()
     member_id = int.from_bytes(seed[:8], "big") >> 1 or 1
     cluster_id = int.from_bytes(seed[8:16], "big") >> 1 or 1
-    path.write_text(json.dumps({"cluster_id": cluster_id, "member_id": member_id, "name": name}))
+    record = {"cluster_id": cluster_id, "member_id": member_id, "name": name}
+    filemodes.write_file(path, json.dumps(record).encode(), filemodes.PRIVATE_FILE)
     return cluster_id, member_id
 
 
@@ -92,7 +94,10 @@ class Store:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        # etcd's modes: the data directory 0700, everything in it 0600. A directory left
+        # looser (by an older clusterd, or by hand) is tightened, with etcd's warning.
+        filemodes.ensure_dir(config.data_dir, filemodes.PRIVATE_DIR, log)
+        filemodes.tighten_files(config.data_dir, filemodes.PRIVATE_FILE, log)
         self.cluster_id, self.member_id = _member_ids(config.data_dir, config.name)
         self.space = KeySpace()
         self.lessor = Lessor(config.min_lease_ttl)
@@ -817,10 +822,10 @@ def restore_snapshot(snapshot: Path, data_dir: Path) -> None:
             f"{snapshot} is not a whole clusterd kv snapshot (truncated, corrupt, or made by "
             "another store; a real etcd's snapshot is restored with `etcdctl snapshot restore`)"
         )
-    wal_dir.mkdir(parents=True, exist_ok=True)
+    filemodes.make_dirs(wal_dir, filemodes.PRIVATE_DIR)
     final = wal_dir / f"snap-{1:016d}.bin"
     temp = final.with_suffix(".tmp")
-    with temp.open("wb") as handle:
+    with open(filemodes.open_new(temp, filemodes.PRIVATE_FILE), "wb") as handle:
         handle.write(body)
         handle.flush()
         os.fsync(handle.fileno())

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from backend import filemodes
+
 log = logging.getLogger("clusterd.kv")
 
 _FRAME = struct.Struct("<II")
@@ -105,7 +107,8 @@ class WriteAheadLog:
 
     def recover(self) -> Iterator[tuple[bytes, bytes]]:
         """Every durable record: the snapshot's, then the segments' after it, in order."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        filemodes.ensure_dir(self.directory, filemodes.PRIVATE_DIR, log)
+        filemodes.tighten_files(self.directory, filemodes.PRIVATE_FILE, log)
         for stale in self.directory.glob("*.tmp"):
             stale.unlink()
         snaps = sorted(self.directory.glob("snap-*.bin"), key=_seq_of)
@@ -142,7 +145,7 @@ class WriteAheadLog:
     def _open(self, seq: int, end: int = 0) -> None:
         """Opens segment ``seq`` for writing at ``end``; everything after ``end`` is zeros."""
         path = self.directory / f"wal-{seq:016d}.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, filemodes.PRIVATE_FILE)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = fd
@@ -313,7 +316,8 @@ class WriteAheadLog:
     def _write_snapshot(self, seq: int, produce: Callable[[], Iterable[bytes]]) -> None:
         final = self.directory / f"snap-{seq:016d}.bin"
         temp = final.with_suffix(".tmp")
-        with temp.open("wb") as handle:
+        # The snapshot is the whole store: 0600, as etcd's snapshot files (not the umask's 0644).
+        with open(filemodes.open_new(temp, filemodes.PRIVATE_FILE), "wb") as handle:
             unsynced = 0
             for record in produce():
                 handle.write(record)

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from backend import filemodes
 from backend.etcd import EtcdClient, EtcdError, typed_error
 from backend.keys import prefix_end
 from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
@@ -86,9 +87,13 @@ def write_subnet_env(path: Path, lease: Lease, *, ip_masq: bool) -> None:
         f"FLANNEL_MTU={lease.config.mtu}\n"
         f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # flanneld's modes: its directory 0755 when it makes one, the file 0644 whatever the
+    # umask (every service that joins the overlay reads it). A node's data dir is made 0711.
+    filemodes.make_dirs(path.parent, filemodes.NODE_DIR)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with tmp.open("w") as f:
+    fd = filemodes.open_new(tmp, filemodes.PUBLIC_FILE)
+    os.fchmod(fd, filemodes.PUBLIC_FILE)
+    with open(fd, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

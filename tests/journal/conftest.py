@@ -127,6 +127,7 @@ class Follower:
         assert self.process.stdout is not None
         self.stdout = self.process.stdout
         self._buffer = b""
+        self._errors = b""
 
     def read_lines(self, count: int, timeout: float = 10.0) -> list[bytes]:
         """The next ``count`` lines, or fail after ``timeout`` seconds."""
@@ -143,6 +144,23 @@ class Follower:
         lines = self._buffer.split(b"\n")
         taken, rest = lines[:count], lines[count:]
         self._buffer = b"\n".join(rest)
+        return taken
+
+    def read_stderr_until(self, text: bytes, timeout: float = 10.0) -> bytes:
+        """stderr up to and including the first line holding ``text``, or fail after ``timeout``."""
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + timeout
+        while text not in self._errors or b"\n" not in self._errors[self._errors.index(text) :]:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stderr], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no {text!r} on stderr in {timeout}s, got {self._errors!r}")
+            chunk = os.read(self.process.stderr.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"follower ended, stderr {self._errors!r}")
+            self._errors += chunk
+        end = self._errors.index(b"\n", self._errors.index(text)) + 1
+        taken, self._errors = self._errors[:end], self._errors[end:]
         return taken
 
     def stop(self) -> None:
