@@ -20,6 +20,12 @@ from widgets.line_table import Column, Row
 from widgets.literal import cell, plural
 
 
+def _shortened(text: str, room: int = 24) -> str:
+    """What an invalid record holds, cut short: the row must still show why it is invalid."""
+    text = cell(text)
+    return text if len(text) <= room else text[: room - 1] + "…"
+
+
 class MachinesPane(TablePane):
     """The Machines tab: MACHINE IP METADATA UNITS STATE."""
 
@@ -87,7 +93,9 @@ class MachinesPane(TablePane):
                 state = f"invalid: {machine.problem}"
             cells = (
                 cell(short_id(machine_id, self.full_ids)),
-                cell(machine.public_ip or "-"),
+                cell(
+                    _shortened(machine.public_ip) if machine.problem else machine.public_ip or "-"
+                ),
                 cell(format_metadata(machine.metadata)),
                 str(counts.get(machine_id, 0)),
                 cell(state),
