@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import make_client
+from backend.etcd import EtcdClient, make_client
 from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry, UnitState
 from backend.fleet.unitfile import unit_hash
 from console.app import ClusterConsole
+from console.screens.edit_value import EditValueScreen
+from screenshots.driving import loaded, select
+from tests.console.conftest import SIZE, console_for
 from tests.console.test_tmux import Terminal
 from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore
 from tests.panes.conftest import console_on, running, wait_for
+from widgets.value_view import ValueView
 
 BAD = "badc0ffee0ddf00d0123456789abcdef"
 GOOD = "600d600d600d600d600d600d600d600d"
@@ -138,3 +142,23 @@ def test_a_unit_state_that_sets_the_title_does_not_reach_the_terminal(
     terminal.keys("q")
     terminal.wait_for("EXITED 0", within=60)
     assert not pwned.exists()
+
+
+async def test_a_value_with_escape_sequences_is_not_opened_in_the_raw_editor(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    key = ns + b"evil"
+    await kv.put(key, b"[bold]title[/bold] \x1b]0;PWNED\x07 \x1b[2J")
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, key)
+        view = app.query_one(ValueView)
+        await wait_for(pilot, lambda: view.entry is not None)
+        await pilot.press("e")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, EditValueScreen)
+        assert any("cannot be edited" in n.message for n in app._notifications)
+        text = screen_text(app)
+        assert "\x1b" not in text and "\x9b" not in text, text
+        assert "\\x1b]0;PWNED\\a" in text, [line for line in text.splitlines() if "PWNED" in line]
