@@ -46,6 +46,9 @@ def literal(text: str | bytes, *, lines: bool = False) -> str:
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        # The common case, checked in C: no control, format or separator character at all.
+        return text
     pattern = _KEEP_LINES if lines else _SINGLE_LINE
     return pattern.sub(_escape, text)
 

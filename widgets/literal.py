@@ -13,9 +13,8 @@ def clean(text: str | bytes, *, lines: bool = True) -> str:
     return _literal(text, lines=lines)
 
 
-def cell(text: str | bytes) -> str:
-    """One table cell or one-line label: every control character escaped, newlines too."""
-    return _literal(text)
+cell = _literal
+"""One table cell or one-line label: every control character escaped, newlines too."""
 
 
 def literal(text: str | bytes, style: str = "") -> Text:
