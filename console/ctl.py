@@ -125,7 +125,7 @@ def ssh_destination(machine: Machine) -> str:
 
     Raises :class:`UnsafeValue` for an invalid record: its values never reach ssh.
     """
-    _check_machine(machine)
+    check_machine(machine)
     destination = machine.public_ip or machine.hostname
     if not destination:
         raise UnsafeValue(f"Machine {machine.id} has neither a PublicIP nor a Hostname")
@@ -805,7 +805,7 @@ def journal_command(
     Every value from the store is validated and joined to its option (``--unit=NAME``), so
     none can be read as an option; :class:`UnsafeValue` says which one was refused.
     """
-    _check_machine(machine)
+    check_machine(machine)
     argv = ["clusterd", "journal"]
     for unit in units:
         _check_unit_name(unit)
@@ -824,7 +824,7 @@ def journal_command(
     return argv
 
 
-def _check_machine(machine: Machine) -> None:
+def check_machine(machine: Machine) -> None:
     """Raise :class:`UnsafeValue` unless ``machine`` passes validation (read or built here)."""
     problem = machine.problem or machine_problem(machine)
     if problem:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import asyncssh
 
 from backend.fleet.registry import Machine
-from console.ctl import UnsafeValue, is_local, journal_command, local_clusterd, ssh_destination
+from console.ctl import (
+    UnsafeValue,
+    check_machine,
+    is_local,
+    journal_command,
+    local_clusterd,
+    ssh_destination,
+)
 from console.tunnel import Tunnel, TunnelError
 from widgets.journal_view import JournalEntry
 
@@ -67,7 +74,11 @@ class MachineAccess:
         return self.remote_clusterd + " " + shlex.join(command[1:])
 
     def shell_argv(self, machine: Machine) -> list[str]:
-        """An interactive shell on ``machine``: here, or OpenSSH (hopping via the tunnel host)."""
+        """An interactive shell on ``machine``: here, or OpenSSH (hopping via the tunnel host).
+
+        Raises :class:`UnsafeValue` for a machine whose record fails validation.
+        """
+        check_machine(machine)
         if self.is_local(machine):
             return [os.environ.get("SHELL") or "/bin/sh"]
         options = ["-o", "LogLevel=ERROR"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from backend.fleet.engine import schedule
@@ -14,6 +16,7 @@ from backend.fleet.validate import (
 )
 from backend.text import is_plain, literal
 from console.ctl import UnsafeValue, journal_command, ssh_destination
+from console.journal_stream import MachineAccess
 
 GOOD_ID = "85c0c5950123456789abcdef01234567"
 
@@ -136,3 +139,17 @@ def test_the_scheduler_never_places_a_unit_on_an_invalid_machine() -> None:
     assert all(d.target == "" for d in alone.values())
     both = schedule(ClusterState(jobs=jobs, machines={bad.id: bad, good.id: good}))
     assert {d.target for d in both.values()} == {good.id}
+
+
+def test_a_shell_is_refused_on_an_invalid_machine_even_when_it_is_this_host() -> None:
+    here = os.uname().nodename
+    good = Machine(GOOD_ID, "127.0.0.1", hostname=here, data_dir="/var/lib/clusterd")
+    assert MachineAccess().shell_argv(good) == [os.environ.get("SHELL") or "/bin/sh"]
+    for bad in (
+        Machine(GOOD_ID, "127.0.0.1", hostname=here, data_dir="-rf"),
+        Machine(GOOD_ID, "-oProxyCommand=x", hostname=here),
+    ):
+        with pytest.raises(UnsafeValue):
+            MachineAccess().shell_argv(bad)
+    argv = MachineAccess(port=2222).shell_argv(Machine(GOOD_ID, "10.0.0.7"))
+    assert argv[-3:] == ["-t", "--", "10.0.0.7"]
