@@ -19,11 +19,13 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from backend.etcd import EtcdError
+from backend.text import literal as text_literal
 from console.cluster import ClusterFeed, ClusterModel
 from console.config import (
     ClusterSettings,
@@ -154,6 +156,25 @@ class ClusterConsole(App[None]):
                     yield pane
         yield Footer()
 
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification of every pane and dialog, made literal first: what the store
+        holds (a unit name, a state, an error quoting a key) shows its escapes as text."""
+        super().notify(
+            text_literal(message, lines=True),
+            title=text_literal(title),
+            severity=severity,
+            timeout=timeout,
+            markup=markup,
+        )
+
     def on_mount(self) -> None:
         if self.requested_theme:
             if self.requested_theme in self.available_themes:
@@ -229,10 +250,18 @@ class ClusterConsole(App[None]):
                 places.add(job.target)
             for machine_id in sorted(places):
                 by_machine.setdefault(machine_id, []).append(name)
+        invalid = [m for m in by_machine if m in fleet.machines and fleet.machines[m].problem]
+        for machine_id in invalid:
+            problem = fleet.machines[machine_id].problem
+            self.notify(
+                f"not reading the journal of machine {short_id(machine_id)}: invalid: {problem}",
+                severity="error",
+                markup=False,
+            )
         targets = [
             Target(fleet.machines[m], units, short_id(m))
             for m, units in by_machine.items()
-            if m in fleet.machines
+            if m in fleet.machines and m not in invalid
         ]
         if not targets:
             self.notify("none of these units is on a machine yet", severity="warning")

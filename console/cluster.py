@@ -13,6 +13,7 @@ from typing import Any
 
 from backend.etcd import EtcdClient, EtcdError, RevisionCompacted
 from backend.fleet.registry import DEFAULT_PREFIX, ClusterState, Registry
+from backend.fleet.validate import subnet_record_problem
 from backend.keys import prefix_end
 from backend.overlay.config import ConfigError, NetworkConfig, parse_config
 from backend.overlay.lease import parse_subnet_key
@@ -34,6 +35,8 @@ class Subnet:
     lease: int
     expires_at: float | None = None
     """Clock time the lease runs out, from its last reading; None while unread."""
+    problem: str = ""
+    """Why the record fails validation ("" when it is valid)."""
 
 
 @dataclass
@@ -170,6 +173,7 @@ class ClusterModel:
             backend=str(value.get("BackendType", "")),
             machine_id=str(data.get("MachineID", "")),
             lease=kv.lease,
+            problem=subnet_record_problem(value),
         )
         if old is not None and old.lease == kv.lease:
             subnet.expires_at = old.expires_at
@@ -178,6 +182,8 @@ class ClusterModel:
     def machine_of_subnet(self, subnet: Subnet) -> str:
         if subnet.machine_id:
             return subnet.machine_id
+        if subnet.problem:
+            return ""
         owners = [m.id for m in self.fleet.machines.values() if m.public_ip == subnet.public_ip]
         return owners[0] if len(owners) == 1 else ""
 

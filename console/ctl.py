@@ -38,7 +38,14 @@ from backend.fleet.unitfile import (
     unit_hash,
     validate_name,
 )
+from backend.fleet.validate import (
+    cursor_problem,
+    machine_problem,
+    subnet_record_problem,
+    unit_name_problem,
+)
 from backend.keys import prefix_end
+from backend.text import literal
 from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
 VERSION = "0.1.0"
@@ -70,7 +77,11 @@ ALIASES = {"endpoint": ("--endpoints",), "ca-file": ("--cacert",), "cert-file": 
 
 
 class CtlError(Exception):
-    """A command failed; the message is printed to stderr as it is."""
+    """A command failed; the message is printed to stderr (made literal)."""
+
+
+class UnsafeValue(CtlError, ValueError):
+    """A value read from the store cannot go on a command line: it failed validation."""
 
 
 def tabulate(rows: Sequence[Sequence[str]], tabwidth: int = 8) -> str:
@@ -102,9 +113,23 @@ def tabulate(rows: Sequence[Sequence[str]], tabwidth: int = 8) -> str:
 def machine_legend(machine: Machine | None, machine_id: str, full: bool) -> str:
     """``85c0c595.../172.17.8.102``: fleetctl's short machine ID with its public IP."""
     legend = machine_id if full else f"{machine_id[:8]}..."
-    if machine is not None and machine.public_ip:
+    if machine is not None and machine.problem:
+        legend = f"{legend}/invalid"
+    elif machine is not None and machine.public_ip:
         legend = f"{legend}/{machine.public_ip}"
     return legend
+
+
+def ssh_destination(machine: Machine) -> str:
+    """The address ssh dials for ``machine``: its PublicIP, else its host name.
+
+    Raises :class:`UnsafeValue` for an invalid record: its values never reach ssh.
+    """
+    check_machine(machine)
+    destination = machine.public_ip or machine.hostname
+    if not destination:
+        raise UnsafeValue(f"Machine {machine.id} has neither a PublicIP nor a Hostname")
+    return destination
 
 
 def format_metadata(metadata: dict[str, str]) -> str:
@@ -205,10 +230,10 @@ class Ctl:
         return str(self.args.strict_host_key_checking).lower() in ("1", "true", "yes")
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(literal(text), file=self.out, flush=True)
 
     def warn(self, text: str) -> None:
-        print(text, file=self.err, flush=True)
+        print(literal(text), file=self.err, flush=True)
 
     async def machines(self) -> dict[str, Machine]:
         if self._machines is None:
@@ -224,7 +249,7 @@ class Ctl:
         machines = await self.machines()
         getters: dict[str, Callable[[Machine], str]] = {
             "machine": lambda m: m.id if self.args.full else f"{m.id[:8]}...",
-            "ip": lambda m: m.public_ip or "-",
+            "ip": lambda m: f"invalid: {m.problem}" if m.problem else (m.public_ip or "-"),
             "metadata": lambda m: format_metadata(m.metadata),
             "hostname": lambda m: m.hostname or "-",
         }
@@ -308,6 +333,9 @@ class Ctl:
             if not isinstance(value, dict):
                 value = {}
             public_ip = str(value.get("PublicIP", "")) or "-"
+            problem = subnet_record_problem(value) if value else ""
+            if problem:
+                public_ip = f"invalid: {problem}"
             backend_data = value.get("BackendData")
             if not isinstance(backend_data, dict):
                 backend_data = {}
@@ -336,6 +364,8 @@ class Ctl:
     def _table(self, fields: Sequence[str], rows: list[list[str]]) -> None:
         if not self.args.no_legend:
             rows = [[f.upper() for f in fields], *rows]
+        # Every cell comes from the store: escapes show as text, never reach the terminal.
+        rows = [[literal(cell) for cell in row] for row in rows]
         self.out.write(tabulate(rows))
         self.out.flush()
 
@@ -561,7 +591,7 @@ class Ctl:
         job = await self.registry.job(name)
         if job is None or job.unit is None:
             raise CtlError(f"Unit {name} not found")
-        self.out.write(job.unit.raw)
+        self.out.write(literal(job.unit.raw, lines=True))
         if not job.unit.raw.endswith("\n"):
             self.out.write("\n")
         return 0
@@ -570,6 +600,7 @@ class Ctl:
         code = 0
         for arg in self.args.units:
             name = normalize_name(Path(arg).name)
+            _check_unit_name(name)
             state = await self.registry.snapshot(("job", "unit", "machines", "states"))
             job = state.jobs.get(name)
             if job is None:
@@ -583,11 +614,17 @@ class Ctl:
                 code = 3
             machine = state.machines.get(job.target) if job.target else None
             if machine is not None:
-                lines = self.journal_command(machine, name, lines=self.args.lines, follow=False)
+                try:
+                    lines = self.journal_command(machine, name, lines=self.args.lines, follow=False)
+                except UnsafeValue as error:
+                    # The state is shown; the machine is not dialled.
+                    self.warn(f"Not reading the journal: {error}")
+                    code = code or 1
+                    continue
                 _, text = await self._run_on(machine, lines, capture=True)
                 if text.strip():
                     self.say("")
-                    self.out.write(text)
+                    self.out.write(literal(text, lines=True))
                     self.out.flush()
         return code
 
@@ -609,8 +646,10 @@ class Ctl:
             machines = sorted(state.states.get(name, {}))
             self.say(f"  Machine: global ({len(machines)} machines)")
         elif job.target:
-            legend = machine_legend(state.machines.get(job.target), job.target, True)
-            self.say(f"  Machine: {legend}")
+            machine = state.machines.get(job.target)
+            self.say(f"  Machine: {machine_legend(machine, job.target, True)}")
+            if machine is not None and machine.problem:
+                self.say(f"  Invalid: {machine.problem}")
         else:
             self.say("  Machine: -")
         if job.reason:
@@ -634,7 +673,8 @@ class Ctl:
             hop = ["ssh", *self._ssh_options(), "-p", str(port), "-l", user, "-W", "%h:%p", host]
             argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
         argv.append("-t" if tty else "-T")
-        argv.append(machine.public_ip or machine.hostname)
+        # `--` ends ssh's options: the destination can never be read as one.
+        argv += ["--", ssh_destination(machine)]
         if remote:
             argv.append(remote)
         return argv
@@ -672,6 +712,7 @@ class Ctl:
 
     async def journal(self) -> int:
         name = normalize_name(self.args.unit)
+        _check_unit_name(name)
         state = await self.registry.snapshot(("job", "unit", "machines", "states"))
         job = state.jobs.get(name)
         if job is None:
@@ -759,20 +800,41 @@ def journal_command(
     output: str = "",
     after_cursor: str = "",
 ) -> list[str]:
-    """``clusterd journal …`` for ``units`` on ``machine`` (all of its journal without units)."""
+    """``clusterd journal …`` for ``units`` on ``machine`` (all of its journal without units).
+
+    Every value from the store is validated and joined to its option (``--unit=NAME``), so
+    none can be read as an option; :class:`UnsafeValue` says which one was refused.
+    """
+    check_machine(machine)
     argv = ["clusterd", "journal"]
     for unit in units:
-        argv += ["-u", unit]
-    argv += ["-n", lines, "--no-pager"]
+        _check_unit_name(unit)
+        argv.append(f"--unit={unit}")
+    argv += [f"--lines={lines}", "--no-pager"]
     if machine.data_dir:
-        argv += ["--data-dir", machine.data_dir]
+        argv.append(f"--data-dir={machine.data_dir}")
     if follow:
         argv.append("-f")
     if output:
-        argv += ["-o", output]
+        argv.append(f"--output={output}")
     if after_cursor:
-        argv += ["--after-cursor", after_cursor]
+        if cursor_problem(after_cursor):
+            raise UnsafeValue(cursor_problem(after_cursor))
+        argv.append(f"--after-cursor={after_cursor}")
     return argv
+
+
+def check_machine(machine: Machine) -> None:
+    """Raise :class:`UnsafeValue` unless ``machine`` passes validation (read or built here)."""
+    problem = machine.problem or machine_problem(machine)
+    if problem:
+        raise UnsafeValue(f"Machine {machine.id} is invalid: {problem}")
+
+
+def _check_unit_name(name: str) -> None:
+    problem = unit_name_problem(name)
+    if problem:
+        raise UnsafeValue(f"Unit name refused: {problem}")
 
 
 def is_local(machine: Machine, *, tunnelled: bool) -> bool:
@@ -910,10 +972,10 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         await ctl.open_tunnel()
         return int(await COMMANDS[args.command](ctl))  # type: ignore[call-overload]
     except CtlError as error:
-        print(error, file=err)
+        print(literal(str(error)), file=err)
         return 1
     except (EtcdError, RegistryError) as error:
-        print(f"Error: {error}", file=err)
+        print(literal(f"Error: {error}"), file=err)
         return 1
     finally:
         await ctl.close()

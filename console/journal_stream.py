@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import asyncssh
 
 from backend.fleet.registry import Machine
-from console.ctl import is_local, journal_command, local_clusterd
+from console.ctl import (
+    UnsafeValue,
+    check_machine,
+    is_local,
+    journal_command,
+    local_clusterd,
+    ssh_destination,
+)
 from console.tunnel import Tunnel, TunnelError
 from widgets.journal_view import JournalEntry
 
@@ -67,7 +74,11 @@ class MachineAccess:
         return self.remote_clusterd + " " + shlex.join(command[1:])
 
     def shell_argv(self, machine: Machine) -> list[str]:
-        """An interactive shell on ``machine``: here, or OpenSSH (hopping via the tunnel host)."""
+        """An interactive shell on ``machine``: here, or OpenSSH (hopping via the tunnel host).
+
+        Raises :class:`UnsafeValue` for a machine whose record fails validation.
+        """
+        check_machine(machine)
         if self.is_local(machine):
             return [os.environ.get("SHELL") or "/bin/sh"]
         options = ["-o", "LogLevel=ERROR"]
@@ -84,7 +95,9 @@ class MachineAccess:
             spec = self.tunnel.spec
             hop = ["ssh", *options, "-p", str(spec.port or 22), *user, "-W", "%h:%p", spec.host]
             argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
-        return [*argv, "-t", machine.public_ip or machine.hostname]
+        # `--` ends ssh's options; the destination is validated (an invalid record raises
+        # UnsafeValue), so nothing the store holds can be read as an option.
+        return [*argv, "-t", "--", ssh_destination(machine)]
 
 
 _scan = json.JSONDecoder().scan_once
@@ -162,9 +175,18 @@ class JournalFollower:
         )
 
     async def follow(self) -> AsyncIterator[list[JournalEntry]]:
-        """Batches of lines, for ever; cancel the consumer to stop (the reader stops too)."""
+        """Batches of lines, for ever; cancel the consumer to stop (the reader stops too).
+
+        A machine or unit whose record fails validation is never dialled: the follower
+        ends in state "refused", with the reason as its error.
+        """
         delay = 0.2
         while True:
+            try:
+                self.command()
+            except UnsafeValue as error:
+                self._set_state("refused", str(error))
+                return
             try:
                 async for batch in self._once():
                     delay = 0.2
@@ -213,7 +235,7 @@ class JournalFollower:
                     await asyncio.wait_for(process.wait(), 5)
 
     async def _ssh(self) -> AsyncIterator[list[bytes]]:
-        host = self.machine.public_ip or self.machine.hostname
+        host = ssh_destination(self.machine)
         connection = await asyncssh.connect(host, **self.access.ssh_options())  # type: ignore[arg-type]
         try:
             # A PTY ties the remote reader to this session: closing it hangs the reader up.
@@ -260,7 +282,7 @@ async def read_journal(
         )  # fmt: skip
         output, _ = await asyncio.wait_for(process.communicate(), 15)
     else:
-        host = machine.public_ip or machine.hostname
+        host = ssh_destination(machine)
         async with asyncssh.connect(host, **access.ssh_options()) as connection:  # type: ignore[arg-type]
             result = await asyncio.wait_for(
                 connection.run(access.remote_command(command), encoding=None), 15

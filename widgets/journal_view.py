@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from widgets.literal import clean
+from widgets.literal import cell, clean
 
 DEFAULT_LIMIT = 100_000
 TIME_FORMATS = {
@@ -279,9 +279,9 @@ class JournalView(ScrollView, can_focus=True):
         stamp = format_time(entry.realtime, self.time_mode)
         return [
             Segment(stamp + " ", style + Style(color="cyan") if not entry.priority < 5 else style),
-            Segment(clean(entry.machine)[: self._machine_width].ljust(self._machine_width + 1),
+            Segment(cell(entry.machine)[: self._machine_width].ljust(self._machine_width + 1),
                     style + Style(color="magenta") if entry.priority >= 5 else style),
-            Segment(clean(entry.unit)[: self._unit_width].ljust(self._unit_width + 1),
+            Segment(cell(entry.unit)[: self._unit_width].ljust(self._unit_width + 1),
                     style + Style(color="green") if entry.priority >= 5 else style),
         ]  # fmt: skip
 

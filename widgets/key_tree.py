@@ -19,7 +19,7 @@ from textual.strip import Strip
 from backend.keys import prefix_end
 from console.keyspace import Child, Listing, child_of, display_name
 from widgets.filter_bar import Matcher
-from widgets.literal import clean, plural
+from widgets.literal import cell, plural
 
 PUT, DELETE = 0, 1
 STRIP_CACHE = 4096
@@ -513,7 +513,7 @@ class KeyTree(ScrollView, can_focus=True):
         lead = "  " * entry.depth + (("▼ " if is_open else "▶ ") if child.is_dir else "  ")
         segments = [
             Segment(lead),
-            Segment(clean(child.name), styles["directory"] if child.is_dir else None),
+            Segment(cell(child.name), styles["directory"] if child.is_dir else None),
         ]
         if child.is_dir:
             count = plural(child.count, "key") if child is self._root else f"{child.count:,}"

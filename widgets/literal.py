@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import re
-
 from rich.text import Text
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from backend.text import literal as _literal
 
 
-def _visible(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    # The Unicode control pictures (U+2400...) show what the byte was without acting on it.
-    if code < 0x20:
-        return chr(0x2400 + code)
-    if code == 0x7F:
-        return "\u2421"
-    return f"\\x{code:02x}"
+def clean(text: str | bytes, *, lines: bool = True) -> str:
+    """``text`` with control characters (escape sequences among them) written out as
+    systemctl writes them (``\\x1b``); newlines and tabs stay unless ``lines`` is False."""
+    return _literal(text, lines=lines)
 
 
-def clean(text: str) -> str:
-    """``text`` with control characters (escape sequences among them) made visible."""
-    return _CONTROL.sub(_visible, text)
+cell = _literal
+"""One table cell or one-line label: every control character escaped, newlines too."""
 
 
 def literal(text: str | bytes, style: str = "") -> Text:
-    """A Rich Text that shows ``text`` exactly: ``[bold]`` stays brackets, ESC shows as a glyph."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "backslashreplace")
-    return Text(clean(text), style=style, no_wrap=False)
+    """A Rich Text that shows ``text`` exactly: ``[bold]`` stays brackets, ESC as ``\\x1b``."""
+    return Text(_literal(text, lines=True), style=style, no_wrap=False)
 
 
 def plural(count: int, noun: str) -> str:

@@ -127,7 +127,9 @@ def schedule(state: ClusterState) -> dict[str, Decision]:
                 global_units[name] = options
             else:
                 units[name] = _Unit(name, options, job.target)
-    placement = _Placement(dict(sorted(state.machines.items())))
+    # An invalid machine record (an ID, PublicIP or metadata that fails validation) is
+    # never a place to run anything; units placed there move on.
+    placement = _Placement(dict(sorted((i, m) for i, m in state.machines.items() if not m.problem)))
     for name, options in global_units.items():
         # Where a global unit runs, its Conflicts apply to placed units, both ways.
         for machine_id, machine in placement.machines.items():

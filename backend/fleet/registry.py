@@ -13,6 +13,7 @@ from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError, typed_error
 from backend.fleet.unitfile import UnitFile, parse, unit_hash
+from backend.fleet.validate import machine_problem, unit_name_problem
 from backend.keys import prefix_end
 
 DEFAULT_PREFIX = "/_coreos.com/fleet/"
@@ -44,6 +45,13 @@ class Machine:
     hostname: str = ""
     data_dir: str = ""
     version: str = ""
+    problem: str = ""
+    """Why the record is invalid ("" when it is valid): an invalid machine is shown with
+    the reason, and never scheduled onto, dialled or put on a command line."""
+
+    @property
+    def valid(self) -> bool:
+        return not self.problem
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,14 +66,19 @@ class Machine:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Machine:
         metadata = data.get("Metadata") or {}
-        return cls(
+        machine = cls(
             id=str(data.get("ID", "")),
             public_ip=str(data.get("PublicIP", "")),
-            metadata={str(k): str(v) for k, v in metadata.items()},
+            metadata={str(k): str(v) for k, v in metadata.items()}
+            if isinstance(metadata, dict)
+            else {},
             hostname=str(data.get("Hostname", "")),
             data_dir=str(data.get("DataDir", "")),
             version=str(data.get("Version", "")),
         )
+        if not isinstance(metadata, dict):
+            machine.problem = "Metadata is not a JSON object"
+        return machine
 
 
 @dataclass
@@ -110,6 +123,9 @@ class Job:
     target: str = ""
     reason: str = ""
     unit: UnitFile | None = None
+    problem: str = ""
+    """Why the job's name is not a valid unit name ("" when it is): such a job is shown
+    as invalid and never becomes a word of a command line."""
 
 
 @dataclass
@@ -223,7 +239,9 @@ class Registry:
         if parts[0] == "unit" and len(parts) == 2 and isinstance(data, dict):
             units[parts[1]] = str(data.get("Raw", ""))
         elif parts[0] == "job" and len(parts) == 3:
-            job = state.jobs.setdefault(parts[1], Job(parts[1]))
+            job = state.jobs.get(parts[1])
+            if job is None:
+                job = state.jobs[parts[1]] = Job(parts[1], problem=unit_name_problem(parts[1]))
             if parts[2] == "object" and isinstance(data, dict):
                 job.unit_hash = str(data.get("UnitHash", ""))
             elif parts[2] == "target-state" and isinstance(data, str):
@@ -238,6 +256,7 @@ class Registry:
             if isinstance(data, dict):
                 machine = Machine.from_json(data)
                 machine.id = machine.id or parts[1]
+                machine.problem = machine.problem or machine_problem(machine, parts[1])
                 state.machines[parts[1]] = machine
         elif rel == "lease/engine-leader" and isinstance(data, str):
             state.leader = data

@@ -22,7 +22,8 @@ UNIT_SUFFIXES = (
 SERVICE_TYPES = ("simple", "oneshot", "notify", "forking")
 RESTART_POLICIES = ("no", "on-failure", "on-abnormal", "always")
 KILL_MODES = ("control-group", "process")
-_NAME_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?$")
+# Matched whole (re.fullmatch): `$` with re.match would let a trailing newline through.
+_NAME_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?")
 _TIME_UNITS = {
     "us": 1e-6,
     "usec": 1e-6,
@@ -69,8 +70,11 @@ def validate_name(name: str) -> None:
     if suffix is None:
         raise UnitFileError(f"unit name needs a type suffix such as .service: {name!r}")
     stem = name[: -len(suffix)]
-    if not stem or not _NAME_RE.match(stem) or stem.startswith("@"):
+    if not stem or not _NAME_RE.fullmatch(stem) or stem.startswith("@"):
         raise UnitFileError(f"invalid unit name {name!r}")
+    if stem.startswith("-"):
+        # It would read as an option wherever the name becomes a word of a command line.
+        raise UnitFileError(f"invalid unit name {name!r}: it must not start with '-'")
 
 
 def normalize_name(name: str) -> str:

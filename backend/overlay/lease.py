@@ -20,6 +20,7 @@ from aetcd import rpc
 
 from backend import filemodes
 from backend.etcd import EtcdClient, EtcdError, typed_error
+from backend.fleet.validate import subnet_record_problem
 from backend.keys import prefix_end
 from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
 
@@ -253,10 +254,14 @@ class SubnetManager:
             if not subnet.subnet_of(config.network):
                 continue
             try:
-                public_ip = json.loads(kv.value).get("PublicIP")
-            except (ValueError, AttributeError):
+                value = json.loads(kv.value)
+            except ValueError:
                 continue
-            if public_ip == self.public_ip:
+            # A record that fails validation is never taken for ours, whatever it names.
+            if subnet_record_problem(value):
+                log.warning("ignoring invalid subnet record %r", kv.key.decode(errors="replace"))
+                continue
+            if value["PublicIP"] == self.public_ip:
                 return kv
         return None
 

@@ -20,7 +20,7 @@ from console.journal_stream import BACKLOG, JournalFollower, MachineAccess
 from console.screens.path_prompt import PathPromptScreen
 from widgets.filter_bar import FilterBar
 from widgets.journal_view import DEFAULT_LIMIT, TIME_FORMATS, JournalEntry, JournalView
-from widgets.literal import literal, plural
+from widgets.literal import cell, literal, plural
 
 FLUSH_SECONDS = 0.05
 PRIORITY_CYCLE: tuple[int | None, ...] = (None, 6, 5, 4, 3)
@@ -133,6 +133,12 @@ class JournalPane(Container):
         self.pending.extend(map(tuple, batch))
 
     def _state(self, follower: JournalFollower, state: str) -> None:
+        if state == "refused":
+            self.notify(
+                f"journal of {follower.label} refused: {follower.error}",
+                severity="error",
+                markup=False,
+            )
         if state == "reconnecting":
             self.notify(
                 f"journal of {follower.label} lost ({follower.error}); reconnecting",
@@ -168,7 +174,11 @@ class JournalPane(Container):
             text.append("   wrap")
         for follower in self.followers:
             if follower.state == "reconnecting":
-                text.append(f"   {follower.label}: connection lost, reconnecting", style="bold red")
+                text.append(
+                    cell(f"   {follower.label}: connection lost, reconnecting"), style="bold red"
+                )
+            elif follower.state == "refused":
+                text.append(cell(f"   {follower.label}: {follower.error}"), style="bold red")
         if view.following:
             text.append("   following", style="green")
         else:

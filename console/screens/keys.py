@@ -17,6 +17,7 @@ from textual.message import Message
 from textual.widgets import Input
 
 from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted
+from backend.text import literal as text_literal
 from console import keyspace
 from console.keyspace import Child, Entry
 from console.screens.confirm import ConfirmScreen
@@ -362,15 +363,22 @@ class KeysPane(Container):
         if kind == "binary":
             self.notify("binary values cannot be edited as text", severity="warning", markup=False)
             return
+        text = entry.value.decode("utf-8")
+        if text_literal(text, lines=True) != text:
+            # The editor would draw them raw: an ESC in a value must not reach the terminal.
+            self.notify(
+                "values with control characters (escape sequences) cannot be edited as text",
+                severity="warning",
+                markup=False,
+            )
+            return
         language = kind if kind in ("json", "yaml") else None
 
         def edited(text: str | None) -> None:
             if text is not None:
                 self.put_key(child.path, text.encode(), None, keep_lease=entry.lease)
 
-        self.app.push_screen(
-            EditValueScreen(child.path, entry.value.decode("utf-8"), language), edited
-        )
+        self.app.push_screen(EditValueScreen(child.path, text, language), edited)
 
     @work(group="keys-write")
     async def put_key(self, key: bytes, value: bytes, ttl: int | None, keep_lease: int = 0) -> None:

@@ -12,12 +12,18 @@ from textual.binding import Binding
 from textual.message import Message
 
 from console.cluster import ClusterModel
-from console.ctl import format_metadata
+from console.ctl import UnsafeValue, format_metadata
 from console.journal_stream import MachineAccess
 from console.screens.table_pane import TablePane
 from console.screens.units import short_id
 from widgets.line_table import Column, Row
-from widgets.literal import clean, plural
+from widgets.literal import cell, plural
+
+
+def _shortened(text: str, room: int = 24) -> str:
+    """What an invalid record holds, cut short: the row must still show why it is invalid."""
+    text = cell(text)
+    return text if len(text) <= room else text[: room - 1] + "…"
 
 
 class MachinesPane(TablePane):
@@ -82,14 +88,20 @@ class MachinesPane(TablePane):
             state = "gone" if gone else "alive"
             if machine_id == fleet.leader:
                 state += ", engine leader"
+            if machine.problem:
+                # Shown, never used: no shell, no journal, no units scheduled onto it.
+                state = f"invalid: {machine.problem}"
             cells = (
-                clean(short_id(machine_id, self.full_ids)),
-                clean(machine.public_ip or "-"),
-                clean(format_metadata(machine.metadata)),
+                cell(short_id(machine_id, self.full_ids)),
+                cell(
+                    _shortened(machine.public_ip) if machine.problem else machine.public_ip or "-"
+                ),
+                cell(format_metadata(machine.metadata)),
                 str(counts.get(machine_id, 0)),
-                state,
+                cell(state),
             )
-            styles = ("bold", "", "", "", "bold red" if gone else "green")
+            bad = gone or bool(machine.problem)
+            styles = ("bold", "", "", "", "bold red" if bad else "green")
             rows.append(Row(machine_id, cells, styles, style="dim" if gone else "", data=machine))
         return rows
 
@@ -100,7 +112,7 @@ class MachinesPane(TablePane):
         if gone:
             text.append(f", {gone:,} gone", style="bold red")
         if self.model.fleet.leader:
-            text.append(f"   engine leader {short_id(self.model.fleet.leader)}")
+            text.append(cell(f"   engine leader {short_id(self.model.fleet.leader)}"))
         return text
 
     def action_long_ids(self) -> None:
@@ -124,7 +136,11 @@ class MachinesPane(TablePane):
         machine = self.model.fleet.machines.get(row.key)
         if machine is None:
             return
-        argv = self.access.shell_argv(machine)
+        try:
+            argv = self.access.shell_argv(machine)
+        except UnsafeValue as error:
+            self.notify(str(error), title="Refused", severity="error", markup=False)
+            return
         try:
             with self.app.suspend():
                 print(f"clustertui: {' '.join(argv)} (exit the shell to return)", flush=True)

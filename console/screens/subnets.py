@@ -11,7 +11,7 @@ from console.cluster import Subnet
 from console.screens.table_pane import TablePane
 from console.screens.units import short_id
 from widgets.line_table import Column, Row
-from widgets.literal import clean, literal
+from widgets.literal import cell, literal
 
 
 def countdown(seconds: float) -> str:
@@ -53,9 +53,9 @@ class SubnetsPane(TablePane):
             expires, style, order = self._expiry(subnet, now)
             cells = (
                 str(subnet.network),
-                clean(short_id(machine_id) if machine_id else "-"),
-                clean(subnet.public_ip or "-"),
-                clean(subnet.backend or "-"),
+                cell(short_id(machine_id) if machine_id else "-"),
+                cell(f"invalid: {subnet.problem}" if subnet.problem else subnet.public_ip or "-"),
+                cell(subnet.backend or "-"),
                 expires,
             )
             rows.append(Row(name, cells, ("bold", "", "", "", style), data=order))
@@ -75,7 +75,7 @@ class SubnetsPane(TablePane):
     def status_text(self) -> Text:
         config = self.model.network
         if config is None:
-            return Text(self.model.network_error, style="bold red")
+            return literal(self.model.network_error, "bold red")
         text = Text()
         text.append("Network ", style="dim")
         text.append(str(config.network), style="bold")

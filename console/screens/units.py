@@ -23,7 +23,7 @@ from console.screens.table_pane import TablePane
 from console.screens.text_view import TextScreen
 from widgets.journal_view import JournalEntry, format_time
 from widgets.line_table import Column, Row
-from widgets.literal import clean, literal, plural
+from widgets.literal import cell, literal, plural
 
 CONVERGE_SECONDS = 30.0
 """How long a desired state may take to show before the pane says it did not converge."""
@@ -183,14 +183,25 @@ class UnitsPane(TablePane):
         machine = self.model.fleet.machines.get(machine_id)
         if machine_id:
             where = short_id(machine_id)
-            if machine is not None and machine.public_ip:
+            if machine is not None and machine.problem:
+                where += "/invalid"
+            elif machine is not None and machine.public_ip:
                 where += "/" + machine.public_ip
         else:
             where = "-"
         active = reported.active_state if reported else "-"
         sub = reported.sub_state if reported else "-"
-        cells = (clean(job.name), clean(where), job.target_state, state[0], active, sub)
-        styles = ("bold", "", "", state[1], ACTIVE_STYLES.get(active, ""), "")
+        name = cell(job.name) + (" (invalid name)" if job.problem else "")
+        # Every cell is made literal: a state is whatever an agent (or anyone) wrote.
+        cells = (name, cell(where), cell(job.target_state), cell(state[0]), cell(active), cell(sub))
+        styles = (
+            "bold red" if job.problem else "bold",
+            "bold red" if machine is not None and machine.problem else "",
+            "",
+            state[1],
+            ACTIVE_STYLES.get(active, ""),
+            "",
+        )
         key = f"{job.name}\0{machine_id}" if is_global(job) else job.name
         return Row(key, cells, styles, data=job.name)
 
@@ -201,13 +212,13 @@ class UnitsPane(TablePane):
         text = Text(f"{plural(len(jobs), 'unit')}, {running:,} launched")
         if self.memory.machine:
             text.append("   on machine ")
-            text.append(short_id(self.memory.machine, True), style="bold")
+            text.append(cell(short_id(self.memory.machine, True)), style="bold")
             text.append(" (escape shows all)", style="dim")
         if self.table.marked:
             text.append(f"   {plural(len(self.table.marked), 'marked unit')}", style="bold yellow")
         stuck = [n for n, p in self.memory.pending.items() if p.stuck]
         if stuck:
-            text.append(f"   did not converge: {', '.join(sorted(stuck))}", style="bold red")
+            text.append(cell(f"   did not converge: {', '.join(sorted(stuck))}"), style="bold red")
         return text
 
     def show_machine(self, machine_id: str) -> None:
@@ -400,7 +411,8 @@ class UnitsPane(TablePane):
             try:
                 lines = await read_journal(self.access, machine, [name], short_id(machine_id))
             except Exception as error:
-                body.append(f"\n(cannot read the journal: {error})", style="red")
+                body.append("\n")
+                body.append_text(literal(f"(cannot read the journal: {error})", "red"))
             else:
                 append_journal(body, lines[-10:])
         await self.app.push_screen_wait(TextScreen(literal(name, "bold"), body))
@@ -421,12 +433,16 @@ def status_lines(
     if description:
         text.append_text(literal(description, "italic"))
         text.append("\n")
+    if job.problem:
+        text.append_text(literal(f"invalid: {job.problem}", "bold red"))
+        text.append("\n")
     text.append("   State: ")
-    text.append(f"{unit_state(job, states)} (desired {job.target_state})\n")
+    text.append(cell(f"{unit_state(job, states)} (desired {job.target_state})") + "\n")
     text.append("  Active: ")
     if reported:
-        text.append(reported.active_state, style=ACTIVE_STYLES.get(reported.active_state, ""))
-        text.append(f" ({reported.sub_state}), load {reported.load_state}\n")
+        style = ACTIVE_STYLES.get(reported.active_state, "")
+        text.append(cell(reported.active_state), style=style)
+        text.append(cell(f" ({reported.sub_state}), load {reported.load_state}") + "\n")
     else:
         text.append("inactive (dead)\n", style="dim")
     text.append(" Machine: ")
@@ -434,9 +450,11 @@ def status_lines(
     if is_global(job):
         text.append(f"global, on {plural(len(states), 'machine')}; this row: ")
     if machine_id:
-        text.append_text(literal(machine_id))
-        if machine is not None and machine.public_ip:
-            text.append(f" ({machine.public_ip})")
+        text.append(cell(machine_id))
+        if machine is not None and machine.problem:
+            text.append(cell(f" (invalid: {machine.problem})"), style="bold red")
+        elif machine is not None and machine.public_ip:
+            text.append(cell(f" ({machine.public_ip})"))
     else:
         text.append("-")
     text.append("\n  Placed: ")

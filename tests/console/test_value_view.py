@@ -36,14 +36,14 @@ def test_binary_is_shown_as_hex_with_printable_bytes_beside() -> None:
 def test_plain_text_and_json_strings_keep_escapes_visible() -> None:
     kind, shown = render_value(b"[bold]not markup[/bold] \x1b[2J")
     assert kind == "text"
-    assert shown.plain == "[bold]not markup[/bold] \u241b[2J"
+    assert shown.plain == "[bold]not markup[/bold] \\x1b[2J"
     assert not shown.spans
     kind, shown = render_value(json.dumps({"k": "\x1b[31m"}).encode())
     assert kind == "json" and "\x1b" not in shown.code
 
 
-def test_literal_shows_control_bytes_as_symbols() -> None:
-    assert clean("a\x07b\x9bc") == "a\u2407b\\x9bc"
+def test_literal_shows_control_bytes_escaped_as_systemctl_does() -> None:
+    assert clean("a\x07b\x9bc") == "a\\ab\\x9bc"
     assert literal(b"\xff[x]").plain == "\\xff[x]"
 
 

@@ -50,7 +50,8 @@ def readers_of(data_dir: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"journal" in argv and str(data_dir).encode() in argv:
+        wanted = (str(data_dir).encode(), f"--data-dir={data_dir}".encode())
+        if b"journal" in argv and any(word in argv for word in wanted):
             found.append(int(entry.name))
     return found
 

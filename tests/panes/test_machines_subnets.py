@@ -95,7 +95,7 @@ def test_o_opens_a_local_shell_here_and_ssh_through_the_tunnel_host_elsewhere() 
     tunnel = Tunnel(TunnelSpec.parse("core@bastion:2222"), [])
     access = MachineAccess(tunnel=tunnel, identity="/keys/id", port=22)
     argv = access.shell_argv(here)
-    assert argv[0] == "ssh" and argv[-2:] == ["-t", "127.0.0.1"]
+    assert argv[0] == "ssh" and argv[-3:] == ["-t", "--", "127.0.0.1"]
     assert ["-i", "/keys/id"] == argv[argv.index("-i") : argv.index("-i") + 2]
     hop = next(a for a in argv if a.startswith("ProxyCommand="))
     assert "-p 2222" in hop and "bastion" in hop and "-W %h:%p" in hop
