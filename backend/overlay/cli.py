@@ -10,8 +10,16 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from backend.overlay.config import DEFAULT_PREFIX
+from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig
+
+if TYPE_CHECKING:
+    from backend.overlay.dataplane import Iface
+    from backend.overlay.lease import SubnetManager
+
+SUBNET_ENV = "subnet.env"
+log = logging.getLogger("clusterd.overlay")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -35,9 +43,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cacert", help="CA bundle to verify the store's certificate")
     parser.add_argument("--cert", help="client certificate for the store")
     parser.add_argument("--key", help="client key for the store")
-    parser.add_argument("--data-dir", required=True, type=Path, help="where subnet.env is written")
+    parser.add_argument("--data-dir", type=Path, help="where subnet.env is written by default")
     parser.add_argument(
-        "--public-ip", required=True, help="address other machines reach this one at"
+        "--subnet-file",
+        type=Path,
+        help="where flannel's subnet.env is written (default: DATA_DIR/subnet.env)",
+    )
+    parser.add_argument(
+        "--iface",
+        help="the underlay interface (default: the one holding --public-ip, else the default "
+        "route's)",
+    )
+    parser.add_argument(
+        "--public-ip",
+        help="address other machines reach this one at (default: the address of --iface)",
     )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix of the network")
     parser.add_argument(
@@ -50,14 +69,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="renew this long before the lease expires (60m)",
     )
     parser.add_argument(
-        "--ip-masq", action="store_true", help="say FLANNEL_IPMASQ=true in subnet.env"
+        "--ip-masq",
+        action="store_true",
+        help="masquerade traffic leaving the overlay (nftables) and say so in subnet.env",
+    )
+    parser.add_argument(
+        "--lease-only",
+        action="store_true",
+        help="lease the subnet and write subnet.env, but program no device, route or rule",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log renewals too")
 
 
-async def _main(args: argparse.Namespace) -> int:
+async def _read_config(manager: SubnetManager, stop: asyncio.Event) -> NetworkConfig | None:
+    """The network config, waited for (as flanneld waits) until it is there or ``stop``."""
+    from backend.etcd import EtcdError
+
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return await manager.read_config()
+        except (ConfigError, EtcdError) as error:
+            log.error("cannot read the network config: %s (trying again in %.1fs)", error, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 10.0)
+    return None
+
+
+async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
     # Imported here so other clusterd commands do not pay for gRPC's start-up.
     from backend.etcd import EtcdError, make_client
+    from backend.overlay.dataplane import DataPlane, make_backend
     from backend.overlay.lease import SubnetManager
 
     client = make_client(
@@ -70,34 +113,106 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    public_ip = args.public_ip or str(iface.public_ip if iface else "")
     manager = SubnetManager(
         client,
-        args.public_ip,
-        args.data_dir,
+        public_ip,
+        args.subnet_file.parent,
         prefix=args.prefix,
         ttl=args.subnet_lease_ttl,
         renew_margin=args.subnet_lease_renew_margin,
         ip_masq=args.ip_masq,
     )
+    manager.subnet_env = args.subnet_file
+    tasks = []
     try:
-        await manager.run(stop)
+        if iface is not None:
+            config = await _read_config(manager, stop)
+            if config is None:
+                return 0
+            masquerade = None
+            if args.ip_masq:
+                from backend.overlay.masq import Masquerade
+
+                masquerade = Masquerade()
+
+            def factory() -> Any:
+                from pyroute2 import IPRoute
+
+                return make_backend(config, iface, IPRoute())
+
+            dataplane = DataPlane(client, factory, prefix=args.prefix, masquerade=masquerade)
+            manager.backend_data = await dataplane.prepare()
+            manager.on_change = dataplane.on_lease
+            tasks.append(asyncio.create_task(dataplane.run(manager, stop), name="dataplane"))
+        tasks.append(asyncio.create_task(manager.run(stop), name="lease"))
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
     finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(EtcdError):
             await client.close()
     return 0
 
 
+def _underlay(args: argparse.Namespace) -> Iface | None:
+    """Checks before anything runs: the interface, the public IP, privileges, forwarding.
+
+    Returns the underlay interface when the data plane is to be programmed, None for
+    lease-only mode. Raises DataPlaneError with a message for the user.
+    """
+    from backend.overlay.dataplane import has_net_admin, ip_forward_enabled, resolve_iface
+
+    lease_only = args.lease_only
+    if not lease_only and not has_net_admin():
+        log.warning(
+            "LEASE-ONLY MODE: this process may not change the network (not root, no "
+            "CAP_NET_ADMIN): the subnet is leased and subnet.env written, but no device, "
+            "route, neighbour or FDB entry is programmed and no packet crosses the overlay. "
+            "Run clusterd overlay as root (or with CAP_NET_ADMIN) to carry packets."
+        )
+        lease_only = True
+    if lease_only and args.public_ip and not args.iface:
+        return None
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        iface = resolve_iface(ipr, args.iface, args.public_ip)
+    log.info("underlay interface %s, public IP %s", iface.name, iface.public_ip)
+    if lease_only:
+        args.public_ip = args.public_ip or str(iface.public_ip)
+        return None
+    if not ip_forward_enabled():
+        log.warning(
+            "IP forwarding is off: this host will not forward its containers' packets onto "
+            "the overlay. Turn it on with `sysctl -w net.ipv4.ip_forward=1` (and "
+            "net.ipv4.ip_forward=1 in /etc/sysctl.d/ to keep it)."
+        )
+    return iface
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # -v is about renewals and the data plane, not the libraries' netlink and gRPC chatter.
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     from backend.etcd import EtcdError
+    from backend.overlay.dataplane import DataPlaneError
 
+    if args.subnet_file is None:
+        if args.data_dir is None:
+            print("clusterd overlay: give --data-dir or --subnet-file", file=sys.stderr)
+            return 2
+        args.subnet_file = args.data_dir / SUBNET_ENV
     try:
-        return asyncio.run(_main(args))
-    except (ValueError, EtcdError) as error:
+        iface = _underlay(args)
+        return asyncio.run(_main(args, iface))
+    except (ValueError, EtcdError, DataPlaneError) as error:
         print(f"clusterd overlay: {error}", file=sys.stderr)
         return 2
