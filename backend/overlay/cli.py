@@ -143,6 +143,8 @@ async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
 
             dataplane = DataPlane(client, factory, prefix=args.prefix, masquerade=masquerade)
             manager.backend_data = await dataplane.prepare()
+            assert dataplane.backend is not None
+            manager.mtu = dataplane.backend.mtu
             manager.on_change = dataplane.on_lease
             tasks.append(asyncio.create_task(dataplane.run(manager, stop), name="dataplane"))
         tasks.append(asyncio.create_task(manager.run(stop), name="lease"))

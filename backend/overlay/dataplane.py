@@ -185,12 +185,18 @@ class Backend:
     """A data plane backend; every method runs on the netlink thread (pyroute2 is sync)."""
 
     type = ""
+    overhead = 0
+    """Bytes of encapsulation per packet: the overlay's MTU is the underlay's less this."""
 
     def __init__(self, ipr: Any, iface: Iface, config: NetworkConfig) -> None:
         self.ipr = ipr
         self.iface = iface
         self.config = config
         self.refused: set[ipaddress.IPv4Network] = set()
+
+    @property
+    def mtu(self) -> int:
+        return self.iface.mtu - self.overhead
 
     def prepare(self) -> dict[str, Any]:
         """Before the lease: create what the lease advertises; returns its BackendData."""

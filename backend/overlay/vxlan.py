@@ -30,6 +30,7 @@ NTF_SELF = 0x02
 
 class VxlanBackend(Backend):
     type = "vxlan"
+    overhead = OVERHEAD
 
     def __init__(self, ipr: Any, iface: Any, config: Any) -> None:
         super().__init__(ipr, iface, config)
@@ -82,7 +83,7 @@ class VxlanBackend(Backend):
         return index
 
     def _up(self, index: int) -> None:
-        self.ipr.link("set", index=index, mtu=self.iface.mtu - OVERHEAD, state="up")
+        self.ipr.link("set", index=index, mtu=self.mtu, state="up")
 
     def _matches(self, link: Any) -> bool:
         info = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))

@@ -338,3 +338,26 @@ def test_ip_masq_hides_containers_from_the_outside_but_not_from_each_other(
     assert topology.stop_overlay(one) == 0
     tables = json.loads(in_ns(one.ns, "nft", "-j", "list", "tables"))["nftables"]
     assert not any(t.get("table", {}).get("name") == "clusterd-overlay" for t in tables)
+
+
+def test_direct_routing_skips_vxlan_on_one_l2_network_and_the_mtu_follows_the_underlay(
+    topology: Topology, underlay_store
+) -> None:
+    url = underlay_store.url
+    put_config(url, {"Type": "vxlan", "DirectRouting": True, "VNI": 7})
+    one, two = topology.add_host("h1"), topology.add_host("h2")
+    ip("-n", one.ns, "link", "set", "eth0", "mtu", "1400")
+    for host in (one, two):
+        topology.start_overlay(host, url, PREFIX)
+    env = topology.subnet_env(one)
+    assert env["FLANNEL_MTU"] == "1350"
+    link = json.loads(ip("-j", "-d", "-n", one.ns, "link", "show", "flannel.7").stdout)[0]
+    assert link["mtu"] == 1350 and link["linkinfo"]["info_data"]["id"] == 7
+    for host in (one, two):
+        topology.add_container(host, topology.subnet_env(host))
+        topology.serve_whoami(host.container, "0.0.0.0")
+    wait_for(all_programmed(topology, [one, two]), 10, "routes to every peer")
+    route = routes(one.ns)[str(two.subnet)]
+    assert route["dev"] == "eth0" and route["gateway"] == two.address
+    assert fdb(one.ns, "flannel.7") == {} and neighbours(one.ns, "flannel.7") == {}
+    assert topology.wait_connect(one.container, two.container_ip) == one.container_ip
