@@ -100,7 +100,6 @@ async def _read_config(manager: SubnetManager, stop: asyncio.Event) -> NetworkCo
 async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
     # Imported here so other clusterd commands do not pay for gRPC's start-up.
     from backend.etcd import EtcdError, make_client
-    from backend.overlay.dataplane import DataPlane, make_backend
     from backend.overlay.lease import SubnetManager
 
     client = make_client(
@@ -113,10 +112,9 @@ async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    public_ip = args.public_ip or str(iface.public_ip if iface else "")
     manager = SubnetManager(
         client,
-        public_ip,
+        args.public_ip,
         args.subnet_file.parent,
         prefix=args.prefix,
         ttl=args.subnet_lease_ttl,
@@ -124,14 +122,37 @@ async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
         ip_masq=args.ip_masq,
     )
     manager.subnet_env = args.subnet_file
+    try:
+        await serve(client, manager, stop, iface=iface, prefix=args.prefix, ip_masq=args.ip_masq)
+    finally:
+        with contextlib.suppress(EtcdError):
+            await client.close()
+    return 0
+
+
+async def serve(
+    client: Any,
+    manager: SubnetManager,
+    stop: asyncio.Event,
+    *,
+    iface: Iface | None,
+    prefix: str,
+    ip_masq: bool,
+) -> None:
+    """Keep ``manager``'s lease and, given the underlay ``iface``, the data plane, until stop.
+
+    Shared by `clusterd overlay` and the overlay inside `clusterd node`.
+    """
+    from backend.overlay.dataplane import DataPlane, make_backend
+
     tasks = []
     try:
         if iface is not None:
             config = await _read_config(manager, stop)
             if config is None:
-                return 0
+                return
             masquerade = None
-            if args.ip_masq:
+            if ip_masq:
                 from backend.overlay.masq import Masquerade
 
                 masquerade = Masquerade()
@@ -141,11 +162,11 @@ async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
 
                 return make_backend(config, iface, IPRoute())
 
-            dataplane = DataPlane(client, factory, prefix=args.prefix, masquerade=masquerade)
-            manager.backend_data = await dataplane.prepare()
+            dataplane = DataPlane(client, factory, prefix=prefix, masquerade=masquerade)
+            manager.backend_data = {**manager.backend_data, **await dataplane.prepare()}
             assert dataplane.backend is not None
             manager.mtu = dataplane.backend.mtu
-            manager.on_change = dataplane.on_lease
+            manager.on_change = _chain(manager.on_change, dataplane.on_lease)
             tasks.append(asyncio.create_task(dataplane.run(manager, stop), name="dataplane"))
         tasks.append(asyncio.create_task(manager.run(stop), name="lease"))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -154,45 +175,59 @@ async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(EtcdError):
-            await client.close()
-    return 0
+
+
+def _chain(first: Any, second: Any) -> Any:
+    if first is None:
+        return second
+
+    def both(lease: Any, error: Any) -> None:
+        first(lease, error)
+        second(lease, error)
+
+    return both
 
 
 def _underlay(args: argparse.Namespace) -> Iface | None:
+    args.public_ip, iface = check_underlay(args.iface, args.public_ip, lease_only=args.lease_only)
+    return iface
+
+
+def check_underlay(
+    name: str | None, public_ip: str | None, *, lease_only: bool = False
+) -> tuple[str, Iface | None]:
     """Checks before anything runs: the interface, the public IP, privileges, forwarding.
 
-    Returns the underlay interface when the data plane is to be programmed, None for
-    lease-only mode. Raises DataPlaneError with a message for the user.
+    Returns the public IP and the underlay interface when the data plane is to be
+    programmed (None: lease-only mode). Raises DataPlaneError with a message for the user.
+    Runs netlink's sync API: call it outside the event loop (or in a thread).
     """
     from backend.overlay.dataplane import has_net_admin, ip_forward_enabled, resolve_iface
 
-    lease_only = args.lease_only
     if not lease_only and not has_net_admin():
         log.warning(
             "LEASE-ONLY MODE: this process may not change the network (not root, no "
             "CAP_NET_ADMIN): the subnet is leased and subnet.env written, but no device, "
             "route, neighbour or FDB entry is programmed and no packet crosses the overlay. "
-            "Run clusterd overlay as root (or with CAP_NET_ADMIN) to carry packets."
+            "Run it as root (or with CAP_NET_ADMIN) to carry packets."
         )
         lease_only = True
-    if lease_only and args.public_ip and not args.iface:
-        return None
+    if lease_only and public_ip and not name:
+        return public_ip, None
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        iface = resolve_iface(ipr, args.iface, args.public_ip)
+        iface = resolve_iface(ipr, name, public_ip)
     log.info("underlay interface %s, public IP %s", iface.name, iface.public_ip)
     if lease_only:
-        args.public_ip = args.public_ip or str(iface.public_ip)
-        return None
+        return str(iface.public_ip), None
     if not ip_forward_enabled():
         log.warning(
             "IP forwarding is off: this host will not forward its containers' packets onto "
             "the overlay. Turn it on with `sysctl -w net.ipv4.ip_forward=1` (and "
             "net.ipv4.ip_forward=1 in /etc/sysctl.d/ to keep it)."
         )
-    return iface
+    return str(iface.public_ip), iface
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 T = TypeVar("T")
 
 
-class DataPlaneError(Exception):
+class DataPlaneError(ValueError):
     """The data plane cannot run as asked; the message says why and what to do."""
 
 
@@ -378,10 +379,12 @@ class DataPlane:
                     peer = self._peer(lease, kv.key, kv.value)
                     if peer is not None:
                         peers[peer.subnet] = peer
+                started = time.monotonic()
                 await self.call(self.backend.reconcile, dict(peers))
                 self.peers = peers
                 self.synced.set()
-                log.info("programmed %d peer(s)", len(peers))
+                took = time.monotonic() - started
+                log.info("programmed %d peer(s) in %.3fs", len(peers), took)
                 key = self.subnets_prefix
                 async for batch in self.client.watch_batches(
                     key, prefix_end(key), start_revision=revision + 1

@@ -84,10 +84,12 @@ def run_kv(url: str, action: Callable[[EtcdClient], object]) -> object:
     return asyncio.run(go())
 
 
-def lease_of(url: str, host: Host, timeout: float = 10.0) -> tuple[bytes, dict, int]:
+def lease_of(
+    url: str, host: Host, timeout: float = 10.0, prefix: str = PREFIX
+) -> tuple[bytes, dict, int]:
     """The store's key, value and lease id for ``host``'s subnet (waited for)."""
     assert host.subnet is not None
-    key = f"{PREFIX}/subnets/{host.subnet.network_address}-{host.subnet.prefixlen}".encode()
+    key = f"{prefix}/subnets/{host.subnet.network_address}-{host.subnet.prefixlen}".encode()
     deadline = time.monotonic() + timeout
     while (found := run_kv(url, lambda c: c.get(key))) is None:
         assert time.monotonic() < deadline, f"no lease for {host.name}"
@@ -360,4 +362,33 @@ def test_direct_routing_skips_vxlan_on_one_l2_network_and_the_mtu_follows_the_un
     route = routes(one.ns)[str(two.subnet)]
     assert route["dev"] == "eth0" and route["gateway"] == two.address
     assert fdb(one.ns, "flannel.7") == {} and neighbours(one.ns, "flannel.7") == {}
+    assert topology.wait_connect(one.container, two.container_ip) == one.container_ip
+
+
+def test_clusterd_node_with_iface_programs_the_overlay_too(
+    topology: Topology, underlay_store
+) -> None:
+    url = underlay_store.url
+    run_kv(url, lambda c: c.put(b"/coreos.com/network/config",
+                                json.dumps({"Network": NETWORK}).encode()))  # fmt: skip
+    one, two = topology.add_host("h1"), topology.add_host("h2")
+    for host in (one, two):
+        host.data_dir.mkdir(parents=True)
+        host.log = topology.workdir / f"{host.name}.log"
+        with host.log.open("ab") as out:
+            host.process = subprocess.Popen(
+                ["ip", "netns", "exec", host.ns, sys.executable, "-m", "backend.daemon", "node",
+                 "--endpoints", url, "--data-dir", str(host.data_dir), "--iface", "eth0",
+                 "--disable-engine"],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+    for host in (one, two):
+        topology.add_container(host, topology.subnet_env(host))
+        topology.serve_whoami(host.container, "0.0.0.0")
+    wait_for(all_programmed(topology, [one, two]), 10, "routes to every peer")
+    _, value, _ = lease_of(url, two, prefix="/coreos.com/network")
+    assert value["PublicIP"] == two.address and set(value["BackendData"]) == {
+        "MachineID",
+        "VtepMAC",
+    }
     assert topology.wait_connect(one.container, two.container_ip) == one.container_ip
