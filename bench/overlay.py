@@ -67,7 +67,7 @@ for line in sys.stdin:
     address = line.split()[0]
     while True:
         try:
-            with socket.create_connection((address, 7000), timeout=0.2):
+            with socket.create_connection((address, 7000), timeout=0.02):
                 pass
             break
         except OSError:
@@ -104,9 +104,11 @@ def join_to_connect(workdir: Path, store_kind: str, joins: int) -> list[float]:
             text=True,
         )
         took = []
+        loop = asyncio.new_event_loop()
+        client = make_client([store.url])
         try:
             for _ in range(joins):
-                kv(store.url, lambda c: c.delete(key))
+                loop.run_until_complete(client.delete(key))
                 deadline = time.monotonic() + 5
                 while str(two.subnet) in ip("-n", one.ns, "route", "show", "proto", "157").stdout:
                     assert time.monotonic() < deadline, "the route never went away"
@@ -115,11 +117,13 @@ def join_to_connect(workdir: Path, store_kind: str, joins: int) -> list[float]:
                 prober.stdin.flush()
                 time.sleep(0.05)  # the prober is failing fast against no route
                 start = time.monotonic()
-                kv(store.url, lambda c: c.put(key, value))
+                loop.run_until_complete(client.put(key, value))
                 took.append(float(prober.stdout.readline()) - start)
         finally:
             prober.kill()
             prober.wait()
+            loop.run_until_complete(client.close())
+            loop.close()
         return took
     finally:
         topology.destroy()
