@@ -315,8 +315,15 @@ class DataPlane:
 
     async def prepare(self) -> dict[str, Any]:
         """Create the backend and what the lease advertises; returns the lease's BackendData."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
         self.backend = await self.call(self._factory)
-        return await self.call(self.backend.prepare)
+        try:
+            return await self.call(self.backend.prepare)
+        except NetlinkError as error:
+            raise DataPlaneError(
+                f"could not set up the {self.backend.type} backend: {error}"
+            ) from None
 
     def on_lease(self, lease: Lease | None, error: str | None) -> None:
         """SubnetManager's on_change: a new or lost lease makes the data plane start over."""
@@ -380,7 +387,12 @@ class DataPlane:
                     if peer is not None:
                         peers[peer.subnet] = peer
                 started = time.monotonic()
-                await self.call(self.backend.reconcile, dict(peers))
+                try:
+                    await self.call(self.backend.reconcile, dict(peers))
+                except Exception as error:  # netlink refused: say so, try again
+                    log.error("programming the peers failed: %s; trying again in 1s", error)
+                    await asyncio.sleep(1.0)
+                    continue
                 self.peers = peers
                 self.synced.set()
                 took = time.monotonic() - started

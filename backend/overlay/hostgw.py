@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from backend.overlay.dataplane import Backend, Peer
+from backend.overlay.dataplane import ROUTE_PROTO, Backend, Peer
+from backend.overlay.nlbatch import Batch
 
 
 class HostGwBackend(Backend):
@@ -39,8 +40,11 @@ class HostGwBackend(Backend):
             peer = wanted.get(dst)
             if peer is None or (gateway, oif) != (str(peer.public_ip), self.iface.index):
                 self.route_delete(dst)
+        batch = Batch()
         for peer in wanted.values():
-            self.route_replace(peer.subnet, str(peer.public_ip), self.iface.index)
+            batch.route(peer.subnet, str(peer.public_ip), self.iface.index, ROUTE_PROTO,
+                        onlink=False)  # fmt: skip
+        batch.send()
 
     def apply(self, old: Peer | None, new: Peer | None) -> None:
         new = self._usable(new)

@@ -17,7 +17,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from backend.overlay.dataplane import Backend, DataPlaneError, Peer, _gone
+from backend.overlay.dataplane import ROUTE_PROTO, Backend, DataPlaneError, Peer, _gone
+from backend.overlay.nlbatch import Batch
 
 log = logging.getLogger("clusterd.overlay")
 
@@ -160,8 +161,17 @@ class VxlanBackend(Backend):
             mac = entry.get("NDA_LLADDR")
             if want_fdb.get(mac) != entry.get("NDA_DST"):
                 self._fdb_delete(mac, entry.get("NDA_DST"))
+        batch = Batch()
         for peer in wanted.values():
-            self._add(peer)
+            if self._direct(peer):
+                batch.route(peer.subnet, str(peer.public_ip), self.iface.index, ROUTE_PROTO,
+                            onlink=False)  # fmt: skip
+                continue
+            gateway = str(peer.subnet.network_address)
+            batch.fdb(peer.vtep_mac, str(peer.public_ip), self.index)
+            batch.neighbour(gateway, peer.vtep_mac, self.index)
+            batch.route(peer.subnet, gateway, self.index, ROUTE_PROTO, onlink=True)
+        batch.send()
 
     def apply(self, old: Peer | None, new: Peer | None) -> None:
         old, new = self._usable(old), self._usable(new)
