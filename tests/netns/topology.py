@@ -57,7 +57,8 @@ def sweep_leftovers() -> list[str]:
     removed = []
     for line in ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = re.fullmatch(rf"{PREFIX}(\d+)x\d+\w*", name)
+        # ctui<pid>x<n>… (tests, bench) and ctuidemo<pid>… (`clusterd demo --netns`).
+        match = re.fullmatch(rf"{PREFIX}(?:demo)?(\d+)(?:x\d+)?[a-z]\w*", name)
         if not match:
             continue
         pid = int(match.group(1))
