@@ -66,11 +66,12 @@ def parse_peer(key: bytes, value: bytes) -> Peer | None:
         return None
     try:
         doc = json.loads(value)
-        public_ip = ipaddress.IPv4Address(doc["PublicIP"])
+        raw = doc["PublicIP"]
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        public_ip = ipaddress.IPv4Address(raw)
     except (ValueError, TypeError, KeyError, UnicodeDecodeError):
         log.warning("ignoring the lease of %s: no valid PublicIP", subnet)
-        return None
-    if not isinstance(doc, dict):
         return None
     backend_type = doc.get("BackendType")
     data = doc.get("BackendData")

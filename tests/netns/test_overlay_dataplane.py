@@ -392,3 +392,40 @@ def test_clusterd_node_with_iface_programs_the_overlay_too(
         "VtepMAC",
     }
     assert topology.wait_connect(one.container, two.container_ip) == one.container_ip
+
+
+def test_the_overlay_follows_the_leases_again_after_the_store_restarts(
+    topology: Topology, underlay_store
+) -> None:
+    url = underlay_store.url
+    put_config(url, {"Type": "vxlan"})
+    one, two = start_hosts(topology, url, 2)
+    wait_for(all_programmed(topology, [one, two]), 10, "routes to every peer")
+    underlay_store.stop()
+    underlay_store.start().wait_ready()
+    # A peer that joins after the restart is programmed: the watch came back.
+    peer = {"PublicIP": "10.213.0.99", "BackendType": "vxlan",
+            "BackendData": {"VtepMAC": "02:00:00:00:00:99"}}  # fmt: skip
+    run_kv(url, lambda c: c.put(f"{PREFIX}/subnets/10.214.250.0-24".encode(),
+                                json.dumps(peer).encode()))  # fmt: skip
+    wait_for(lambda: "10.214.250.0/24" in routes(one.ns), 15, "the new peer's route")
+    assert fdb(one.ns)["02:00:00:00:00:99"] == "10.213.0.99"
+    assert topology.wait_connect(one.container, two.container_ip) == one.container_ip
+
+
+def test_masquerade_rules_left_by_a_killed_run_are_replaced_not_doubled(
+    topology: Topology, underlay_store
+) -> None:
+    url = underlay_store.url
+    put_config(url, {"Type": "vxlan"})
+    (one,) = start_hosts(topology, url, 1, "--ip-masq")
+    wait_for(lambda: "clusterd-overlay" in in_ns(one.ns, "nft", "list", "tables"), 10, "rules")
+    topology.stop_overlay(one, signal.SIGKILL)
+    assert "clusterd-overlay" in in_ns(one.ns, "nft", "list", "tables")  # left by the kill
+    topology.start_overlay(one, url, PREFIX, "--ip-masq")
+    # Both runs log to the same file: the second "masquerading" line is the new run's.
+    wait_for(lambda: topology.output(one).count("masquerading traffic") >= 2, 10, "rules again")
+    rules = in_ns(one.ns, "nft", "list", "table", "ip", "clusterd-overlay")
+    assert rules.count("masquerade") == 2 and rules.count("return") == 2, rules
+    assert topology.stop_overlay(one) == 0
+    assert "clusterd-overlay" not in in_ns(one.ns, "nft", "list", "tables")
