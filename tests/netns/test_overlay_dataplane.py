@@ -349,6 +349,8 @@ def test_direct_routing_skips_vxlan_on_one_l2_network_and_the_mtu_follows_the_un
     put_config(url, {"Type": "vxlan", "DirectRouting": True, "VNI": 7})
     one, two = topology.add_host("h1"), topology.add_host("h2")
     ip("-n", one.ns, "link", "set", "eth0", "mtu", "1400")
+    # A flannel.7 of other settings (an older config's port) is made again with these.
+    ip("-n", two.ns, "link", "add", "flannel.7", "type", "vxlan", "id", "7", "dstport", "4789")
     for host in (one, two):
         topology.start_overlay(host, url, PREFIX)
     env = topology.subnet_env(one)
@@ -362,6 +364,9 @@ def test_direct_routing_skips_vxlan_on_one_l2_network_and_the_mtu_follows_the_un
     route = routes(one.ns)[str(two.subnet)]
     assert route["dev"] == "eth0" and route["gateway"] == two.address
     assert fdb(one.ns, "flannel.7") == {} and neighbours(one.ns, "flannel.7") == {}
+    link = json.loads(ip("-j", "-d", "-n", two.ns, "link", "show", "flannel.7").stdout)[0]
+    assert link["linkinfo"]["info_data"]["port"] == 8472
+    assert link["linkinfo"]["info_data"]["local"] == two.address
     assert topology.wait_connect(one.container, two.container_ip) == one.container_ip
 
 
