@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backend import filemodes
 from backend.etcd import EtcdClient, make_client
@@ -45,7 +46,7 @@ class DemoStore:
             self.process.wait(timeout=10)
 
 
-def start_store(data_dir: Path, port: int = 0) -> DemoStore:
+def start_store(data_dir: Path, port: int = 0, host: str = "127.0.0.1") -> DemoStore:
     """Start the demo store under ``data_dir`` and wait until it takes connections."""
     # 0700, as tempfile.mkdtemp makes the default one: it holds the store and the logs.
     filemodes.make_dirs(data_dir, filemodes.PRIVATE_DIR)
@@ -53,19 +54,19 @@ def start_store(data_dir: Path, port: int = 0) -> DemoStore:
     log = data_dir / "store.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            store_command(data_dir / "store", port),
+            store_command(data_dir / "store", port, host),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    store = DemoStore(f"http://127.0.0.1:{port}", process, log)
+    store = DemoStore(f"http://{host}:{port}", process, log)
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the demo store exited early; see {log}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return store
         except OSError:
             time.sleep(0.05)
@@ -138,6 +139,8 @@ class DemoCluster:
 
     store: DemoStore
     nodes: DemoNodes
+    network: Any = None
+    """With --netns: the DemoNetwork (namespaces, bridges, containers) to remove on stop."""
 
     @property
     def url(self) -> str:
@@ -146,23 +149,97 @@ class DemoCluster:
     def stop(self) -> None:
         self.nodes.stop()
         self.store.stop()
+        if self.network is not None:
+            self.network.destroy()
 
 
-async def start_cluster(root: Path, machines: int = 3, port: int = 0) -> DemoCluster:
-    """Start the store, seed its tree, start ``machines`` nodes and launch the sample units."""
-    store = await asyncio.to_thread(start_store, root, port)
+def netns_possible() -> str | None:
+    """None when `--netns` can run here, else why not (it needs root and iproute2)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "--netns needs root (network namespaces); the demo runs without them"
+    if shutil.which("ip") is None:
+        return "--netns needs iproute2's ip command; the demo runs without namespaces"
+    return None
+
+
+OVERLAY_PING = """\
+[Unit]
+Description=Talks to every other node's container across the overlay, every 3 seconds
+
+[Service]
+ExecStart={python} {script}
+
+[X-Fleet]
+Global=true
+"""
+
+
+async def start_cluster(
+    root: Path, machines: int = 3, port: int = 0, *, netns: bool = False
+) -> DemoCluster:
+    """Start the store, seed its tree, start ``machines`` nodes and launch the sample units.
+
+    With ``netns`` (root only) every node runs in a network namespace of its own, its
+    overlay programs vxlan, each node has a container namespace, and a global unit,
+    overlay-ping.service, talks from every node to the others' containers.
+    """
+    network = None
+    extra: dict[str, str] = {}
+    try:
+        if netns:
+            from backend.overlay.netns import DemoNetwork
+
+            network = DemoNetwork()
+            extra = await asyncio.to_thread(_prepare_netns, network, root, machines)
+        host = network.store_ip if network is not None else "127.0.0.1"
+        store = await asyncio.to_thread(start_store, root, port, host)
+    except BaseException:
+        if network is not None:
+            network.destroy()
+        raise
     nodes = DemoNodes(root)
     try:
         await seed_store(store.url)
         # The tree's placeholder machine has no agent: units placed on it would never run.
         await _delete_prefix(store.url, PLACEHOLDER_MACHINE)
-        start_nodes(nodes, store.url, machines)
-        await seed_scheduler(store.url, machines=machines)
+        start_nodes(nodes, store.url, machines, network)
+        await seed_scheduler(store.url, machines=machines, extra_units=extra)
+        if network is not None:
+            await asyncio.to_thread(_add_containers, network, root, machines)
     except BaseException:
         nodes.stop()
         store.stop()
+        if network is not None:
+            network.destroy()
         raise
-    return DemoCluster(store, nodes)
+    return DemoCluster(store, nodes, network)
+
+
+def _prepare_netns(network: Any, root: Path, machines: int) -> dict[str, str]:
+    """Create the namespaces and write the overlay-ping script; its unit, by name."""
+    from backend.overlay.netns import PING
+
+    network.create(machines)
+    root.mkdir(parents=True, exist_ok=True)
+    script = root / "overlay-ping.py"
+    script.write_text(PING)
+    return {"overlay-ping.service": OVERLAY_PING.format(python=sys.executable, script=script)}
+
+
+def _add_containers(network: Any, root: Path, machines: int) -> None:
+    from backend.overlay.lease import read_subnet_env
+
+    for index in range(1, machines + 1):
+        path = root / f"node{index}" / "subnet.env"
+        deadline = time.monotonic() + READY_SECONDS
+        while not read_subnet_env(path).get("FLANNEL_SUBNET"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node{index} never leased a subnet; see {root}/node{index}.log")
+            time.sleep(0.1)
+        network.add_container(index, read_subnet_env(path))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +251,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--machines", type=int, default=3, help="how many `clusterd node` processes to run"
+    )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="(root) each node in its own network namespace, the overlay carrying real traffic",
     )
 
 
@@ -188,8 +270,12 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM ends the demo the way Ctrl-C does: through the finally below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = None
+    netns = args.netns
+    if netns and (why := netns_possible()):
+        print(f"clusterd demo: {why}", file=sys.stderr)
+        netns = False
     try:
-        cluster = asyncio.run(start_cluster(root, args.machines, args.port))
+        cluster = asyncio.run(start_cluster(root, args.machines, args.port, netns=netns))
         print(f"demo cluster at {cluster.url}: {args.machines} machines (data in {root})")
         print(f"  clustertui --endpoints {cluster.url}")
         print(f"  clusterctl --endpoint {cluster.url} list-units")

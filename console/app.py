@@ -451,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local demo cluster and open it",
     )
     parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --demo, as root: each demo node in its own network namespace, the overlay "
+        "carrying real traffic between them",
+    )
+    parser.add_argument(
         "--journal-lines",
         type=_line_count,
         default=env.get("CLUSTERTUI_JOURNAL_LINES", str(DEFAULT_LIMIT)),
@@ -519,13 +525,18 @@ def _hang_up(on_hangup: Callable[[], None] | None) -> None:
     os._exit(128 + signal.SIGHUP)
 
 
-async def run_demo(config: ConsoleConfig, read_only: bool, journal_limit: int) -> int:
+async def run_demo(
+    config: ConsoleConfig, read_only: bool, journal_limit: int, netns: bool = False
+) -> int:
     """Start the demo cluster (store, nodes, units) in a temporary directory, open it, stop it."""
     from backend import demo
 
+    if netns and (why := demo.netns_possible()):
+        print(f"clustertui: {why}", file=sys.stderr)
+        netns = False
     with tempfile.TemporaryDirectory(prefix="clustertui-demo-") as root:
         print("clustertui: starting the demo cluster (store, 3 nodes, units)…", file=sys.stderr)
-        cluster = await demo.start_cluster(Path(root))
+        cluster = await demo.start_cluster(Path(root), netns=netns)
         try:
             settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(
@@ -543,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(Path(args.config) if args.config else None)
         settings = resolve_cluster(args, config)
         if args.demo:
-            return asyncio.run(run_demo(config, settings.read_only, args.journal_lines))
+            return asyncio.run(run_demo(config, settings.read_only, args.journal_lines, args.netns))
         return asyncio.run(
             run_console(
                 settings,

@@ -17,6 +17,7 @@ from backend.fleet.validate import subnet_record_problem
 from backend.keys import prefix_end
 from backend.overlay.config import ConfigError, NetworkConfig, parse_config
 from backend.overlay.lease import parse_subnet_key
+from backend.overlay.routes import kernel_routes
 
 NETWORK_PREFIX = "/coreos.com/network/"
 DELETE = 1
@@ -37,6 +38,8 @@ class Subnet:
     """Clock time the lease runs out, from its last reading; None while unread."""
     problem: str = ""
     """Why the record fails validation ("" when it is valid)."""
+    vtep_mac: str = ""
+    """BackendData.VtepMAC: the vxlan device's MAC on the lease's host."""
 
 
 @dataclass
@@ -61,6 +64,9 @@ class ClusterModel:
     subnets: dict[str, Subnet] = field(default_factory=dict)
     machine_leases: dict[str, int] = field(default_factory=dict)
     """Lease ID of each machine's record."""
+    routes: dict[ipaddress.IPv4Network, str] = field(default_factory=dict)
+    """This host's routes (destination -> device), read with the leases: the Subnets pane
+    says which subnets the host the console runs on routes."""
     presence: dict[str, MachineLease] = field(default_factory=dict)
     revision: int = 0
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
@@ -174,6 +180,7 @@ class ClusterModel:
             machine_id=str(data.get("MachineID", "")),
             lease=kv.lease,
             problem=subnet_record_problem(value),
+            vtep_mac=str(data.get("VtepMAC", "")),
         )
         if old is not None and old.lease == kv.lease:
             subnet.expires_at = old.expires_at
@@ -308,6 +315,7 @@ class ClusterFeed:
         """
         model = self.model
         now = model.clock()
+        model.routes = await asyncio.to_thread(kernel_routes)
         for machine_id, lease in list(model.machine_leases.items()):
             if not lease:
                 continue

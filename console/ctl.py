@@ -316,6 +316,8 @@ class Ctl:
 
     async def list_subnets(self) -> int:
         fields = ["subnet", "machine", "public-ip", "backend", "expires"]
+        if self.args.full:
+            fields.append("vtep-mac")
         base = (self.args.overlay_prefix.rstrip("/") + "/subnets/").encode()
         await self.client.connect()
         response = await self.registry.read_range(base, prefix_end(base))
@@ -346,6 +348,8 @@ class Ctl:
             backend = str(value.get("BackendType", "")) or "-"
             expires = await self._expiry(kv.lease)
             rows.append([subnet, machine, public_ip, backend, expires])
+            if self.args.full:
+                rows[-1].append(str(backend_data.get("VtepMAC", "")) or "-")
         self._table(fields, rows)
         return 0
 

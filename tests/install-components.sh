@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real components the tests run against, when they are missing:
-# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux, journalctl, systemd-journal-remote.
+# etcd and etcdctl, OpenSSH's sshd and ssh-keygen, tmux, journalctl, systemd-journal-remote,
+# iproute2, nftables and iperf3 (the overlay's network-namespace tests and bench).
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,11 @@ command -v tmux >/dev/null || missing+=(tmux)
 command -v journalctl >/dev/null || missing+=(systemd)
 # systemd-journal-remote (outside PATH on Debian): reads our `-o export` back into a journal file.
 [ -x /lib/systemd/systemd-journal-remote ] || missing+=(systemd-journal-remote)
+# The overlay's netns tests: ip and bridge (iproute2), nft for --ip-masq, iperf3 for the bench.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v bridge >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)
+command -v iperf3 >/dev/null || missing+=(iperf3)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -46,6 +46,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--disable-engine", action="store_true", help="never become the engine leader"
     )
     parser.add_argument("--no-overlay", action="store_true", help="do not lease an overlay subnet")
+    parser.add_argument(
+        "--iface",
+        help="the overlay's underlay interface: with it the node programs the overlay's data "
+        "plane (vxlan or host-gw) as `clusterd overlay` does; without it, it only leases",
+    )
+    parser.add_argument(
+        "--ip-masq", action="store_true", help="masquerade traffic leaving the overlay"
+    )
+    parser.add_argument(
+        "--subnet-file", help="where subnet.env is written (default: DATA_DIR/subnet.env)"
+    )
     parser.add_argument("--key-prefix", default=DEFAULT_PREFIX, help="scheduler key prefix")
     parser.add_argument("--hostname", default="", help="host name to report (this host's)")
     parser.add_argument("--cacert", help="CA file to verify the store's certificate")
@@ -123,12 +134,25 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     tasks = [asyncio.create_task(agent.run(stop), name="agent")]
     if not args.no_overlay:
         # Imported only when used: the overlay is optional on a node.
+        from backend.overlay.cli import check_underlay, serve
         from backend.overlay.lease import SubnetManager
 
         overlay = SubnetManager(
-            client, machine.public_ip, data_dir, backend_data={"MachineID": ident}
+            client,
+            machine.public_ip,
+            data_dir,
+            backend_data={"MachineID": ident},
+            ip_masq=args.ip_masq,
         )
-        tasks.append(asyncio.create_task(overlay.run(stop), name="overlay"))
+        if args.subnet_file:
+            overlay.subnet_env = Path(args.subnet_file)
+        iface = None
+        if args.iface:
+            _, iface = await asyncio.to_thread(check_underlay, args.iface, machine.public_ip)
+        serving = serve(
+            client, overlay, stop, iface=iface, prefix=overlay.prefix, ip_masq=args.ip_masq
+        )
+        tasks.append(asyncio.create_task(serving, name="overlay"))
     if not args.disable_engine:
         engine = Engine(client, registry, ident, ttl=ttl, reconcile_interval=interval)
         tasks.append(asyncio.create_task(engine.run(stop), name="engine"))

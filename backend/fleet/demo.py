@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backend.etcd import make_client
 from backend.fleet.registry import DEFAULT_PREFIX, Registry
@@ -110,28 +111,37 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def store_command(data_dir: Path, port: int) -> list[str]:
-    """The demo's store: the bundled `clusterd kv` on loopback."""
-    url = f"http://127.0.0.1:{port}"
+def store_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The demo's store: the bundled `clusterd kv` on loopback (or the --netns underlay)."""
+    url = f"http://{host}:{port}"
+    # With --netns the store listens on the demo's private underlay bridge, not loopback.
+    remote = [] if host == "127.0.0.1" else ["--allow-insecure-remote"]
     return [
         sys.executable, "-m", "backend.daemon", "kv", "--data-dir", str(data_dir),
-        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-client-urls", url, "--advertise-client-urls", url, *remote,
     ]  # fmt: skip
 
 
-def start_nodes(nodes: DemoNodes, store_url: str, count: int) -> None:
-    """N `clusterd node` processes on this host, each with its own data dir and loopback IP."""
+def start_nodes(nodes: DemoNodes, store_url: str, count: int, network: Any = None) -> None:
+    """N `clusterd node` processes on this host, each with its own data dir and loopback IP.
+
+    With ``network`` (a DemoNetwork, `--netns`), node i runs in its namespace with
+    ``--iface eth0``: its overlay programs vxlan there.
+    """
     for index in range(count):
         data_dir = nodes.data_dir / f"node{index + 1}"
+        public_ip = f"127.0.0.{index + 1}" if network is None else network.node_ip(index + 1)
         argv = [
             sys.executable, "-m", "backend.daemon", "node",
             "--endpoints", store_url,
             "--data-dir", str(data_dir),
             "--metadata", METADATA[index % len(METADATA)],
-            "--public-ip", f"127.0.0.{index + 1}",
+            "--public-ip", public_ip,
             "--agent-ttl", "5s",
             "--engine-reconcile-interval", "2s",
         ]  # fmt: skip
+        if network is not None:
+            argv = ["ip", "netns", "exec", network.node_ns(index + 1), *argv, "--iface", "eth0"]
         nodes.processes.append(_spawn(argv, nodes.data_dir / f"node{index + 1}.log"))
 
 
@@ -147,7 +157,13 @@ async def _wait_for_machines(registry: Registry, count: int) -> None:
             return
 
 
-async def seed_scheduler(store_url: str, *, machines: int, prefix: str = DEFAULT_PREFIX) -> None:
+async def seed_scheduler(
+    store_url: str,
+    *,
+    machines: int,
+    prefix: str = DEFAULT_PREFIX,
+    extra_units: dict[str, str] | None = None,
+) -> None:
     """Write the overlay's network config; once ``machines`` are up, launch the sample units."""
     client = make_client([store_url])
     try:
@@ -161,6 +177,9 @@ async def seed_scheduler(store_url: str, *, machines: int, prefix: str = DEFAULT
         for name in LAUNCH:
             template = name.split("@")[0] + "@.service" if "@" in name else name
             await registry.create_job(name, SAMPLE_UNITS[template], replace=True)
+            await registry.set_target_state(name, "launched")
+        for name, text in (extra_units or {}).items():
+            await registry.create_job(name, text, replace=True)
             await registry.set_target_state(name, "launched")
     finally:
         await client.close()

@@ -79,13 +79,17 @@ def read_subnet_env(path: Path) -> dict[str, str]:
     return values
 
 
-def write_subnet_env(path: Path, lease: Lease, *, ip_masq: bool) -> None:
-    """Write flannel's ``subnet.env`` atomically: readers see the old file or the new one."""
+def write_subnet_env(path: Path, lease: Lease, *, ip_masq: bool, mtu: int | None = None) -> None:
+    """Write flannel's ``subnet.env`` atomically: readers see the old file or the new one.
+
+    ``mtu``: the overlay's MTU when the data plane knows it (underlay MTU less the backend's
+    overhead); else the config's, for a 1500-byte underlay.
+    """
     first = lease.subnet.network_address + 1
     text = (
         f"FLANNEL_NETWORK={lease.config.network}\n"
         f"FLANNEL_SUBNET={first}/{lease.subnet.prefixlen}\n"
-        f"FLANNEL_MTU={lease.config.mtu}\n"
+        f"FLANNEL_MTU={mtu or lease.config.mtu}\n"
         f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
     )
     # flanneld's modes: its directory 0755 when it makes one, the file 0644 whatever the
@@ -135,6 +139,8 @@ class SubnetManager:
         self.renew_margin = renew_margin
         self.ip_masq = ip_masq
         self.backend_data = backend_data or {}
+        self.mtu: int | None = None
+        """FLANNEL_MTU when the data plane knows the underlay's MTU (else the config's)."""
         self.lease: Lease | None = None
         """The subnet held now, or None while acquiring."""
         self.ready = asyncio.Event()
@@ -343,7 +349,7 @@ class SubnetManager:
         while not stop.is_set():
             try:
                 lease = await self.acquire()
-                write_subnet_env(self.subnet_env, lease, ip_masq=self.ip_masq)
+                write_subnet_env(self.subnet_env, lease, ip_masq=self.ip_masq, mtu=self.mtu)
             except (ConfigError, OutOfSubnets, OSError) as error:
                 self._set_state(None, str(error))
                 log.error("cannot lease a subnet: %s (trying again in %.1fs)", error, delay)

@@ -32,7 +32,8 @@ def _expiry_order(row: Row) -> float:
 
 
 class SubnetsPane(TablePane):
-    """The Subnets tab: the network config over SUBNET MACHINE PUBLIC-IP BACKEND EXPIRES."""
+    """The Subnets tab: the network config over SUBNET MACHINE PUBLIC-IP BACKEND EXPIRES,
+    VTEP-MAC (the lease's vxlan MAC) and ROUTE HERE (this host's route to it, if any)."""
 
     COLUMNS: ClassVar[list[Column]] = [
         Column("subnet", "SUBNET", sort_key=lambda row: tuple(int(p) for p in
@@ -41,6 +42,8 @@ class SubnetsPane(TablePane):
         Column("public-ip", "PUBLIC-IP"),
         Column("backend", "BACKEND"),
         Column("expires", "EXPIRES", sort_key=_expiry_order),
+        Column("vtep-mac", "VTEP-MAC"),
+        Column("route", "ROUTE HERE"),
     ]  # fmt: skip
 
     BINDINGS = [Binding("slash", "filter", "Filter", id="subnets.filter")]
@@ -57,8 +60,12 @@ class SubnetsPane(TablePane):
                 cell(f"invalid: {subnet.problem}" if subnet.problem else subnet.public_ip or "-"),
                 cell(subnet.backend or "-"),
                 expires,
+                clean(subnet.vtep_mac or "-"),
+                # The device this host routes the subnet through, when the console runs on a node.
+                clean(self.model.routes.get(subnet.network, "-")),
             )
-            rows.append(Row(name, cells, ("bold", "", "", "", style), data=order))
+            styles = ("bold", "", "", "", style, "dim", "green")
+            rows.append(Row(name, cells, styles, data=order))
         return rows
 
     @staticmethod

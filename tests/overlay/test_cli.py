@@ -17,7 +17,8 @@ from tests.harness.procs import REPO
 def start_overlay(url: str, data_dir: Path, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "backend.daemon", "overlay", "--endpoints", url,
-         "--data-dir", str(data_dir), "--public-ip", "10.0.0.5", "--prefix", prefix, *extra],
+         "--data-dir", str(data_dir), "--public-ip", "10.0.0.5", "--prefix", prefix,
+         "--lease-only", *extra],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.DEVNULL,
