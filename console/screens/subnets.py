@@ -60,9 +60,9 @@ class SubnetsPane(TablePane):
                 cell(f"invalid: {subnet.problem}" if subnet.problem else subnet.public_ip or "-"),
                 cell(subnet.backend or "-"),
                 expires,
-                clean(subnet.vtep_mac or "-"),
+                cell(subnet.vtep_mac or "-"),
                 # The device this host routes the subnet through, when the console runs on a node.
-                clean(self.model.routes.get(subnet.network, "-")),
+                cell(self.model.routes.get(subnet.network, "-")),
             )
             styles = ("bold", "", "", "", style, "dim", "green")
             rows.append(Row(name, cells, styles, data=order))
