@@ -77,6 +77,7 @@ from backend.kv.wire_codec import (  # noqa: F401  (re-exported: tests and tools
     STREAM_CLOSED,
     WINDOW_UPDATE,
     frame,
+    hpack_int,
     status_block,
 )
 from backend.kv.wire_conn import H2Config, H2Connection, H2Stream
@@ -95,6 +96,10 @@ PREFACE_TIMEOUT = 10.0
 """Seconds a new connection has to send the client preface and its SETTINGS."""
 
 _PREFIX = MESSAGE_PREFIX
+# :status 415 with the name from static entry 8, content-type with the name of entry 31.
+_UNSUPPORTED_MEDIA_TYPE = (
+    b"\x08\x03415" + hpack_int(31, 4, 0) + hpack_int(25, 7, 0) + b"text/plain; charset=utf-8"
+)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -491,9 +496,12 @@ class Connection(asyncio.Protocol):
         call = Call(self, stream, headers)
         stream.call = call
         path = b""
+        grpc_request = False
         for name, value in headers:
             if name == b":path":
                 path = value
+            elif name == b"content-type":
+                grpc_request = value.startswith(b"application/grpc")
             elif name == b"grpc-encoding":
                 if value != b"identity":  # as etcd: no decompressors
                     self._finish(
@@ -503,6 +511,9 @@ class Connection(asyncio.Protocol):
                         f'"{value.decode("latin-1")}"',
                     )
                     return
+        if not grpc_request:
+            self._not_grpc(call, headers)
+            return
         handler = self.server.handlers.get(path)
         if handler is None:
             self._finish(call, *self.server.unknown(path.decode("latin-1")))
@@ -513,6 +524,14 @@ class Connection(asyncio.Protocol):
             self._start(call, call.inbox)
         if end:
             self._remote_closed(call)
+
+    def _not_grpc(self, call: Call, headers: list[tuple[bytes, bytes]]) -> None:
+        """A request that is not gRPC: HTTP's 415 with a line of text, as gRPC's spec says."""
+        content_type = dict(headers).get(b"content-type", b"").decode("latin-1")
+        message = f"invalid gRPC request content-type {content_type!r}"
+        self.h2.send_headers(call.stream, _UNSUPPORTED_MEDIA_TYPE)
+        self.h2.send_data(call.stream, message.encode() + b"\n")
+        self._finish(call, grpc.StatusCode.INVALID_ARGUMENT, message)
 
     def _messages(self, call: Call, payload: bytes) -> None:
         """Whole gRPC messages out of the stream's bytes, to its handler."""

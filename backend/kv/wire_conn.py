@@ -437,6 +437,9 @@ class H2Connection:
             raise ConnectionError_(COMPRESSION_ERROR, f"HPACK: {error}") from error
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client
+            if stream.remote_closed:
+                self._reset(stream, STREAM_CLOSED)
+                return
             if flags & 0x100 or not flags & END_STREAM:
                 self._reset(stream, PROTOCOL_ERROR)
                 return
