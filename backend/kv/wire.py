@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import inspect
 import logging
@@ -92,7 +93,7 @@ MAX_HEADER_BLOCK = 64 * 1024
 """A request's header block may not grow beyond this across CONTINUATION frames."""
 FRAMES_PER_PASS = 64
 """Frames one connection handles before the event loop serves the others."""
-PREFACE_TIMEOUT = 10.0
+PREFACE_TIMEOUT = 5.0
 """Seconds a new connection has to send the client preface and its SETTINGS."""
 
 _PREFIX = MESSAGE_PREFIX
@@ -112,7 +113,7 @@ class Limits:
     keepalive_min_time: float = 5.0
     keepalive_interval: float = 2 * 3600.0
     keepalive_timeout: float = 20.0
-    header_fields_per_second: float = 100_000.0
+    header_fields_per_second: float = 20_000.0
     preface_timeout: float = PREFACE_TIMEOUT
 
 
@@ -833,7 +834,7 @@ class WireServer:
         self.registry = _Registry()
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[Listener] = []
 
     def unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
         """The status for a method not served, worded as etcd's gRPC (grpc-go) words it."""
@@ -855,12 +856,10 @@ class WireServer:
 
     async def listen(self, address: str, ssl_context: ssl.SSLContext | None = None) -> int:
         host, port = split_address(address)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: Connection(self), host or None, port, ssl=ssl_context, reuse_address=True
-        )
-        self.servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
+        listener = Listener(self, ssl_context)
+        port = listener.bind(host or None, port)
+        self.servers.append(listener)
+        return port
 
     def close(self) -> None:
         """Stops listening and tells every client that no new calls are taken."""
@@ -879,6 +878,120 @@ class WireServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+ACCEPTS_PER_PASS = 64
+_OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+class Listener:
+    """Accepts connections on the listening sockets of one address, as Go's server does.
+
+    At the descriptor limit (EMFILE), uvloop's libuv would accept each waiting connection and
+    close it at once; asyncio's selector loop waits a second. Here, as in grpc-go, the
+    listener stops watching its sockets and retries after 5 ms, doubling to 1 s: the
+    connections already open keep being served, new ones wait in the kernel's backlog and are
+    taken once descriptors free up, and nothing spins.
+    """
+
+    def __init__(self, server: WireServer, ssl_context: ssl.SSLContext | None) -> None:
+        self.server = server
+        self.ssl_context = ssl_context
+        self.loop = asyncio.get_running_loop()
+        self.sockets: list[socket.socket] = []
+        self.backoff = 0.0
+        self.warned = -1e9
+        self.retry: asyncio.TimerHandle | None = None
+        self.starting: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    def bind(self, host: str | None, port: int) -> int:
+        infos = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        seen = set()
+        try:
+            for family, kind, proto, _, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                sock = socket.socket(family, kind, proto)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and len(self.sockets) > 1:  # every address on the same port
+                    address = (address[0], self.sockets[0].getsockname()[1], *address[2:])
+                sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+                sock.setblocking(False)
+        except OSError:
+            for sock in self.sockets:
+                sock.close()
+            raise
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        return int(self.sockets[0].getsockname()[1])
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_PASS):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause(error)
+                    return
+                if error.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that client gave up before we took it
+                raise
+            self.backoff = 0.0
+            conn.setblocking(False)
+            task = self.loop.create_task(self._serve(conn))
+            self.starting.add(task)
+            task.add_done_callback(self.starting.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: Connection(self.server), conn, ssl=self.ssl_context
+            )
+        except Exception as error:  # a failed TLS handshake, a client gone: that one only
+            log.debug("connection not started: %s", error)
+            conn.close()
+
+    def _pause(self, error: OSError) -> None:
+        now = self.loop.time()
+        if now - self.warned > 60:
+            self.warned = now
+            log.warning("accept: %s; retrying while the connections open are served", error)
+        self.backoff = min(1.0, max(0.005, self.backoff * 2))
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+        self.retry = self.loop.call_later(self.backoff, self._resume)
+
+    def _resume(self) -> None:
+        self.retry = None
+        if self.closed:
+            return
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.retry is not None:
+            self.retry.cancel()
+        for sock in self.sockets:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        if self.starting:
+            await asyncio.wait(list(self.starting), timeout=1.0)
 
 
 def server_ssl_context(

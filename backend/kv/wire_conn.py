@@ -96,9 +96,11 @@ class H2Config:
     max_header_block: int = 64 * 1024
     ping_min_time: float = 5.0
     ping_permit_without_stream: bool = False
-    header_fields_per_second: float = 100_000.0
-    """HPACK budget: header fields (plus block bytes / 32) decoded outside the cache."""
-    header_fields_burst: float = 50_000.0
+    header_fields_per_second: float = 20_000.0
+    """HPACK budget: header fields decoded outside the cache (see ``HeaderDecoder``)."""
+    header_fields_burst: float = 10_000.0
+    header_fields_per_pass: int = 2_000
+    """A pass over the input ends once it has decoded this many (charged) fields."""
 
 
 class ConnectionError_(Exception):
@@ -233,7 +235,8 @@ class H2Connection:
         size = len(buffer)
         unpack = FRAME_HEADER.unpack_from
         decoder = self.decoder
-        handled = 0
+        handled = spent = 0
+        fields_per_pass = self.config.header_fields_per_pass
         try:
             # Not ``closing``: after a GOAWAY either way the running calls still need the
             # client's WINDOW_UPDATEs, RST_STREAMs and request DATA.
@@ -254,8 +257,9 @@ class H2Connection:
                     self.preface = True
                 self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, now)
                 if decoder.debt:
+                    spent += decoder.debt
                     self._charge(now)
-                    if self.resume_at > now:
+                    if self.resume_at > now or spent >= fields_per_pass:
                         break
         except ConnectionError_ as error:
             self.fail(error.code, str(error))
