@@ -17,8 +17,9 @@ decompressor either) and deadlines (the client enforces its own).
 
 Every client gets a bounded share (see LIMITS.md): streams, header lists and HPACK work per
 connection are limited, a connection handles at most ``FRAMES_PER_PASS`` frames before the
-loop serves others, pings follow etcd's keepalive policy, and a connection that does not
-finish its preface in ``PREFACE_TIMEOUT`` seconds is closed.
+loop serves others, pings follow etcd's keepalive policy, a connection that does not
+finish its preface in ``PREFACE_TIMEOUT`` seconds is closed, and at the descriptor limit
+the ``Listener`` backs off instead of dropping the connections that wait.
 """
 
 from __future__ import annotations
@@ -393,7 +394,7 @@ class Connection(asyncio.Protocol):
         if h2.failed:
             for event in events:
                 if event[0] == _TERMINATED:
-                    log.info("closing connection from %s: %s", self.peer, event[2])
+                    log.debug("closing connection from %s: %s", self.peer, event[2])
             self._close_failed()
             return
         if self.awaiting_preface and h2.preface:

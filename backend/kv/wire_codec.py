@@ -116,7 +116,7 @@ class HeaderDecoder:
     ``CACHE_ENTRIES`` blocks of at most ``CACHE_BLOCK`` bytes each.
 
     Every field decoded outside the cache beyond a request's usual few is charged to ``debt``
-    (plus one per 64 bytes of block): the connection pays it back at its budget's rate, so a
+    (plus one per 256 bytes of block): the connection pays it back at its budget's rate, so a
     client sending distinct header blocks gets a bounded share of the CPU, however it builds
     them, while a client whose every call carries a new grpc-timeout value pays nothing.
     """
@@ -147,7 +147,7 @@ class HeaderDecoder:
             headers = self.decoder.decode(block, raw=True)
         except hpack.HPACKError as error:
             raise HPACKError(str(error) or type(error).__name__) from error
-        self.debt += max(0, len(headers) - self.FREE_FIELDS) + (len(block) >> 6)
+        self.debt += max(0, len(headers) - self.FREE_FIELDS) + (len(block) >> 8)
         if cacheable and len(cache) < self.CACHE_ENTRIES:
             cache[block] = headers
         return headers

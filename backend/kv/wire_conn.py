@@ -179,6 +179,8 @@ class H2Connection:
         """HEADERS or DATA went out since the last ping (grpc-go's ``resetPingStrikes``)."""
         self.last_ping = -1e18
         self.events: list[tuple[Any, ...]] = []
+        self.valid: dict[int, tuple[list[tuple[bytes, bytes]], int | None]] = {}
+        """Validation of decoded header lists, by identity: a cached block is checked once."""
         self.out.append(
             settings_frame(
                 {
@@ -237,6 +239,8 @@ class H2Connection:
         decoder = self.decoder
         handled = spent = 0
         fields_per_pass = self.config.header_fields_per_pass
+        preface = self.preface
+        frame_ = self._frame
         try:
             # Not ``closing``: after a GOAWAY either way the running calls still need the
             # client's WINDOW_UPDATEs, RST_STREAMs and request DATA.
@@ -251,11 +255,11 @@ class H2Connection:
                 payload = bytes(buffer[offset + 9 : end])
                 offset = end
                 handled += 1
-                if not self.preface:
+                if not preface:
                     if kind != SETTINGS or flags & ACK:
                         raise ConnectionError_(PROTOCOL_ERROR, "the preface lacks SETTINGS")
-                    self.preface = True
-                self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, now)
+                    self.preface = preface = True
+                frame_(kind, flags, stream_id & 0x7FFFFFFF, payload, now)
                 if decoder.debt:
                     spent += decoder.debt
                     self._charge(now)
@@ -299,8 +303,7 @@ class H2Connection:
                 raise ConnectionError_(FRAME_SIZE_ERROR, "bad PING")
             if not flags & ACK:
                 self._ping(now)
-                if not self.failed:
-                    self.out.append(frame(PING, ACK, 0, payload))
+                self.out.append(frame(PING, ACK, 0, payload))
         elif kind == SETTINGS:
             self._settings(flags, stream_id, payload)
         elif kind == RST_STREAM:
@@ -346,7 +349,7 @@ class H2Connection:
         if too_soon:
             self.ping_strikes += 1
             if self.ping_strikes > MAX_PING_STRIKES:
-                self.fail(ENHANCE_YOUR_CALM, "too_many_pings")
+                raise ConnectionError_(ENHANCE_YOUR_CALM, "too_many_pings")
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
@@ -462,7 +465,15 @@ class H2Connection:
         if self.closing or len(self.streams) >= self.config.max_concurrent_streams:
             self.out.append(rst_frame(stream_id, REFUSED_STREAM))
             return
-        content_length = _validate_request(headers)
+        valid = self.valid
+        known = valid.get(id(headers))
+        if known is not None and known[0] is headers:  # a cached block, checked before
+            content_length = known[1]
+        else:
+            content_length = _validate_request(headers)
+            if len(valid) >= 512:
+                valid.clear()
+            valid[id(headers)] = (headers, content_length)
         if content_length is None:
             self.out.append(rst_frame(stream_id, PROTOCOL_ERROR))
             return
