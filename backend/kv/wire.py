@@ -114,7 +114,7 @@ class Limits:
     keepalive_min_time: float = 5.0
     keepalive_interval: float = 2 * 3600.0
     keepalive_timeout: float = 20.0
-    header_fields_per_second: float = 20_000.0
+    header_fields_per_second: float = 10_000.0
     preface_timeout: float = PREFACE_TIMEOUT
 
 
@@ -830,7 +830,7 @@ class WireServer:
             max_header_block=MAX_HEADER_BLOCK,
             ping_min_time=limits.keepalive_min_time,
             header_fields_per_second=limits.header_fields_per_second,
-            header_fields_burst=limits.header_fields_per_second / 2,
+            header_fields_burst=limits.header_fields_per_second,
         )
         self.registry = _Registry()
         self.handlers = self.registry.handlers

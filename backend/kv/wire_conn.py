@@ -96,10 +96,10 @@ class H2Config:
     max_header_block: int = 64 * 1024
     ping_min_time: float = 5.0
     ping_permit_without_stream: bool = False
-    header_fields_per_second: float = 20_000.0
+    header_fields_per_second: float = 10_000.0
     """HPACK budget: header fields decoded outside the cache (see ``HeaderDecoder``)."""
     header_fields_burst: float = 10_000.0
-    header_fields_per_pass: int = 2_000
+    header_fields_per_pass: int = 1_000
     """A pass over the input ends once it has decoded this many (charged) fields."""
 
 

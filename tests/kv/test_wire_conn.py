@@ -163,6 +163,7 @@ def test_distinct_header_blocks_are_decoded_within_the_connections_budget() -> N
         max_concurrent_streams=100_000,
         header_fields_per_second=10_000,
         header_fields_burst=5_000,
+        header_fields_per_pass=1 << 30,
         max_header_list_size=64 * 1024,
     )
     client = Client(config)
@@ -182,6 +183,21 @@ def test_distinct_header_blocks_are_decoded_within_the_connections_budget() -> N
     assert client.conn.resume_at > client.now
     assert client.conn.has_input
     assert not client.conn.failed
+
+
+def test_one_pass_decodes_a_bounded_number_of_header_fields() -> None:
+    config = H2Config(
+        max_concurrent_streams=100_000, header_fields_per_pass=1000, max_header_list_size=1 << 16
+    )
+    client = Client(config)
+    blocks = [bytes([0x82 + (i >> j & 1) for j in range(10)]) * 40 for i in range(100)]
+    client.conn.receive(
+        b"".join(frame(HEADERS, END_HEADERS, 1 + 2 * i, b) for i, b in enumerate(blocks))
+    )
+    client.conn.process(0.0, 64)
+    # 400 fields a block, 384 charged: the pass ends with the block that crosses 1,000.
+    assert len(client.out()) == 3
+    assert client.conn.has_input
 
 
 def test_the_decode_cache_is_bounded() -> None:
