@@ -252,6 +252,7 @@ class Call:
         "drained",
         "finished",
         "handler",
+        "held",
         "inbox",
         "message",
         "metadata",
@@ -273,6 +274,8 @@ class Call:
         self.drained: asyncio.Future[None] | None = None
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        self.held = 0
+        """Request bytes received and not yet read (the connection's window waits for them)."""
 
 
 _REQUEST, _BODY, _RESET, _DRAINED = (
@@ -457,13 +460,19 @@ class Connection(asyncio.Protocol):
             kind = event[0]
             if kind == _BODY:
                 call = event[1].call
-                if call is None:
-                    continue
                 data = event[2]
-                if call.inbox is not None and len(data) < event[3]:
-                    self.consumed(call, event[3] - len(data))  # padding is read at once
-                if call.handler is not None and not call.finished and data:
-                    self._messages(call, data)
+                if call is None or call.finished or call.stream.reset:
+                    self.h2.acknowledge(event[3])
+                    continue
+                if len(data) < event[3]:  # padding is read at once
+                    if call.inbox is not None:
+                        self.h2.consumed(call.stream, event[3] - len(data))
+                    else:
+                        self.h2.acknowledge(event[3] - len(data))
+                if data:
+                    call.held += len(data)
+                    if call.handler is not None:
+                        self._messages(call, data)
                 if event[4]:
                     self._remote_closed(call)
             elif kind == _REQUEST:
@@ -590,11 +599,21 @@ class Connection(asyncio.Protocol):
         # A unary request fits its stream's window whole (see STREAM_WINDOW): no update.
 
     def consumed(self, call: Call, size: int) -> None:
+        """A streaming call read a request of ``size`` bytes: the client may send more."""
         h2 = self.h2
-        if not call.finished:
+        if not call.finished and call.held:
+            size = min(size, call.held)
+            call.held -= size
             h2.consumed(call.stream, size)
             if h2.out:
                 self._schedule_flush()
+
+    def _release(self, call: Call) -> None:
+        """The call holds none of its request bytes any more: the connection's window reopens."""
+        if call.held:
+            self.h2.acknowledge(call.held)
+            call.held = 0
+            self._schedule_flush()
 
     def _remote_closed(self, call: Call) -> None:
         if call.inbox is not None:
@@ -605,6 +624,8 @@ class Connection(asyncio.Protocol):
     def _start(self, call: Call, request: Any) -> None:
         call.started = True
         handler = call.handler
+        if call.inbox is None:
+            self._release(call)  # a unary call's request is whole: its bytes are read
         if handler.request_streaming or handler.response_streaming:
             call.task = asyncio.ensure_future(self._run(call, request))
             return
@@ -729,6 +750,7 @@ class Connection(asyncio.Protocol):
         call.finished = True
         if call.inbox is not None:
             call.inbox.close()
+        self._release(call)
         status = status_block(code, message)
         if not stream.headers_sent:
             status = RESPONSE_HEADERS + status
@@ -744,6 +766,8 @@ class Connection(asyncio.Protocol):
 
     def _cancel(self, call: Call) -> None:
         call.stream.reset = True
+        if self.transport is not None:
+            self._release(call)
         if call.inbox is not None:
             call.inbox.close()
         if call.task is not None and not call.task.done():

@@ -496,22 +496,20 @@ class H2Connection:
             self.recv_window -= length
             if self.recv_window < 0:
                 raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-            self.recv_unacked += length
-            if self.recv_unacked >= self.config.connection_window // 2:
-                self.out.append(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
-                self.recv_window += self.recv_unacked
-                self.recv_unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id > self.last_stream:
                 raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
+            self.acknowledge(length)
             return  # a stream we have finished or reset: its data is dropped
         if stream.remote_closed:
             self._reset(stream, STREAM_CLOSED)
+            self.acknowledge(length)
             return
         stream.recv_window -= length
         if stream.recv_window < 0:
             self._reset(stream, FLOW_CONTROL_ERROR)
+            self.acknowledge(length)
             return
         payload = _unpad(flags, payload)
         end = bool(flags & END_STREAM)
@@ -521,6 +519,7 @@ class H2Connection:
                 end and stream.received != stream.content_length
             ):
                 self._reset(stream, PROTOCOL_ERROR)
+                self.acknowledge(length)
                 return
         if end:
             stream.remote_closed = True
@@ -579,10 +578,26 @@ class H2Connection:
         self._reset(stream, code, announce=False)
 
     def consumed(self, stream: H2Stream, size: int) -> None:
-        """The gRPC layer read ``size`` bytes of the stream: the client may send as many more."""
+        """The gRPC layer read ``size`` bytes of a streaming call's requests: the client may
+        send as many more on the stream (and on the connection: see ``acknowledge``)."""
         if not stream.remote_closed and not stream.reset and size:
             stream.recv_window += size
             self.out.append(frame(WINDOW_UPDATE, 0, stream.id, size.to_bytes(4, "big")))
+        self.acknowledge(size)
+
+    def acknowledge(self, size: int) -> None:
+        """``size`` bytes of DATA are no longer held: the connection's window reopens by as
+        much (in one WINDOW_UPDATE per half window). Every BODY event's ``flow_length`` must
+        be acknowledged once its bytes are handed over or dropped, so what the client has
+        sent and we hold unread never exceeds the connection window."""
+        if size <= 0:
+            return
+        unacked = self.recv_unacked + size
+        if unacked >= self.config.connection_window // 2:
+            self.out.append(frame(WINDOW_UPDATE, 0, 0, unacked.to_bytes(4, "big")))
+            self.recv_window += unacked
+            unacked = 0
+        self.recv_unacked = unacked
 
     def goaway(self) -> None:
         """No new streams; the running ones go on."""

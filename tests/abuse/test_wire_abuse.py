@@ -611,3 +611,60 @@ async def test_connections_that_never_finish_the_preface_are_closed(bundled: Run
         for sock in silent:
             sock.close()
         good.close()
+
+
+@pytest.mark.slow
+async def test_unfinished_requests_on_many_streams_hold_at_most_the_connection_window(
+    target: RunningStore,
+) -> None:
+    """200 Put streams each sending 1 MB of a 1.5 MB request and never the rest, whatever
+    the windows say. Before, every byte was acknowledged on arrival and kept: RSS grew by
+    the 200 MB sent. Now the connection's window reopens only for bytes handed to a call,
+    so the store holds at most its 16 MiB (etcd: grpc-go's stream windows bound it)."""
+    pid = pid_of(target)
+    before = rss_kb(pid)
+    encoder = hpack.Encoder()
+    chunk = bytes(16_000)
+    prefix = struct.pack(">BL", 0, 1_500_000)
+
+    def put_headers(stream: int) -> bytes:
+        block = encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/etcdserverpb.KV/Put"),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ]
+        )
+        return frame(HEADERS, END_HEADERS, stream, block)
+
+    batches = [
+        put_headers(stream)
+        + frame(DATA, 0, stream, prefix + chunk[:-5])
+        + frame(DATA, 0, stream, chunk) * 62
+        for stream in range(1, 401, 2)
+    ]
+    peak = [before]
+
+    def attack() -> None:
+        conn = Raw(target)
+        try:
+            conn.hello()
+            for batch in batches:
+                if not conn.send(batch):
+                    break
+                peak[0] = max(peak[0], rss_kb(pid))
+            for _ in range(10):
+                time.sleep(0.1)
+                peak[0] = max(peak[0], rss_kb(pid))
+        finally:
+            conn.close()
+
+    probe = await probing(target, attack)
+    assert not probe.errors, probe.errors[:3]
+    assert probe.worst < worst_allowed(target), f"a read took {probe.worst:.2f} s"
+    grown = (peak[0] - before) // 1024
+    print(f"{target.kind}: RSS grew {grown} MB at most")
+    assert grown < 80, f"RSS grew by {grown} MB"

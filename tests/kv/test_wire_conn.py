@@ -19,6 +19,7 @@ from backend.kv.wire_codec import (
     END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
     GOAWAY,
     HEADERS,
     PING,
@@ -299,3 +300,26 @@ def test_data_on_stream_zero_and_a_bad_preface_end_the_connection() -> None:
     conn = H2Connection(H2Config())
     conn.receive(b"GET / HTTP/1.1\r\n\r\n")
     assert conn.process(0.0)[0][:2] == (TERMINATED, PROTOCOL_ERROR)
+
+
+def test_the_connection_window_reopens_only_for_bytes_handed_over() -> None:
+    config = H2Config(connection_window=100_000, stream_window=80_000)
+    client = Client(config)
+    client.open(1)
+    client.open(3)
+    client.out()
+    events = client.send(frame(DATA, 0, 1, b"x" * 16_000) * 4)
+    assert [e[3] for e in events] == [16_000] * 4
+    assert client.out() == []  # held: no WINDOW_UPDATE for the connection
+    # Beyond the connection window is an error, however many streams share it.
+    assert client.send(frame(DATA, 0, 3, b"y" * 16_000) * 3)[-1][:2] == (
+        TERMINATED,
+        FLOW_CONTROL_ERROR,
+    )
+    client = Client(config)
+    client.open(1)
+    client.out()
+    client.send(frame(DATA, 0, 1, b"x" * 16_000) * 4)
+    client.conn.acknowledge(64_000)
+    updates = [(s, _code(p)) for k, _, s, p in client.out() if k == WINDOW_UPDATE]
+    assert updates == [(0, 64_000)]
