@@ -611,9 +611,11 @@ class Connection(asyncio.Protocol):
     def _release(self, call: Call) -> None:
         """The call holds none of its request bytes any more: the connection's window reopens."""
         if call.held:
-            self.h2.acknowledge(call.held)
+            h2 = self.h2
+            h2.acknowledge(call.held)
             call.held = 0
-            self._schedule_flush()
+            if h2.out and not self.flush_scheduled:
+                self._schedule_flush()
 
     def _remote_closed(self, call: Call) -> None:
         if call.inbox is not None:
