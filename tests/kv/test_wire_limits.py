@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import hpack
 import pytest
 
@@ -166,3 +167,55 @@ def test_the_limit_flags_are_checked(tmp_path: Path) -> None:
             timeout=20,
         )
         assert done.returncode != 0 and "clusterd kv:" in done.stderr, done.stderr
+
+
+@pytest.fixture(params=["bundled", "etcd"])
+def strict_pings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStore]:
+    """Each store with a keepalive minimum of 1 s: the project's client's 10 s against 5 s,
+    scaled down."""
+    flags = ["--grpc-keepalive-min-time", "1s"]
+    if request.param == "etcd":
+        running: RunningStore = (
+            EtcdMember(name="etcd0", data_dir=tmp_path / "etcd0", extra=flags).start().wait_ready()
+        )
+    else:
+        running = start_bundled(tmp_path, extra=flags)
+    yield running
+    running.stop()
+
+
+@pytest.mark.slow
+async def test_the_project_clients_keepalive_on_an_idle_watch_is_never_taken_for_abuse(
+    strict_pings: RunningStore,
+) -> None:
+    """backend/etcd.py's keepalive options with their time scaled from 10 s to 2 s: pings
+    while a watch is open, none while idle; the watch lives through them and gets its event."""
+    from aetcd import rpc
+
+    from backend.etcd import _KEEPALIVE
+
+    options = {**_KEEPALIVE, "grpc.keepalive_time_ms": 2000, "grpc.keepalive_timeout_ms": 1000}
+    options.pop("grpc.service_config")
+    target = strict_pings.url.split("//", 1)[1]
+    requests: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
+
+    async def outgoing():  # type: ignore[no-untyped-def]
+        while (request := await requests.get()) is not None:
+            yield request
+
+    async with grpc.aio.insecure_channel(target, options=list(options.items())) as channel:
+        call = rpc.WatchStub(channel).Watch(outgoing())
+        await requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=b"ka")))
+        async with asyncio.timeout(5):
+            assert (await call.read()).created
+        await asyncio.sleep(7)  # three or four keepalive pings, nothing else
+        await rpc.KVStub(channel).Put(rpc.PutRequest(key=b"ka", value=b"later"))
+        async with asyncio.timeout(5):
+            event = await call.read()
+        assert [(e.kv.key, e.kv.value) for e in event.events] == [(b"ka", b"later")]
+        await requests.put(None)
+        call.cancel()
+        await asyncio.sleep(3)  # idle: no pings, no GOAWAY
+        async with asyncio.timeout(5):
+            await rpc.KVStub(channel).Range(rpc.RangeRequest(key=b"ka"))
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
