@@ -273,7 +273,8 @@ def _window_entries(count: int) -> bytes:
 async def test_settings_full_of_window_sizes_with_20000_streams_open_stall_nobody(
     target: RunningStore,
 ) -> None:
-    """etcd 3.4: other clients <= 56 ms, 0.8 s of CPU. Ours before: others stalled 4-10 s."""
+    """etcd 3.4: other clients <= 56 ms, 0.8 s of CPU (issue 11). Measured here: ours before,
+    the probe timed out (5 s); ours now 16-22 ms worst; etcd 170-300 ms worst."""
     pid = pid_of(target)
     before = rss_kb(pid)
 
@@ -312,7 +313,8 @@ def _static_blocks(count: int, fields: int) -> list[bytes]:
 async def test_distinct_static_header_blocks_on_many_connections_stall_nobody(
     target: RunningStore,
 ) -> None:
-    """etcd 3.4: 0.3 s of CPU, others 26 ms. Ours before: 2.9 s of loop CPU, others 4.7 s."""
+    """etcd 3.4: 0.3 s of CPU, others 26 ms (issue 11, one connection). Here, 8 connections:
+    ours before 2.0 s worst; ours now 110-230 ms; etcd 95-175 ms."""
     pid = pid_of(target)
     before = rss_kb(pid)
     blocks = _static_blocks(1024, 350)  # 350 fields of 42 bytes: within a 16 KiB header list
@@ -434,7 +436,8 @@ async def test_at_the_descriptor_limit_open_connections_serve_and_new_ones_wait_
 
 @pytest.mark.slow
 async def test_rapid_reset_on_many_connections_stalls_nobody(target: RunningStore) -> None:
-    """HEADERS then RST_STREAM, 20,000 times on each of 8 connections (CVE-2023-44487)."""
+    """HEADERS, DATA, RST_STREAM, 20,000 times on each of 8 connections (CVE-2023-44487).
+    Worst read: ours before 2.3 s; ours now 12-60 ms; etcd 0.9-1.3 s."""
     pid = pid_of(target)
     before = rss_kb(pid)
     request = struct.pack(">BL", 0, 3) + rpc.RangeRequest(key=b"k").SerializeToString()
