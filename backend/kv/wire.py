@@ -972,7 +972,8 @@ class Listener:
                     return
                 if error.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # that client gave up before we took it
-                raise
+                self._pause(error)  # anything else: back off too, never spin
+                return
             self.backoff = 0.0
             conn.setblocking(False)
             task = self.loop.create_task(self._serve(conn))
