@@ -51,6 +51,10 @@ CONNECTION_BUDGET = 4 * 1024 * 1024
 """The same, for all the watch streams of one client connection together."""
 SLICE_SECONDS = 0.0005
 """How long the pump builds responses before it lets the event loop run other work."""
+AT_ONCE_WATCHERS = 128
+"""Revisions that concern at most this many watchers, while the pump has nothing waiting,
+have their responses built at once (one slice at most) rather than on the pump's turn."""
+AT_ONCE_SECONDS = 0.002
 REST_RATIO = 1.0
 """After a full slice, the pump rests this many times as long as the slice took: under
 load it takes at most half the loop, and the rest goes to requests."""
@@ -218,14 +222,21 @@ class WatchHub:
         if not batches or (not self.ranges and not self.by_key):
             return
         by_key = self.by_key
+        idle = not self.ready
+        concerned = 0
         for batch in batches:
             for rec, _prev in batch.changes:
                 groups = by_key.get(rec.key)
                 if groups:
                     for stream, watchers in groups.items():
                         stream.concerned(batch, watchers)
+                        concerned += len(watchers)
             for stream, watchers in self.ranges.items():
                 stream.concerned(batch, watchers)
+                concerned += len(watchers)
+        if idle and self.ready and concerned <= AT_ONCE_WATCHERS:
+            # A few watchers and nothing else waiting: served now, a loop pass sooner.
+            self._slice(AT_ONCE_SECONDS)
 
     def schedule(self, stream: WatchStream) -> None:
         """Have the pump build ``stream``'s responses."""
@@ -243,37 +254,42 @@ class WatchHub:
     def unschedule(self, stream: WatchStream) -> None:
         self.ready.pop(stream, None)
 
+    def _slice(self, seconds: float = SLICE_SECONDS) -> float:
+        """Build responses for the ready streams, in turn, for one slice; its length."""
+        ready = self.ready
+        began = time.perf_counter()
+        deadline = began + seconds
+        shared: _Slice | None = None
+        while ready:
+            stream = next(iter(ready))
+            del ready[stream]
+            if shared is None or shared.source is not stream.source:
+                shared = _Slice(stream.source)
+            try:
+                stream.produce(shared, deadline)
+            except Exception:
+                log.exception("building watch responses failed")
+                stream.send(None)
+                continue
+            if stream.has_work() and stream.room():
+                ready[stream] = None  # its next turn comes after the others'
+            if time.perf_counter() >= deadline:
+                break
+        return time.perf_counter() - began
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        ready = self.ready
         while True:
-            if not ready:
+            if not self.ready:
                 self._wake = loop.create_future()
                 await self._wake
                 continue
-            began = time.perf_counter()
-            deadline = began + SLICE_SECONDS
-            shared: _Slice | None = None
-            while ready:
-                stream = next(iter(ready))
-                del ready[stream]
-                if shared is None or shared.source is not stream.source:
-                    shared = _Slice(stream.source)
-                try:
-                    stream.produce(shared, deadline)
-                except Exception:
-                    log.exception("building watch responses failed")
-                    stream.send(None)
-                    continue
-                if stream.has_work() and stream.room():
-                    ready[stream] = None  # its next turn comes after the others'
-                if time.perf_counter() >= deadline:
-                    break
-            if ready:
+            spent = self._slice()
+            if self.ready:
                 # More than a slice of work: let requests and writes through for as long
                 # again. What becomes durable meanwhile goes out with what waits now, in
                 # the same responses, so a busy store sends fewer, larger ones.
-                await asyncio.sleep((time.perf_counter() - began) * REST_RATIO)
+                await asyncio.sleep(spent * REST_RATIO)
             else:
                 await asyncio.sleep(0)
 
