@@ -537,7 +537,9 @@ class WatchStream:
                         revision = batch.revision
                 body = rpc.WatchResponse(events=events).SerializeToString() if events else b""
                 built = bodies[key] = (revision, body, durable + 1)
-            revision, body, watcher.next_revision = built
+            revision, body, following = built
+            if following > start:  # (a watch from a future revision stays there)
+                watcher.next_revision = following
             if body:
                 send(shared.head(revision) + _watch_id_field(watcher.id) + body)
 
