@@ -54,7 +54,7 @@ class KVService(services.KVServicer):
         if barrier is not None:
             await barrier
         try:
-            return store.range(request)
+            return await store.range_yielding(request)
         except StoreError as error:
             await _fail(context, error)
 
