@@ -182,7 +182,6 @@ class WatchHub:
         self.ranges: dict[WatchStream, set[Watcher]] = {}
         self.ready: dict[WatchStream, None] = {}
         """Streams with responses to build and room for them, in turn order."""
-        self._wake: asyncio.Future[None] | None = None
         self._pump: asyncio.Future[None] | None = None
 
     def add(self, watcher: Watcher) -> None:
@@ -243,11 +242,6 @@ class WatchHub:
         if stream in self.ready:
             return
         self.ready[stream] = None
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            if not wake.done():
-                wake.set_result(None)
         if self._pump is None or self._pump.done():
             self._pump = asyncio.ensure_future(self._run())
 
@@ -278,20 +272,15 @@ class WatchHub:
         return time.perf_counter() - began
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.ready:
-                self._wake = loop.create_future()
-                await self._wake
-                continue
+        """Serve the ready streams until none is left (``schedule`` starts it again)."""
+        await asyncio.sleep(0)
+        while self.ready:
             spent = self._slice()
             if self.ready:
                 # More than a slice of work: let requests and writes through for as long
                 # again. What becomes durable meanwhile goes out with what waits now, in
                 # the same responses, so a busy store sends fewer, larger ones.
                 await asyncio.sleep(spent * REST_RATIO)
-            else:
-                await asyncio.sleep(0)
 
 
 class WatchStream:
