@@ -29,7 +29,7 @@ import bisect
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from aetcd import rpc
@@ -458,7 +458,7 @@ class WatchStream:
             first = self.live[0].revision if self.live else batch.revision
             self._demote(watchers, first)
 
-    def _demote(self, watchers: set[Watcher] | list[Watcher], first: int) -> None:
+    def _demote(self, watchers: Iterable[Watcher], first: int) -> None:
         """Make watchers victims: nothing they have been sent is before ``first``... or their
         own next revision, whichever is later; they replay from there."""
         lagging = self.lagging
@@ -516,21 +516,33 @@ class WatchStream:
             if built is None:
                 events: list[rpc.Event] = []
                 revision = 0
+                following = durable + 1
                 skip = 0
                 if revisions is not None and start > first:
                     skip = bisect.bisect_left(revisions, start)
+                size = 0
                 for batch in batches[skip:] if skip else batches:
                     chosen = watcher.select(batch)
                     if chosen:
                         events += chosen
                         revision = batch.revision
+                        if len(batches) > 1:
+                            for event in chosen:
+                                size += event.ByteSize()
+                            if size >= CHUNK_BYTES and batch is not batches[-1]:
+                                # A response as large as a replay chunk: the rest of these
+                                # revisions come from history.
+                                following = revision + 1
+                                break
                 body = rpc.WatchResponse(events=events).SerializeToString() if events else b""
-                built = bodies[key] = (revision, body, durable + 1)
+                built = bodies[key] = (revision, body, following)
             revision, body, following = built
             if following > start:  # (a watch from a future revision stays there)
                 watcher.next_revision = following
             if body:
                 send(shared.head(revision) + _watch_id_field(watcher.id) + body)
+            if following <= durable:
+                self._demote((watcher,), following)
 
     def _produce_lagging(self, shared: _Slice, deadline: float) -> None:
         source = self.source
