@@ -360,13 +360,17 @@ class WatchStream:
 
     def written(self) -> None:
         """The response ``next_output`` gave has been taken by the wire."""
-        data = self.outbox.popleft()
-        had_room = self.room()
-        self.queued -= len(data)
-        self.budget.used -= len(data)
-        if not had_room and self.room():
-            for stream in list(self.budget.streams):
+        size = len(self.outbox.popleft())
+        budget = self.budget
+        stream_full = self.queued >= STREAM_BUDGET
+        budget_full = budget.used >= CONNECTION_BUDGET
+        self.queued -= size
+        budget.used -= size
+        if budget_full and budget.used < CONNECTION_BUDGET:
+            for stream in list(budget.streams):
                 stream.resume()
+        elif stream_full and self.queued < STREAM_BUDGET:
+            self.resume()
 
     def resume(self) -> None:
         """Room again: build what waits, and read the client's next request."""
