@@ -8,18 +8,22 @@ How responses are made, and what bounds them:
   stream's watchers stop getting responses built: they become "victims", as etcd calls them,
   and remember the first revision they have not been sent. When the client reads, they
   catch up from the history, in chunks, and then follow live again. A client that reads
-  nothing costs its budget and one response in the wire, whatever it asked for.
+  nothing costs the budget, one response past it, and one response per stream waiting in
+  the wire's flow control, whatever it asked for. Its next requests are not read either
+  until the budget has room again, so they cannot pile up answers.
 * Replays (a watch from an old revision, or a victim catching up) are built the same way,
   one chunk of at most ``REPLAY_CHUNK_REVISIONS`` revisions or about ``CHUNK_BYTES`` of events
   at a time, and only while the budget has room.
 * All this work runs in one task, the hub's pump, in slices of ``SLICE_SECONDS``, yielding to
   the event loop between them: a 10 MB replay cannot hold the loop, and other clients keep
   their latency.
-* A write does not build its watchers' responses itself: it marks the streams it concerns,
-  and the pump builds them when it runs. Revisions that became durable while the pump was
-  busy go out together, one response per watcher with all their events, as etcd sends one
-  response per batch of revisions; watchers of the same key, range and options share one
-  serialization, and only their watch IDs differ.
+* A write marks the streams and watchers it concerns. When they are few and the pump is
+  idle, their responses are built at once (``AT_ONCE_WATCHERS``); otherwise the pump builds
+  them on its turn, and after a full slice it rests as long (``REST_RATIO``), so requests
+  keep flowing. Revisions that became durable meanwhile go out together, one response per
+  watcher with all their events, as etcd sends one response per batch of revisions: a busy
+  store sends fewer, larger responses. Watchers of the same key, range and options share
+  one serialization, and only their watch IDs differ.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ AT_ONCE_WATCHERS = 128
 """Revisions that concern at most this many watchers, while the pump has nothing waiting,
 have their responses built at once (one slice at most) rather than on the pump's turn."""
 AT_ONCE_SECONDS = 0.002
+"""The longest such an at-once slice runs."""
 REST_RATIO = 1.0
 """After a full slice, the pump rests this many times as long as the slice took: under
 load it takes at most half the loop, and the rest goes to requests."""
@@ -463,8 +468,8 @@ class WatchStream:
             self._demote(watchers, first)
 
     def _demote(self, watchers: Iterable[Watcher], first: int) -> None:
-        """Make watchers victims: nothing they have been sent is before ``first``... or their
-        own next revision, whichever is later; they replay from there."""
+        """Make watchers victims: they replay from history from their next revision, or
+        from ``first`` if that is later (nothing before ``first`` is still owed to them)."""
         lagging = self.lagging
         for watcher in watchers:
             if not watcher.lagging:
