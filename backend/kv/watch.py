@@ -499,6 +499,8 @@ class WatchStream:
         touched = self.touched
         self.live = []
         self.touched = set()
+        if not batches:
+            return
         durable = shared.durable
         first = batches[0].revision
         revisions = [batch.revision for batch in batches] if len(batches) > 1 else None
