@@ -596,33 +596,41 @@ class WatchStream:
     def _chunk(self, watcher: Watcher, start: int, durable: int) -> tuple[int, bytes, int]:
         """Events from ``start`` on, as many revisions as one response takes: (the response's
         header revision, its events serialized, the first revision after them)."""
-        log_ = self.source.space.log
+        space = self.source.space
+        log_ = space.log
         if not log_ or start > durable:
             return durable, b"", durable + 1
-        first = max(0, start - log_[0].revision)
-        stop = min(len(log_), first + REPLAY_CHUNK_REVISIONS)
+        base = log_[0].revision
+        limit = min(durable, start + REPLAY_CHUNK_REVISIONS - 1)  # the most it may cover
+        indices: Iterable[int]
+        if watcher.end:
+            first = max(0, start - base)
+            indices = range(first, min(len(log_), first + REPLAY_CHUNK_REVISIONS))
+        else:
+            # One key: only the revisions that changed it, from its own history.
+            history = space.index.get(watcher.key)
+            revs = history.revs if history is not None else []
+            low = bisect.bisect_left(revs, start)
+            high = bisect.bisect_right(revs, limit, low)
+            indices = [revision - base for revision in revs[low:high] if revision >= base]
         events: list[rpc.Event] = []
         size = 0
-        last = start - 1
-        for index in range(first, stop):
+        covered = limit
+        for index in indices:
             batch = log_[index]
-            if batch.revision > durable:
+            if batch.revision > limit:
                 break
             chosen = watcher.select(batch)
-            last = batch.revision
             if chosen:
                 events += chosen
                 for event in chosen:
                     size += event.ByteSize()
-                if size >= CHUNK_BYTES:
+                if size >= CHUNK_BYTES and batch.revision < limit:
+                    covered = batch.revision
                     break
-        following = last + 1
-        if following > durable:
-            following = durable + 1
-            last = durable
         if not events:
-            return last, b"", following
-        return last, rpc.WatchResponse(events=events).SerializeToString(), following
+            return covered, b"", covered + 1
+        return covered, rpc.WatchResponse(events=events).SerializeToString(), covered + 1
 
     # -- cancel, progress, close ----------------------------------------------------------
 

@@ -160,3 +160,49 @@ async def test_revisions_ready_together_go_to_each_watcher_in_one_response(
     assert [e.kv.mod_revision for e in response.events] == revisions
     assert response.header.revision == revisions[-1]
     stream.close()
+
+
+async def test_a_replay_of_one_key_among_many_gets_its_events_in_chunks(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    mine = []
+    for i in range(3000):  # every seventh revision changes the watched key
+        writer = Writer(store.space)
+        key = PREFIX + (b"mine" if i % 7 == 0 else b"other%d" % i)
+        writer.put(key, b"%d" % i, 0)
+        batch = writer.finish()
+        assert batch is not None
+        store._published([batch])
+        if i % 7 == 0:
+            mine.append(batch.revision)
+    stream = _not_reading(WatchStream(store, Budget()))
+    stream.create(rpc.WatchCreateRequest(key=PREFIX + b"mine", start_revision=1))
+    responses = []
+    async with asyncio.timeout(10):
+        while sum(len(r.events) for r in responses) < len(mine):
+            data = await stream.next_output()
+            assert data is not None
+            stream.written()
+            response = rpc.WatchResponse.FromString(data)
+            if response.events:
+                responses.append(response)
+    events = [e for r in responses for e in r.events]
+    assert [e.kv.mod_revision for e in events] == mine
+    # As etcd: at most 1,000 revisions a response, and the header at or after its events.
+    for response in responses:
+        revisions = [e.kv.mod_revision for e in response.events]
+        assert revisions[-1] - revisions[0] < 1000
+        assert response.header.revision >= revisions[-1]
+    assert len(responses) >= 3
+    later = _write(store, 1, b"live")  # and then it follows live (a key under PREFIX: not its)
+    writer = Writer(store.space)
+    writer.put(PREFIX + b"mine", b"live", 0)
+    batch = writer.finish()
+    assert batch is not None
+    store._published([batch])
+    data = await stream.next_output()
+    assert data is not None
+    assert [e.kv.mod_revision for e in rpc.WatchResponse.FromString(data).events] == [
+        batch.revision
+    ]
+    assert batch.revision == later[0] + 1
+    stream.close()
