@@ -3,7 +3,10 @@
 Both stores run on loopback with durable writes (etcd fsyncs its WAL; `clusterd kv` fsyncs
 with group commit), and both are driven by the same aetcd-based client in the same run.
 
-    python -m bench.kv [--quick]
+    python -m bench.kv [--quick] [--tool-only | --no-tool]
+
+A second section runs etcd's own load generator, `benchmark` (range, put and watch), against
+both stores in the same run (bench/_etcd_tool.py); it says so when the tool is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from backend.etcd import EtcdClient, make_client
+from bench import _etcd_tool as etcd_tool
 from tests.harness.bundled import start_bundled
 from tests.harness.etcd import start_etcd
 from tests.harness.stores import RunningStore
@@ -187,23 +191,48 @@ async def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
+    parser.add_argument(
+        "--tool-only", action="store_true", help="only the section run by etcd's `benchmark` tool"
+    )
+    parser.add_argument(
+        "--no-tool", action="store_true", help="leave out the section run by etcd's `benchmark`"
+    )
     args = parser.parse_args()
     seconds, rounds, events, tail = (1.0, 3, 200, 0) if args.quick else (2.0, 5, 1000, 250_000)
+    figures: dict[str, dict[str, float]] = {}
+    tool_figures: dict[str, dict[str, float]] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-kv-") as tmp:
         root = Path(tmp)
         stores: dict[str, RunningStore] = {}
         try:
             stores["etcd"] = start_etcd(root / "etcd")
             stores["bundled"] = start_bundled(root / "bundled")
-            figures = asyncio.run(measure(stores, seconds, rounds, events, tail))
+            if not args.tool_only:
+                figures = asyncio.run(measure(stores, seconds, rounds, events, tail))
+            if not args.no_tool:
+                pids = {kind: _pid(store) for kind, store in stores.items()}
+                tool_figures = etcd_tool.measure(stores, pids, args.quick, 1 if args.quick else 3)
         finally:
             for store in stores.values():
                 store.stop()
-    print(f"{'measure':48} {'etcd':>9} {'bundled':>9} {'bundled/etcd':>13}")
+    if figures:
+        print_figures(figures)
+    if not args.no_tool:
+        print()
+        if tool_figures is None:
+            print(etcd_tool.missing_note())
+        else:
+            print("etcd's own `benchmark` tool (v3.4), against both stores in the same run:")
+            print_figures(tool_figures)
+
+
+def print_figures(figures: dict[str, dict[str, float]]) -> None:
+    width = max(48, *(len(name) for name in figures["etcd"]))
+    print(f"{'measure':{width}} {'etcd':>9} {'bundled':>9} {'bundled/etcd':>13}")
     for name, real in figures["etcd"].items():
         ours = figures["bundled"][name]
         # For CPU and latency lower is better; the ratio still reads bundled over etcd.
-        print(f"{name:48} {real:9.1f} {ours:9.1f} {ours / real:12.2f}x")
+        print(f"{name:{width}} {real:9.1f} {ours:9.1f} {ours / real:12.2f}x")
 
 
 def _pid(store: RunningStore) -> int:

@@ -28,6 +28,8 @@ RAFT_TERM = 2
 GRPC_OVERHEAD_BYTES = 512 * 1024
 """etcd accepts gRPC messages this much larger than --max-request-bytes, then checks itself."""
 MAX_TXN_OPS = 128
+RANGE_CHUNK_KEYS = 10_000
+"""A range over more keys than this is read in chunks of this many, yielding between them."""
 
 # WAL record kinds.
 BATCH = b"B"
@@ -342,8 +344,102 @@ class Store:
                 history = space.index.get(key)
                 kv = None if history is None else history.at(at)
                 found = [] if kv is None else [kv]
-        elif (
-            at == space.revision
+        elif self._pages(request, at):
+            # A page or a count of the newest revision in key order, as the console and
+            # etcdctl ask for it: counted from the indexes, and only the page is read.
+            return self._page(request, key, end, current)
+        else:
+            found = space.range(key, end, at)
+        return self._respond(request, found, current)
+
+    def _respond(
+        self,
+        request: rpc.RangeRequest,
+        found: list[rpc.KeyValue],
+        current: int,
+        copy: bool = True,
+    ) -> rpc.RangeResponse:
+        """The response to a range that found ``found``: filtered, sorted, limited. Without
+        ``copy`` the records are left for the caller to add, and ``found`` is cut to them."""
+        count = len(found)
+        if (
+            request.min_mod_revision
+            or request.max_mod_revision
+            or request.min_create_revision
+            or request.max_create_revision
+        ):
+            found[:] = _filter_revisions(found, request)
+        order = request.sort_order
+        target = request.sort_target
+        if target != rpc.RangeRequest.KEY and order == _NONE:
+            order = _ASCEND
+        # As in etcd 3.4, an unknown order means unsorted and an unknown target means key.
+        if order == _DESCEND or (order == _ASCEND and target != rpc.RangeRequest.KEY):
+            by = _SORT_KEYS.get(target, _SORT_KEYS[rpc.RangeRequest.KEY])
+            found.sort(key=by, reverse=order == _DESCEND)
+        more = False
+        limit = request.limit
+        if limit > 0 and len(found) > limit:
+            del found[limit:]
+            more = not request.count_only  # etcd reads no keys for a count, so none are left
+        response = rpc.RangeResponse(header=self.header(current), more=more, count=count)
+        if request.count_only or not copy:
+            return response
+        if request.keys_only:
+            response.kvs.extend(_without_value(kv) for kv in found)
+        else:
+            response.kvs.extend(found)
+        return response
+
+    async def range_yielding(self, request: rpc.RangeRequest) -> rpc.RangeResponse:
+        """``range``, but a range over many keys is read and copied in chunks that yield to
+        the event loop between them, so one big read cannot hold every other client.
+
+        The read stays at the revision it started at: later chunks read each key's history
+        at that revision (writes made meanwhile are not seen), and a compaction past it in
+        the meantime fails the read as etcd fails a read of a compacted revision.
+        """
+        space = self.space
+        end = request.range_end
+        if not end or not request.key:
+            return self.range(request)
+        at = space.check_revision(request.revision)
+        if (end != FROM_KEY and end <= request.key) or self._pages(request, at):
+            return self.range(request)
+        keys = space.keys_in(request.key, end)
+        if len(keys) <= RANGE_CHUNK_KEYS:
+            return self.range(request)
+        current = space.revision
+        index = space.index
+        found: list[rpc.KeyValue] = []
+        for first in range(0, len(keys), RANGE_CHUNK_KEYS):
+            if first:
+                await asyncio.sleep(0)
+                if space.compacted > at:
+                    raise errors.COMPACTED
+            for k in keys[first : first + RANGE_CHUNK_KEYS]:
+                history = index.get(k)
+                rec = None if history is None else history.at(at)
+                if rec is not None:
+                    found.append(rec)
+        response = self._respond(request, found, current, copy=False)
+        kvs = response.kvs
+        if request.count_only:
+            return response
+        for first in range(0, len(found), RANGE_CHUNK_KEYS):
+            if first:
+                await asyncio.sleep(0)
+            part = found[first : first + RANGE_CHUNK_KEYS]
+            if request.keys_only:
+                kvs.extend(_without_value(kv) for kv in part)
+            else:
+                kvs.extend(part)
+        return response
+
+    def _pages(self, request: rpc.RangeRequest, at: int) -> bool:
+        """Whether a range is answered from the live-key index (see ``range``)."""
+        return (
+            at == self.space.revision
             and (request.limit > 0 or request.count_only)
             and request.sort_order in (_NONE, _ASCEND)
             and request.sort_target == rpc.RangeRequest.KEY
@@ -353,41 +449,7 @@ class Store:
                 or request.min_create_revision
                 or request.max_create_revision
             )
-        ):
-            # A page or a count of the newest revision in key order, as the console and
-            # etcdctl ask for it: counted from the indexes, and only the page is read.
-            return self._page(request, key, end, current)
-        else:
-            found = space.range(key, end, at)
-        count = len(found)
-        if (
-            request.min_mod_revision
-            or request.max_mod_revision
-            or request.min_create_revision
-            or request.max_create_revision
-        ):
-            found = _filter_revisions(found, request)
-        order = request.sort_order
-        target = request.sort_target
-        if target != rpc.RangeRequest.KEY and order == _NONE:
-            order = _ASCEND
-        # As in etcd 3.4, an unknown order means unsorted and an unknown target means key.
-        if order == _DESCEND or (order == _ASCEND and target != rpc.RangeRequest.KEY):
-            by = _SORT_KEYS.get(target, _SORT_KEYS[rpc.RangeRequest.KEY])
-            found = sorted(found, key=by, reverse=order == _DESCEND)
-        more = False
-        limit = request.limit
-        if limit > 0 and len(found) > limit:
-            found = found[:limit]
-            more = not request.count_only  # etcd reads no keys for a count, so none are left
-        response = rpc.RangeResponse(header=self.header(current), more=more, count=count)
-        if request.count_only:
-            return response
-        if request.keys_only:
-            response.kvs.extend(_without_value(kv) for kv in found)
-        else:
-            response.kvs.extend(found)
-        return response
+        )
 
     def _page(
         self, request: rpc.RangeRequest, key: bytes, end: bytes, current: int

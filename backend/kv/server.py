@@ -18,7 +18,7 @@ from aetcd.rpc import rpc_pb2_grpc as services
 from backend.kv import errors
 from backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
 from backend.kv.errors import StoreError
-from backend.kv.watch import WatchStream
+from backend.kv.watch import Budget, WatchStream
 from backend.kv.wire import Context, Limits, WireServer, server_ssl_context
 
 log = logging.getLogger("clusterd.kv")
@@ -54,7 +54,7 @@ class KVService(services.KVServicer):
         if barrier is not None:
             await barrier
         try:
-            return store.range(request)
+            return await store.range_yielding(request)
         except StoreError as error:
             await _fail(context, error)
 
@@ -97,37 +97,57 @@ class KVService(services.KVServicer):
 
 
 class WatchService(services.WatchServicer):
-    """The bidirectional Watch stream."""
+    """The bidirectional Watch stream.
+
+    Two tasks per stream: one reads the client's requests, one writes the responses that
+    could not go out at once. Responses are built by the hub's pump (backend/kv/watch.py)
+    within a byte budget per stream and per connection; while it is full, the client's next
+    request is not read either, so its requests cannot pile up answers.
+    """
 
     def __init__(self, store: Store, streams: set[WatchStream]) -> None:
         self.store = store
         self.streams = streams
+        self.budgets: dict[str, Budget] = {}
+        """The watch budget each client connection shares among its streams, by peer."""
+
+    def _budget(self, context: _Context) -> Budget:
+        peer = context.peer()
+        if not peer:
+            return Budget()
+        budget = self.budgets.get(peer)
+        if budget is None:
+            budget = self.budgets[peer] = Budget()
+        return budget
 
     async def Watch(
         self, request_iterator: AsyncIterator[rpc.WatchRequest], context: _Context
     ) -> None:
-        stream = WatchStream(self.store)
+        budget = self._budget(context)
+        stream = WatchStream(self.store, budget)
         stream.deliver = context.try_write
         self.streams.add(stream)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if not stream.room():
+                        await stream.wait_for_room()
                     stream.handle(request)
             finally:
                 stream.send(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            outbox = stream.outbox
-            while (response := await outbox.get()) is not None:
+            while (response := await stream.next_output()) is not None:
                 await context.write(response)
-                if stream.lagging:
-                    stream.catch_up()
+                stream.written()
         finally:
             reader.cancel()
             stream.close()
             self.streams.discard(stream)
+            if not budget.streams and self.budgets.get(context.peer()) is budget:
+                del self.budgets[context.peer()]
 
 
 class LeaseService(services.LeaseServicer):
