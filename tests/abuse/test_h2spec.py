@@ -51,15 +51,17 @@ def find_h2spec() -> str:
     pytest.skip("h2spec not found on PATH or in ../shared/tools/")
 
 
-def run_h2spec(h2spec: str, url: str, sections: list[str], out: Path) -> dict[str, bool]:
-    """Runs each section as its own h2spec process, 8 at a time: {case: passed}."""
+def run_h2spec(
+    h2spec: str, url: str, sections: list[str], out: Path, timeout: int = 2
+) -> dict[str, dict[str, bool]]:
+    """Runs each section as its own h2spec process, 8 at a time: {section: {case: passed}}."""
     port = url.rsplit(":", 1)[1]
 
     def one(index: int, section: str) -> dict[str, bool]:
         report = out / f"{index}.xml"
         subprocess.run(
             [h2spec, "-h", "127.0.0.1", "-p", port, "-P", "/etcdserverpb.KV/Range",
-             "--timeout", "2", "-j", str(report), section],
+             "--timeout", str(timeout), "-j", str(report), section],
             capture_output=True,
             timeout=120,
             check=False,
@@ -73,11 +75,12 @@ def run_h2spec(h2spec: str, url: str, sections: list[str], out: Path) -> dict[st
         return results
 
     out.mkdir(parents=True, exist_ok=True)
-    merged: dict[str, bool] = {}
     with ThreadPoolExecutor(8) as pool:
-        for results in pool.map(one, range(len(sections)), sections):
-            merged.update(results)
-    return merged
+        return dict(zip(sections, pool.map(one, range(len(sections)), sections), strict=True))
+
+
+def flat(by_section: dict[str, dict[str, bool]]) -> dict[str, bool]:
+    return {case: ok for cases in by_section.values() for case, ok in cases.items()}
 
 
 @pytest.fixture
@@ -100,10 +103,24 @@ def test_every_h2spec_case_etcd_passes_passes_on_ours_and_so_does_the_stream_lim
         on_ours = pool.submit(
             run_h2spec, h2spec, ours.url, [*SECTIONS, STREAM_LIMIT], tmp_path / "ours"
         )
-        etcd_results, our_results = on_etcd.result(), on_ours.result()
+        etcd_results, by_section = flat(on_etcd.result()), on_ours.result()
     assert len(etcd_results) >= 140, "h2spec ran fewer cases than it has"
     assert sum(etcd_results.values()) >= 80, "etcd passes 82 cases: is it running?"
-    missing = sorted(case for case, ok in etcd_results.items() if ok and not our_results.get(case))
+
+    def missing_cases(results: dict[str, bool]) -> list[str]:
+        return sorted(case for case, ok in etcd_results.items() if ok and not results.get(case))
+
+    # A case h2spec timed out on while the machine was busy (2 s is its wait for an answer)
+    # is run once more, alone and with a longer wait; a real failure fails again.
+    our_results = flat(by_section)
+    failed = set(missing_cases(our_results))
+    again = [section for section, cases in by_section.items() if failed & set(cases)]
+    if not all(by_section[STREAM_LIMIT].values()):
+        again.append(STREAM_LIMIT)
+    for number, section in enumerate(again):
+        rerun = run_h2spec(h2spec, ours.url, [section], tmp_path / f"again{number}", timeout=10)
+        our_results.update(flat(rerun))
+    missing = missing_cases(our_results)
     assert not missing, "passes on etcd, not on ours:\n" + "\n".join(missing)
     limit = [case for case in our_results if case.startswith(STREAM_LIMIT)]
     assert limit and all(our_results[case] for case in limit), "5.1.2 (stream limit) fails"
