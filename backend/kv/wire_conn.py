@@ -655,6 +655,9 @@ class H2Connection:
         while pending:
             allowed = min(self.send_window, initial + stream.credit, frame_size)
             if allowed <= 0:
+                # To the back of the line: the window that opens next goes to the streams
+                # that waited longest, so one big answer cannot starve the others.
+                self.blocked.pop(stream.id, None)
                 self.blocked[stream.id] = stream
                 return
             chunk = bytes(pending[:allowed])

@@ -138,6 +138,24 @@ def test_a_settings_frame_full_of_window_sizes_costs_the_same_with_20000_streams
     assert client.conn.window(stream) == 1000 + 2729
 
 
+def test_streams_behind_the_connection_window_take_turns_as_it_opens() -> None:
+    client = Client()
+    client.send(settings((S_INITIAL_WINDOW_SIZE, 1 << 20)))
+    for stream_id in (1, 3, 5):
+        client.open(stream_id, end=True)
+    client.out()
+    for stream_id in (1, 3, 5):
+        client.conn.send_data(client.conn.streams[stream_id], b"x" * 200_000)
+    client.out()  # the first 65,535 bytes of the connection's window
+    sent = dict.fromkeys((1, 3, 5), 0)
+    for _ in range(6):
+        client.send(frame(WINDOW_UPDATE, 0, 0, (16_384).to_bytes(4, "big")))
+        for kind, _, stream_id, payload in client.out():
+            if kind == DATA:
+                sent[stream_id] += len(payload)
+    assert sent == {1: 32_768, 3: 32_768, 5: 32_768}
+
+
 def test_a_smaller_initial_window_holds_queued_data_and_a_larger_one_releases_it() -> None:
     client = Client()
     client.open(1, end=True)
