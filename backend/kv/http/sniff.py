@@ -1,0 +1,92 @@
+"""One port, two protocols: a connection that opens with the HTTP/2 preface is gRPC, any
+other is HTTP/1.1 (as etcd's cmux splits its client port).
+
+The sniffer is the connection's protocol only until the first bytes tell which it is; then
+it hands the transport to the chosen protocol (``set_protocol``) with the bytes read so far,
+and is out of the path: gRPC connections pay one comparison of their first bytes. TLS
+connections whose ALPN chose ``h2`` skip the sniff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from backend.kv.http.app import HTTPApp
+from backend.kv.http.conn import HTTPConnection, HTTPLimits
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class HTTPSide:
+    """What every HTTP/1.1 connection of one server shares: the handler, limits, the count."""
+
+    def __init__(self, app: HTTPApp, limits: HTTPLimits | None = None) -> None:
+        self.app = app
+        self.limits = limits or HTTPLimits()
+        self.connections: set[HTTPConnection] = set()
+
+    def connection(self) -> HTTPConnection:
+        return HTTPConnection(self.app, self.limits, self.connections)
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+class Sniffer(asyncio.Protocol):
+    """Holds a new connection until its first bytes say HTTP/2 or HTTP/1.x."""
+
+    def __init__(self, grpc: Callable[[], asyncio.Protocol], http: HTTPSide) -> None:
+        self.grpc = grpc
+        self.http = http
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
+            self._hand_over(self.grpc())
+            return
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.http.limits.header_timeout, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        size = min(len(buffer), len(PREFACE))
+        if buffer[:size] == PREFACE[:size]:
+            if size < len(PREFACE):
+                self.buffer = buffer
+                return
+            self._hand_over(self.grpc(), buffer)
+        else:
+            self._hand_over(self.http.connection(), buffer)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.transport = None
+
+    def _hand_over(self, protocol: asyncio.Protocol, data: bytes = b"") -> None:
+        transport = self.transport
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.transport = None
+        assert transport is not None
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data and not transport.is_closing():
+            protocol.data_received(data)
