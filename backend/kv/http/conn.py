@@ -188,6 +188,11 @@ class HTTPConnection(asyncio.Protocol):
             if isinstance(event, h11.Request):
                 self.request = event
                 self.body = bytearray()
+                # h11 bounds a head that arrives in pieces; one that came whole is measured.
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > self.limits.max_header_bytes:
+                    self._refuse(431)
+                    return
                 if int(dict(event.headers).get(b"content-length", b"0") or 0) > (
                     self.limits.max_body_bytes
                 ):
