@@ -4,7 +4,8 @@ other is HTTP/1.1 (as etcd's cmux splits its client port).
 The sniffer is the connection's protocol only until the first bytes tell which it is; then
 it hands the transport to the chosen protocol (``set_protocol``) with the bytes read so far,
 and is out of the path: gRPC connections pay one comparison of their first bytes. TLS
-connections whose ALPN chose ``h2`` skip the sniff.
+connections whose ALPN chose ``h2`` (gRPC) or ``http/1.1`` skip the sniff; without ALPN they
+are sniffed as plain ones are.
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ class Sniffer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sslobj = transport.get_extra_info("ssl_object")
-        if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
-            self._hand_over(self.grpc())
-            return
+        if sslobj is not None:
+            chosen = sslobj.selected_alpn_protocol()
+            if chosen == "h2":
+                self._hand_over(self.grpc())
+                return
+            if chosen == "http/1.1":
+                self._hand_over(self.http.connection())
+                return
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.http.limits.header_timeout, self._timeout)
 
@@ -90,3 +96,12 @@ class Sniffer(asyncio.Protocol):
         protocol.connection_made(transport)
         if data and not transport.is_closing():
             protocol.data_received(data)
+
+
+def attach(server: object, store_app: HTTPApp, limits: HTTPLimits | None = None) -> HTTPSide:
+    """Puts the HTTP/1.1 side behind a wire server's listeners: its ``connection_factory``
+    becomes a sniffer in front of the HTTP/2 connection it made before."""
+    side = HTTPSide(store_app, limits)
+    grpc_factory = server.connection_factory  # type: ignore[attr-defined]
+    server.connection_factory = lambda: Sniffer(grpc_factory, side)  # type: ignore[attr-defined]
+    return side

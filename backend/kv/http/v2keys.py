@@ -50,14 +50,20 @@ _MESSAGES = {
     300: "Raft Internal Error",
     401: "The event in requested index is outdated and cleared",
 }
-_STATUS = {100: 404, 101: 412, 102: 403, 104: 403, 105: 412, 107: 403, 108: 403, 300: 500}
+_STATUS = {100: 404, 101: 412, 102: 403, 105: 412, 108: 403, 300: 500}
 
 
 class V2Error(Exception):
-    def __init__(self, code: int, cause: str) -> None:
+    def __init__(self, code: int, cause: str, request: bool = False) -> None:
         super().__init__(code, cause)
         self.code = code
         self.cause = cause
+        self.request = request
+        """A malformed request: etcd answers it before the store, with index 0."""
+
+
+def _field_error(code: int, name: str) -> V2Error:
+    return V2Error(code, f'invalid value for "{name}"', request=True)
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -184,6 +190,15 @@ class V2Keys:
             node["createdIndex"] = first.create_revision
         return node
 
+    def _missing(self, path: str) -> str:
+        """The cause etcd gives for a missing key: the first part of its path that is missing."""
+        parts = path.split("/")[1:]
+        for depth in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:depth])
+            if self._get(parent) is None and not self._under(parent):
+                return parent
+        return path
+
     def _check_parents(self, path: str) -> None:
         """A key cannot live under a file: etcd's 104 names the file in the way."""
         parts = path.split("/")[1:-1]
@@ -242,13 +257,11 @@ class V2Keys:
 
     def _error(self, error: V2Error) -> Response:
         code = error.code
-        action = {"getsFail", "setsFail"}
-        del action
         body = {
             "errorCode": code,
             "message": _MESSAGES.get(code, "Unknown error"),
             "cause": error.cause,
-            "index": self.store.space.revision,
+            "index": 0 if error.request else self.store.space.revision,
         }
         data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
         return Response(_STATUS.get(code, 400), data, "application/json", self._headers())
@@ -261,7 +274,7 @@ class V2Keys:
         kvs = self._under(path)
         if not kvs and path != "/":
             self.stats["getsFail"] += 1
-            raise V2Error(KEY_NOT_FOUND, path)
+            raise V2Error(KEY_NOT_FOUND, self._missing(path))
         self.stats["getsSuccess"] += 1
         return {"action": "get", "node": self._dir_node(path, kvs, _bool(params.get("recursive")))}
 
@@ -272,9 +285,9 @@ class V2Keys:
         try:
             ttl = int(text)
         except ValueError as error:
-            raise V2Error(TTL_NAN, "Update") from error
+            raise _field_error(TTL_NAN, "ttl") from error
         if ttl < 0:
-            raise V2Error(TTL_NAN, "Update")
+            raise _field_error(TTL_NAN, "ttl")
         return ttl
 
     def _lease(self, ttl: int) -> int:
@@ -298,7 +311,7 @@ class V2Keys:
             try:
                 prev_index = int(prev_index_text)
             except ValueError as error:
-                raise V2Error(INDEX_NAN, "CompareAndSwap") from error
+                raise _field_error(INDEX_NAN, "prevIndex") from error
         if is_dir and value:
             raise V2Error(INVALID_FIELD, '"value" cannot be set when "dir" is true')
         current = self._get(path)
@@ -307,7 +320,7 @@ class V2Keys:
         if prev_value is not None or prev_index:
             action = "compareAndSwap"
             if current is None:
-                raise V2Error(NOT_FILE if existing_dir else KEY_NOT_FOUND, path)
+                raise V2Error(NOT_FILE if existing_dir else KEY_NOT_FOUND, self._missing(path))
             value_ok = prev_value is None or current.value.decode("utf-8", "replace") == prev_value
             index_ok = not prev_index or current.mod_revision == prev_index
             if not (value_ok and index_ok):
@@ -324,7 +337,7 @@ class V2Keys:
             action = "update"
             if current is None and not existing_dir:
                 self.stats["updateFail"] += 1
-                raise V2Error(KEY_NOT_FOUND, path)
+                raise V2Error(KEY_NOT_FOUND, self._missing(path))
             if existing_dir and not is_dir:
                 raise V2Error(NOT_FILE, path)
         elif prev_exist is not None:
@@ -407,7 +420,7 @@ class V2Keys:
                 try:
                     index_ok = not prev_index or current.mod_revision == int(prev_index)
                 except ValueError as error:
-                    raise V2Error(INDEX_NAN, "CompareAndDelete") from error
+                    raise _field_error(INDEX_NAN, "prevIndex") from error
                 if not (value_ok and index_ok):
                     self.stats["compareAndDeleteFail"] += 1
                     shown = current.value.decode("utf-8", "replace")
@@ -428,7 +441,7 @@ class V2Keys:
         kvs = self._under(path)
         if not kvs:
             self.stats["deleteFail"] += 1
-            raise V2Error(KEY_NOT_FOUND, path)
+            raise V2Error(KEY_NOT_FOUND, self._missing(path))
         if prev_value is not None:
             raise V2Error(NOT_FILE, path)
         if not (is_dir or recursive):
@@ -461,7 +474,7 @@ class V2Keys:
             try:
                 start = int(params["waitIndex"])
             except ValueError as error:
-                raise V2Error(INDEX_NAN, "Watch") from error
+                raise _field_error(INDEX_NAN, "waitIndex") from error
         compacted = store.space.compacted
         if 0 < start <= compacted:
             raise V2Error(
