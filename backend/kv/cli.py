@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 from backend.kv.apply import Config, RestoreError, Store, restore_snapshot
 from backend.kv.lease import min_lease_ttl
 from backend.kv.server import KVServer, TLSConfig
+from backend.kv.wire import Limits
 
 log = logging.getLogger("clusterd.kv")
 
@@ -60,6 +63,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--restore-snapshot",
         metavar="FILE",
         help="start a new data directory from a snapshot saved with `etcdctl snapshot save`",
+    )
+    add(
+        "--max-concurrent-streams",
+        type=int,
+        default=1000,
+        help="streams one client connection may have open (etcd: unlimited, 2^32-1); "
+        "more are refused with REFUSED_STREAM",
+    )
+    add(
+        "--grpc-keepalive-min-time",
+        default="5s",
+        help="shortest interval between a client's pings; more often, or pings without "
+        "calls open, end the connection with GOAWAY too_many_pings (as etcd)",
+    )
+    add(
+        "--grpc-keepalive-interval",
+        default="2h",
+        help="ping a client connection after this long without a frame from it",
+    )
+    add(
+        "--grpc-keepalive-timeout",
+        default="20s",
+        help="close a connection this long after an unanswered keepalive ping",
     )
     add("--cert-file", help="server TLS certificate")
     add("--key-file", help="server TLS key")
@@ -120,6 +146,16 @@ def _listen_address(
     return f"{shown}:{port}", tls
 
 
+def raise_open_file_limit() -> None:
+    """Raises the soft limit on open files to the hard limit, as Go's runtime does for etcd:
+    every client connection holds a descriptor, and 1024 (a common soft limit) is few."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("open-file limit raised from %s to %s", soft, hard)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s clusterd kv: %(message)s")
     if bool(args.cert_file) != bool(args.key_file):
@@ -156,6 +192,23 @@ def run(args: argparse.Namespace) -> int:
         snapshot_count=args.snapshot_count,
     )
     compaction = (args.auto_compaction_mode, retention) if retention > 0 else None
+    try:
+        limits = Limits(
+            max_concurrent_streams=args.max_concurrent_streams,
+            keepalive_min_time=parse_duration(args.grpc_keepalive_min_time),
+            keepalive_interval=parse_duration(args.grpc_keepalive_interval),
+            keepalive_timeout=parse_duration(args.grpc_keepalive_timeout),
+        )
+    except ValueError as error:
+        raise SystemExit(f"clusterd kv: {error}") from error
+    if (
+        limits.max_concurrent_streams < 1
+        or min(limits.keepalive_interval, limits.keepalive_timeout) <= 0
+    ):
+        raise SystemExit(
+            "clusterd kv: --max-concurrent-streams, --grpc-keepalive-interval and "
+            "--grpc-keepalive-timeout must be positive"
+        )
     if args.restore_snapshot:
         try:
             restore_snapshot(Path(args.restore_snapshot), config.data_dir)
@@ -164,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         log.info("restored %s into %s", args.restore_snapshot, config.data_dir)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve(config, listeners, urls, progress, compaction))
+        return runner.run(_serve(config, listeners, urls, progress, compaction, limits))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -182,10 +235,12 @@ async def _serve(
     urls: list[str],
     progress: float,
     compaction: tuple[str, float] | None,
+    limits: Limits | None = None,
 ) -> int:
+    raise_open_file_limit()
     store = Store(config)
     store.recover()
-    server = KVServer(store, listeners, progress, compaction)
+    server = KVServer(store, listeners, progress, compaction, limits)
     try:
         await server.start()
     except (OSError, RuntimeError) as error:

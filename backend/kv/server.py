@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -19,7 +19,7 @@ from backend.kv import errors
 from backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
 from backend.kv.errors import StoreError
 from backend.kv.watch import WatchStream
-from backend.kv.wire import Context, WireServer, server_ssl_context
+from backend.kv.wire import Context, Limits, WireServer, server_ssl_context
 
 log = logging.getLogger("clusterd.kv")
 
@@ -257,11 +257,50 @@ class MaintenanceService(services.MaintenanceServicer):
         await _fail(context, errors.SINGLE_NODE)
 
 
+AUTH_MANAGEMENT = (
+    "AuthEnable",
+    "AuthDisable",
+    "AuthStatus",
+    "UserAdd",
+    "UserGet",
+    "UserList",
+    "UserDelete",
+    "UserChangePassword",
+    "UserGrantRole",
+    "UserRevokeRole",
+    "RoleAdd",
+    "RoleGet",
+    "RoleList",
+    "RoleDelete",
+    "RoleGrantPermission",
+    "RoleRevokePermission",
+)
+"""The Auth service's calls that manage users and roles: the store has none of them."""
+
+
+def _unimplemented(name: str) -> Callable[..., Awaitable[NoReturn]]:
+    async def method(self: object, request: object, context: _Context) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"clusterd kv: {name} is not implemented (the bundled store has no authentication)",
+        )
+        raise AssertionError("abort() raises")
+
+    method.__name__ = name
+    return method
+
+
 class AuthService(services.AuthServicer):
-    """Authentication is not enabled; answer as etcd does then."""
+    """Authentication is not enabled; answer as etcd does then. Managing users and roles is
+    not offered at all: each of those calls ends with UNIMPLEMENTED, as a gRPC server answers
+    for a feature it does not have, and the other calls on the connection go on."""
 
     async def Authenticate(self, request: rpc.AuthenticateRequest, context: _Context) -> None:
         await _fail(context, errors.AUTH_NOT_ENABLED)
+
+
+for _name in AUTH_MANAGEMENT:
+    setattr(AuthService, _name, _unimplemented(_name))
 
 
 @dataclass
@@ -306,8 +345,10 @@ class KVServer:
         listeners: list[tuple[str, TLSConfig | None]],
         progress_interval: float = 600.0,
         compaction: tuple[str, float] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
+        self.limits = limits
         self.listeners = listeners
         self.listening = 0
         """How many of the listeners are up (start stops at the first that fails)."""
@@ -320,7 +361,7 @@ class KVServer:
 
     async def start(self) -> None:
         store = self.store
-        server = WireServer(store.config.max_request_bytes + GRPC_OVERHEAD_BYTES)
+        server = WireServer(store.config.max_request_bytes + GRPC_OVERHEAD_BYTES, self.limits)
         server.add(services.add_KVServicer_to_server, KVService(store))
         server.add(services.add_WatchServicer_to_server, WatchService(store, self.streams))
         server.add(services.add_LeaseServicer_to_server, LeaseService(store))

@@ -2,10 +2,11 @@
 
 Why not grpc.aio: measured on this project's machines, a grpc.aio servicer that does nothing
 costs about 300 µs of CPU per call (grpc.aio on uvloop 293 µs, the threaded server 292 µs),
-twenty times what the store itself spends on a put. This module costs a few tens of µs: one
-asyncio Protocol per connection parses HTTP/2 frames, decodes request headers with HPACK,
-hands whole gRPC messages to the same servicer classes grpc.aio would run, and writes the
-responses of everything that finished in one loop iteration with one system call.
+twenty times what the store itself spends on a put. This layer costs a few tens of µs: one
+asyncio Protocol per connection feeds an HTTP/2 state machine (``wire_conn``, over the frame
+and HPACK codec of ``wire_codec``), hands whole gRPC messages to the same servicer classes
+grpc.aio would run, and writes the responses of everything that finished in one loop
+iteration with one system call.
 
 What it speaks (RFC 9113 and gRPC's PROTOCOL-HTTP2): the client preface and SETTINGS, DATA
 and HEADERS with CONTINUATION and padding, RST_STREAM, PING, GOAWAY and WINDOW_UPDATE, with
@@ -13,109 +14,108 @@ flow control in both directions; unary and streaming calls; status and message i
 or trailers-only when a call fails before answering. What it does not: server push (a server
 never pushes), compression (refused with etcd's own error, since etcd installs no
 decompressor either) and deadlines (the client enforces its own).
+
+Every client gets a bounded share (see LIMITS.md): streams, header lists and HPACK work per
+connection are limited, a connection handles at most ``FRAMES_PER_PASS`` frames before the
+loop serves others, pings follow etcd's keepalive policy, a connection that does not
+finish its preface in ``PREFACE_TIMEOUT`` seconds is closed, and at the descriptor limit
+the ``Listener`` backs off instead of dropping the connections that wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import inspect
 import logging
 import socket
 import ssl
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import hpack
+
+from backend.kv import wire_conn
+from backend.kv.wire_codec import (  # noqa: F401  (re-exported: tests and tools use them)
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_WINDOW,
+    MESSAGE_PREFIX,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RESPONSE_HEADERS,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_HEADER_TABLE_SIZE,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    frame,
+    hpack_int,
+    status_block,
+)
+from backend.kv.wire_conn import H2Config, H2Connection, H2Stream
 
 log = logging.getLogger("clusterd.kv.wire")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# Frame types.
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-# Flags.
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-# Error codes.
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-STREAM_CLOSED, FRAME_SIZE_ERROR, CANCEL, COMPRESSION_ERROR = 5, 6, 8, 9
-# Settings.
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
-
-DEFAULT_WINDOW = 65_535
-MAX_WINDOW = 2**31 - 1
-FRAME_SIZE = 16_384
-"""The largest frame this server accepts (HTTP/2's default) and the default it sends."""
 STREAM_WINDOW = 4 * 1024 * 1024
 """How much each stream may send before we have read it: at least a whole request, so a
 unary call never waits for a WINDOW_UPDATE (the server raises it for larger limits)."""
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_HEADER_BLOCK = 64 * 1024
 """A request's header block may not grow beyond this across CONTINUATION frames."""
+FRAMES_PER_PASS = 64
+"""Frames one connection handles before the event loop serves the others."""
+PREFACE_TIMEOUT = 5.0
+"""Seconds a new connection has to send the client preface and its SETTINGS."""
 
-_FRAME = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
-_SETTING = struct.Struct(">HL")
-_PREFIX = struct.Struct(">BL")  # gRPC message: compressed flag, length
-
+_PREFIX = MESSAGE_PREFIX
+# :status 415 with the name from static entry 8, content-type with the name of entry 31.
+_UNSUPPORTED_MEDIA_TYPE = (
+    b"\x08\x03415" + hpack_int(31, 4, 0) + hpack_int(25, 7, 0) + b"text/plain; charset=utf-8"
+)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame."""
-    length = len(payload)
-    return _FRAME.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
+@dataclass
+class Limits:
+    """The per-connection limits and keepalive policy (flags of `clusterd kv`, etcd's names)."""
 
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header as a literal never added to the peer's dynamic table (no state to keep)."""
-    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
-
-
-# :status 200 is static entry 8; content-type is static name 31, sent without indexing.
-_RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4, 0) + _hpack_int(16, 7, 0) + b"application/grpc"
-_OK_TRAILERS = _literal(b"grpc-status", b"0")
-
-
-def _percent_encode(message: str) -> bytes:
-    """grpc-message's encoding: printable ASCII but '%' as is, every other byte as %XX."""
-    out = bytearray()
-    for byte in message.encode("utf-8", "replace"):
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            out.append(byte)
-        else:
-            out += b"%%%02X" % byte
-    return bytes(out)
-
-
-def _status_block(code: grpc.StatusCode, message: str) -> bytes:
-    if code is grpc.StatusCode.OK and not message:
-        return _OK_TRAILERS
-    block = _literal(b"grpc-status", str(code.value[0]).encode())
-    if message:
-        block += _literal(b"grpc-message", _percent_encode(message[:4096]))
-    return block
+    max_concurrent_streams: int = 1000
+    max_header_list_size: int = 16 * 1024
+    keepalive_min_time: float = 5.0
+    keepalive_interval: float = 2 * 3600.0
+    keepalive_timeout: float = 20.0
+    header_fields_per_second: float = 10_000.0
+    preface_timeout: float = PREFACE_TIMEOUT
 
 
 class Abort(Exception):
@@ -130,18 +130,18 @@ class Abort(Exception):
 class Context:
     """What a servicer method gets besides its request: the grpc.aio calls the servicers use."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_call",)
 
-    def __init__(self, stream: Stream) -> None:
-        self._stream = stream
+    def __init__(self, call: Call) -> None:
+        self._call = call
 
     async def abort(self, code: grpc.StatusCode, details: str = "", *_: object) -> None:
         raise Abort(code, details)
 
     async def write(self, message: Any) -> None:
         """Sends one response of a streaming call; ``bytes`` are sent as already serialized."""
-        stream = self._stream
-        await stream.conn.send_message(stream, self._body(message))
+        call = self._call
+        await call.conn.send_message(call, self._body(message))
 
     def try_write(self, message: Any) -> bool:
         """Sends one response of a streaming call now, if nothing waits to go before it.
@@ -149,43 +149,63 @@ class Context:
         False when the client is behind (flow control or a full socket buffer): the
         caller then queues the message and sends it with ``write``, which waits.
         """
-        stream = self._stream
-        conn = stream.conn
-        if stream.pending or stream.reset or stream.finished or conn.paused:
+        call = self._call
+        stream = call.stream
+        conn = call.conn
+        if stream.pending or stream.reset or call.finished or conn.paused:
             return False
-        conn.send_message_now(stream, self._body(message))
+        conn.send_message_now(call, self._body(message))
         return True
+
+    def backlog(self) -> int:
+        """Bytes queued for this connection that the socket has not taken yet: this stream's
+        flow-controlled output, the connection's unsent frames and the transport's buffer."""
+        call = self._call
+        conn = call.conn
+        size = len(call.stream.pending) + sum(map(len, conn.h2.out))
+        transport = conn.transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                size += transport.get_write_buffer_size()
+        return size
 
     def _body(self, message: Any) -> bytes:
         """A response serialized, unless it already is."""
         if isinstance(message, bytes):
             return message
-        return self._stream.handler.response_serializer(message)
+        return self._call.handler.response_serializer(message)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(
             (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in self._stream.metadata
+            for name, value in self._call.metadata
             if not name.startswith(b":")
         )
 
     def peer(self) -> str:
-        return self._stream.conn.peer
+        return self._call.conn.peer
 
     def cancelled(self) -> bool:
-        return self._stream.reset
+        return self._call.stream.reset
 
     def done(self) -> bool:
-        return self._stream.finished
+        return self._call.finished
+
+    # grpc's servicer base classes answer a method not overridden with these and a raise.
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._call.code = code
+
+    def set_details(self, details: str) -> None:
+        self._call.details = details
 
 
 class Inbox:
     """A streaming call's requests, as the async iterator its servicer reads."""
 
-    __slots__ = ("closed", "items", "stream", "waiter")
+    __slots__ = ("call", "closed", "items", "waiter")
 
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
+    def __init__(self, call: Call) -> None:
+        self.call = call
         self.items: deque[tuple[Any, int]] = deque()
         self.closed = False
         self.waiter: asyncio.Future[None] | None = None
@@ -218,84 +238,76 @@ class Inbox:
         request, size = self.items.popleft()
         # The stream's window reopens as its requests are read, not as they arrive: a
         # client that sends faster than the servicer reads is held back by flow control.
-        self.stream.conn.consumed(self.stream, size)
+        self.call.conn.consumed(self.call, size)
         return request
 
 
-class Stream:
-    """One call: its handler, what has arrived of its request, and what waits to be sent."""
+class Call:
+    """One gRPC call on a stream: its handler, what has arrived of its request, its state."""
 
     __slots__ = (
+        "code",
         "conn",
+        "details",
         "drained",
         "finished",
         "handler",
-        "headers_sent",
-        "id",
+        "held",
         "inbox",
         "message",
         "metadata",
-        "pending",
-        "recv_window",
-        "remote_closed",
-        "reset",
         "started",
+        "stream",
         "task",
-        "trailers",
-        "window",
     )
 
-    def __init__(self, conn: Connection, stream_id: int, window: int) -> None:
+    def __init__(self, conn: Connection, stream: H2Stream, metadata: list[tuple[bytes, bytes]]):
         self.conn = conn
-        self.id = stream_id
-        self.window = window
-        self.recv_window = conn.server.stream_window
+        self.stream = stream
+        self.metadata = metadata
         self.handler: Any = None
-        self.metadata: list[tuple[bytes, bytes]] = []
         self.message = bytearray()
         self.inbox: Inbox | None = None
         self.task: asyncio.Future[None] | None = None
         self.started = False
-        self.headers_sent = False
-        self.remote_closed = False
         self.finished = False
-        self.reset = False
-        self.pending = bytearray()
-        self.trailers: bytes | None = None
         self.drained: asyncio.Future[None] | None = None
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self.held = 0
+        """Request bytes received and not yet read (the connection's window waits for them)."""
+
+
+_REQUEST, _BODY, _RESET, _DRAINED = (
+    wire_conn.REQUEST,
+    wire_conn.BODY,
+    wire_conn.RESET,
+    wire_conn.DRAINED,
+)
+_GOAWAY_RECEIVED, _TERMINATED = wire_conn.GOAWAY_RECEIVED, wire_conn.TERMINATED
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: frames in, calls dispatched, frames out."""
+    """One client connection: bytes to the state machine, its events to calls, frames out."""
 
     def __init__(self, server: WireServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.buffer = bytearray()
-        self.preface = False
-        self.decoder = hpack.Decoder()
-        self.decoder.max_header_list_size = MAX_HEADER_BLOCK
-        self.decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
-        """Header blocks of indexed fields only, decoded, while the dynamic table holds."""
-        self.streams: dict[int, Stream] = {}
-        self.last_stream = 0
-        self.continuing: tuple[int, int, bytearray] | None = None  # stream, flags, block
-        self.send_window = DEFAULT_WINDOW
-        self.peer_stream_window = DEFAULT_WINDOW
-        self.peer_frame_size = FRAME_SIZE
-        self.recv_unacked = 0
-        self.recv_window = CONNECTION_WINDOW
-        """What the client may still send before our next WINDOW_UPDATE."""
-        self.blocked: dict[int, Stream] = {}
-        self.out: list[bytes] = []
+        self.h2 = H2Connection(server.h2_config, self.loop.time())
         self.flush_scheduled = False
         self.paused = False
+        """The client is not reading what we send (the transport's buffer is full)."""
+        self.backlogged = False
+        """Frames wait in our input buffer: reading stops until they are handled."""
+        self.pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self.resumed: asyncio.Future[None] | None = None
         self.closing = False
-        self.failed = False
         self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.timer: asyncio.TimerHandle | None = None
+        self.heard = True
+        self.awaiting_preface = True
 
     # -- transport events
 
@@ -321,23 +333,25 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 15)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-        settings = _SETTING.pack(S_ENABLE_PUSH, 0) + _SETTING.pack(
-            S_INITIAL_WINDOW_SIZE, self.server.stream_window
-        )
-        transport.write(
-            frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
-        )
+        self.timer = self.loop.call_later(self.server.limits.preface_timeout, self._preface_timeout)
+        transport.write(self.h2.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.closing = True
         if not self.closed.done():
             self.closed.set_result(None)
-        for stream in list(self.streams.values()):
-            self._cancel(stream)
-        self.streams.clear()
-        self.blocked.clear()
+        for timer in (self.timer, self.pump_handle):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.pump_handle = None
+        h2 = self.h2
+        for stream in list(h2.streams.values()):
+            stream.reset = True
+            if stream.call is not None:
+                self._cancel(stream.call)
+        h2.streams.clear()
+        h2.blocked.clear()
         if self.resumed is not None and not self.resumed.done():
             self.resumed.set_result(None)
         # The transport refers to us: drop our side, so no cycle outlives the connection.
@@ -347,278 +361,206 @@ class Connection(asyncio.Protocol):
         # The client is not reading what we send: stop reading what it sends until it does,
         # so a flood of requests or pings whose answers pile up cannot grow our memory.
         self.paused = True
-        with contextlib.suppress(Exception):
-            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._reading()
 
     def resume_writing(self) -> None:
         self.paused = False
-        with contextlib.suppress(Exception):
-            self.transport.resume_reading()  # type: ignore[union-attr]
+        self._reading()
         if self.resumed is not None and not self.resumed.done():
             self.resumed.set_result(None)
         self.resumed = None
 
+    def _reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        with contextlib.suppress(Exception):
+            if self.paused or self.backlogged:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if not self.preface:
-            if len(buffer) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buffer)):
-                    self._fail(PROTOCOL_ERROR, "not an HTTP/2 client")
-                return
-            if buffer[: len(PREFACE)] != PREFACE:
-                self._fail(PROTOCOL_ERROR, "not an HTTP/2 client")
-                return
-            del buffer[: len(PREFACE)]
-            self.preface = True
-        offset = 0
-        size = len(buffer)
-        unpack = _FRAME.unpack_from
-        try:
-            # Not ``closing``: after a GOAWAY either way the running calls still need the
-            # client's WINDOW_UPDATEs, RST_STREAMs and request DATA.
-            while size - offset >= 9 and not self.failed:
-                high, low, kind, flags, stream_id = unpack(buffer, offset)
-                length = (high << 16) | low
-                if length > FRAME_SIZE:
-                    self._fail(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-                    return
-                end = offset + 9 + length
-                if end > size:
-                    break
-                payload = bytes(buffer[offset + 9 : end])
-                offset = end
-                self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
-        except _ConnectionError as error:
-            self._fail(error.code, str(error))
+        self.heard = True
+        self.h2.receive(data)
+        if self.pump_handle is None:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Handles a bounded batch of the client's frames; more in a later loop pass."""
+        self.pump_handle = None
+        h2 = self.h2
+        now = self.loop.time()
+        events = h2.process(now, FRAMES_PER_PASS)
+        if events:
+            self._dispatch(events)
+        if h2.failed:
+            for event in events:
+                if event[0] == _TERMINATED:
+                    log.debug("closing connection from %s: %s", self.peer, event[2])
+            self._close_failed()
             return
-        del buffer[:offset]
+        if self.awaiting_preface and h2.preface:
+            self._start_keepalive()
+        if h2.has_input:
+            if not self.backlogged:
+                self.backlogged = True
+                self._reading()
+            if h2.resume_at > now:
+                self.pump_handle = self.loop.call_at(h2.resume_at, self._pump)
+            else:
+                self.pump_handle = self.loop.call_soon(self._pump)
+        elif self.backlogged:
+            self.backlogged = False
+            self._reading()
+        if h2.out:
+            self._schedule_flush()
 
-    # -- frames
+    def _preface_timeout(self) -> None:
+        self.timer = None
+        if not self.h2.preface and self.transport is not None:
+            log.debug("closing connection from %s: no preface", self.peer)
+            self.h2.fail(PROTOCOL_ERROR, "no preface in time")
+            self._close_failed()
 
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.continuing is not None and kind != CONTINUATION:
-            raise _ConnectionError(PROTOCOL_ERROR, "expected CONTINUATION")
-        if kind == DATA:
-            self._data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            self._headers(flags, stream_id, payload)
-        elif kind == CONTINUATION:
-            self._continuation(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, payload)
-        elif kind == PING:
-            if len(payload) != 8 or stream_id:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "bad PING")
-            if not flags & ACK:
-                self._write(frame(PING, ACK, 0, payload))
-        elif kind == SETTINGS:
-            self._settings(flags, stream_id, payload)
-        elif kind == RST_STREAM:
-            if len(payload) != 4:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "bad RST_STREAM")
-            if stream_id == 0 or stream_id > self.last_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-            stream = self.streams.pop(stream_id, None)
-            if stream is not None:
-                stream.reset = True
-                self.blocked.pop(stream_id, None)
-                self._cancel(stream)
+    def _start_keepalive(self) -> None:
+        """grpc-go's server keepalive: a PING after ``interval`` of silence, then ``timeout``."""
+        self.awaiting_preface = False
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.server.limits.keepalive_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        limits = self.server.limits
+        if self.transport is None:
+            return
+        if self.heard:
+            self.heard = False
+            self.timer = self.loop.call_later(limits.keepalive_interval, self._keepalive)
+            return
+        # Silent for a whole interval: ping; silent for ``timeout`` more, the client is gone.
+        self.h2.out.append(frame(PING, 0, 0, b"keepaliv"))
+        self._flush()
+        self.timer = self.loop.call_later(limits.keepalive_timeout, self._keepalive_expired)
+
+    def _keepalive_expired(self) -> None:
+        if self.transport is None:
+            return
+        if self.heard:
+            self.heard = False
+            self.timer = self.loop.call_later(
+                self.server.limits.keepalive_interval, self._keepalive
+            )
+            return
+        log.debug("closing connection from %s: keepalive ping unanswered", self.peer)
+        self.abort()
+
+    def _dispatch(self, events: list[tuple[Any, ...]]) -> None:
+        for event in events:
+            kind = event[0]
+            if kind == _BODY:
+                call = event[1].call
+                data = event[2]
+                if call is None or call.finished or call.stream.reset:
+                    self.h2.acknowledge(event[3])
+                    continue
+                if len(data) < event[3]:  # padding is read at once
+                    if call.inbox is not None:
+                        self.h2.consumed(call.stream, event[3] - len(data))
+                    else:
+                        self.h2.acknowledge(event[3] - len(data))
+                if data:
+                    call.held += len(data)
+                    if call.handler is not None:
+                        self._messages(call, data)
+                if event[4]:
+                    self._remote_closed(call)
+            elif kind == _REQUEST:
+                self._request(event[1], event[2], event[3])
+            elif kind == _RESET:
+                call = event[1].call
+                if call is not None:
+                    self._cancel(call)
+                    self._maybe_close()
+            elif kind == _DRAINED:
+                call = event[1].call
+                if call is not None:
+                    drained = call.drained
+                    if drained is not None and not drained.done():
+                        drained.set_result(None)
+                    call.drained = None
                 self._maybe_close()
-        elif kind == GOAWAY:
-            self.closing = True  # the client opens no more streams; ours run to their end
-            self._maybe_close()
-        elif kind == PUSH_PROMISE:
-            raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
-        # PRIORITY and unknown frame types are ignored, as HTTP/2 says.
+            elif kind == _GOAWAY_RECEIVED:
+                self.closing = True
+                self._maybe_close()
 
-    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            return
-        if len(payload) % 6:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "bad SETTINGS length")
-        for index in range(0, len(payload), 6):
-            setting, value = _SETTING.unpack_from(payload, index)
-            if setting == S_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise _ConnectionError(FLOW_CONTROL_ERROR, "window too large")
-                delta = value - self.peer_stream_window
-                self.peer_stream_window = value
-                for stream in self.streams.values():
-                    stream.window += delta
-            elif setting == S_MAX_FRAME_SIZE:
-                if not FRAME_SIZE <= value <= 2**24 - 1:
-                    raise _ConnectionError(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
-                self.peer_frame_size = value
-        self._write(frame(SETTINGS, ACK, 0))
-        self._flush_blocked()
+    def _close_failed(self) -> None:
+        transport = self.transport
+        self.closing = True
+        if transport is not None and not transport.is_closing():
+            self._flush()
+            transport.close()
 
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
-        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
-        if stream_id == 0:
-            if not increment:
-                raise _ConnectionError(PROTOCOL_ERROR, "zero WINDOW_UPDATE")
-            self.send_window += increment
-            if self.send_window > MAX_WINDOW:
-                raise _ConnectionError(FLOW_CONTROL_ERROR, "window overflow")
-            self._flush_blocked()
-            return
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if not increment:
-            self._reset(stream, PROTOCOL_ERROR)
-            return
-        stream.window += increment
-        if stream.window > MAX_WINDOW:
-            self._reset(stream, FLOW_CONTROL_ERROR)
-            return
-        if stream.pending or stream.trailers is not None:
-            self._flush_stream(stream)
+    # -- calls
 
-    def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0 or stream_id % 2 == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on an invalid stream")
-        payload = _unpad(flags, payload)
-        if flags & PRIORITY_FLAG:
-            payload = payload[5:]
-        if not flags & END_HEADERS:
-            self.continuing = (stream_id, flags, bytearray(payload))
-            return
-        self._header_block(stream_id, flags, payload)
-
-    def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if self.continuing is None or self.continuing[0] != stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
-        block = self.continuing[2]
-        block += payload
-        if len(block) > MAX_HEADER_BLOCK:
-            raise _ConnectionError(PROTOCOL_ERROR, "header block too large")
-        if flags & END_HEADERS:
-            first_flags = self.continuing[1]
-            self.continuing = None
-            self._header_block(stream_id, first_flags, bytes(block))
-
-    def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._decode(block)
-        stream = self.streams.get(stream_id)
-        if stream is not None:  # trailers from the client: only END_STREAM matters
-            if flags & END_STREAM:
-                self._remote_closed(stream)
-            return
-        if stream_id <= self.last_stream:
-            raise _ConnectionError(STREAM_CLOSED, "HEADERS on a closed stream")
-        self.last_stream = stream_id
-        if self.closing:
-            self._write(frame(RST_STREAM, 0, stream_id, b"\x00\x00\x00\x07"))  # REFUSED_STREAM
-            return
-        stream = Stream(self, stream_id, self.peer_stream_window)
-        self.streams[stream_id] = stream
-        stream.metadata = headers
+    def _request(self, stream: H2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        call = Call(self, stream, headers)
+        stream.call = call
         path = b""
+        grpc_request = False
         for name, value in headers:
             if name == b":path":
                 path = value
+            elif name == b"content-type":
+                grpc_request = value.startswith(b"application/grpc")
             elif name == b"grpc-encoding":
                 if value != b"identity":  # as etcd: no decompressors
                     self._finish(
-                        stream,
+                        call,
                         grpc.StatusCode.UNIMPLEMENTED,
                         f"grpc: Decompressor is not installed for grpc-encoding "
                         f'"{value.decode("latin-1")}"',
                     )
                     return
-
+        if not grpc_request:
+            self._not_grpc(call, headers)
+            return
         handler = self.server.handlers.get(path)
         if handler is None:
-            self._finish(stream, *self.server.unknown(path.decode("latin-1")))
+            self._finish(call, *self.server.unknown(path.decode("latin-1")))
             return
-        stream.handler = handler
+        call.handler = handler
         if handler.request_streaming:
-            stream.inbox = Inbox(stream)
-            self._start(stream, stream.inbox)
-        if flags & END_STREAM:
-            self._remote_closed(stream)
+            call.inbox = Inbox(call)
+            self._start(call, call.inbox)
+        if end:
+            self._remote_closed(call)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """A header block decoded; a repeated block of indexed fields only, from a cache.
+    def _not_grpc(self, call: Call, headers: list[tuple[bytes, bytes]]) -> None:
+        """A request that is not gRPC: HTTP's 415 with a line of text, as gRPC's spec says."""
+        content_type = dict(headers).get(b"content-type", b"").decode("latin-1")
+        message = f"invalid gRPC request content-type {content_type!r}"
+        self.h2.send_headers(call.stream, _UNSUPPORTED_MEDIA_TYPE)
+        self.h2.send_data(call.stream, message.encode() + b"\n")
+        self._finish(call, grpc.StatusCode.INVALID_ARGUMENT, message)
 
-        A client repeating a call sends the same few bytes each time, every field a
-        one-byte reference to an entry of the tables (bytes 0x80 and up). Such a block
-        changes no table, so its meaning holds until a block that may change the dynamic
-        table arrives, which empties the cache. Decoding costs 20-30 µs in hpack; this, one.
-        """
-        cacheable = bool(block) and min(block) >= 0x80
-        if cacheable:
-            headers = self.decoded.get(block)
-            if headers is not None:
-                return headers
-        else:
-            self.decoded.clear()
-        try:
-            headers = self.decoder.decode(block, raw=True)
-        except hpack.HPACKError as error:
-            raise _ConnectionError(COMPRESSION_ERROR, f"HPACK: {error}") from error
-        if cacheable and len(self.decoded) < 256:
-            self.decoded[block] = headers
-        return headers
-
-    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        length = len(payload)
-        if length:
-            self.recv_window -= length
-            if self.recv_window < 0:
-                raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-            self.recv_unacked += length
-            if self.recv_unacked >= CONNECTION_WINDOW // 2:
-                self._write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
-                self.recv_window += self.recv_unacked
-                self.recv_unacked = 0
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            if stream_id > self.last_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # a stream we have finished or reset: its data is dropped
-        if stream.remote_closed:
-            self._reset(stream, STREAM_CLOSED)
-            return
-        stream.recv_window -= length
-        if stream.recv_window < 0:
-            self._reset(stream, FLOW_CONTROL_ERROR)
-            return
-        payload = _unpad(flags, payload)
-        if stream.inbox is not None and len(payload) < length:
-            self.consumed(stream, length - len(payload))  # padding is read at once
-        if flags & END_STREAM:
-            # Half-closed before the handler runs: a call answered at once then ends
-            # cleanly, without a RST_STREAM telling the client to stop sending.
-            stream.remote_closed = True
-        if stream.handler is not None and not stream.finished:
-            self._messages(stream, payload)
-        if flags & END_STREAM:
-            self._remote_closed(stream)
-
-    def _messages(self, stream: Stream, payload: bytes) -> None:
+    def _messages(self, call: Call, payload: bytes) -> None:
         """Whole gRPC messages out of the stream's bytes, to its handler."""
-        buffered = stream.message
+        buffered = call.message
         if buffered:
             buffered += payload
             data: bytes | bytearray = buffered
         else:
             data = payload
         limit = self.server.max_receive
-        handler = stream.handler
+        handler = call.handler
         offset = 0
         total = len(data)
         while total - offset >= 5:
             compressed, size = _PREFIX.unpack_from(data, offset)
             if size > limit:
                 self._finish(
-                    stream,
+                    call,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"grpc: received message larger than max ({size} vs. {limit})",
                 )
@@ -630,7 +572,7 @@ class Connection(asyncio.Protocol):
             offset = end
             if compressed:  # the flag on a message whose call declared no encoding
                 self._finish(
-                    stream,
+                    call,
                     grpc.StatusCode.INTERNAL,
                     "grpc: compressed flag set with identity or empty encoding",
                 )
@@ -638,50 +580,77 @@ class Connection(asyncio.Protocol):
             try:
                 request = handler.request_deserializer(body)
             except Exception:  # protobuf raises DecodeError, and others
-                self._finish(stream, grpc.StatusCode.INTERNAL, "error deserializing the request")
+                self._finish(call, grpc.StatusCode.INTERNAL, "error deserializing the request")
                 return
-            if stream.inbox is not None:
-                stream.inbox.put(request, size + 5)
-            elif stream.started:
-                self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, "more than one request")
+            if call.inbox is not None:
+                call.inbox.put(request, size + 5)
+            elif call.started:
+                self._finish(call, grpc.StatusCode.UNIMPLEMENTED, "more than one request")
                 return
             else:
-                self._start(stream, request)
+                self._start(call, request)
         if offset < total:
             if data is buffered:
                 del buffered[:offset]
             else:
-                stream.message = bytearray(data[offset:])
+                call.message = bytearray(data[offset:])
         elif buffered:
             buffered.clear()
         # A unary request fits its stream's window whole (see STREAM_WINDOW): no update.
 
-    def consumed(self, stream: Stream, size: int) -> None:
-        if not stream.remote_closed and not stream.finished and size:
-            stream.recv_window += size
-            self._write(frame(WINDOW_UPDATE, 0, stream.id, size.to_bytes(4, "big")))
+    def consumed(self, call: Call, size: int) -> None:
+        """A streaming call read a request of ``size`` bytes: the client may send more."""
+        h2 = self.h2
+        if not call.finished and call.held:
+            size = min(size, call.held)
+            call.held -= size
+            h2.consumed(call.stream, size)
+            if h2.out:
+                self._schedule_flush()
 
-    def _remote_closed(self, stream: Stream) -> None:
-        stream.remote_closed = True
-        if stream.inbox is not None:
-            stream.inbox.close()
-        elif not stream.started and not stream.finished:
-            self._finish(stream, grpc.StatusCode.INTERNAL, "the call carried no request")
-            return
-        if stream.finished and stream.trailers is None and not stream.pending:
-            self.streams.pop(stream.id, None)
+    def _release(self, call: Call) -> None:
+        """The call holds none of its request bytes any more: the connection's window reopens."""
+        if call.held:
+            h2 = self.h2
+            h2.acknowledge(call.held)
+            call.held = 0
+            if h2.out and not self.flush_scheduled:
+                self._schedule_flush()
 
-    # -- calls
+    def _remote_closed(self, call: Call) -> None:
+        if call.inbox is not None:
+            call.inbox.close()
+        elif not call.started and not call.finished:
+            self._finish(call, grpc.StatusCode.INTERNAL, "the call carried no request")
 
-    def _start(self, stream: Stream, request: Any) -> None:
-        stream.started = True
-        handler = stream.handler
+    def _start(self, call: Call, request: Any) -> None:
+        call.started = True
+        handler = call.handler
+        if call.inbox is None:
+            self._release(call)  # a unary call's request is whole: its bytes are read
         if handler.request_streaming or handler.response_streaming:
-            stream.task = asyncio.ensure_future(self._run(stream, request))
-        else:
-            self._step(stream, handler.unary_unary(request, Context(stream)))
+            call.task = asyncio.ensure_future(self._run(call, request))
+            return
+        try:
+            coro = handler.unary_unary(request, Context(call))
+        except Exception as error:  # a servicer method that is not a coroutine function
+            self._failed(call, error)
+            return
+        if not inspect.iscoroutine(coro):
+            self._failed(call, TypeError(f"{_path(call)} is not a coroutine function"))
+            return
+        self._step(call, coro)
 
-    def _step(self, stream: Stream, coro: Any, _done: object = None) -> None:
+    def _failed(self, call: Call, error: BaseException) -> None:
+        """Ends a call whose handler raised: with the status it set, or UNKNOWN, as grpc does."""
+        if isinstance(error, NotImplementedError) or call.code is not None:
+            code = call.code or grpc.StatusCode.UNIMPLEMENTED
+            self._finish(call, code, call.details or str(error) or "Method not implemented!")
+            return
+        log.error("%s failed: %s: %s", _path(call), type(error).__name__, error, exc_info=error)
+        self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(error).__name__}: {error}")
+
+    def _step(self, call: Call, coro: Any, _done: object = None) -> None:
         """Runs a unary handler's coroutine to its next wait, as a Task would, but inline.
 
         Most calls finish without waiting (a read) or wait once (a write waits for the disk),
@@ -691,89 +660,84 @@ class Connection(asyncio.Protocol):
         try:
             waited = coro.send(None)
         except StopIteration as stop:
-            if not stream.reset:
-                body = stream.handler.response_serializer(stop.value)
-                self.send_message_now(stream, body)
-                self._finish(stream, grpc.StatusCode.OK, "")
+            if not call.stream.reset:
+                try:
+                    body = call.handler.response_serializer(stop.value)
+                except Exception as error:
+                    self._failed(call, error)
+                    return
+                self.send_message_now(call, body)
+                self._finish(call, grpc.StatusCode.OK, "")
             return
         except Abort as abort:
-            self._finish(stream, abort.code, abort.message)
+            self._finish(call, abort.code, abort.message)
             return
         except asyncio.CancelledError:
-            self._finish(stream, grpc.StatusCode.CANCELLED, "cancelled")
+            self._finish(call, grpc.StatusCode.CANCELLED, "cancelled")
             return
         except Exception as error:
-            log.exception("%s failed", _path(stream))
-            self._finish(
-                stream, grpc.StatusCode.UNKNOWN, f"Unexpected {type(error).__name__}: {error}"
-            )
+            self._failed(call, error)
             return
         if waited is None:  # a bare yield, as asyncio.sleep(0) does
-            self.loop.call_soon(self._step, stream, coro)
+            self.loop.call_soon(self._step, call, coro)
         elif getattr(waited, "_asyncio_future_blocking", False):
             waited._asyncio_future_blocking = False
-            waited.add_done_callback(functools.partial(self._step, stream, coro))
+            waited.add_done_callback(functools.partial(self._step, call, coro))
         else:
             coro.close()
-            raise RuntimeError(f"{_path(stream)}: a handler yielded {waited!r}")
+            self._failed(call, RuntimeError(f"{_path(call)}: a handler yielded {waited!r}"))
 
-    async def _run(self, stream: Stream, request: Any) -> None:
-        handler = stream.handler
-        context = Context(stream)
+    async def _run(self, call: Call, request: Any) -> None:
+        handler = call.handler
+        context = Context(call)
         code, message = grpc.StatusCode.OK, ""
         try:
             if handler.response_streaming:
-                call = handler.stream_stream if handler.request_streaming else handler.unary_stream
-                result = call(request, context)
+                method = (
+                    handler.stream_stream if handler.request_streaming else handler.unary_stream
+                )
+                result = method(request, context)
                 if inspect.isasyncgen(result):
                     async for response in result:
-                        await self.send_message(stream, handler.response_serializer(response))
+                        await self.send_message(call, handler.response_serializer(response))
                 else:
                     await result
             else:  # unary calls never get here: _step drives them
                 response = await handler.stream_unary(request, context)
-                if not stream.reset:
-                    self.send_message_now(stream, handler.response_serializer(response))
+                if not call.stream.reset:
+                    self.send_message_now(call, handler.response_serializer(response))
         except Abort as abort:
             code, message = abort.code, abort.message
         except asyncio.CancelledError:
-            if not stream.reset and not self.closing:
+            if not call.stream.reset and not self.closing:
                 raise
             return
         except Exception as error:
-            log.exception("%s failed", stream.metadata and _path(stream))
-            code, message = grpc.StatusCode.UNKNOWN, f"Unexpected {type(error).__name__}: {error}"
-        self._finish(stream, code, message)
+            self._failed(call, error)
+            return
+        self._finish(call, code, message)
 
-    def send_message_now(self, stream: Stream, body: bytes) -> None:
+    def send_message_now(self, call: Call, body: bytes) -> None:
         """Queues one response message, within flow control, without waiting."""
-        if stream.reset or stream.finished or self.transport is None:
+        stream = call.stream
+        if stream.reset or call.finished or self.transport is None:
             return
-        data = _PREFIX.pack(0, len(body)) + body
+        h2 = self.h2
         if not stream.headers_sent:
-            stream.headers_sent = True
-            self._write(frame(HEADERS, END_HEADERS, stream.id, _RESPONSE_HEADERS))
-        if stream.pending:
-            stream.pending += data
-            return
-        allowed = min(self.send_window, stream.window)
-        if len(data) <= allowed and len(data) <= self.peer_frame_size:
-            self.send_window -= len(data)
-            stream.window -= len(data)
-            self._write(frame(DATA, 0, stream.id, data))
-            return
-        stream.pending += data
-        self._flush_stream(stream)
+            h2.send_headers(stream, RESPONSE_HEADERS)
+        h2.send_data(stream, _PREFIX.pack(0, len(body)) + body)
+        self._schedule_flush()
 
-    async def send_message(self, stream: Stream, body: bytes) -> None:
+    async def send_message(self, call: Call, body: bytes) -> None:
         """Sends one message of a streaming response, waiting while the client is not reading."""
+        stream = call.stream
         if stream.reset or self.transport is None:
             raise asyncio.CancelledError
-        self.send_message_now(stream, body)
+        self.send_message_now(call, body)
         while stream.pending and not stream.reset:
-            if stream.drained is None:
-                stream.drained = self.loop.create_future()
-            await stream.drained
+            if call.drained is None:
+                call.drained = self.loop.create_future()
+            await call.drained
         if self.paused and self.transport is not None and not self.transport.is_closing():
             if self.resumed is None:
                 self.resumed = self.loop.create_future()
@@ -781,136 +745,65 @@ class Connection(asyncio.Protocol):
         if stream.reset:
             raise asyncio.CancelledError
 
-    def _finish(self, stream: Stream, code: grpc.StatusCode, message: str) -> None:
-        if stream.finished or stream.reset:
+    def _finish(self, call: Call, code: grpc.StatusCode, message: str) -> None:
+        stream = call.stream
+        if call.finished or stream.reset:
             return
-        stream.finished = True
-        if stream.inbox is not None:
-            stream.inbox.close()
-        status = _status_block(code, message)
-        if stream.headers_sent:
-            trailers = frame(HEADERS, END_STREAM | END_HEADERS, stream.id, status)
-        else:
-            stream.headers_sent = True
-            trailers = frame(
-                HEADERS, END_STREAM | END_HEADERS, stream.id, _RESPONSE_HEADERS + status
-            )
-        if stream.pending:
-            stream.trailers = trailers
-        else:
-            self._write_now(trailers)
-            self._closed_local(stream)
+        call.finished = True
+        if call.inbox is not None:
+            call.inbox.close()
+        self._release(call)
+        status = status_block(code, message)
+        if not stream.headers_sent:
+            status = RESPONSE_HEADERS + status
+        h2 = self.h2
+        if h2.end_stream(stream, status):
+            # Ends a call's output: sent at once when it was the connection's only call;
+            # with more running, what all finish in this loop pass goes in one write.
+            if not h2.streams:
+                self._flush()
+            else:
+                self._schedule_flush()
         self._maybe_close()
 
-    def _closed_local(self, stream: Stream) -> None:
-        if stream.remote_closed:
-            self.streams.pop(stream.id, None)
-        else:
-            # The client is still sending (a stream it has not half-closed): tell it to stop.
-            self._write(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
-            self.streams.pop(stream.id, None)
-        if stream.task is not None and not stream.task.done() and stream.inbox is not None:
-            stream.inbox.close()
-        self._maybe_close()
+    def _cancel(self, call: Call) -> None:
+        call.stream.reset = True
+        if self.transport is not None:
+            self._release(call)
+        if call.inbox is not None:
+            call.inbox.close()
+        if call.task is not None and not call.task.done():
+            call.task.cancel()
+        if call.drained is not None and not call.drained.done():
+            call.drained.set_result(None)
 
-    def _reset(self, stream: Stream, code: int) -> None:
-        self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
-        self.streams.pop(stream.id, None)
-        stream.reset = True
-        self._cancel(stream)
+    # -- output
 
-    def _cancel(self, stream: Stream) -> None:
-        stream.reset = True
-        if stream.inbox is not None:
-            stream.inbox.close()
-        if stream.task is not None and not stream.task.done():
-            stream.task.cancel()
-        if stream.drained is not None and not stream.drained.done():
-            stream.drained.set_result(None)
-
-    # -- flow control and output
-
-    def _flush_stream(self, stream: Stream) -> None:
-        pending = stream.pending
-        frame_size = self.peer_frame_size
-        while pending:
-            allowed = min(self.send_window, stream.window, frame_size)
-            if allowed <= 0:
-                self.blocked[stream.id] = stream
-                return
-            chunk = bytes(pending[:allowed])
-            del pending[:allowed]
-            self.send_window -= len(chunk)
-            stream.window -= len(chunk)
-            self._write(frame(DATA, 0, stream.id, chunk))
-        self.blocked.pop(stream.id, None)
-        if stream.trailers is not None:
-            self._write(stream.trailers)
-            stream.trailers = None
-            self._closed_local(stream)
-        if stream.drained is not None and not stream.drained.done():
-            stream.drained.set_result(None)
-        stream.drained = None
-
-    def _flush_blocked(self) -> None:
-        for stream in list(self.blocked.values()):
-            if self.send_window <= 0:
-                return
-            self._flush_stream(stream)
-
-    def _write(self, data: bytes) -> None:
-        self.out.append(data)
+    def _schedule_flush(self) -> None:
         if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _write_now(self, data: bytes) -> None:
-        """Ends a call's output: sent at once when it is the connection's only call.
-
-        With more calls running, the output of all that finish in this loop pass is
-        gathered into one write; a lone call should not wait a loop pass for company.
-        """
-        self.out.append(data)
-        if len(self.streams) <= 1:
-            self._flush()
-        elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        out = self.out
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-        out.clear()
-
-    def _fail(self, code: int, reason: str) -> None:
-        log.debug("closing connection from %s: %s", self.peer, reason)
-        if self.transport is not None and not self.transport.is_closing():
-            self._flush()
-            self.transport.write(
-                frame(
-                    GOAWAY,
-                    0,
-                    0,
-                    self.last_stream.to_bytes(4, "big")
-                    + code.to_bytes(4, "big")
-                    + reason.encode()[:256],
-                )
-            )
-            self.transport.close()
-        self.closing = True
-        self.failed = True
+        h2 = self.h2
+        if not h2.out:
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(h2.data_to_send())
+        else:
+            h2.out.clear()
 
     def goaway(self) -> None:
         """Tells the client that no new calls are taken; the ones running go on."""
-        if self.transport is not None and not self.transport.is_closing():
-            self._write(frame(GOAWAY, 0, 0, self.last_stream.to_bytes(4, "big") + bytes(4)))
+        self.h2.goaway()
+        self._schedule_flush()
         self.closing = True
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.closing and not self.streams and self.transport is not None:
+        if self.closing and not self.h2.streams and self.transport is not None:
             self._flush()
             self.transport.close()
 
@@ -919,22 +812,8 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class _ConnectionError(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-def _unpad(flags: int, payload: bytes) -> bytes:
-    if not flags & PADDED:
-        return payload
-    if not payload or payload[0] >= len(payload):
-        raise _ConnectionError(PROTOCOL_ERROR, "bad padding")
-    return payload[1 : len(payload) - payload[0]]
-
-
-def _path(stream: Stream) -> str:
-    for name, value in stream.metadata:
+def _path(call: Call) -> str:
+    for name, value in call.metadata:
         if name == b":path":
             return value.decode("latin-1")
     return "?"
@@ -965,13 +844,24 @@ def split_address(address: str) -> tuple[str, int]:
 class WireServer:
     """Listens on one address and serves the registered servicers' methods."""
 
-    def __init__(self, max_receive: int) -> None:
+    def __init__(self, max_receive: int, limits: Limits | None = None) -> None:
         self.max_receive = max_receive
         self.stream_window = min(MAX_WINDOW, max(STREAM_WINDOW, max_receive + FRAME_SIZE))
+        self.limits = limits = limits or Limits()
+        self.h2_config = H2Config(
+            stream_window=self.stream_window,
+            connection_window=CONNECTION_WINDOW,
+            max_concurrent_streams=limits.max_concurrent_streams,
+            max_header_list_size=limits.max_header_list_size,
+            max_header_block=MAX_HEADER_BLOCK,
+            ping_min_time=limits.keepalive_min_time,
+            header_fields_per_second=limits.header_fields_per_second,
+            header_fields_burst=limits.header_fields_per_second,
+        )
         self.registry = _Registry()
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[Listener] = []
 
     def unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
         """The status for a method not served, worded as etcd's gRPC (grpc-go) words it."""
@@ -993,12 +883,10 @@ class WireServer:
 
     async def listen(self, address: str, ssl_context: ssl.SSLContext | None = None) -> int:
         host, port = split_address(address)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: Connection(self), host or None, port, ssl=ssl_context, reuse_address=True
-        )
-        self.servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
+        listener = Listener(self, ssl_context)
+        port = listener.bind(host or None, port)
+        self.servers.append(listener)
+        return port
 
     def close(self) -> None:
         """Stops listening and tells every client that no new calls are taken."""
@@ -1019,6 +907,121 @@ class WireServer:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
+ACCEPTS_PER_PASS = 64
+_OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+class Listener:
+    """Accepts connections on the listening sockets of one address, as Go's server does.
+
+    At the descriptor limit (EMFILE), uvloop's libuv would accept each waiting connection and
+    close it at once; asyncio's selector loop waits a second. Here, as in grpc-go, the
+    listener stops watching its sockets and retries after 5 ms, doubling to 1 s: the
+    connections already open keep being served, new ones wait in the kernel's backlog and are
+    taken once descriptors free up, and nothing spins.
+    """
+
+    def __init__(self, server: WireServer, ssl_context: ssl.SSLContext | None) -> None:
+        self.server = server
+        self.ssl_context = ssl_context
+        self.loop = asyncio.get_running_loop()
+        self.sockets: list[socket.socket] = []
+        self.backoff = 0.0
+        self.warned = -1e9
+        self.retry: asyncio.TimerHandle | None = None
+        self.starting: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    def bind(self, host: str | None, port: int) -> int:
+        infos = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        seen = set()
+        try:
+            for family, kind, proto, _, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                sock = socket.socket(family, kind, proto)
+                self.sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and len(self.sockets) > 1:  # every address on the same port
+                    address = (address[0], self.sockets[0].getsockname()[1], *address[2:])
+                sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+                sock.setblocking(False)
+        except OSError:
+            for sock in self.sockets:
+                sock.close()
+            raise
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        return int(self.sockets[0].getsockname()[1])
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_PASS):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause(error)
+                    return
+                if error.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that client gave up before we took it
+                self._pause(error)  # anything else: back off too, never spin
+                return
+            self.backoff = 0.0
+            conn.setblocking(False)
+            task = self.loop.create_task(self._serve(conn))
+            self.starting.add(task)
+            task.add_done_callback(self.starting.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: Connection(self.server), conn, ssl=self.ssl_context
+            )
+        except Exception as error:  # a failed TLS handshake, a client gone: that one only
+            log.debug("connection not started: %s", error)
+            conn.close()
+
+    def _pause(self, error: OSError) -> None:
+        now = self.loop.time()
+        if now - self.warned > 60:
+            self.warned = now
+            log.warning("accept: %s; retrying while the connections open are served", error)
+        self.backoff = min(1.0, max(0.005, self.backoff * 2))
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+        self.retry = self.loop.call_later(self.backoff, self._resume)
+
+    def _resume(self) -> None:
+        self.retry = None
+        if self.closed:
+            return
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.retry is not None:
+            self.retry.cancel()
+        for sock in self.sockets:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        if self.starting:
+            await asyncio.wait(list(self.starting), timeout=1.0)
+
+
 def server_ssl_context(
     cert_file: str, key_file: str, trusted_ca_file: str | None, client_cert_auth: bool
 ) -> ssl.SSLContext:
@@ -1034,4 +1037,4 @@ def server_ssl_context(
     return context
 
 
-__all__ = ["Abort", "AsyncIterator", "Context", "WireServer", "server_ssl_context"]
+__all__ = ["Abort", "AsyncIterator", "Context", "Limits", "WireServer", "server_ssl_context"]

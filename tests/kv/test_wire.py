@@ -380,8 +380,8 @@ async def test_a_ping_is_answered_with_an_ack_carrying_its_own_payload(
 def ping_tolerant_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStore]:
     """Each store, permitting a keepalive ping every 100 ms.
 
-    etcd by default allows one ping per 5 s (--grpc-keepalive-min-time) and answers more with
-    GOAWAY "too_many_pings"; the bundled store has no such policy.
+    Both by default allow one ping per 5 s (--grpc-keepalive-min-time) and answer more with
+    GOAWAY "too_many_pings".
     """
     if request.param == "etcd":
         member = EtcdMember(
@@ -391,7 +391,7 @@ def ping_tolerant_store(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
         )
         running: RunningStore = member.start().wait_ready()
     else:
-        running = start_bundled(tmp_path)
+        running = start_bundled(tmp_path, extra=["--grpc-keepalive-min-time", "100ms"])
     yield running
     running.stop()
 
