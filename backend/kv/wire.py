@@ -862,6 +862,8 @@ class WireServer:
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
         self.servers: list[Listener] = []
+        self.connection_factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)
+        """What serves an accepted connection; the store puts its HTTP/1.1 sniffer here."""
 
     def unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
         """The status for a method not served, worded as etcd's gRPC (grpc-go) words it."""
@@ -983,7 +985,7 @@ class Listener:
     async def _serve(self, conn: socket.socket) -> None:
         try:
             await self.loop.connect_accepted_socket(
-                lambda: Connection(self.server), conn, ssl=self.ssl_context
+                self.server.connection_factory, conn, ssl=self.ssl_context
             )
         except Exception as error:  # a failed TLS handshake, a client gone: that one only
             log.debug("connection not started: %s", error)
@@ -1025,11 +1027,12 @@ class Listener:
 def server_ssl_context(
     cert_file: str, key_file: str, trusted_ca_file: str | None, client_cert_auth: bool
 ) -> ssl.SSLContext:
-    """TLS as gRPC needs it: TLS 1.2 or later, and HTTP/2 chosen by ALPN."""
+    """TLS as gRPC needs it: TLS 1.2 or later, HTTP/2 chosen by ALPN (or HTTP/1.1, for the
+    store's HTTP side, as etcd offers both)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(["h2", "http/1.1"])
     if trusted_ca_file:
         context.load_verify_locations(trusted_ca_file)
     if client_cert_auth:

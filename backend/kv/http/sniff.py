@@ -39,9 +39,13 @@ class HTTPSide:
 class Sniffer(asyncio.Protocol):
     """Holds a new connection until its first bytes say HTTP/2 or HTTP/1.x."""
 
-    def __init__(self, grpc: Callable[[], asyncio.Protocol], http: HTTPSide) -> None:
+    def __init__(
+        self, grpc: Callable[[], asyncio.Protocol], http: HTTPSide, timeout: float = 5.0
+    ) -> None:
         self.grpc = grpc
         self.http = http
+        self.timeout = timeout
+        """The first bytes must come within this (the wire layer's preface timeout)."""
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.timer: asyncio.TimerHandle | None = None
@@ -58,7 +62,7 @@ class Sniffer(asyncio.Protocol):
                 self._hand_over(self.http.connection())
                 return
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.http.limits.header_timeout, self._timeout)
+        self.timer = loop.call_later(self.timeout, self._timeout)
 
     def _timeout(self) -> None:
         self.timer = None
@@ -98,10 +102,12 @@ class Sniffer(asyncio.Protocol):
             protocol.data_received(data)
 
 
-def attach(server: object, store_app: HTTPApp, limits: HTTPLimits | None = None) -> HTTPSide:
+def attach(
+    server: object, store_app: HTTPApp, limits: HTTPLimits | None = None, timeout: float = 5.0
+) -> HTTPSide:
     """Puts the HTTP/1.1 side behind a wire server's listeners: its ``connection_factory``
     becomes a sniffer in front of the HTTP/2 connection it made before."""
     side = HTTPSide(store_app, limits)
     grpc_factory = server.connection_factory  # type: ignore[attr-defined]
-    server.connection_factory = lambda: Sniffer(grpc_factory, side)  # type: ignore[attr-defined]
+    server.connection_factory = lambda: Sniffer(grpc_factory, side, timeout)  # type: ignore[attr-defined]
     return side
