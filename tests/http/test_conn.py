@@ -107,8 +107,9 @@ async def test_body_too_large_413(served: Served) -> None:
     assert _status(await served.exchange(chunked)) == [413]
 
 
-async def test_garbage_400(served: Served) -> None:
-    assert _status(await served.exchange(b"\x16\x03\x01 not http at all\r\n\r\n")) == [400]
+async def test_garbage_closed_and_missing_host_400(served: Served) -> None:
+    assert await served.exchange(b"\x16\x03\x01 not http at all\r\n\r\n") == b""
+    assert _status(await served.exchange(b"GET /health HTTP/1.1\r\n\r\n")) == [400]
 
 
 async def test_connection_count_bounded(served: Served) -> None:

@@ -11,12 +11,16 @@ are sniffed as plain ones are.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 from backend.kv.http.app import HTTPApp
 from backend.kv.http.conn import HTTPConnection, HTTPLimits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/1\.[0-9]\r?\n")
+MAX_FIRST_LINE = 4096
+"""How much of a first line is read to tell HTTP/1 (cmux's limit in etcd)."""
 
 
 class HTTPSide:
@@ -37,7 +41,8 @@ class HTTPSide:
 
 
 class Sniffer(asyncio.Protocol):
-    """Holds a new connection until its first bytes say HTTP/2 or HTTP/1.x."""
+    """Holds a new connection until its first bytes say HTTP/2 or HTTP/1.x: the preface, or a
+    first line shaped as an HTTP/1 request line; anything else is closed."""
 
     def __init__(
         self, grpc: Callable[[], asyncio.Protocol], http: HTTPSide, timeout: float = 5.0
@@ -77,8 +82,19 @@ class Sniffer(asyncio.Protocol):
                 self.buffer = buffer
                 return
             self._hand_over(self.grpc(), buffer)
-        else:
+            return
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_FIRST_LINE and self.transport is not None:
+                self.transport.close()
+            else:
+                self.buffer = buffer
+            return
+        if _REQUEST_LINE.match(buffer, 0, end + 1):
             self._hand_over(self.http.connection(), buffer)
+        elif self.transport is not None:
+            # Neither protocol: closed without an answer, as etcd's cmux closes it.
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None
