@@ -522,7 +522,11 @@ class Store:
             which = op.WhichOneof("request")
             out = response.responses.add()
             if which == "request_range":
-                out.response_range.CopyFrom(self.range(op.request_range, self.space.revision))
+                result = out.response_range
+                result.CopyFrom(self.range(op.request_range, self.space.revision))
+                # etcd's responses inside a Txn carry only the revision in their header.
+                result.header.Clear()
+                result.header.revision = self.space.revision
             elif which == "request_put":
                 put = op.request_put
                 prev = self._apply_put(writer, put)
