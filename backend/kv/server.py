@@ -380,7 +380,7 @@ class KVServer:
         http_limits = self.http_limits or HTTPLimits(
             max_body_bytes=store.config.max_request_bytes + 64 * 1024
         )
-        app = HTTPApp(store, StoreMetrics(store, self.streams))
+        app = HTTPApp(store, StoreMetrics(store, self.streams, server))
         self.http = attach(server, app, http_limits, server.limits.preface_timeout)
         for address, tls in self.listeners:
             port = await server.listen(address, tls.ssl_context() if tls is not None else None)

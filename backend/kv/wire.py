@@ -382,6 +382,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
+        self.server.bytes_received += len(data)
         self.h2.receive(data)
         if self.pump_handle is None:
             self._pump()
@@ -626,6 +627,8 @@ class Connection(asyncio.Protocol):
     def _start(self, call: Call, request: Any) -> None:
         call.started = True
         handler = call.handler
+        started = self.server.calls_started
+        started[handler] = started.get(handler, 0) + 1
         if call.inbox is None:
             self._release(call)  # a unary call's request is whole: its bytes are read
         if handler.request_streaming or handler.response_streaming:
@@ -753,6 +756,10 @@ class Connection(asyncio.Protocol):
         if call.inbox is not None:
             call.inbox.close()
         self._release(call)
+        if call.handler is not None:
+            handled = self.server.calls_handled
+            key = (call.handler, code)
+            handled[key] = handled.get(key, 0) + 1
         status = status_block(code, message)
         if not stream.headers_sent:
             status = RESPONSE_HEADERS + status
@@ -791,7 +798,9 @@ class Connection(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(h2.data_to_send())
+            data = h2.data_to_send()
+            self.server.bytes_sent += len(data)
+            transport.write(data)
         else:
             h2.out.clear()
 
@@ -863,6 +872,13 @@ class WireServer:
         self.connections: set[Connection] = set()
         self.servers: list[Listener] = []
         self.connection_factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)
+        # For /metrics: plain counts, one dict update per call, read when scraped.
+        self.calls_started: dict[Any, int] = {}
+        """Calls started, by handler."""
+        self.calls_handled: dict[tuple[Any, grpc.StatusCode], int] = {}
+        """Calls ended, by handler and status."""
+        self.bytes_received = 0
+        self.bytes_sent = 0
         """What serves an accepted connection; the store puts its HTTP/1.1 sniffer here."""
 
     def unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
