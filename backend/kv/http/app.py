@@ -96,10 +96,14 @@ class HTTPApp:
         if store.alarms:
             names = ",".join(f"ALARM {rpc.AlarmType.Name(alarm)}" for alarm in sorted(store.alarms))
             reason = names
-        elif getattr(store.wal, "failed", None):
+        elif getattr(store.wal, "_failed", None) is not None:
             reason = "WAL write failed"
         if reason:
-            return _json({"health": "false", "reason": reason}, 503)
+            # As etcd answers it (http.Error: text/plain, a newline, nosniff), with 3.5's reason.
+            body = json.dumps({"health": "false", "reason": reason}, separators=(",", ":"))
+            response = text(503, body)
+            response.headers.append(("X-Content-Type-Options", "nosniff"))
+            return response
         response = _json({"health": "true"})
         response.content_type = "text/plain; charset=utf-8"
         return response
