@@ -140,3 +140,19 @@ async def test_grpc_and_http_share_the_listener(served: Served) -> None:
         assert (await client.get(b"/shared")).value == b"both"
     finally:
         await client.close()
+
+
+async def test_pipelined_flood_behind_a_waiting_request_is_bounded(served: Served) -> None:
+    """A v2 wait holds the connection; 4 MB pipelined behind it is not all read into memory."""
+    _, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"GET /v2/keys/flood?wait=true HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.2)
+    flood = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * ((4 << 20) // 34)
+    writer.write(flood)
+    await asyncio.sleep(0.5)
+    (conn,) = served.side.connections
+    held = len(conn.h11.trailing_data[0])
+    limit = served.side.limits.max_header_bytes + served.side.limits.max_body_bytes
+    assert conn.reading_paused
+    assert held <= limit + 1024 * 1024, held  # plus at most what one read brings
+    writer.close()

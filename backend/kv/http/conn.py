@@ -104,6 +104,8 @@ class HTTPConnection(asyncio.Protocol):
         self.body = bytearray()
         self.paused = False
         self.drained: asyncio.Future[None] | None = None
+        self.reading_paused = False
+        """Reading stopped: a client pipelined more than one request's worth ahead."""
 
     # -- transport events
 
@@ -146,6 +148,14 @@ class HTTPConnection(asyncio.Protocol):
             pass  # reported by next_event below
         if self.task is None:
             self._events()
+        elif len(self.h11.trailing_data[0]) > self.limits.max_header_bytes + (
+            self.limits.max_body_bytes
+        ):
+            # While a request is answered, what is pipelined behind it waits unparsed; past
+            # one request's worth, reading stops until the answer is out.
+            self.reading_paused = True
+            with contextlib.suppress(Exception):
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         with contextlib.suppress(h11.RemoteProtocolError):
@@ -259,6 +269,10 @@ class HTTPConnection(asyncio.Protocol):
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
             self._arm(self.limits.idle_timeout)
+        if self.reading_paused:
+            self.reading_paused = False
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
         self._events()
 
     async def _send(self, response: Response, head_only: bool) -> None:
