@@ -71,6 +71,14 @@ def start_bundled_like_etcd(root: Path) -> BundledStore:
     return start_bundled(root, ["--name", "etcd0", "--initial-advertise-peer-urls", peer])
 
 
+@pytest.fixture(scope="session")
+def bundled_kv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BundledStore]:
+    """One bundled store for the worker's comparisons with the shared real etcd."""
+    running = start_bundled(tmp_path_factory.mktemp("bundled-http"))
+    yield running
+    running.stop()
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A real etcd (v2 enabled) and a bundled store, both fresh."""

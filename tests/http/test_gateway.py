@@ -9,11 +9,10 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from etcd3gw.client import Etcd3Client
 
+from tests.harness.bundled import BundledStore
 from tests.harness.etcd import EtcdMember
-from tests.harness.stores import RunningStore
 from tests.http.conftest import request
 
 _VOLATILE = {"cluster_id", "member_id", "revision", "raft_term", "ID", "leader", "raftIndex"}
@@ -89,20 +88,16 @@ def _calls(ns: bytes) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def test_raw_calls_field_by_field(store: RunningStore, etcd: EtcdMember, ns: bytes) -> None:
-    if store.kind == "etcd":
-        pytest.skip("the comparison runs the bundled store against etcd")
+def test_raw_calls_field_by_field(bundled_kv: BundledStore, etcd: EtcdMember, ns: bytes) -> None:
     for path, body in _calls(ns):
-        ours = _post(store.url, path, body)
+        ours = _post(bundled_kv.url, path, body)
         theirs = _post(etcd.url, path, body)
         assert shape(ours) == shape(theirs), path
 
 
-def test_lease_calls(store: RunningStore, etcd: EtcdMember, ns: bytes) -> None:
-    if store.kind == "etcd":
-        pytest.skip("the comparison runs the bundled store against etcd")
+def test_lease_calls(bundled_kv: BundledStore, etcd: EtcdMember, ns: bytes) -> None:
     results = {}
-    for kind, url in (("bundled", store.url), ("etcd", etcd.url)):
+    for kind, url in (("bundled", bundled_kv.url), ("etcd", etcd.url)):
         status, granted = _post(url, "/v3/lease/grant", {"TTL": 60})
         lease = granted["ID"]
         put = _post(url, "/v3/kv/put", {"key": b64(ns + b"k"), "value": b64(b"v"), "lease": lease})
@@ -140,10 +135,8 @@ def _watch_first(url: str, ns: bytes) -> list[Any]:
     return [first, second]
 
 
-def test_watch_stream(store: RunningStore, etcd: EtcdMember, ns: bytes) -> None:
-    if store.kind == "etcd":
-        pytest.skip("the comparison runs the bundled store against etcd")
-    ours = _watch_first(store.url, ns)
+def test_watch_stream(bundled_kv: BundledStore, etcd: EtcdMember, ns: bytes) -> None:
+    ours = _watch_first(bundled_kv.url, ns)
     theirs = _watch_first(etcd.url, ns)
     assert shape(ours) == shape(theirs)
     assert ours[1]["result"]["events"][0]["kv"]["value"] == b64(b"x")
@@ -194,10 +187,8 @@ def _etcd3gw_session(url: str, ns: bytes) -> list[Any]:
     return out
 
 
-def test_etcd3gw_sees_the_same(store: RunningStore, etcd: EtcdMember, ns: bytes) -> None:
-    if store.kind == "etcd":
-        pytest.skip("the comparison runs the bundled store against etcd")
-    ours = _etcd3gw_session(store.url, ns)
+def test_etcd3gw_sees_the_same(bundled_kv: BundledStore, etcd: EtcdMember, ns: bytes) -> None:
+    ours = _etcd3gw_session(bundled_kv.url, ns)
     theirs = _etcd3gw_session(etcd.url, ns + b"e/")
     assert ours == theirs
     assert ours[1] == [b"one"]

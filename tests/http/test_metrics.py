@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.harness.bundled import BundledStore
 from tests.harness.etcd import EtcdMember
 from tests.harness.procs import Child, find_tool, free_port
 from tests.harness.stores import RunningStore
@@ -81,9 +82,8 @@ def test_metrics_names_types_and_promtool(store: RunningStore, etcd: EtcdMember)
     assert remarks <= etcd_remarks, remarks - etcd_remarks
 
 
-def test_metrics_count_calls(store: RunningStore, ns: bytes) -> None:
-    if store.kind == "etcd":
-        return
+def test_metrics_count_calls(bundled_kv: BundledStore, ns: bytes) -> None:
+    store = bundled_kv
     before = request(store.url, "GET", "/metrics").raw.decode()
     put = 'grpc_server_handled_total{grpc_code="OK",grpc_method="Put"'
     started = 'grpc_server_started_total{grpc_method="Put"'
