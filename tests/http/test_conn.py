@@ -156,3 +156,24 @@ async def test_pipelined_flood_behind_a_waiting_request_is_bounded(served: Serve
     assert conn.reading_paused
     assert held <= limit + 1024 * 1024, held  # plus at most what one read brings
     writer.close()
+
+
+async def test_a_client_leaving_a_wait_or_watch_leaves_no_watcher(served: Served) -> None:
+    store = served.store
+    waits = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(3)]
+    for index, (_, writer) in enumerate(waits):
+        if index == 2:
+            body = b'{"create_request":{"key":"L3c="}}'
+            head = f"POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
+        else:
+            writer.write(b"GET /v2/keys/w?wait=true&recursive=true HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.3)
+    assert len(store.hub) == 3
+    assert served.side.app.v2.stats["watchers"] == 2
+    for _, writer in waits:
+        writer.close()
+    await asyncio.sleep(0.3)
+    assert len(store.hub) == 0
+    assert served.side.app.v2.stats["watchers"] == 0
+    assert not served.side.connections
