@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -117,6 +118,10 @@ class HTTPConnection(asyncio.Protocol):
             self.transport = None
             return
         self.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -287,12 +292,20 @@ class HTTPConnection(asyncio.Protocol):
             reason = HTTPStatus(response.status).phrase.encode()
         except ValueError:
             reason = b""
-        self._write(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        head = self.h11.send(
+            h11.Response(status_code=response.status, headers=headers, reason=reason)
+        )
         if response.stream is None:
+            # One write for the whole answer: head, body and end together.
+            out = [head or b""]
             if response.body and not head_only:
-                self._write(h11.Data(data=response.body))
-            self._write(h11.EndOfMessage())
+                out.append(self.h11.send(h11.Data(data=response.body)) or b"")
+            out.append(self.h11.send(h11.EndOfMessage()) or b"")
+            if self.transport is not None:
+                self.transport.write(b"".join(out))
             return
+        if head and self.transport is not None:
+            self.transport.write(head)
         # A stream ends when the client goes: watch for the transport closing meanwhile.
         async for chunk in response.stream:
             if self.transport is None:
