@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from backend.kv.apply import Store
 from backend.kv.errors import StoreError
 from backend.kv.http.conn import Request, Response, text
+from backend.kv.http.watching import responses
 from backend.kv.watch import WatchStream
 
 API_VERSION = "3.4.0"
@@ -172,12 +173,7 @@ class Gateway:
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                while True:
-                    item = await stream.outbox.get()
-                    if item is None:
-                        return
-                    if isinstance(item, bytes):
-                        item = rpc.WatchResponse.FromString(item)
+                async for item in responses(stream):
                     yield _body({"result": to_json(item)}) + b"\n"
             finally:
                 stream.close()

@@ -21,6 +21,7 @@ from aetcd import rpc
 from backend.kv.apply import Store
 from backend.kv.errors import StoreError
 from backend.kv.http.conn import Request, Response
+from backend.kv.http.watching import responses
 from backend.kv.watch import WatchStream
 
 # etcd's v2 error codes, messages and HTTP statuses (etcdserver/api/v2error).
@@ -504,13 +505,7 @@ class V2Keys:
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                while True:
-                    item = await stream.outbox.get()
-                    if item is None:
-                        return
-                    response = (
-                        rpc.WatchResponse.FromString(item) if isinstance(item, bytes) else item
-                    )
+                async for response in responses(stream):
                     for event in response.events:
                         if wanted(event.kv.key):
                             yield self._event(event)
