@@ -136,3 +136,27 @@ async def test_tls_port_serves_grpc_and_http(tls_store: Any) -> None:
         assert (await client.get(b"/tls/both")).value == b"yes"
     finally:
         await client.close()
+
+
+def test_client_certificates_apply_to_http_too(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("server", server=True)
+    client = ca.issue("client", server=False)
+    files = TLSFiles(cert=server.cert, key=server.key, ca=ca.path, client_cert_auth=True)
+    running = start_bundled(tmp_path, tls=files)
+    try:
+        port = int(running.url.rsplit(":", 1)[1])
+        bare = ssl.create_default_context(cafile=str(ca.path))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=bare, timeout=10)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+        conn.close()
+        with_cert = ssl.create_default_context(cafile=str(ca.path))
+        with_cert.load_cert_chain(str(client.cert), str(client.key))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=with_cert, timeout=10)
+        conn.request("GET", "/health")
+        assert json.loads(conn.getresponse().read()) == {"health": "true"}
+        conn.close()
+    finally:
+        running.stop()
