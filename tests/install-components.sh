@@ -19,6 +19,8 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v bridge >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
 command -v iperf3 >/dev/null || missing+=(iperf3)
+# The store's /metrics: promtool checks the text format, a real Prometheus scrapes it.
+command -v promtool >/dev/null || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -32,7 +34,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   # Debian starts sshd and etcd (and may start journal-remote's listener) as system services
   # on install; the tests run their own.
   if command -v systemctl >/dev/null; then
-    systemctl disable --now etcd ssh systemd-journal-remote.socket >/dev/null 2>&1 || true
+    systemctl disable --now etcd ssh prometheus systemd-journal-remote.socket >/dev/null 2>&1 || true
   fi
   exit 0
 fi

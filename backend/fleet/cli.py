@@ -13,6 +13,7 @@ import socket
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from backend import filemodes
 from backend.etcd import ConfigError, EtcdError, make_client
@@ -62,6 +63,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cacert", help="CA file to verify the store's certificate")
     parser.add_argument("--cert", help="client certificate for the store")
     parser.add_argument("--key", help="client key for the store")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics on 127.0.0.1:PORT (units, engine, journal, overlay)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
@@ -121,7 +128,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     )
     client = make_client(args.endpoints, cacert=args.cacert, cert=args.cert, key=args.key)
     registry = Registry(client, args.key_prefix)
-    sink = open_journal(data_dir, hostname=hostname, machine_id=ident)
+    sink: Any = open_journal(data_dir, hostname=hostname, machine_id=ident)
+    metrics = None
+    if args.metrics_port:
+        from backend.fleet.metrics import CountingSink, NodeMetrics
+
+        metrics = NodeMetrics()
+        sink = metrics.sink = CountingSink(sink)
     agent = Agent(
         client,
         registry,
@@ -132,6 +145,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         reconcile_interval=max(interval, 1.0),
     )
     tasks = [asyncio.create_task(agent.run(stop), name="agent")]
+    if metrics is not None:
+        metrics.agent = agent
     if not args.no_overlay:
         # Imported only when used: the overlay is optional on a node.
         from backend.overlay.cli import check_underlay, serve
@@ -153,14 +168,27 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             client, overlay, stop, iface=iface, prefix=overlay.prefix, ip_masq=args.ip_masq
         )
         tasks.append(asyncio.create_task(serving, name="overlay"))
+        if metrics is not None:
+            metrics.overlay = overlay
+            tasks.append(asyncio.create_task(metrics.watch_lease(), name="lease age"))
     if not args.disable_engine:
         engine = Engine(client, registry, ident, ttl=ttl, reconcile_interval=interval)
+        if metrics is not None:
+            metrics.time_engine(engine)
         tasks.append(asyncio.create_task(engine.run(stop), name="engine"))
+    server = None
+    if metrics is not None:
+        from backend.fleet.metrics import serve_metrics
+
+        server = await serve_metrics(metrics, args.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", args.metrics_port)
     log.info("machine %s (%s) serving; data in %s", ident, machine.public_ip, data_dir)
     try:
         await stop.wait()
     finally:
         stop.set()
+        if server is not None:
+            server.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         sink.close()
         await client.close()

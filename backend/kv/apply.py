@@ -105,6 +105,9 @@ class Store:
         self.lessor = Lessor(config.min_lease_ttl)
         self.hub = WatchHub()
         self.alarms: set[int] = set()
+        """The alarm types raised (by any member): what the write path checks."""
+        self.raised: set[tuple[int, int]] = set()
+        """Each alarm raised, as etcd keeps them: (member ID as given, alarm type)."""
         self.applied_index = 1
         """Entries applied; like etcd's raft index it starts with the member's own first entry."""
         self.durable_revision = 1
@@ -158,9 +161,10 @@ class Store:
             elif kind == ALARM:
                 alarm = rpc.AlarmRequest.FromString(payload)
                 if alarm.action == rpc.AlarmRequest.ACTIVATE:
-                    self.alarms.add(alarm.alarm)
+                    self.raised.add((alarm.memberID, alarm.alarm))
                 else:
-                    self.alarms.discard(alarm.alarm)
+                    self.raised.discard((alarm.memberID, alarm.alarm))
+                self.alarms = {kind for _, kind in self.raised}
             elif kind == META:
                 meta = json.loads(payload)
                 space.revision = meta["revision"]
@@ -189,7 +193,7 @@ class Store:
         ]
         batches = list(space.log)
         leases = [(lease.id, lease.ttl) for lease in self.lessor.leases.values()]
-        alarms = list(self.alarms)
+        alarms = sorted(self.raised)
 
         def produce() -> Iterable[bytes]:
             start = batches[0].revision - 1 if batches else meta["revision"]
@@ -202,8 +206,10 @@ class Store:
                 yield b"".join([_batch_record(batch) for batch in batches[i : i + 1000]])
             for lease_id, ttl in leases:
                 yield frame(GRANT, rpc.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString())
-            for alarm in alarms:
-                request = rpc.AlarmRequest(action=rpc.AlarmRequest.ACTIVATE, alarm=alarm)
+            for member, alarm in alarms:
+                request = rpc.AlarmRequest(
+                    action=rpc.AlarmRequest.ACTIVATE, memberID=member, alarm=alarm
+                )
                 yield frame(ALARM, request.SerializeToString())
 
         return produce
@@ -276,15 +282,17 @@ class Store:
             raise errors.NO_SPACE
         if cost and self.space.size + cost > self.config.quota_bytes:
             log.warning("database space exceeded: raising the NOSPACE alarm")
-            self._set_alarm(rpc.AlarmRequest.ACTIVATE, _NOSPACE)
+            self._set_alarm(rpc.AlarmRequest.ACTIVATE, _NOSPACE, self.member_id)
             raise errors.NO_SPACE
 
-    def _set_alarm(self, action: int, alarm: int) -> None:
+    def _set_alarm(self, action: int, alarm: int, member: int) -> None:
         if action == rpc.AlarmRequest.ACTIVATE:
-            self.alarms.add(alarm)
+            self.raised.add((member, alarm))
         else:
-            self.alarms.discard(alarm)
-        self._log(ALARM, rpc.AlarmRequest(action=action, alarm=alarm).SerializeToString())
+            self.raised.discard((member, alarm))
+        self.alarms = {kind for _, kind in self.raised}
+        request = rpc.AlarmRequest(action=action, memberID=member, alarm=alarm)
+        self._log(ALARM, request.SerializeToString())
 
     @staticmethod
     def _check_range_request(request: rpc.RangeRequest) -> None:
@@ -584,7 +592,11 @@ class Store:
             which = op.WhichOneof("request")
             out = response.responses.add()
             if which == "request_range":
-                out.response_range.CopyFrom(self.range(op.request_range, self.space.revision))
+                result = out.response_range
+                result.CopyFrom(self.range(op.request_range, self.space.revision))
+                # etcd's responses inside a Txn carry only the revision in their header.
+                result.header.Clear()
+                result.header.revision = self.space.revision
             elif which == "request_put":
                 put = op.request_put
                 prev = self._apply_put(writer, put)
@@ -682,22 +694,26 @@ class Store:
     # -- maintenance ---------------------------------------------------------------------
 
     def alarm(self, request: rpc.AlarmRequest) -> rpc.AlarmResponse:
+        """etcd's alarm store: one alarm per member ID as given (0 included) and type."""
         action = request.action
+        header = self.header(self.space.revision)
         if action in (rpc.AlarmRequest.ACTIVATE, rpc.AlarmRequest.DEACTIVATE):
             if request.alarm != rpc.AlarmType.Value("NONE"):
-                present = request.alarm in self.alarms
-                if (action == rpc.AlarmRequest.ACTIVATE) != present:
-                    self._set_alarm(action, request.alarm)
-                return rpc.AlarmResponse(
-                    header=self.header(self.space.revision),
-                    alarms=[rpc.AlarmMember(memberID=self.member_id, alarm=request.alarm)],
-                )
+                key = (request.memberID, request.alarm)
+                present = key in self.raised
+                activate = action == rpc.AlarmRequest.ACTIVATE
+                if activate != present:
+                    self._set_alarm(action, request.alarm, request.memberID)
+                if not activate and not present:
+                    return rpc.AlarmResponse(header=header)
+                member = rpc.AlarmMember(memberID=request.memberID, alarm=request.alarm)
+                return rpc.AlarmResponse(header=header, alarms=[member])
         alarms = [
-            rpc.AlarmMember(memberID=self.member_id, alarm=alarm)
-            for alarm in sorted(self.alarms)
+            rpc.AlarmMember(memberID=member, alarm=alarm)
+            for member, alarm in sorted(self.raised, key=lambda pair: (pair[1], pair[0]))
             if request.alarm in (rpc.AlarmType.Value("NONE"), alarm)
         ]
-        return rpc.AlarmResponse(header=self.header(self.space.revision), alarms=alarms)
+        return rpc.AlarmResponse(header=header, alarms=alarms)
 
     def hash_kv(self, revision: int) -> rpc.HashKVResponse:
         space = self.space
@@ -730,8 +746,9 @@ class Store:
             raftTerm=RAFT_TERM,
             raftAppliedIndex=self.applied_index,
         )
-        for alarm in sorted(self.alarms):
-            response.errors.append(f"memberID:{self.member_id} alarm:{rpc.AlarmType.Name(alarm)} ")
+        for member, alarm in sorted(self.raised, key=lambda pair: (pair[1], pair[0])):
+            who = f"memberID:{member} " if member else ""
+            response.errors.append(f"{who}alarm:{rpc.AlarmType.Name(alarm)} ")
         return response
 
 

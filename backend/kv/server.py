@@ -18,6 +18,10 @@ from aetcd.rpc import rpc_pb2_grpc as services
 from backend.kv import errors
 from backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
 from backend.kv.errors import StoreError
+from backend.kv.http.app import HTTPApp
+from backend.kv.http.conn import HTTPLimits
+from backend.kv.http.metrics import StoreMetrics
+from backend.kv.http.sniff import HTTPSide, attach
 from backend.kv.watch import Budget, WatchStream
 from backend.kv.wire import Context, Limits, WireServer, server_ssl_context
 
@@ -366,9 +370,13 @@ class KVServer:
         progress_interval: float = 600.0,
         compaction: tuple[str, float] | None = None,
         limits: Limits | None = None,
+        http_limits: HTTPLimits | None = None,
     ) -> None:
         self.store = store
         self.limits = limits
+        self.http_limits = http_limits
+        self.http: HTTPSide | None = None
+        """The HTTP/1.1 side on the same listeners (/health, /metrics, v2, the v3 gateway)."""
         self.listeners = listeners
         self.listening = 0
         """How many of the listeners are up (start stops at the first that fails)."""
@@ -389,6 +397,11 @@ class KVServer:
         server.add(services.add_MaintenanceServicer_to_server, MaintenanceService(store))
         server.add(services.add_AuthServicer_to_server, AuthService())
         self.server = server
+        http_limits = self.http_limits or HTTPLimits(
+            max_body_bytes=store.config.max_request_bytes + 64 * 1024
+        )
+        app = HTTPApp(store, StoreMetrics(store, self.streams, server))
+        self.http = attach(server, app, http_limits, server.limits.preface_timeout)
         for address, tls in self.listeners:
             port = await server.listen(address, tls.ssl_context() if tls is not None else None)
             self.port = self.port or port
@@ -450,6 +463,8 @@ class KVServer:
             task.cancel()
         if self.server is not None:
             self.server.close()
+        if self.http is not None:
+            self.http.close()
         for stream in list(self.streams):
             stream.send(None)
         if self.server is not None:

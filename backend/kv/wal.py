@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import filemodes
+from backend.kv.stats import Histogram
 
 log = logging.getLogger("clusterd.kv")
 
@@ -91,6 +93,10 @@ class WriteAheadLog:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._snapshotter = ThreadPoolExecutor(1, thread_name_prefix="snapshot")
         self._failed: BaseException | None = None
+        self.fsync_seconds = Histogram()
+        """etcd_disk_wal_fsync_duration_seconds: each group's fdatasync."""
+        self.commit_seconds = Histogram()
+        """etcd_disk_backend_commit_duration_seconds: each group's write and sync together."""
         self._switch: (
             tuple[
                 asyncio.Future[tuple[int, Callable[[], Iterable[bytes]]]],
@@ -269,13 +275,18 @@ class WriteAheadLog:
         raise SystemExit(f"clusterd kv: WAL write failed: {error}")
 
     def _write(self, data: bytes) -> None:
+        started = time.perf_counter()
         self._reserve(len(data))
         view = memoryview(data)
         while view:
             written = os.pwrite(self._fd, view, self._offset)
             self._offset += written
             view = view[written:]
+        synced = time.perf_counter()
         os.fdatasync(self._fd)
+        done = time.perf_counter()
+        self.fsync_seconds.observe(done - synced)
+        self.commit_seconds.observe(done - started)
 
     want_snapshot = False
     """Set when the current segment has grown past SEGMENT_BYTES."""

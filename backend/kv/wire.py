@@ -382,6 +382,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
+        self.server.bytes_received += len(data)
         self.h2.receive(data)
         if self.pump_handle is None:
             self._pump()
@@ -626,6 +627,8 @@ class Connection(asyncio.Protocol):
     def _start(self, call: Call, request: Any) -> None:
         call.started = True
         handler = call.handler
+        started = self.server.calls_started
+        started[handler] = started.get(handler, 0) + 1
         if call.inbox is None:
             self._release(call)  # a unary call's request is whole: its bytes are read
         if handler.request_streaming or handler.response_streaming:
@@ -753,6 +756,10 @@ class Connection(asyncio.Protocol):
         if call.inbox is not None:
             call.inbox.close()
         self._release(call)
+        if call.handler is not None:
+            handled = self.server.calls_handled
+            key = (call.handler, code)
+            handled[key] = handled.get(key, 0) + 1
         status = status_block(code, message)
         if not stream.headers_sent:
             status = RESPONSE_HEADERS + status
@@ -791,7 +798,9 @@ class Connection(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(h2.data_to_send())
+            data = h2.data_to_send()
+            self.server.bytes_sent += len(data)
+            transport.write(data)
         else:
             h2.out.clear()
 
@@ -862,6 +871,15 @@ class WireServer:
         self.handlers = self.registry.handlers
         self.connections: set[Connection] = set()
         self.servers: list[Listener] = []
+        self.connection_factory: Callable[[], asyncio.Protocol] = lambda: Connection(self)
+        # For /metrics: plain counts, one dict update per call, read when scraped.
+        self.calls_started: dict[Any, int] = {}
+        """Calls started, by handler."""
+        self.calls_handled: dict[tuple[Any, grpc.StatusCode], int] = {}
+        """Calls ended, by handler and status."""
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        """What serves an accepted connection; the store puts its HTTP/1.1 sniffer here."""
 
     def unknown(self, path: str) -> tuple[grpc.StatusCode, str]:
         """The status for a method not served, worded as etcd's gRPC (grpc-go) words it."""
@@ -983,7 +1001,7 @@ class Listener:
     async def _serve(self, conn: socket.socket) -> None:
         try:
             await self.loop.connect_accepted_socket(
-                lambda: Connection(self.server), conn, ssl=self.ssl_context
+                self.server.connection_factory, conn, ssl=self.ssl_context
             )
         except Exception as error:  # a failed TLS handshake, a client gone: that one only
             log.debug("connection not started: %s", error)
@@ -1025,11 +1043,12 @@ class Listener:
 def server_ssl_context(
     cert_file: str, key_file: str, trusted_ca_file: str | None, client_cert_auth: bool
 ) -> ssl.SSLContext:
-    """TLS as gRPC needs it: TLS 1.2 or later, and HTTP/2 chosen by ALPN."""
+    """TLS as gRPC needs it: TLS 1.2 or later, HTTP/2 chosen by ALPN (or HTTP/1.1, for the
+    store's HTTP side, as etcd offers both)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(["h2", "http/1.1"])
     if trusted_ca_file:
         context.load_verify_locations(trusted_ca_file)
     if client_cert_auth:

@@ -442,7 +442,9 @@ def _oversized_frame(conn: RawH2) -> bytes:
 
 BAD_INPUT = [
     # (what is sent, GOAWAY code the bundled store sends, whether etcd closes too)
-    pytest.param(lambda conn: b"GET / HTTP/1.1\r\n\r\n", PROTOCOL_ERROR, True, id="not HTTP/2"),
+    # Not HTTP/2 is HTTP/1.1 to both (one port, two protocols): a request without Host gets
+    # 400 and the connection ends, with no GOAWAY.
+    pytest.param(lambda conn: b"GET / HTTP/1.1\r\n\r\n", None, True, id="not HTTP/2"),
     pytest.param(_oversized_frame, FRAME_SIZE_ERROR, True, id="a frame over 16384 bytes"),
     # etcd (grpc-go) drops DATA on a stream it does not know, where RFC 9113 asks for a
     # connection error: the connection only ends on the bundled store.
@@ -482,14 +484,14 @@ async def test_bad_input_on_the_wire_ends_that_connection_only_and_loses_nothing
     store: RunningStore,
     ns: bytes,
     attack: Callable[[RawH2], bytes],
-    goaway: int,
+    goaway: int | None,
     etcd_closes: bool,
 ) -> None:
     await kv.put(ns + b"kept", b"before")
     conn = await RawH2.connect(store.url)
     try:
         conn.send(attack(conn))
-        if store.kind == "bundled":
+        if store.kind == "bundled" and goaway is not None:
             assert _goaway_codes(await conn.until_closed()) == [goaway]
         elif etcd_closes:
             await conn.until_closed()
