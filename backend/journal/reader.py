@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fnmatch
 import json
+import mmap
 import os
 import re
 import select
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from backend.journal import store
-from backend.journal.fmt import record_fields
+from backend.journal import index, store
+from backend.journal.fmt import decode_value
 from backend.journal.store import Record
 
 # -- filters -------------------------------------------------------------------------------
@@ -61,6 +61,25 @@ class Query:
             [store.encode_name(name) + store.encode_value(value) for value in values]
             for name, values in self.fields.items()
         ]
+        # -g over a message that is plain printable ASCII (stored between quotes, without
+        # escapes) runs a bytes pattern on the stored bytes: no decoding at all. Only an
+        # ASCII pattern is compiled so (a str pattern and a bytes pattern agree on such text).
+        self._grep_bytes: re.Pattern[bytes] | None = None
+        if self.grep is not None and self.grep.pattern.isascii():
+            try:
+                self._grep_bytes = re.compile(
+                    self.grep.pattern.encode(), self.grep.flags & ~re.UNICODE
+                )
+            except re.error:
+                self._grep_bytes = None
+
+    @property
+    def after_seqnum(self) -> int | None:
+        return self._after_seqnum
+
+    @property
+    def after_realtime(self) -> int | None:
+        return self._after_realtime
 
     def bind(self, journal_id: str) -> None:
         """Resolve the cursor against this journal: by seqnum if it is ours, else by time."""
@@ -91,13 +110,46 @@ class Query:
         for needles in self._field_needles:
             if not any(needle in record[5] for needle in needles):
                 return False
-        if self.grep is not None:
-            message = record_fields(record).get("MESSAGE")
-            if not isinstance(message, bytes):
-                return False
-            if self.grep.search(message.decode("utf-8", "surrogateescape")) is None:
-                return False
+        if self.grep is not None and not self._grep_matches(record[5]):
+            return False
         return True
+
+    def _grep_matches(self, body: bytes) -> bool:
+        # The last MESSAGE member is the one a JSON parser keeps.
+        at = body.rfind(b'"MESSAGE":')
+        if at < 0:
+            return False
+        start = at + 10
+        raw = body[start : index.value_end(body, start)]
+        if self._grep_bytes is not None and raw[:1] == b'"' and raw.isascii() and b"\\" not in raw:
+            return self._grep_bytes.search(raw[1:-1]) is not None
+        assert self.grep is not None
+        message = decode_value(json.loads(raw))
+        if not isinstance(message, bytes):
+            return False
+        return self.grep.search(message.decode("utf-8", "surrogateescape")) is not None
+
+    def index_groups(self, segment_index: index.SegmentIndex) -> list[list[bytes]]:
+        """Index keys an entry must hold to match: one of each group (a superset test:
+        :meth:`matches` still decides)."""
+        groups = []
+        if self.units:
+            keys = list(self._unit_needles)
+            if self._unit_globs:
+                prefix = store.encode_name("_SYSTEMD_UNIT")
+                for key in segment_index.keys_with_prefix(prefix):
+                    value = json.loads(key[len(prefix) :])
+                    if isinstance(value, str) and any(
+                        fnmatch.fnmatchcase(value, glob) for glob in self._unit_globs
+                    ):
+                        keys.append(key)
+            groups.append(keys)
+        for name, needles in zip(self.fields, self._field_needles, strict=True):
+            if name in index.INDEXED:
+                groups.append(needles)
+        if self.priorities is not None:
+            groups.append([index.priority_key(priority) for priority in self.priorities])
+        return groups
 
     def _unit_matches(self, record: Record) -> bool:
         body = record[5]
@@ -169,26 +221,57 @@ class Journal:
             records = [record for record in records if query.matches(record)]
         return records
 
-    def forward(self, query: Query) -> Iterator[list[Record]]:
+    def _wanted(self, query: Query, up_to: int | None) -> list[tuple[Path, bool]]:
+        """The segments that may hold an answer (oldest first), each with whether it is sealed.
+
+        A segment's seqnums end where the next one's begin (its name), so a cursor or
+        ``up_to`` rules segments out without opening them.
+        """
+        segments = self.segments()
+        after = query.after_seqnum
+        wanted = []
+        for i, path in enumerate(segments):
+            sealed = i + 1 < len(segments)
+            if up_to is not None and store.segment_first_seqnum(path) > up_to:
+                break
+            if after is not None and sealed:
+                if store.segment_first_seqnum(segments[i + 1]) <= after + 1:
+                    continue
+            wanted.append((path, sealed))
+        return wanted
+
+    def forward(self, query: Query, *, up_to: int | None = None) -> Iterator[list[Record]]:
         """Every matching entry, oldest first, a segment's worth at a time."""
         query.bind(self.journal_id)
-        for path in self.segments():
-            records = self._records(path, query)
+        for path, sealed in self._wanted(query, up_to):
+            if query.trivial and up_to is None:
+                records = self._records(path, query)
+            else:
+                with _SegmentView(self, path, sealed, query, up_to) as view:
+                    records = list(view.matching())
             if records:
                 yield records
 
     def newest(self, count: int, query: Query, *, up_to: int | None = None) -> list[Record]:
-        """The newest ``count`` matching entries (up to seqnum ``up_to``), oldest first."""
+        """The newest ``count`` matching entries (up to seqnum ``up_to``), oldest first.
+
+        Walks back from the newest entry that may match, through the indexes: the cost
+        follows the answer, not the journal.
+        """
         query.bind(self.journal_id)
         found: list[Record] = []
-        for path in reversed(self.segments()):
+        if count <= 0:
+            return found
+        for path, sealed in reversed(self._wanted(query, up_to)):
+            with _SegmentView(self, path, sealed, query, up_to) as view:
+                for record in view.matching(reverse=True):
+                    found.append(record)
+                    if len(found) >= count:
+                        break
             if len(found) >= count:
                 break
-            records = self._records(path, query)
-            if up_to is not None:
-                records = [record for record in records if record[0] <= up_to]
-            found = records + found
-        return found[-count:] if count else []
+        found.reverse()
+        return found
 
     def end(self) -> Position | None:
         """The position after the last whole entry, where a follower starts."""
@@ -242,6 +325,140 @@ class Journal:
                     continue
 
 
+class _SegmentView:
+    """One segment, opened to answer a question: its index (when sound) and its bytes."""
+
+    def __init__(
+        self, journal: Journal, path: Path, sealed: bool, query: Query, up_to: int | None
+    ) -> None:
+        self.query = query
+        self.up_to = up_to
+        self.data: mmap.mmap | bytes = b""
+        self.index: index.SegmentIndex | None = None
+        self.fd = -1
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        size = os.fstat(self.fd).st_size
+        if size <= len(store.MAGIC):
+            return
+        self.data = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        if self.data[: len(store.MAGIC)] != store.MAGIC:
+            self.data = b""
+            return
+        self.index = index.load(path, self.fd)
+        if self.index is None and sealed and os.access(path.parent, os.W_OK):
+            # A sealed segment without a sound index (written before indexes, or by a
+            # writer that died): index it now, once, and keep the index for next time.
+            self.index = index.build(path, self.data, save=True)
+
+    def __enter__(self) -> _SegmentView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+
+    def matching(self, *, reverse: bool = False) -> Iterator[Record]:
+        """The segment's matching entries, in seqnum order or (``reverse``) newest first."""
+        if not self.data:
+            return
+        covered = len(store.MAGIC)
+        candidates: Sequence[int] = ()
+        if self.index is not None:
+            try:
+                candidates = self._candidates(self.index)
+                covered = self.index.covered_end
+            except index.Damaged:
+                candidates = ()
+        # What no index covers (the newest frames, or all of a segment without one) is
+        # scanned; whole frames only, as everywhere.
+        tail, _ = store.read_records(self.data[covered:], 0)
+        query = self.query
+        up_to = self.up_to
+        tail = [
+            record
+            for record in tail
+            if query.matches(record) and (up_to is None or record[0] <= up_to)
+        ]
+        if reverse:
+            yield from reversed(tail)
+        data = self.data
+        unpack = store.RECORD.unpack_from
+        body_at = store.RECORD.size
+        for offset in reversed(candidates) if reverse else candidates:
+            size, seqnum, realtime, monotonic, priority, flags = unpack(data, offset)
+            record = (
+                seqnum,
+                realtime,
+                monotonic,
+                priority,
+                flags,
+                data[offset + body_at : offset + 4 + size],
+            )
+            if query.matches(record) and (up_to is None or seqnum <= up_to):
+                yield record
+        if not reverse:
+            yield from tail
+
+    def _candidates(self, found: index.SegmentIndex) -> Sequence[int]:
+        """Offsets of the indexed entries that may match, ascending."""
+        query = self.query
+        if found.count == 0:
+            return ()
+        # Whole-segment bounds first.
+        if query.since is not None and found.max_realtime < query.since:
+            return ()
+        if query.until is not None and found.min_realtime > query.until:
+            return ()
+        if query.after_realtime is not None and found.max_realtime <= query.after_realtime:
+            return ()
+        if query.after_seqnum is not None and found.last_seqnum <= query.after_seqnum:
+            return ()
+        if self.up_to is not None and found.first_seqnum > self.up_to:
+            return ()
+        offsets = found.array(index.OFFSETS)
+        low, high = 0, found.count
+        if found.flags & index.SORTED_REALTIME:
+            realtimes = found.array(index.REALTIMES)
+            if query.since is not None:
+                low = max(low, bisect_left(realtimes, query.since))
+            if query.until is not None:
+                high = min(high, bisect_right(realtimes, query.until))
+            if query.after_realtime is not None:
+                low = max(low, bisect_right(realtimes, query.after_realtime))
+        if found.flags & index.SORTED_SEQNUM:
+            seqnums = found.array(index.SEQNUMS)
+            if query.after_seqnum is not None:
+                low = max(low, bisect_right(seqnums, query.after_seqnum))
+            if self.up_to is not None:
+                high = min(high, bisect_right(seqnums, self.up_to))
+        if low >= high:
+            return ()
+        groups = query.index_groups(found)
+        if not groups:
+            return offsets[low:high]
+        # Each group is a union of postings; the answer lies in their intersection.
+        sets: list[Sequence[int]] = []
+        for keys in groups:
+            arrays = [found.array(key) for key in dict.fromkeys(keys)]
+            if len(arrays) == 1:
+                sets.append(arrays[0])
+            else:
+                sets.append(sorted(set().union(*arrays)))
+        sets.sort(key=len)
+        result: Sequence[int] = sets[0]
+        for other in sets[1:]:
+            members = set(other)
+            result = [offset for offset in result if offset in members]
+        start_offset = offsets[low]
+        end_offset = offsets[high] if high < found.count else found.covered_end
+        return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
+
+
 # -- waiting for news ----------------------------------------------------------------------
 
 _IN_MODIFY = 0x002
@@ -263,6 +480,8 @@ class DirectoryWatch:
     POLL_INTERVAL = 0.05
 
     def __init__(self, directory: Path) -> None:
+        import ctypes.util  # here: a reader that does not follow never pays for it
+
         self.directory = directory
         self.fd = -1
         libc_name = ctypes.util.find_library("c")

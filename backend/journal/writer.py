@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from backend.journal import store
+from backend.journal import index, store
 
 log = logging.getLogger("clusterd.journal")
 
@@ -29,10 +29,14 @@ SYNC_INTERVAL = 1.0
 MAX_PENDING = 50_000
 SEGMENT_MAX = 16 * 1024 * 1024
 SEGMENT_MIN = 4096
+# The index of the segment being written is saved again once this much more is covered (or
+# half of what its last snapshot covered, whichever is more), or after INDEX_INTERVAL seconds.
+INDEX_STEP = 256 * 1024
+INDEX_INTERVAL = 5.0
 
 _LEVEL_PREFIX = re.compile(rb"<(0{0,2}[0-7])>")
 
-Pending = tuple[int, int, int, int, bytes]
+Pending = tuple[int, int, int, int, bytes, tuple[bytes, ...]]
 
 
 def read_boot_id() -> str:
@@ -87,12 +91,17 @@ class JournalWriter:
             ("_MACHINE_ID", machine_id.encode()),
             ("_HOSTNAME", (hostname or socket.gethostname()).encode()),
         ]
-        self._prefixes: dict[tuple[str | None, str | None, int | None, int], bytes] = {}
+        self._prefixes: dict[
+            tuple[str | None, str | None, int | None, int], tuple[bytes, tuple[bytes, ...]]
+        ] = {}
+        self._keys: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
         self._partial: dict[tuple[str | None, int | None, str], bytes] = {}
         self._lock_fd = os.open(
             self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
         self._segment: Path | None = None
+        self._index = index.Builder()
+        self._index_saved_at = 0.0
         self._fd = -1
         self._size = 0
         self._next_seqnum = 1
@@ -135,15 +144,17 @@ class JournalWriter:
         # The hot path of every unit's output: kept flat, with the buffer append inline.
         if level_prefix and message[:1] == b"<":
             message, priority = split_level_prefix(message, priority)
-        prefix = self._prefixes.get((unit, identifier, pid, priority))
-        if prefix is None:
-            prefix = self._prefix(unit, identifier, pid, priority)
+        cached = self._prefixes.get((unit, identifier, pid, priority))
+        if cached is None:
+            cached = self._prefix(unit, identifier, pid, priority)
+        prefix, keys = cached
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
             priority,
             store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
             prefix + store.encode_value(message),
+            keys,
         )
         with self._pending_lock:
             if self._closing:
@@ -212,6 +223,10 @@ class JournalWriter:
             if name == "PRIORITY" and value.isdigit() and int(value) <= 7:
                 priority = int(value)
         encoded, flags = store.encode_fields(kept)
+        keys = index.keys_for(kept, priority)
+        keys = self._keys.setdefault(keys, keys)
+        if len(self._keys) > 4096:
+            self._keys.clear()
         self._queue(
             (
                 time.time_ns() // 1000 if realtime is None else realtime,
@@ -219,12 +234,13 @@ class JournalWriter:
                 priority,
                 flags,
                 encoded,
+                keys,
             )
         )
 
     def _prefix(
         self, unit: str | None, identifier: str | None, pid: int | None, priority: int
-    ) -> bytes:
+    ) -> tuple[bytes, tuple[bytes, ...]]:
         fields = [("PRIORITY", str(priority).encode())]
         if identifier:
             fields.append(("SYSLOG_IDENTIFIER", identifier.encode()))
@@ -238,8 +254,9 @@ class JournalWriter:
         prefix = encoded + b"," + store.encode_name("MESSAGE")
         if len(self._prefixes) > 4096:
             self._prefixes.clear()
-        self._prefixes[(unit, identifier, pid, priority)] = prefix
-        return prefix
+        cached = (prefix, index.keys_for(fields, priority))
+        self._prefixes[(unit, identifier, pid, priority)] = cached
+        return cached
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:
@@ -271,6 +288,13 @@ class JournalWriter:
         self._flusher.join()
         self.flush()
         with self._io_lock:
+            if self._fd >= 0 and self._index.covered_end > self._index.saved_end:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                try:
+                    self._catch_up()
+                    self._save_index()
+                finally:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -321,6 +345,12 @@ class JournalWriter:
             try:
                 self._catch_up()
                 self._append(batch)
+                built = self._index
+                uncovered = built.covered_end - built.saved_end
+                if uncovered >= max(INDEX_STEP, built.saved_end // 2) or (
+                    time.monotonic() >= self._index_saved_at + INDEX_INTERVAL
+                ):
+                    self._save_index()
             except OSError:
                 with self._pending_lock:
                     self._pending[:0] = batch
@@ -339,10 +369,12 @@ class JournalWriter:
         seqnum = self._next_seqnum
         parts: list[bytes] = []
         size = self._size + store.FRAME.size
-        for realtime, monotonic, priority, flags, fields in batch:
+        add = self._index.add
+        for realtime, monotonic, priority, flags, fields, keys in batch:
             record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
             parts.append(record)
             parts.append(fields)
+            add(size, seqnum, realtime, keys)
             size += len(record) + len(fields)
             seqnum += 1
             if size >= self.segment_bytes:
@@ -350,13 +382,17 @@ class JournalWriter:
                 parts = []
                 self._next_seqnum = seqnum
                 self._rotate()
+                add = self._index.add
                 size = self._size + store.FRAME.size
         if parts:
             self._write_frame(parts)
         self._next_seqnum = seqnum
 
     def _write_frame(self, parts: list[bytes]) -> None:
-        self._write(store.frame(parts))
+        data = store.frame(parts)
+        offset = self._size
+        self._write(data)
+        self._index.frame_written(offset, data[: store.FRAME.size], self._size)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -384,16 +420,22 @@ class JournalWriter:
             os.ftruncate(self._fd, 0)
             os.write(self._fd, store.MAGIC)
             self._size = len(store.MAGIC)
+            self._index = index.Builder()
             return
         start = self._size if len(store.MAGIC) <= self._size < size else len(store.MAGIC)
         assert self._segment is not None
+        if start == len(store.MAGIC):
+            # What this writer knew of the segment is stale: index it again, from its
+            # saved index when that one is sound.
+            self._index = index.Builder.resume(self._segment)
+            start = self._index.covered_end
         with self._segment.open("rb") as f:
             f.seek(start)
             data = f.read()
-        end, last = store.valid_end(data, 0)
-        if last is not None:
-            self._next_seqnum = last + 1
-        good = start + end
+        # Index what other writers appended meanwhile; this also finds the last whole frame.
+        good = self._index.add_data(data, start)
+        if self._index.seqnums:
+            self._next_seqnum = self._index.seqnums[-1] + 1
         if good < size:
             # A writer died mid-record; nobody else writes while we hold the lock.
             os.ftruncate(self._fd, good)
@@ -413,11 +455,26 @@ class JournalWriter:
             # Unknown content: _catch_up() rescans from the start.
             self._size = -1
         self._segment = path
+        self._index = index.Builder()
+        self._index_saved_at = time.monotonic()
         self._next_seqnum = first_seqnum
+
+    def _save_index(self) -> None:
+        """Keep the index of the segment being written beside it (best effort: readers scan
+        whatever no sound index covers)."""
+        self._index_saved_at = time.monotonic()
+        if self._segment is None:
+            return
+        try:
+            self._index.save(self._segment)
+        except OSError as error:
+            log.warning("cannot save the journal index of %s: %s", self._segment, error)
 
     def _rotate(self) -> None:
         if self._unsynced_since is not None:
             os.fsync(self._fd)
+        # The segment is sealed: its index is complete from now on.
+        self._save_index()
         self._open_segment(self._next_seqnum, create=True)
         self._unsynced_since = time.monotonic()
         segments = store.list_segments(self.directory)
@@ -433,4 +490,5 @@ class JournalWriter:
             if total <= self.max_bytes:
                 break
             path.unlink(missing_ok=True)
+            index.index_path(path).unlink(missing_ok=True)
             total -= sizes[path]
