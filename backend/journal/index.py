@@ -343,10 +343,10 @@ def load(segment: Path, fd: int) -> SegmentIndex | None:
     return loaded
 
 
-def build(segment: Path, data: bytes, *, save: bool) -> SegmentIndex:
+def build(segment: Path, data: bytes | mmap.mmap, *, save: bool) -> SegmentIndex:
     """Index ``data`` (the segment's bytes) and, when ``save``, keep the index beside it."""
     builder = Builder()
-    if data.startswith(store.MAGIC):
+    if data[: len(store.MAGIC)] == store.MAGIC:
         builder.add_data(data[len(store.MAGIC) :], len(store.MAGIC))
     if save:
         try:

@@ -347,11 +347,19 @@ class _SegmentView:
         if self.data[: len(store.MAGIC)] != store.MAGIC:
             self.data = b""
             return
+        self.path = path
+        self.sealed = sealed
         self.index = index.load(path, self.fd)
-        if self.index is None and sealed and os.access(path.parent, os.W_OK):
-            # A sealed segment without a sound index (written before indexes, or by a
-            # writer that died): index it now, once, and keep the index for next time.
-            self.index = index.build(path, self.data, save=True)
+        if self.index is None:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Index a sealed segment without a sound index (written before indexes, or by a
+        writer that died) now, once, and keep the index for next time; a segment still
+        being written is scanned instead, as its writer keeps its index."""
+        self.index = None
+        if self.sealed and os.access(self.path.parent, os.W_OK):
+            self.index = index.build(self.path, self.data, save=True)
 
     def __enter__(self) -> _SegmentView:
         return self
@@ -373,7 +381,10 @@ class _SegmentView:
                 candidates = self._candidates(self.index)
                 covered = self.index.covered_end
             except index.Damaged:
-                candidates = ()
+                self._rebuild()
+                if self.index is not None:
+                    candidates = self._candidates(self.index)
+                    covered = self.index.covered_end
         # What no index covers (the newest frames, or all of a segment without one) is
         # scanned; whole frames only, as everywhere.
         tail, _ = store.read_records(self.data[covered:], 0)
