@@ -10,7 +10,6 @@ import re
 import select
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,23 +32,35 @@ def mangle_unit(name: str) -> str:
     return name + ".service"
 
 
-@dataclass
 class Query:
     """Which entries to show: journalctl's ``-u``, ``-t``, ``FIELD=VALUE``, ``-p``, ``-S``,
-    ``-U``, ``-g`` and cursors. Values of one field are or-ed, different fields and-ed."""
+    ``-U``, ``-g`` and cursors. Values of one field are or-ed, different fields and-ed.
 
-    units: list[str] = field(default_factory=list)
-    fields: dict[str, list[bytes]] = field(default_factory=dict)
-    """Exact matches, as journalctl's ``FIELD=VALUE`` arguments (``-t`` adds to them)."""
-    priorities: frozenset[int] | None = None
-    since: int | None = None
-    until: int | None = None
-    grep: re.Pattern[str] | None = None
-    after: tuple[str, int | None, int | None] | None = None
-    """A parsed cursor (journal ID, seqnum, realtime): show only entries after it."""
+    ``fields`` are exact matches, as journalctl's ``FIELD=VALUE`` arguments (``-t`` adds to
+    them); ``after`` is a parsed cursor (journal ID, seqnum, realtime): only entries after
+    it. (A plain class, not a dataclass: `clusterd journal` starts without importing
+    dataclasses and inspect.)
+    """
 
-    def __post_init__(self) -> None:
-        self.units = [mangle_unit(unit) for unit in self.units]
+    def __init__(
+        self,
+        units: list[str] | None = None,
+        fields: dict[str, list[bytes]] | None = None,
+        priorities: frozenset[int] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        grep: re.Pattern[str] | None = None,
+        after: tuple[str, int | None, int | None] | None = None,
+    ) -> None:
+        self.units = [mangle_unit(unit) for unit in units or []]
+        self.fields = dict(fields or {})
+        self.priorities = priorities
+        self.since = since
+        self.until = until
+        self.grep = grep
+        self.after = after
+        self._after_seqnum: int | None = None
+        self._after_realtime: int | None = None
         self._unit_needles = [
             store.encode_name(name) + store.encode_value(unit.encode())
             for unit in self.units
@@ -180,15 +191,17 @@ class Query:
 # -- reading -------------------------------------------------------------------------------
 
 
-@dataclass
 class Position:
-    """Where a reader stands: a segment (open, so rotation cannot pull it away) and an offset."""
+    """Where a reader stands: a segment (open, so rotation cannot pull it away) and an offset.
 
-    path: Path
-    file: BinaryIO
-    offset: int
-    last_seqnum: int = 0
-    """The seqnum of the last whole entry before ``offset`` (when known)."""
+    ``last_seqnum`` is the seqnum of the last whole entry before ``offset`` (when known).
+    """
+
+    def __init__(self, path: Path, file: BinaryIO, offset: int, last_seqnum: int = 0) -> None:
+        self.path = path
+        self.file = file
+        self.offset = offset
+        self.last_seqnum = last_seqnum
 
     def close(self) -> None:
         self.file.close()

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import struct
-import uuid
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -111,6 +110,8 @@ def journal_id(journal_dir: Path) -> str:
     except FileNotFoundError:
         pass
     journal_dir.mkdir(parents=True, exist_ok=True)
+    import uuid  # here: readers, which never create a journal, do not pay for it
+
     tmp = journal_dir / f".id.{os.getpid()}"
     tmp.write_text(uuid.uuid4().hex + "\n")
     try:
