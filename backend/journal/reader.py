@@ -76,6 +76,7 @@ class Query:
         # escapes) runs a bytes pattern on the stored bytes: no decoding at all. Only an
         # ASCII pattern is compiled so (a str pattern and a bytes pattern agree on such text).
         self._grep_bytes: re.Pattern[bytes] | None = None
+        self.grep_literal = None if self.grep is None else required_literal(self.grep)
         if self.grep is not None and self.grep.pattern.isascii():
             try:
                 self._grep_bytes = re.compile(
@@ -186,6 +187,43 @@ class Query:
             and self.grep is None
             and self.after is None
         )
+
+
+# Letters that match a non-ASCII letter when case is ignored (dotless and dotted I, long S,
+# the Kelvin sign).
+_FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
+# Stored as themselves inside a JSON string: printable ASCII but the quote and backslash.
+_VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def required_literal(pattern: re.Pattern[str]) -> re.Pattern[bytes] | None:
+    """A bytes pattern every stored MESSAGE that ``pattern`` matches contains (the longest
+    run of plain characters the pattern must match in sequence), or None.
+
+    Such a run is stored verbatim inside the JSON string of the message, so finding it in a
+    segment's bytes finds every entry that can match: -g then looks at those entries only.
+    A message stored as an array of bytes (not UTF-8, or unprintable) has no such run and
+    is looked at whatever it holds.
+    """
+    from re import _constants, _parser  # type: ignore[attr-defined]
+
+    ignore_case = bool(pattern.flags & re.IGNORECASE)
+    try:
+        parsed = _parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE)
+    except (re.error, TypeError, ValueError):
+        return None
+    best = ""
+    run = ""
+    for op, value in [*parsed, (None, None)]:
+        char = chr(value) if op is _constants.LITERAL else ""
+        if char and char in _VERBATIM and not (ignore_case and char in _FOLDS_BEYOND_ASCII):
+            run += char
+            continue
+        best = max(best, run, key=len)
+        run = ""
+    if len(best) < 3:
+        return None
+    return re.compile(re.escape(best.encode()), re.IGNORECASE if ignore_case else 0)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -338,6 +376,9 @@ class Journal:
                     continue
 
 
+_ARRAY_MESSAGE = re.compile(rb'"MESSAGE":\[')
+
+
 class _SegmentView:
     """One segment, opened to answer a question: its index (when sound) and its bytes."""
 
@@ -463,10 +504,15 @@ class _SegmentView:
         if low >= high:
             return ()
         groups = query.index_groups(found)
+        if query.grep_literal is not None:
+            groups = [*groups, []]  # a place for what -g's literal finds, filled below
         if not groups:
             return offsets[low:high]
         # Each group is a union of postings; the answer lies in their intersection.
         sets: list[Sequence[int]] = []
+        if query.grep_literal is not None:
+            groups.pop()
+            sets.append(self._grep_candidates(found, offsets, query.grep_literal))
         for keys in groups:
             arrays = [found.array(key) for key in dict.fromkeys(keys)]
             if len(arrays) == 1:
@@ -481,6 +527,26 @@ class _SegmentView:
         start_offset = offsets[low]
         end_offset = offsets[high] if high < found.count else found.covered_end
         return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
+
+    def _grep_candidates(
+        self, found: index.SegmentIndex, offsets: Sequence[int], literal: re.Pattern[bytes]
+    ) -> list[int]:
+        """Offsets of the entries holding ``literal`` or a MESSAGE stored as bytes."""
+        data = self.data
+        end = found.covered_end
+        hits = set()
+        for pattern in (literal, _ARRAY_MESSAGE):
+            last = -1
+            for match in pattern.finditer(data, len(store.MAGIC), end):
+                at = match.start()
+                if at < last:
+                    continue
+                ordinal = bisect_right(offsets, at) - 1
+                if ordinal >= 0:
+                    hits.add(offsets[ordinal])
+                    # Skip the rest of this entry: one hit is enough.
+                    last = offsets[ordinal + 1] if ordinal + 1 < len(offsets) else end
+        return sorted(hits)
 
 
 # -- waiting for news ----------------------------------------------------------------------

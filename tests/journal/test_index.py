@@ -30,7 +30,21 @@ WORDS = [
     "",
     "trailing 123",
 ]
-PATTERNS = ["item", "ITEM", "^GET", r"\d{3}$", "é", r'["\\]', "fire|accent", r"\s", "."]
+PATTERNS = [
+    "item",
+    "ITEM",
+    "^GET",
+    r"\d{3}$",
+    "é",
+    r'["\\]',
+    "fire|accent",
+    r"\s",
+    ".",
+    "control",
+    r"and \\ slash",
+    "on fire",
+    "ems/4",
+]
 
 
 # -- the oracle: every entry decoded, nothing indexed --------------------------------------
@@ -280,8 +294,8 @@ def test_an_indexed_answer_is_the_full_scan_answer(
         write_journal(data_dir, actions, max_bytes, torn_tail, damages)
         every = scan(data_dir)
         journal = Journal(data_dir)
-        # Besides the random questions, a sweep: each unit, identifier and priority alone,
-        # and cursors on both sides of every segment boundary.
+        # Besides the random questions, a sweep: each unit, identifier, priority alone,
+        # each -g pattern, and cursors on both sides of every segment boundary.
         sweep: list[dict[str, object]] = []
         for unit in UNITS:
             sweep.append({**EMPTY, "units": [unit]})
@@ -289,6 +303,8 @@ def test_an_indexed_answer_is_the_full_scan_answer(
             sweep.append({**EMPTY, "identifiers": [identifier]})
         for priority in range(8):
             sweep.append({**EMPTY, "priorities": frozenset([priority])})
+        for pattern in PATTERNS:
+            sweep.append({**EMPTY, "grep": pattern})
         for path in store.list_segments(data_dir / "journal"):
             first = store.segment_first_seqnum(path)
             for after in (first - 2, first - 1, first):
