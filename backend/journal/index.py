@@ -47,6 +47,12 @@ _NAMES = tuple((name, store.encode_name(name)) for name in INDEXED)
 OFFSET_TYPE = "I"
 
 
+# Entries whose MESSAGE is stored as an array of bytes (not UTF-8, or unprintable): -g
+# looks at them whatever they hold, as no plain text of theirs shows in the segment.
+BINARY_MESSAGE = b"\0m["
+_BINARY_MESSAGE_MEMBER = store.encode_name("MESSAGE") + b"["
+
+
 def priority_key(priority: int) -> bytes:
     return b"\0p" + str(priority).encode()
 
@@ -59,6 +65,8 @@ def keys_for(fields: list[tuple[str, bytes]], priority: int) -> tuple[bytes, ...
     """The index keys of an entry with ``fields`` and header ``priority`` (no duplicates)."""
     keys = {field_key(name, value) for name, value in fields if name in INDEXED}
     keys.add(priority_key(priority))
+    if any(name == "MESSAGE" and store.encode_value(value)[:1] == b"[" for name, value in fields):
+        keys.add(BINARY_MESSAGE)
     return tuple(sorted(keys))
 
 
@@ -85,6 +93,8 @@ def extract_keys(body: bytes, priority: int) -> tuple[bytes, ...]:
     there is escaped), so each find() hit is a member.
     """
     keys = {priority_key(priority)}
+    if _BINARY_MESSAGE_MEMBER in body:
+        keys.add(BINARY_MESSAGE)
     for _name, needle in _NAMES:
         at = body.find(needle)
         while at >= 0:
@@ -294,8 +304,9 @@ class SegmentIndex:
             position += length
             self.sections[key] = (base + start, count, crc)
         self._cache: dict[bytes, array[int]] = {}
-        if self.count and len(self.array(OFFSETS)) != self.count:
-            raise Damaged("index offsets")
+        for key in (OFFSETS, SEQNUMS, REALTIMES):
+            if self.sections.get(key, (0, 0, 0))[1] != self.count:
+                raise Damaged("index sections")
 
     def array(self, key: bytes) -> array[int]:
         """The section ``key`` (an empty array when no record holds it)."""

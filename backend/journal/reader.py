@@ -196,9 +196,10 @@ _FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
 _VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
 
 
-def required_literal(pattern: re.Pattern[str]) -> re.Pattern[bytes] | None:
-    """A bytes pattern every stored MESSAGE that ``pattern`` matches contains (the longest
-    run of plain characters the pattern must match in sequence), or None.
+def required_literal(pattern: re.Pattern[str]) -> tuple[bytes, bool] | None:
+    """Bytes every stored MESSAGE that ``pattern`` matches contains (the longest run of
+    plain characters the pattern must match in sequence) and whether their case is
+    ignored, or None.
 
     Such a run is stored verbatim inside the JSON string of the message, so finding it in a
     segment's bytes finds every entry that can match: -g then looks at those entries only.
@@ -223,7 +224,7 @@ def required_literal(pattern: re.Pattern[str]) -> re.Pattern[bytes] | None:
         run = ""
     if len(best) < 3:
         return None
-    return re.compile(re.escape(best.encode()), re.IGNORECASE if ignore_case else 0)
+    return best.encode(), ignore_case and any(char.isalpha() for char in best)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -376,9 +377,6 @@ class Journal:
                     continue
 
 
-_ARRAY_MESSAGE = re.compile(rb'"MESSAGE":\[')
-
-
 class _SegmentView:
     """One segment, opened to answer a question: its index (when sound) and its bytes."""
 
@@ -485,9 +483,9 @@ class _SegmentView:
             return ()
         if self.up_to is not None and found.first_seqnum > self.up_to:
             return ()
-        offsets = found.array(index.OFFSETS)
         low, high = 0, found.count
-        if found.flags & index.SORTED_REALTIME:
+        by_time = query.since, query.until, query.after_realtime
+        if found.flags & index.SORTED_REALTIME and by_time != (None, None, None):
             realtimes = found.array(index.REALTIMES)
             if query.since is not None:
                 low = max(low, bisect_left(realtimes, query.since))
@@ -495,7 +493,8 @@ class _SegmentView:
                 high = min(high, bisect_right(realtimes, query.until))
             if query.after_realtime is not None:
                 low = max(low, bisect_right(realtimes, query.after_realtime))
-        if found.flags & index.SORTED_SEQNUM:
+        by_seqnum = query.after_seqnum is not None or self.up_to is not None
+        if found.flags & index.SORTED_SEQNUM and by_seqnum:
             seqnums = found.array(index.SEQNUMS)
             if query.after_seqnum is not None:
                 low = max(low, bisect_right(seqnums, query.after_seqnum))
@@ -504,15 +503,31 @@ class _SegmentView:
         if low >= high:
             return ()
         groups = query.index_groups(found)
+        whole = low == 0 and high == found.count
+        if whole and groups and query.grep_literal is None:
+            # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
+            return self._intersection(found, groups)
+        offsets = found.array(index.OFFSETS)
         if query.grep_literal is not None:
             groups = [*groups, []]  # a place for what -g's literal finds, filled below
         if not groups:
             return offsets[low:high]
         # Each group is a union of postings; the answer lies in their intersection.
-        sets: list[Sequence[int]] = []
+        extra = []
         if query.grep_literal is not None:
             groups.pop()
-            sets.append(self._grep_candidates(found, offsets, query.grep_literal))
+            extra.append(self._grep_candidates(found, offsets, query.grep_literal))
+        result = self._intersection(found, groups, extra)
+        start_offset = offsets[low]
+        end_offset = offsets[high] if high < found.count else found.covered_end
+        return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
+
+    @staticmethod
+    def _intersection(
+        found: index.SegmentIndex, groups: list[list[bytes]], extra: Sequence[Sequence[int]] = ()
+    ) -> Sequence[int]:
+        """Offsets holding a key of every group (and in every ``extra`` list), ascending."""
+        sets: list[Sequence[int]] = list(extra)
         for keys in groups:
             arrays = [found.array(key) for key in dict.fromkeys(keys)]
             if len(arrays) == 1:
@@ -524,28 +539,34 @@ class _SegmentView:
         for other in sets[1:]:
             members = set(other)
             result = [offset for offset in result if offset in members]
-        start_offset = offsets[low]
-        end_offset = offsets[high] if high < found.count else found.covered_end
-        return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
+        return result
 
     def _grep_candidates(
-        self, found: index.SegmentIndex, offsets: Sequence[int], literal: re.Pattern[bytes]
+        self, found: index.SegmentIndex, offsets: Sequence[int], literal: tuple[bytes, bool]
     ) -> list[int]:
-        """Offsets of the entries holding ``literal`` or a MESSAGE stored as bytes."""
+        """Offsets of the entries holding the ``literal`` or a MESSAGE stored as bytes."""
         data = self.data
         end = found.covered_end
-        hits = set()
-        for pattern in (literal, _ARRAY_MESSAGE):
-            last = -1
-            for match in pattern.finditer(data, len(store.MAGIC), end):
-                at = match.start()
-                if at < last:
-                    continue
-                ordinal = bisect_right(offsets, at) - 1
-                if ordinal >= 0:
-                    hits.add(offsets[ordinal])
-                    # Skip the rest of this entry: one hit is enough.
-                    last = offsets[ordinal + 1] if ordinal + 1 < len(offsets) else end
+        text, ignore_case = literal
+        search = re.compile(re.escape(text), re.IGNORECASE).search if ignore_case else None
+        hits = set(found.array(index.BINARY_MESSAGE))
+        at = len(store.MAGIC)
+        while True:
+            # find() when case matters (or the text has no letters), else the regex engine.
+            if search is None:
+                at = data.find(text, at, end)
+            else:
+                match = search(data, at, end)
+                at = match.start() if match else -1
+            if at < 0:
+                break
+            ordinal = bisect_right(offsets, at) - 1
+            if ordinal < 0:
+                at += 1
+                continue
+            hits.add(offsets[ordinal])
+            # One hit is enough: go on from the next entry.
+            at = offsets[ordinal + 1] if ordinal + 1 < len(offsets) else end
         return sorted(hits)
 
 

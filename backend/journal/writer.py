@@ -148,12 +148,15 @@ class JournalWriter:
         if cached is None:
             cached = self._prefix(unit, identifier, pid, priority)
         prefix, keys = cached
+        value = store.encode_value(message)
+        if value[0] == 0x5B:  # stored as an array of bytes: the index says so
+            keys = self._binary(keys)
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
             priority,
             store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
-            prefix + store.encode_value(message),
+            prefix + value,
             keys,
         )
         with self._pending_lock:
@@ -257,6 +260,12 @@ class JournalWriter:
         cached = (prefix, index.keys_for(fields, priority))
         self._prefixes[(unit, identifier, pid, priority)] = cached
         return cached
+
+    def _binary(self, keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        marked = (*keys, index.BINARY_MESSAGE)
+        if len(self._keys) > 4096:
+            self._keys.clear()
+        return self._keys.setdefault(marked, marked)
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:
