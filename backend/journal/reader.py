@@ -325,6 +325,26 @@ class Journal:
         found.reverse()
         return found
 
+    def boots(self) -> list[tuple[str, int, int]]:
+        """The boots in the journal, oldest first: (boot ID, first and last realtime µs).
+
+        Read from the ``_BOOT_ID`` postings: the first and last entry of each boot per segment.
+        """
+        spans: dict[str, list[int]] = {}
+        for path, sealed in self._wanted(Query(), None):
+            with _SegmentView(self, path, sealed, Query(), None) as view:
+                for boot, (first, first_rt, last, last_rt) in view.boots().items():
+                    span = spans.get(boot)
+                    if span is None:
+                        spans[boot] = [first, first_rt, last, last_rt]
+                        continue
+                    if first < span[0]:
+                        span[0:2] = first, first_rt
+                    if last > span[2]:
+                        span[2:4] = last, last_rt
+        ordered = sorted(spans.items(), key=lambda item: item[1][0])
+        return [(boot, span[1], span[3]) for boot, span in ordered]
+
     def end(self) -> Position | None:
         """The position after the last whole entry, where a follower starts."""
         for path in reversed(self.segments()):
@@ -421,6 +441,44 @@ class _SegmentView:
             self.data.close()
         if self.fd >= 0:
             os.close(self.fd)
+
+    def boots(self) -> dict[str, tuple[int, int, int, int]]:
+        """Each boot's first and last entry here: (seqnum, realtime, seqnum, realtime)."""
+        found: dict[str, tuple[int, int, int, int]] = {}
+        if not self.data:
+            return found
+        prefix = store.encode_name("_BOOT_ID")
+        unpack = store.RECORD.unpack_from
+
+        def note(key: bytes, first: tuple[int, int], last: tuple[int, int]) -> None:
+            boot = json.loads(key[len(prefix) :])
+            if not isinstance(boot, str):
+                return
+            had = found.get(boot)
+            if had is not None:
+                first = min(first, had[:2])
+                last = max(last, had[2:])
+            found[boot] = (*first, *last)
+
+        covered = len(store.MAGIC)
+        if self.index is not None:
+            try:
+                keys = self.index.keys_with_prefix(prefix)
+                postings = [(key, self.index.array(key)) for key in keys]
+                covered = self.index.covered_end
+            except index.Damaged:
+                postings = []
+            for key, offsets in postings:
+                if offsets:
+                    first = unpack(self.data, offsets[0])[1:3]
+                    last = unpack(self.data, offsets[-1])[1:3]
+                    note(key, first, last)
+        tail, _ = store.read_records(self.data[covered:], 0)
+        for record in tail:
+            for key in index.extract_keys(record[5], record[3]):
+                if key.startswith(prefix):
+                    note(key, record[:2], record[:2])
+        return found
 
     def matching(self, *, reverse: bool = False) -> Iterator[Record]:
         """The segment's matching entries, in seqnum order or (``reverse``) newest first."""
