@@ -24,6 +24,8 @@ import os
 import struct
 import zlib
 from array import array
+from itertools import chain
+from operator import le, lt
 from pathlib import Path
 
 from backend.journal import store
@@ -112,8 +114,15 @@ class Builder:
         self.seqnums = array("Q")
         self.realtimes = array("Q")
         # Records sharing one keys tuple (one per unit/pid/priority, as the writer caches
-        # them) share one offset list: one append per record, merged when saved.
-        self.groups: dict[int, tuple[tuple[bytes, ...], array[int]]] = {}
+        # them) share one offset list: one append per record. Saving merges what the groups
+        # gained since the last save into the postings, so saving often stays linear.
+        self.groups: dict[int, array[int]] = {}
+        self.group_keys: dict[int, tuple[bytes, ...]] = {}
+        self.consumed: dict[int, int] = {}
+        self.postings: dict[bytes, array[int]] = {}
+        self.checked = 0
+        self.realtime_sorted = True
+        self.seqnum_sorted = True
         self.covered_end = len(store.MAGIC)
         self.first_frame = b""
         self.last_frame_offset = 0
@@ -139,9 +148,11 @@ class Builder:
             builder.seqnums = array("Q", loaded.array(SEQNUMS))
             builder.realtimes = array("Q", loaded.array(REALTIMES))
             for key in loaded.sections:
-                if not key.startswith(b"\0") or key.startswith(b"\0p"):
-                    keys = (key,)
-                    builder.groups[id(keys)] = (keys, array(OFFSET_TYPE, loaded.array(key)))
+                if key not in (OFFSETS, SEQNUMS, REALTIMES):
+                    builder.postings[key] = array(OFFSET_TYPE, loaded.array(key))
+            builder.realtime_sorted = bool(loaded.flags & SORTED_REALTIME)
+            builder.seqnum_sorted = bool(loaded.flags & SORTED_SEQNUM)
+            builder.checked = loaded.count
         except Damaged:
             return cls()
         builder.covered_end = loaded.covered_end
@@ -157,8 +168,42 @@ class Builder:
         self.realtimes.append(realtime)
         group = self.groups.get(id(keys))
         if group is None:
-            group = self.groups[id(keys)] = (keys, array(OFFSET_TYPE))
-        group[1].append(offset)
+            group = self.group(keys)
+        group.append(offset)
+
+    def group(self, keys: tuple[bytes, ...]) -> array[int]:
+        """The offset list of records with ``keys`` (the tuple itself is the identity)."""
+        group = self.groups[id(keys)] = array(OFFSET_TYPE)
+        self.group_keys[id(keys)] = keys
+        return group
+
+    def _merge(self) -> None:
+        """Bring the postings and the sortedness flags up to date with the records added."""
+        pending: dict[bytes, list[array[int]]] = {}
+        for gid, group in self.groups.items():
+            done = self.consumed.get(gid, 0)
+            if done < len(group):
+                fresh = group[done:]
+                self.consumed[gid] = len(group)
+                for key in self.group_keys[gid]:
+                    pending.setdefault(key, []).append(fresh)
+        for key, parts in pending.items():
+            # Offsets only grow: what is new sorts after what was merged before.
+            merged = self.postings.setdefault(key, array(OFFSET_TYPE))
+            if len(parts) == 1:
+                merged.extend(parts[0])
+            else:
+                merged.extend(sorted(chain.from_iterable(parts)))
+        count = len(self.offsets)
+        start = max(self.checked - 1, 0)
+        if start < count - 1:
+            if self.realtime_sorted:
+                realtimes = self.realtimes[start:count]
+                self.realtime_sorted = all(map(le, realtimes[:-1], realtimes[1:]))
+            if self.seqnum_sorted:
+                seqnums = self.seqnums[start:count]
+                self.seqnum_sorted = all(map(lt, seqnums[:-1], seqnums[1:]))
+        self.checked = count
 
     def frame_written(self, offset: int, header: bytes, end: int) -> None:
         """A whole frame with ``header`` now spans ``[offset, end)``."""
@@ -193,21 +238,14 @@ class Builder:
         return base + offset
 
     def serialize(self) -> bytes:
-        postings: dict[bytes, list[array[int]]] = {}
-        for keys, offsets in self.groups.values():
-            for key in keys:
-                postings.setdefault(key, []).append(offsets)
+        self._merge()
         sections: list[tuple[bytes, bytes, int]] = [
             (OFFSETS, self.offsets.tobytes(), len(self.offsets)),
             (SEQNUMS, self.seqnums.tobytes(), len(self.seqnums)),
             (REALTIMES, self.realtimes.tobytes(), len(self.realtimes)),
         ]
-        for key in sorted(postings):
-            parts = postings[key]
-            if len(parts) == 1:
-                merged = parts[0]
-            else:
-                merged = array(OFFSET_TYPE, sorted(x for part in parts for x in part))
+        for key in sorted(self.postings):
+            merged = self.postings[key]
             sections.append((key, merged.tobytes(), len(merged)))
         directory = []
         position = 0
@@ -217,9 +255,9 @@ class Builder:
         dir_bytes = b"".join(directory)
         count = len(self.offsets)
         flags = 0
-        if all(self.realtimes[i] <= self.realtimes[i + 1] for i in range(count - 1)):
+        if self.realtime_sorted:
             flags |= SORTED_REALTIME
-        if all(self.seqnums[i] < self.seqnums[i + 1] for i in range(count - 1)):
+        if self.seqnum_sorted:
             flags |= SORTED_SEQNUM
         header = HEADER.pack(
             self.covered_end,

@@ -378,12 +378,21 @@ class JournalWriter:
         seqnum = self._next_seqnum
         parts: list[bytes] = []
         size = self._size + store.FRAME.size
-        add = self._index.add
+        # The index's appends, inline: this loop runs once per line written.
+        built = self._index
+        add_offset, add_seqnum = built.offsets.append, built.seqnums.append
+        add_realtime, group_of = built.realtimes.append, built.groups.get
         for realtime, monotonic, priority, flags, fields, keys in batch:
             record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
             parts.append(record)
             parts.append(fields)
-            add(size, seqnum, realtime, keys)
+            add_offset(size)
+            add_seqnum(seqnum)
+            add_realtime(realtime)
+            group = group_of(id(keys))
+            if group is None:
+                group = built.group(keys)
+            group.append(size)
             size += len(record) + len(fields)
             seqnum += 1
             if size >= self.segment_bytes:
@@ -391,7 +400,9 @@ class JournalWriter:
                 parts = []
                 self._next_seqnum = seqnum
                 self._rotate()
-                add = self._index.add
+                built = self._index
+                add_offset, add_seqnum = built.offsets.append, built.seqnums.append
+                add_realtime, group_of = built.realtimes.append, built.groups.get
                 size = self._size + store.FRAME.size
         if parts:
             self._write_frame(parts)
