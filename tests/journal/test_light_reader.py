@@ -88,6 +88,28 @@ def test_the_reader_imports_only_the_journal_modules(tmp_path: Path) -> None:
         assert not outside, f"{argv}: the reader now imports {sorted(outside)}"
 
 
+CAT = [sys.executable, "-X", "importtime", "-m", "backend.daemon", "cat"]
+
+
+def test_cat_imports_no_server_machinery(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CAT, "--data-dir", str(tmp_path), "-t", "probe"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        input=b"one line\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert not [name for name in names if name.split(".")[0] in NEVER]
+    assert "backend.journal.writer" in names
+
+
 def best_of(argv: list[str], runs: int) -> float:
     best = float("inf")
     for _ in range(runs):
