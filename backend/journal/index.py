@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 import zlib
 from array import array
 from itertools import chain
@@ -298,6 +299,27 @@ def index_path(segment: Path) -> Path:
     return segment.with_name(segment.name[: -len(store.SEGMENT_SUFFIX)] + INDEX_SUFFIX)
 
 
+def sweep(directory: Path, *, older_than: float = 60.0) -> None:
+    """Remove indexes whose segment is gone, and temporary files a dead saver left."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    present = set(names)
+    now = time.time()
+    for name in names:
+        path = directory / name
+        if name.endswith(INDEX_SUFFIX) and not name.startswith("."):
+            if name[: -len(INDEX_SUFFIX)] + store.SEGMENT_SUFFIX not in present:
+                path.unlink(missing_ok=True)
+        elif name.startswith(".") and INDEX_SUFFIX + "." in name:
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
 class Damaged(Exception):
     """An index that fails a check: it is rebuilt, never used."""
 
@@ -400,6 +422,9 @@ def build(segment: Path, data: bytes | mmap.mmap, *, save: bool) -> SegmentIndex
     if save:
         try:
             builder.save(segment)
+            if not segment.exists():
+                # Rotated away meanwhile: no index without its segment.
+                index_path(segment).unlink(missing_ok=True)
         except OSError:
             pass
     return SegmentIndex(builder.serialize())

@@ -405,25 +405,34 @@ class _SegmentView:
     ) -> None:
         self.query = query
         self.up_to = up_to
+        self.path = path
+        self.sealed = sealed
         self.data: mmap.mmap | bytes = b""
         self.index: index.SegmentIndex | None = None
         self.fd = -1
+        self.size = 0
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         size = os.fstat(self.fd).st_size
-        if size <= len(store.MAGIC):
+        if size <= len(store.MAGIC) or os.pread(self.fd, len(store.MAGIC), 0) != store.MAGIC:
             return
-        self.data = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
-        if self.data[: len(store.MAGIC)] != store.MAGIC:
-            self.data = b""
-            return
-        self.path = path
-        self.sealed = sealed
+        self.size = size
         self.index = index.load(path, self.fd)
+        # Mapped: a sealed segment whole, the newest only as far as its index covers. A
+        # writer may cut a torn tail off the newest segment, and touching a mapped page
+        # past the end of the file is fatal (SIGBUS): its tail is read, not mapped.
+        mapped = size if sealed else (self.index.covered_end if self.index else 0)
+        if mapped > len(store.MAGIC):
+            self.data = mmap.mmap(self.fd, mapped, access=mmap.ACCESS_READ)
         if self.index is None:
             self._rebuild()
+
+    def _tail(self, covered: int) -> list[Record]:
+        """The whole entries after ``covered``, read from the file."""
+        data = os.pread(self.fd, max(self.size - covered, 0), covered)
+        return store.read_records(data, 0)[0]
 
     def _rebuild(self) -> None:
         """Index a sealed segment without a sound index (written before indexes, or by a
@@ -445,7 +454,7 @@ class _SegmentView:
     def boots(self) -> dict[str, tuple[int, int, int, int]]:
         """Each boot's first and last entry here: (seqnum, realtime, seqnum, realtime)."""
         found: dict[str, tuple[int, int, int, int]] = {}
-        if not self.data:
+        if not self.size:
             return found
         prefix = store.encode_name("_BOOT_ID")
         unpack = store.RECORD.unpack_from
@@ -473,8 +482,7 @@ class _SegmentView:
                     first = unpack(self.data, offsets[0])[1:3]
                     last = unpack(self.data, offsets[-1])[1:3]
                     note(key, first, last)
-        tail, _ = store.read_records(self.data[covered:], 0)
-        for record in tail:
+        for record in self._tail(covered):
             for key in index.extract_keys(record[5], record[3]):
                 if key.startswith(prefix):
                     note(key, record[:2], record[:2])
@@ -482,7 +490,7 @@ class _SegmentView:
 
     def matching(self, *, reverse: bool = False) -> Iterator[Record]:
         """The segment's matching entries, in seqnum order or (``reverse``) newest first."""
-        if not self.data:
+        if not self.size:
             return
         covered = len(store.MAGIC)
         candidates: Sequence[int] = ()
@@ -497,7 +505,7 @@ class _SegmentView:
                     covered = self.index.covered_end
         # What no index covers (the newest frames, or all of a segment without one) is
         # scanned; whole frames only, as everywhere.
-        tail, _ = store.read_records(self.data[covered:], 0)
+        tail = self._tail(covered)
         query = self.query
         up_to = self.up_to
         tail = [

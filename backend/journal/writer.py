@@ -512,3 +512,4 @@ class JournalWriter:
             path.unlink(missing_ok=True)
             index.index_path(path).unlink(missing_ok=True)
             total -= sizes[path]
+        index.sweep(self.directory)
