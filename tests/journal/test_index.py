@@ -356,27 +356,33 @@ def test_each_segment_has_the_index_a_rebuild_from_its_bytes_would_make(tmp_path
     assert indexes == {index.index_path(p).name for p in segments}
 
 
-def test_a_filtered_question_reads_only_the_entries_it_shows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    busy_journal(tmp_path)
-    scanned = []
+@pytest.fixture
+def looked_at(monkeypatch: pytest.MonkeyPatch) -> tuple[list[store.Record], list[store.Record]]:
+    """(entries scanned frame by frame, entries a question's filter looked at)."""
+    scanned: list[store.Record] = []
+    matched: list[store.Record] = []
     real = store.read_records
+    real_matches = Query.matches
 
     def counting(data: bytes, offset: int) -> tuple[list[store.Record], int]:
         records, end = real(data, offset)
         scanned.extend(records)
         return records, end
 
-    monkeypatch.setattr(store, "read_records", counting)
-    matched = []
-    real_matches = Query.matches
-
     def counting_matches(self: Query, record: store.Record) -> bool:
         matched.append(record)
         return real_matches(self, record)
 
+    monkeypatch.setattr(store, "read_records", counting)
     monkeypatch.setattr(Query, "matches", counting_matches)
+    return scanned, matched
+
+
+def test_a_filtered_question_reads_only_the_entries_it_shows(
+    tmp_path: Path, looked_at: tuple[list[store.Record], list[store.Record]]
+) -> None:
+    busy_journal(tmp_path)
+    scanned, matched = looked_at
     got = Journal(tmp_path).newest(3, Query(units=["rare"]))
     assert [record_fields(r)["MESSAGE"] for r in got] == [
         b"GET /items/3500",
@@ -386,6 +392,36 @@ def test_a_filtered_question_reads_only_the_entries_it_shows(
     # Nothing scanned frame by frame (every segment is indexed), and only the three
     # entries shown were looked at.
     assert scanned == [] and len(matched) == 3
+
+
+def test_times_and_cursors_skip_segments_and_bisect_inside_one(
+    tmp_path: Path, looked_at: tuple[list[store.Record], list[store.Record]]
+) -> None:
+    with JournalWriter(tmp_path, hostname="h", machine_id="ab" * 16, max_bytes=1 << 19) as w:
+        for i in range(6000):
+            w.append([("MESSAGE", b"entry %d" % i)], realtime=1_000_000 * (i + 1), monotonic=i)
+    assert len(store.list_segments(tmp_path / "journal")) > 3
+    scanned, matched = looked_at
+    journal = Journal(tmp_path)
+
+    def numbers(records: list[store.Record]) -> list[int]:
+        return [int(record_fields(r)["MESSAGE"].split()[1]) for r in records]  # type: ignore[union-attr]
+
+    # -S T -U T': only the entries between, wherever they lie.
+    window = Query(since=1_000_000 * 2001, until=1_000_000 * 2010)
+    assert numbers([r for b in journal.forward(window) for r in b]) == list(range(2000, 2010))
+    assert scanned == [] and len(matched) == 10
+    matched.clear()
+    # -S T -n 3 and --after-cursor C -n 3: the newest three, looking at three.
+    assert numbers(journal.newest(3, Query(since=1_000_000 * 3000))) == [5997, 5998, 5999]
+    cursor = (journal.journal_id, 1234, None)
+    after = [r for b in journal.forward(Query(after=cursor)) for r in b]
+    assert numbers(after[:2]) == [1234, 1235] and len(after) == 6000 - 1234
+    assert scanned == [] and len(matched) == 3 + len(after)
+    matched.clear()
+    # -U T -r -n 2: walks back from T, not from the end.
+    assert numbers(journal.newest(2, Query(until=1_000_000 * 100))) == [98, 99]
+    assert len(matched) == 2
 
 
 def test_a_damaged_index_is_not_trusted_and_is_rebuilt(tmp_path: Path) -> None:
