@@ -391,7 +391,9 @@ def query_table(root: Path, count: int, runs: int) -> list[str]:
         (f"-g '{grep}'", ["-g", grep], False),
         ("-n 1 (start-up)", ["-n", "1"], False),
     ]
+    bare, _ = timed([sys.executable, "-c", "pass"], runs)
     lines = [
+        f"(python -c pass: {bare * 1000:.0f} ms; medians of {runs} runs, start-up included)",
         f"{'question':32} {count:>9,} {'3,000':>9} {'ratio':>6}  {'journalctl':>10} {'ours/it':>8}",
     ]
     verdicts = []
@@ -490,6 +492,7 @@ def main() -> int:
         ours_write, ours_write_cpu = write_ours(root / "node", count)
         plain_write = write_plain_file(root / "plain.log", count)
         size = sum(p.stat().st_size for p in (root / "node" / "journal").glob("*.journal"))
+        index_size = sum(p.stat().st_size for p in (root / "node" / "journal").glob("*.idx"))
 
         read_seconds, read_lines, read_cpu = read_json(
             clusterd("journal", "--data-dir", str(root / "node"), "-o", "json", "-n", "all")
@@ -523,7 +526,10 @@ def main() -> int:
     peer = run_journald_peer(count, samples, interval)
 
     journald = peer if isinstance(peer, dict) else {}
-    print(f"write (JournalWriter.line; {size / count:.0f} bytes per entry on disk)")
+    print(
+        f"write (JournalWriter.line; {size / count:.0f} bytes per entry on disk, "
+        f"and {index_size / count:.0f} in the indexes)"
+    )
     print(
         f"  ours                   {rate(count, ours_write)}   "
         f"({rate(count, ours_write_cpu)} of CPU)"
