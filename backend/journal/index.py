@@ -25,6 +25,7 @@ import struct
 import time
 import zlib
 from array import array
+from collections.abc import Sequence
 from itertools import chain
 from operator import le, lt
 from pathlib import Path
@@ -42,6 +43,9 @@ HEADER_CRC = struct.Struct("<I")
 ENTRY = struct.Struct("<HQII")  # key length, start, item count, CRC; then the key
 SORTED_REALTIME = 1
 SORTED_SEQNUM = 2
+# Seqnums first..last without a gap (the rule: one writer at a time numbers entries):
+# then no seqnum section is stored.
+CONTIGUOUS_SEQNUM = 4
 OFFSETS = b"\0offsets"
 SEQNUMS = b"\0seqnums"
 REALTIMES = b"\0realtimes"
@@ -64,13 +68,25 @@ def field_key(name: str, value: bytes) -> bytes:
     return store.encode_name(name) + store.encode_value(value)
 
 
-def keys_for(fields: list[tuple[str, bytes]], priority: int) -> tuple[bytes, ...]:
+def joined(keys: set[bytes]) -> bytes:
+    """A set of keys as one bytes object (no key holds a raw newline: JSON escapes it).
+
+    Bytes, not a tuple: an entry waiting in the writer's buffer then holds no container,
+    which keeps it out of the garbage collector's way."""
+    return b"\n".join(sorted(keys))
+
+
+def split(keys: bytes) -> list[bytes]:
+    return keys.split(b"\n")
+
+
+def keys_for(fields: list[tuple[str, bytes]], priority: int) -> bytes:
     """The index keys of an entry with ``fields`` and header ``priority`` (no duplicates)."""
     keys = {field_key(name, value) for name, value in fields if name in INDEXED}
     keys.add(priority_key(priority))
     if any(name == "MESSAGE" and store.encode_value(value)[:1] == b"[" for name, value in fields):
         keys.add(BINARY_MESSAGE)
-    return tuple(sorted(keys))
+    return joined(keys)
 
 
 def value_end(body: bytes, start: int) -> int:
@@ -89,7 +105,7 @@ def value_end(body: bytes, start: int) -> int:
         position = quote + 1
 
 
-def extract_keys(body: bytes, priority: int) -> tuple[bytes, ...]:
+def extract_keys(body: bytes, priority: int) -> bytes:
     """The index keys of a stored record, read from its encoded fields.
 
     A member name with its quotes and colon cannot occur inside a JSON string (every quote
@@ -104,7 +120,7 @@ def extract_keys(body: bytes, priority: int) -> tuple[bytes, ...]:
             end = value_end(body, at + len(needle))
             keys.add(body[at:end])
             at = body.find(needle, end)
-    return tuple(sorted(keys))
+    return joined(keys)
 
 
 class Builder:
@@ -114,12 +130,12 @@ class Builder:
         self.offsets = array(OFFSET_TYPE)
         self.seqnums = array("Q")
         self.realtimes = array("Q")
-        # Records sharing one keys tuple (one per unit/pid/priority, as the writer caches
+        # Records with the same keys (one set per unit/pid/priority, as the writer caches
         # them) share one offset list: one append per record. Saving merges what the groups
         # gained since the last save into the postings, so saving often stays linear.
-        self.groups: dict[int, array[int]] = {}
-        self.group_keys: dict[int, tuple[bytes, ...]] = {}
-        self.consumed: dict[int, int] = {}
+        self.groups: dict[bytes, array[int]] = {}
+        self.consumed: dict[bytes, int] = {}
+        self.merged = 0
         self.postings: dict[bytes, array[int]] = {}
         self.checked = 0
         self.realtime_sorted = True
@@ -153,7 +169,7 @@ class Builder:
                     builder.postings[key] = array(OFFSET_TYPE, loaded.array(key))
             builder.realtime_sorted = bool(loaded.flags & SORTED_REALTIME)
             builder.seqnum_sorted = bool(loaded.flags & SORTED_SEQNUM)
-            builder.checked = loaded.count
+            builder.checked = builder.merged = loaded.count
         except Damaged:
             return cls()
         builder.covered_end = loaded.covered_end
@@ -163,20 +179,14 @@ class Builder:
         builder.saved_end = loaded.covered_end
         return builder
 
-    def add(self, offset: int, seqnum: int, realtime: int, keys: tuple[bytes, ...]) -> None:
+    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes) -> None:
         self.offsets.append(offset)
         self.seqnums.append(seqnum)
         self.realtimes.append(realtime)
-        group = self.groups.get(id(keys))
+        group = self.groups.get(keys)
         if group is None:
-            group = self.group(keys)
+            group = self.groups[keys] = array(OFFSET_TYPE)
         group.append(offset)
-
-    def group(self, keys: tuple[bytes, ...]) -> array[int]:
-        """The offset list of records with ``keys`` (the tuple itself is the identity)."""
-        group = self.groups[id(keys)] = array(OFFSET_TYPE)
-        self.group_keys[id(keys)] = keys
-        return group
 
     def _merge(self) -> None:
         """Bring the postings and the sortedness flags up to date with the records added."""
@@ -186,16 +196,21 @@ class Builder:
             if done < len(group):
                 fresh = group[done:]
                 self.consumed[gid] = len(group)
-                for key in self.group_keys[gid]:
+                for key in split(gid):
                     pending.setdefault(key, []).append(fresh)
+        count = len(self.offsets)
+        fresh_count = count - self.merged
         for key, parts in pending.items():
             # Offsets only grow: what is new sorts after what was merged before.
             merged = self.postings.setdefault(key, array(OFFSET_TYPE))
             if len(parts) == 1:
                 merged.extend(parts[0])
+            elif sum(map(len, parts)) == fresh_count:
+                # Every new record holds the key (a boot ID, a busy identifier): no sort.
+                merged.extend(self.offsets[self.merged : count])
             else:
                 merged.extend(sorted(chain.from_iterable(parts)))
-        count = len(self.offsets)
+        self.merged = count
         start = max(self.checked - 1, 0)
         if start < count - 1:
             if self.realtime_sorted:
@@ -219,7 +234,6 @@ class Builder:
         offset = 0
         end = len(data)
         unpack = store.RECORD.unpack_from
-        interned: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
         view = memoryview(data)
         while offset + store.FRAME.size <= end:
             length, crc = store.FRAME.unpack_from(data, offset)
@@ -231,7 +245,6 @@ class Builder:
                 size, seqnum, realtime, _mono, priority, _flags = unpack(data, position)
                 body = data[position + store.RECORD.size : position + 4 + size]
                 keys = extract_keys(body, priority)
-                keys = interned.setdefault(keys, keys)
                 self.add(base + position, seqnum, realtime, keys)
                 position += 4 + size
             self.frame_written(base + offset, data[offset : offset + store.FRAME.size], base + stop)
@@ -240,26 +253,36 @@ class Builder:
 
     def serialize(self) -> bytes:
         self._merge()
-        sections: list[tuple[bytes, bytes, int]] = [
-            (OFFSETS, self.offsets.tobytes(), len(self.offsets)),
-            (SEQNUMS, self.seqnums.tobytes(), len(self.seqnums)),
-            (REALTIMES, self.realtimes.tobytes(), len(self.realtimes)),
-        ]
-        for key in sorted(self.postings):
-            merged = self.postings[key]
-            sections.append((key, merged.tobytes(), len(merged)))
-        directory = []
-        position = 0
-        for key, data, count in sections:
-            directory.append(ENTRY.pack(len(key), position, count, zlib.crc32(data)) + key)
-            position += len(data)
-        dir_bytes = b"".join(directory)
         count = len(self.offsets)
         flags = 0
         if self.realtime_sorted:
             flags |= SORTED_REALTIME
         if self.seqnum_sorted:
             flags |= SORTED_SEQNUM
+            if count and self.seqnums[-1] - self.seqnums[0] == count - 1:
+                flags |= CONTIGUOUS_SEQNUM
+        offsets = self.offsets.tobytes()
+        sections: list[tuple[bytes, bytes, int]] = [(OFFSETS, offsets, count)]
+        if not flags & CONTIGUOUS_SEQNUM:
+            sections.append((SEQNUMS, self.seqnums.tobytes(), count))
+        sections.append((REALTIMES, self.realtimes.tobytes(), count))
+        for key in sorted(self.postings):
+            merged = self.postings[key]
+            # A key every record holds shares the offsets' bytes (same start, same CRC).
+            data = b"" if len(merged) == count else merged.tobytes()
+            sections.append((key, data, len(merged)))
+        directory = []
+        blobs = []
+        position = 0
+        offsets_crc = zlib.crc32(offsets)
+        for key, data, items in sections:
+            if key != OFFSETS and not data and items == count and count:
+                directory.append(ENTRY.pack(len(key), 0, items, offsets_crc) + key)
+                continue
+            directory.append(ENTRY.pack(len(key), position, items, zlib.crc32(data)) + key)
+            blobs.append(data)
+            position += len(data)
+        dir_bytes = b"".join(directory)
         header = HEADER.pack(
             self.covered_end,
             count,
@@ -274,10 +297,7 @@ class Builder:
             len(dir_bytes),
             zlib.crc32(dir_bytes),
         )
-        return b"".join(
-            [MAGIC, header, HEADER_CRC.pack(zlib.crc32(header)), dir_bytes]
-            + [data for _key, data, _count in sections]
-        )
+        return b"".join([MAGIC, header, HEADER_CRC.pack(zlib.crc32(header)), dir_bytes, *blobs])
 
     def save(self, segment: Path) -> None:
         """Write the snapshot beside ``segment``, atomically (a temporary file renamed)."""
@@ -363,16 +383,21 @@ class SegmentIndex:
             key = dir_bytes[position : position + length]
             position += length
             self.sections[key] = (base + start, count, crc)
-        self._cache: dict[bytes, array[int]] = {}
-        for key in (OFFSETS, SEQNUMS, REALTIMES):
+        self._cache: dict[bytes, Sequence[int]] = {}
+        needed = [OFFSETS, REALTIMES]
+        if not self.flags & CONTIGUOUS_SEQNUM:
+            needed.append(SEQNUMS)
+        for key in needed:
             if self.sections.get(key, (0, 0, 0))[1] != self.count:
                 raise Damaged("index sections")
 
-    def array(self, key: bytes) -> array[int]:
+    def array(self, key: bytes) -> Sequence[int]:
         """The section ``key`` (an empty array when no record holds it)."""
         found = self._cache.get(key)
         if found is not None:
             return found
+        if key == SEQNUMS and self.flags & CONTIGUOUS_SEQNUM:
+            return range(self.first_seqnum, self.first_seqnum + self.count)
         typecode = "Q" if key in (SEQNUMS, REALTIMES) else OFFSET_TYPE
         result = array(typecode)
         entry = self.sections.get(key)

@@ -483,7 +483,7 @@ class _SegmentView:
                     last = unpack(self.data, offsets[-1])[1:3]
                     note(key, first, last)
         for record in self._tail(covered):
-            for key in index.extract_keys(record[5], record[3]):
+            for key in index.split(index.extract_keys(record[5], record[3])):
                 if key.startswith(prefix):
                     note(key, record[:2], record[:2])
         return found

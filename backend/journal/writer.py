@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,14 +30,10 @@ SYNC_INTERVAL = 1.0
 MAX_PENDING = 50_000
 SEGMENT_MAX = 16 * 1024 * 1024
 SEGMENT_MIN = 4096
-# The index of the segment being written is saved again once this much more is covered (or
-# half of what its last snapshot covered, whichever is more), or after INDEX_INTERVAL seconds.
-INDEX_STEP = 256 * 1024
-INDEX_INTERVAL = 5.0
 
 _LEVEL_PREFIX = re.compile(rb"<(0{0,2}[0-7])>")
 
-Pending = tuple[int, int, int, int, bytes, tuple[bytes, ...]]
+Pending = tuple[int, int, int, int, bytes, bytes]
 
 
 def read_boot_id() -> str:
@@ -92,16 +89,14 @@ class JournalWriter:
             ("_HOSTNAME", (hostname or socket.gethostname()).encode()),
         ]
         self._prefixes: dict[
-            tuple[str | None, str | None, int | None, int], tuple[bytes, tuple[bytes, ...]]
+            tuple[str | None, str | None, int | None, int], tuple[bytes, bytes]
         ] = {}
-        self._keys: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
         self._partial: dict[tuple[str | None, int | None, str], bytes] = {}
         self._lock_fd = os.open(
             self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
         self._segment: Path | None = None
         self._index = index.Builder()
-        self._index_saved_at = 0.0
         self._fd = -1
         self._size = 0
         self._next_seqnum = 1
@@ -227,9 +222,6 @@ class JournalWriter:
                 priority = int(value)
         encoded, flags = store.encode_fields(kept)
         keys = index.keys_for(kept, priority)
-        keys = self._keys.setdefault(keys, keys)
-        if len(self._keys) > 4096:
-            self._keys.clear()
         self._queue(
             (
                 time.time_ns() // 1000 if realtime is None else realtime,
@@ -243,7 +235,7 @@ class JournalWriter:
 
     def _prefix(
         self, unit: str | None, identifier: str | None, pid: int | None, priority: int
-    ) -> tuple[bytes, tuple[bytes, ...]]:
+    ) -> tuple[bytes, bytes]:
         fields = [("PRIORITY", str(priority).encode())]
         if identifier:
             fields.append(("SYSLOG_IDENTIFIER", identifier.encode()))
@@ -261,11 +253,8 @@ class JournalWriter:
         self._prefixes[(unit, identifier, pid, priority)] = cached
         return cached
 
-    def _binary(self, keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        marked = (*keys, index.BINARY_MESSAGE)
-        if len(self._keys) > 4096:
-            self._keys.clear()
-        return self._keys.setdefault(marked, marked)
+    def _binary(self, keys: bytes) -> bytes:
+        return index.joined({*index.split(keys), index.BINARY_MESSAGE})
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:
@@ -297,13 +286,7 @@ class JournalWriter:
         self._flusher.join()
         self.flush()
         with self._io_lock:
-            if self._fd >= 0 and self._index.covered_end > self._index.saved_end:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-                try:
-                    self._catch_up()
-                    self._save_index()
-                finally:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._refresh_index()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -338,6 +321,23 @@ class JournalWriter:
             if since is not None and time.monotonic() >= since + SYNC_INTERVAL:
                 with self._io_lock:
                     self._sync()
+                    # The segment being written keeps an index of what is synced: readers
+                    # scan at most the last second's lines.
+                    self._refresh_index()
+
+    def _refresh_index(self) -> None:
+        """Save the index of the segment being written if it covers less than this writer
+        knows (called with the I/O lock held)."""
+        if self._fd < 0 or self._index.covered_end <= self._index.saved_end:
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+            self._save_index()
+        except OSError as error:
+            log.warning("cannot index the journal in %s: %s", self.directory, error)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _sync(self) -> None:
         if self._fd >= 0 and self._unsynced_since is not None:
@@ -354,12 +354,6 @@ class JournalWriter:
             try:
                 self._catch_up()
                 self._append(batch)
-                built = self._index
-                uncovered = built.covered_end - built.saved_end
-                if uncovered >= max(INDEX_STEP, built.saved_end // 2) or (
-                    time.monotonic() >= self._index_saved_at + INDEX_INTERVAL
-                ):
-                    self._save_index()
             except OSError:
                 with self._pending_lock:
                     self._pending[:0] = batch
@@ -389,9 +383,9 @@ class JournalWriter:
             add_offset(size)
             add_seqnum(seqnum)
             add_realtime(realtime)
-            group = group_of(id(keys))
+            group = group_of(keys)
             if group is None:
-                group = built.group(keys)
+                group = built.groups[keys] = array(index.OFFSET_TYPE)
             group.append(size)
             size += len(record) + len(fields)
             seqnum += 1
@@ -476,13 +470,11 @@ class JournalWriter:
             self._size = -1
         self._segment = path
         self._index = index.Builder()
-        self._index_saved_at = time.monotonic()
         self._next_seqnum = first_seqnum
 
     def _save_index(self) -> None:
         """Keep the index of the segment being written beside it (best effort: readers scan
         whatever no sound index covers)."""
-        self._index_saved_at = time.monotonic()
         if self._segment is None:
             return
         try:
