@@ -19,7 +19,6 @@ ALLOWED_STDLIB = {
     "_json",
     "_locale",
     "_struct",
-    "_typing",
     "argparse",
     "array",
     "bisect",
@@ -34,7 +33,6 @@ ALLOWED_STDLIB = {
     "select",
     "signal",
     "struct",
-    "typing",
     "zlib",
 }
 JOURNAL_MODULES = {"backend", "backend.daemon", "backend.journal"} | {
