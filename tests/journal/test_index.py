@@ -29,6 +29,7 @@ WORDS = [
     "tab\tand\x01control",
     "",
     "trailing 123",
+    "FULL ERROR",
 ]
 PATTERNS = [
     "item",
@@ -44,6 +45,8 @@ PATTERNS = [
     r"and \\ slash",
     "on fire",
     "ems/4",
+    "error",
+    "(?i)ERROR",
 ]
 
 
