@@ -393,6 +393,7 @@ def query_table(root: Path, count: int, runs: int) -> list[str]:
         ("--after-cursor <middle> -n 10", ["--after-cursor", "CURSOR", "-n", "10"], True),
         ("-u web7 -p err -r -n 10", ["-u", "web7", "-p", "err", "-r", "-n", "10"], True),
         (f"-g '{grep}'", ["-g", grep], False),
+        ("-g alice -n 10 (every entry)", ["-g", "alice", "-n", "10"], True),
         ("-n 1 (start-up)", ["-n", "1"], False),
     ]
     bare, bare_cpu = timed([sys.executable, "-c", "pass"], runs)
