@@ -356,8 +356,17 @@ class Journal:
                 file = path.open("rb")
             except FileNotFoundError:
                 continue
+            # What a sound index covers is whole entries: only what follows is parsed.
+            start, last = len(store.MAGIC), None
+            found = index.load(path, file.fileno())
+            if found is not None and found.count:
+                start, last = found.covered_end, found.last_seqnum
+            file.seek(start)
             data = file.read()
-            offset, last = store.valid_end(data, len(store.MAGIC))
+            offset, tail_last = store.valid_end(data, 0)
+            offset += start
+            if tail_last is not None:
+                last = tail_last
             if last is None:
                 last = store.segment_first_seqnum(path) - 1
             return Position(path, file, offset, last)

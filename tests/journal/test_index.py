@@ -297,6 +297,17 @@ def test_an_indexed_answer_is_the_full_scan_answer(
         write_journal(data_dir, actions, max_bytes, torn_tail, damages)
         every = scan(data_dir)
         journal = Journal(data_dir)
+        # Where a follower starts: after the last whole entry, wherever the index ends.
+        position = journal.end()
+        segments = store.list_segments(data_dir / "journal")
+        if segments:
+            assert position is not None
+            data = segments[-1].read_bytes()
+            offset, last = store.valid_end(data, len(store.MAGIC))
+            expected_last = store.segment_first_seqnum(segments[-1]) - 1 if last is None else last
+            assert (position.path, position.offset) == (segments[-1], offset)
+            assert position.last_seqnum == expected_last
+            position.close()
         # Besides the random questions, a sweep: each unit, identifier, priority alone,
         # each -g pattern, and cursors on both sides of every segment boundary.
         sweep: list[dict[str, object]] = []
