@@ -208,6 +208,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="for --grep; by default only patterns with capitals are case-sensitive",
     )
     parser.add_argument("-r", "--reverse", action="store_true", help="newest entries first")
+    parser.add_argument(
+        "-b",
+        "--boot",
+        nargs="?",
+        const="0",
+        help="entries of one boot: 0 (or nothing) the newest, -1 the one before, 1 the "
+        "first; or a boot ID, optionally with ±N",
+    )
+    parser.add_argument(
+        "--list-boots", action="store_true", help="list the boots in the journal and end"
+    )
     parser.add_argument("--after-cursor", help="entries after this cursor")
     parser.add_argument("--cursor", help="entries from this cursor on")
     parser.add_argument(
@@ -234,7 +245,52 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_query(args: argparse.Namespace) -> Query:
+_BOOT = re.compile(r"^([0-9a-fA-F]{32}|[0-9a-fA-F-]{36})?([+-]?\d+)?$")
+
+
+def resolve_boot(journal: Journal, text: str) -> str:
+    """The boot ID ``-b TEXT`` means: ``0``/``-N`` from the newest boot, ``N`` from the
+    first, ``ID`` or ``ID±N`` from that boot."""
+    match = _BOOT.match(text.strip())
+    if not match or not any(match.groups()):
+        raise UsageError(f"{text!r} is not a boot: use a boot ID, an offset, or both")
+    boot_id, offset_text = match.groups()
+    offset = int(offset_text) if offset_text else 0
+    boots = [boot for boot, _first, _last in journal.boots()]
+    if boot_id is not None:
+        boot_id = boot_id.replace("-", "").lower()
+        if boot_id not in boots:
+            raise UsageError(f"no boot {boot_id} in the journal")
+        position = boots.index(boot_id) + offset
+    elif offset > 0:
+        position = offset - 1
+    else:
+        position = len(boots) - 1 + offset
+    if not 0 <= position < len(boots):
+        raise UsageError(f"no boot {text} in the journal ({len(boots)} boots)")
+    return boots[position]
+
+
+def list_boots(journal: Journal, out: Output) -> None:
+    """journalctl --list-boots: index (0 the newest), boot ID, first and last entry."""
+    boots = journal.boots()
+
+    def stamp(realtime: int) -> str:
+        local = time.localtime(realtime // 1_000_000)
+        return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", local)
+
+    rows = [
+        (str(i - len(boots) + 1), boot, stamp(first), stamp(last))
+        for i, (boot, first, last) in enumerate(boots)
+    ]
+    width = max([3] + [len(row[0]) for row in rows])
+    first_width = max([len("FIRST ENTRY")] + [len(row[2]) for row in rows])
+    lines = [f"{'IDX':>{width}} {'BOOT ID':32} {'FIRST ENTRY':{first_width}} LAST ENTRY"]
+    lines += [f"{i:>{width}} {boot} {first:{first_width}} {last}" for i, boot, first, last in rows]
+    out.write(("\n".join(lines) + "\n").encode())
+
+
+def build_query(args: argparse.Namespace, boot: str | None = None) -> Query:
     grep = None
     if args.grep is not None:
         sensitive = args.case_sensitive
@@ -265,6 +321,8 @@ def build_query(args: argparse.Namespace) -> Query:
         fields.setdefault(name, []).append(value.encode())
     for identifier in args.identifier:
         fields.setdefault("SYSLOG_IDENTIFIER", []).append(identifier.encode())
+    if boot is not None:
+        fields.setdefault("_BOOT_ID", []).append(boot.encode())
     return Query(
         units=list(args.unit),
         fields=fields,
@@ -329,8 +387,13 @@ def show(args: argparse.Namespace, out: Output) -> int:
     if args.utc:
         os.environ["TZ"] = "UTC"
         time.tzset()
-    query = build_query(args)
     journal = Journal(args.data_dir)
+    if args.list_boots:
+        list_boots(journal, out)
+        out.flush()
+        return 0
+    boot = resolve_boot(journal, args.boot) if args.boot is not None else None
+    query = build_query(args, boot)
     formatter = Formatter(args.output, journal.journal_id, show_all=args.all)
     # As journalctl: -f alone starts with the last 10; from a cursor or a time it starts
     # there, which is how a follower that lost its connection resumes without a gap.

@@ -84,6 +84,9 @@ def _decode(value: object) -> Value:
     return str(value).encode()
 
 
+decode_value = _decode
+
+
 def _decode_single(value: object) -> bytes | None:
     decoded = _decode(value)
     if isinstance(decoded, list):

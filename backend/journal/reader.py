@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fnmatch
 import json
+import mmap
 import os
 import re
 import select
 import stat
 import struct
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
-from backend.journal import store
-from backend.journal.fmt import record_fields
+from backend.journal import index, store
+from backend.journal.fmt import decode_value
 from backend.journal.store import Record
+
+# typing costs `clusterd journal` a few milliseconds at start-up, for an annotation only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 # -- filters -------------------------------------------------------------------------------
 
@@ -37,23 +40,35 @@ def mangle_unit(name: str) -> str:
     return name + ".service"
 
 
-@dataclass
 class Query:
     """Which entries to show: journalctl's ``-u``, ``-t``, ``FIELD=VALUE``, ``-p``, ``-S``,
-    ``-U``, ``-g`` and cursors. Values of one field are or-ed, different fields and-ed."""
+    ``-U``, ``-g`` and cursors. Values of one field are or-ed, different fields and-ed.
 
-    units: list[str] = field(default_factory=list)
-    fields: dict[str, list[bytes]] = field(default_factory=dict)
-    """Exact matches, as journalctl's ``FIELD=VALUE`` arguments (``-t`` adds to them)."""
-    priorities: frozenset[int] | None = None
-    since: int | None = None
-    until: int | None = None
-    grep: re.Pattern[str] | None = None
-    after: tuple[str, int | None, int | None] | None = None
-    """A parsed cursor (journal ID, seqnum, realtime): show only entries after it."""
+    ``fields`` are exact matches, as journalctl's ``FIELD=VALUE`` arguments (``-t`` adds to
+    them); ``after`` is a parsed cursor (journal ID, seqnum, realtime): only entries after
+    it. (A plain class, not a dataclass: `clusterd journal` starts without importing
+    dataclasses and inspect.)
+    """
 
-    def __post_init__(self) -> None:
-        self.units = [mangle_unit(unit) for unit in self.units]
+    def __init__(
+        self,
+        units: list[str] | None = None,
+        fields: dict[str, list[bytes]] | None = None,
+        priorities: frozenset[int] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        grep: re.Pattern[str] | None = None,
+        after: tuple[str, int | None, int | None] | None = None,
+    ) -> None:
+        self.units = [mangle_unit(unit) for unit in units or []]
+        self.fields = dict(fields or {})
+        self.priorities = priorities
+        self.since = since
+        self.until = until
+        self.grep = grep
+        self.after = after
+        self._after_seqnum: int | None = None
+        self._after_realtime: int | None = None
         self._unit_needles = [
             store.encode_name(name) + store.encode_value(unit.encode())
             for unit in self.units
@@ -65,6 +80,26 @@ class Query:
             [store.encode_name(name) + store.encode_value(value) for value in values]
             for name, values in self.fields.items()
         ]
+        # -g over a message that is plain printable ASCII (stored between quotes, without
+        # escapes) runs a bytes pattern on the stored bytes: no decoding at all. Only an
+        # ASCII pattern is compiled so (a str pattern and a bytes pattern agree on such text).
+        self._grep_bytes: re.Pattern[bytes] | None = None
+        self.grep_literal = None if self.grep is None else required_literal(self.grep)
+        if self.grep is not None and self.grep.pattern.isascii():
+            try:
+                self._grep_bytes = re.compile(
+                    self.grep.pattern.encode(), self.grep.flags & ~re.UNICODE
+                )
+            except re.error:
+                self._grep_bytes = None
+
+    @property
+    def after_seqnum(self) -> int | None:
+        return self._after_seqnum
+
+    @property
+    def after_realtime(self) -> int | None:
+        return self._after_realtime
 
     def bind(self, journal_id: str) -> None:
         """Resolve the cursor against this journal: by seqnum if it is ours, else by time."""
@@ -95,13 +130,46 @@ class Query:
         for needles in self._field_needles:
             if not any(needle in record[5] for needle in needles):
                 return False
-        if self.grep is not None:
-            message = record_fields(record).get("MESSAGE")
-            if not isinstance(message, bytes):
-                return False
-            if self.grep.search(message.decode("utf-8", "surrogateescape")) is None:
-                return False
+        if self.grep is not None and not self._grep_matches(record[5]):
+            return False
         return True
+
+    def _grep_matches(self, body: bytes) -> bool:
+        # The last MESSAGE member is the one a JSON parser keeps.
+        at = body.rfind(b'"MESSAGE":')
+        if at < 0:
+            return False
+        start = at + 10
+        raw = body[start : index.value_end(body, start)]
+        if self._grep_bytes is not None and raw[:1] == b'"' and raw.isascii() and b"\\" not in raw:
+            return self._grep_bytes.search(raw[1:-1]) is not None
+        assert self.grep is not None
+        message = decode_value(json.loads(raw))
+        if not isinstance(message, bytes):
+            return False
+        return self.grep.search(message.decode("utf-8", "surrogateescape")) is not None
+
+    def index_groups(self, segment_index: index.SegmentIndex) -> list[list[bytes]]:
+        """Index keys an entry must hold to match: one of each group (a superset test:
+        :meth:`matches` still decides)."""
+        groups = []
+        if self.units:
+            keys = list(self._unit_needles)
+            if self._unit_globs:
+                prefix = store.encode_name("_SYSTEMD_UNIT")
+                for key in segment_index.keys_with_prefix(prefix):
+                    value = json.loads(key[len(prefix) :])
+                    if isinstance(value, str) and any(
+                        fnmatch.fnmatchcase(value, glob) for glob in self._unit_globs
+                    ):
+                        keys.append(key)
+            groups.append(keys)
+        for name, needles in zip(self.fields, self._field_needles, strict=True):
+            if name in index.INDEXED:
+                groups.append(needles)
+        if self.priorities is not None:
+            groups.append([index.priority_key(priority) for priority in self.priorities])
+        return groups
 
     def _unit_matches(self, record: Record) -> bool:
         body = record[5]
@@ -129,18 +197,58 @@ class Query:
         )
 
 
+# Letters equal to a non-ASCII letter when case is ignored (dotted and dotless I, the long S,
+# the Kelvin sign): a case-blind search of stored bytes would miss those.
+_FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
+# Stored as themselves inside a JSON string: printable ASCII but the quote and backslash.
+_VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def required_literal(pattern: re.Pattern[str]) -> tuple[bytes, bool] | None:
+    """Bytes every stored MESSAGE that ``pattern`` matches contains (the longest run of
+    plain characters the pattern must match in sequence) and whether their case is
+    ignored, or None.
+
+    Such a run is stored verbatim inside the JSON string of the message, so finding it in a
+    segment's bytes finds every entry that can match: -g then looks at those entries only.
+    A message stored as an array of bytes (not UTF-8, or unprintable) has no such run and
+    is looked at whatever it holds.
+    """
+    from re import _constants, _parser  # type: ignore[attr-defined]
+
+    ignore_case = bool(pattern.flags & re.IGNORECASE)
+    try:
+        parsed = _parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE)
+    except (re.error, TypeError, ValueError):
+        return None
+    best = ""
+    run = ""
+    for op, value in [*parsed, (None, None)]:
+        char = chr(value) if op is _constants.LITERAL else ""
+        if char and char in _VERBATIM and not (ignore_case and char in _FOLDS_BEYOND_ASCII):
+            run += char
+            continue
+        best = max(best, run, key=len)
+        run = ""
+    if len(best) < 3:
+        return None
+    return best.encode(), ignore_case and any(char.isalpha() for char in best)
+
+
 # -- reading -------------------------------------------------------------------------------
 
 
-@dataclass
 class Position:
-    """Where a reader stands: a segment (open, so rotation cannot pull it away) and an offset."""
+    """Where a reader stands: a segment (open, so rotation cannot pull it away) and an offset.
 
-    path: Path
-    file: BinaryIO
-    offset: int
-    last_seqnum: int = 0
-    """The seqnum of the last whole entry before ``offset`` (when known)."""
+    ``last_seqnum`` is the seqnum of the last whole entry before ``offset`` (when known).
+    """
+
+    def __init__(self, path: Path, file: BinaryIO, offset: int, last_seqnum: int = 0) -> None:
+        self.path = path
+        self.file = file
+        self.offset = offset
+        self.last_seqnum = last_seqnum
 
     def close(self) -> None:
         self.file.close()
@@ -173,26 +281,77 @@ class Journal:
             records = [record for record in records if query.matches(record)]
         return records
 
-    def forward(self, query: Query) -> Iterator[list[Record]]:
+    def _wanted(self, query: Query, up_to: int | None) -> list[tuple[Path, bool]]:
+        """The segments that may hold an answer (oldest first), each with whether it is sealed.
+
+        A segment's seqnums end where the next one's begin (its name), so a cursor or
+        ``up_to`` rules segments out without opening them.
+        """
+        segments = self.segments()
+        after = query.after_seqnum
+        wanted = []
+        for i, path in enumerate(segments):
+            sealed = i + 1 < len(segments)
+            if up_to is not None and store.segment_first_seqnum(path) > up_to:
+                break
+            if after is not None and sealed:
+                if store.segment_first_seqnum(segments[i + 1]) <= after + 1:
+                    continue
+            wanted.append((path, sealed))
+        return wanted
+
+    def forward(self, query: Query, *, up_to: int | None = None) -> Iterator[list[Record]]:
         """Every matching entry, oldest first, a segment's worth at a time."""
         query.bind(self.journal_id)
-        for path in self.segments():
-            records = self._records(path, query)
+        for path, sealed in self._wanted(query, up_to):
+            if query.trivial and up_to is None:
+                records = self._records(path, query)
+            else:
+                with _SegmentView(self, path, sealed, query, up_to) as view:
+                    records = list(view.matching())
             if records:
                 yield records
 
     def newest(self, count: int, query: Query, *, up_to: int | None = None) -> list[Record]:
-        """The newest ``count`` matching entries (up to seqnum ``up_to``), oldest first."""
+        """The newest ``count`` matching entries (up to seqnum ``up_to``), oldest first.
+
+        Walks back from the newest entry that may match, through the indexes: the cost
+        follows the answer, not the journal.
+        """
         query.bind(self.journal_id)
         found: list[Record] = []
-        for path in reversed(self.segments()):
+        if count <= 0:
+            return found
+        for path, sealed in reversed(self._wanted(query, up_to)):
+            with _SegmentView(self, path, sealed, query, up_to) as view:
+                for record in view.matching(reverse=True):
+                    found.append(record)
+                    if len(found) >= count:
+                        break
             if len(found) >= count:
                 break
-            records = self._records(path, query)
-            if up_to is not None:
-                records = [record for record in records if record[0] <= up_to]
-            found = records + found
-        return found[-count:] if count else []
+        found.reverse()
+        return found
+
+    def boots(self) -> list[tuple[str, int, int]]:
+        """The boots in the journal, oldest first: (boot ID, first and last realtime µs).
+
+        Read from the ``_BOOT_ID`` postings: the first and last entry of each boot per segment.
+        """
+        spans: dict[str, list[int]] = {}
+        for path, sealed in self._wanted(Query(), None):
+            with _SegmentView(self, path, sealed, Query(), None) as view:
+                for boot, (first, first_rt, last, last_rt) in view.boots().items():
+                    span = spans.get(boot)
+                    if span is None:
+                        spans[boot] = [first, first_rt, last, last_rt]
+                        continue
+                    if first < span[0]:
+                        span[0:2] = first, first_rt
+                    if last > span[2]:
+                        span[2:4] = last, last_rt
+        ordered = sorted(spans.items(), key=lambda item: item[1][0])
+        return [(boot, span[1], span[3]) for boot, span in ordered]
 
     def end(self) -> Position | None:
         """The position after the last whole entry, where a follower starts."""
@@ -201,8 +360,17 @@ class Journal:
                 file = path.open("rb")
             except FileNotFoundError:
                 continue
+            # What a sound index covers is whole entries: only what follows is parsed.
+            start, last = len(store.MAGIC), None
+            found = index.load(path, file.fileno())
+            if found is not None and found.count:
+                start, last = found.covered_end, found.last_seqnum
+            file.seek(start)
             data = file.read()
-            offset, last = store.valid_end(data, len(store.MAGIC))
+            offset, tail_last = store.valid_end(data, 0)
+            offset += start
+            if tail_last is not None:
+                last = tail_last
             if last is None:
                 last = store.segment_first_seqnum(path) - 1
             return Position(path, file, offset, last)
@@ -254,6 +422,249 @@ class Journal:
         return [record for record in records if query.matches(record)]
 
 
+class _SegmentView:
+    """One segment, opened to answer a question: its index (when sound) and its bytes."""
+
+    def __init__(
+        self, journal: Journal, path: Path, sealed: bool, query: Query, up_to: int | None
+    ) -> None:
+        self.query = query
+        self.up_to = up_to
+        self.path = path
+        self.sealed = sealed
+        self.data: mmap.mmap | bytes = b""
+        self.index: index.SegmentIndex | None = None
+        self.fd = -1
+        self.size = 0
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        size = os.fstat(self.fd).st_size
+        if size <= len(store.MAGIC) or os.pread(self.fd, len(store.MAGIC), 0) != store.MAGIC:
+            return
+        self.size = size
+        self.index = index.load(path, self.fd)
+        # Mapped: a sealed segment whole, the newest only as far as its index covers. A
+        # writer may cut a torn tail off the newest segment, and touching a mapped page
+        # past the end of the file is fatal (SIGBUS): its tail is read, not mapped.
+        mapped = size if sealed else (self.index.covered_end if self.index else 0)
+        if mapped > len(store.MAGIC):
+            self.data = mmap.mmap(self.fd, mapped, access=mmap.ACCESS_READ)
+        if self.index is None:
+            self._rebuild()
+
+    def _tail(self, covered: int) -> list[Record]:
+        """The whole entries after ``covered``, read from the file."""
+        data = os.pread(self.fd, max(self.size - covered, 0), covered)
+        return store.read_records(data, 0)[0]
+
+    def _rebuild(self) -> None:
+        """Index a sealed segment without a sound index (written before indexes, or by a
+        writer that died) now, once, and keep the index for next time; a segment still
+        being written is scanned instead, as its writer keeps its index."""
+        self.index = None
+        if self.sealed and os.access(self.path.parent, os.W_OK):
+            self.index = index.build(self.path, self.data, save=True)
+
+    def __enter__(self) -> _SegmentView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+
+    def boots(self) -> dict[str, tuple[int, int, int, int]]:
+        """Each boot's first and last entry here: (seqnum, realtime, seqnum, realtime)."""
+        found: dict[str, tuple[int, int, int, int]] = {}
+        if not self.size:
+            return found
+        prefix = store.encode_name("_BOOT_ID")
+        unpack = store.RECORD.unpack_from
+
+        def note(key: bytes, first: tuple[int, int], last: tuple[int, int]) -> None:
+            boot = json.loads(key[len(prefix) :])
+            if not isinstance(boot, str):
+                return
+            had = found.get(boot)
+            if had is not None:
+                first = min(first, had[:2])
+                last = max(last, had[2:])
+            found[boot] = (*first, *last)
+
+        covered = len(store.MAGIC)
+        if self.index is not None:
+            try:
+                keys = self.index.keys_with_prefix(prefix)
+                postings = [(key, self.index.array(key)) for key in keys]
+                covered = self.index.covered_end
+            except index.Damaged:
+                postings = []
+            for key, offsets in postings:
+                if offsets:
+                    first = unpack(self.data, offsets[0])[1:3]
+                    last = unpack(self.data, offsets[-1])[1:3]
+                    note(key, first, last)
+        for record in self._tail(covered):
+            for key in index.split(index.extract_keys(record[5], record[3])):
+                if key.startswith(prefix):
+                    note(key, record[:2], record[:2])
+        return found
+
+    def matching(self, *, reverse: bool = False) -> Iterator[Record]:
+        """The segment's matching entries, in seqnum order or (``reverse``) newest first."""
+        if not self.size:
+            return
+        covered = len(store.MAGIC)
+        candidates: Sequence[int] = ()
+        if self.index is not None:
+            try:
+                candidates = self._candidates(self.index)
+                covered = self.index.covered_end
+            except index.Damaged:
+                self._rebuild()
+                if self.index is not None:
+                    candidates = self._candidates(self.index)
+                    covered = self.index.covered_end
+        # What no index covers (the newest frames, or all of a segment without one) is
+        # scanned; whole frames only, as everywhere.
+        tail = self._tail(covered)
+        query = self.query
+        up_to = self.up_to
+        tail = [
+            record
+            for record in tail
+            if query.matches(record) and (up_to is None or record[0] <= up_to)
+        ]
+        if reverse:
+            yield from reversed(tail)
+        data = self.data
+        unpack = store.RECORD.unpack_from
+        body_at = store.RECORD.size
+        for offset in reversed(candidates) if reverse else candidates:
+            size, seqnum, realtime, monotonic, priority, flags = unpack(data, offset)
+            record = (
+                seqnum,
+                realtime,
+                monotonic,
+                priority,
+                flags,
+                data[offset + body_at : offset + 4 + size],
+            )
+            if query.matches(record) and (up_to is None or seqnum <= up_to):
+                yield record
+        if not reverse:
+            yield from tail
+
+    def _candidates(self, found: index.SegmentIndex) -> Sequence[int]:
+        """Offsets of the indexed entries that may match, ascending."""
+        query = self.query
+        if found.count == 0:
+            return ()
+        # Whole-segment bounds first.
+        if query.since is not None and found.max_realtime < query.since:
+            return ()
+        if query.until is not None and found.min_realtime > query.until:
+            return ()
+        if query.after_realtime is not None and found.max_realtime <= query.after_realtime:
+            return ()
+        if query.after_seqnum is not None and found.last_seqnum <= query.after_seqnum:
+            return ()
+        if self.up_to is not None and found.first_seqnum > self.up_to:
+            return ()
+        low, high = 0, found.count
+        by_time = query.since, query.until, query.after_realtime
+        if found.flags & index.SORTED_REALTIME and by_time != (None, None, None):
+            realtimes = found.array(index.REALTIMES)
+            if query.since is not None:
+                low = max(low, bisect_left(realtimes, query.since))
+            if query.until is not None:
+                high = min(high, bisect_right(realtimes, query.until))
+            if query.after_realtime is not None:
+                low = max(low, bisect_right(realtimes, query.after_realtime))
+        by_seqnum = query.after_seqnum is not None or self.up_to is not None
+        if found.flags & index.SORTED_SEQNUM and by_seqnum:
+            seqnums = found.array(index.SEQNUMS)
+            if query.after_seqnum is not None:
+                low = max(low, bisect_right(seqnums, query.after_seqnum))
+            if self.up_to is not None:
+                high = min(high, bisect_right(seqnums, self.up_to))
+        if low >= high:
+            return ()
+        groups = query.index_groups(found)
+        whole = low == 0 and high == found.count
+        if whole and groups and query.grep_literal is None:
+            # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
+            return self._intersection(found, groups)
+        offsets = found.array(index.OFFSETS)
+        if query.grep_literal is not None:
+            groups = [*groups, []]  # a place for what -g's literal finds, filled below
+        if not groups:
+            return offsets[low:high]
+        # Each group is a union of postings; the answer lies in their intersection.
+        extra = []
+        if query.grep_literal is not None:
+            groups.pop()
+            extra.append(self._grep_candidates(found, offsets, query.grep_literal))
+        result = self._intersection(found, groups, extra)
+        start_offset = offsets[low]
+        end_offset = offsets[high] if high < found.count else found.covered_end
+        return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
+
+    @staticmethod
+    def _intersection(
+        found: index.SegmentIndex, groups: list[list[bytes]], extra: Sequence[Sequence[int]] = ()
+    ) -> Sequence[int]:
+        """Offsets holding a key of every group (and in every ``extra`` list), ascending."""
+        sets: list[Sequence[int]] = list(extra)
+        for keys in groups:
+            arrays = [found.array(key) for key in dict.fromkeys(keys)]
+            if len(arrays) == 1:
+                sets.append(arrays[0])
+            else:
+                sets.append(sorted(set().union(*arrays)))
+        sets.sort(key=len)
+        result: Sequence[int] = sets[0]
+        for other in sets[1:]:
+            members = set(other)
+            result = [offset for offset in result if offset in members]
+        return result
+
+    def _grep_candidates(
+        self, found: index.SegmentIndex, offsets: Sequence[int], literal: tuple[bytes, bool]
+    ) -> list[int]:
+        """Offsets of the entries holding the ``literal`` or a MESSAGE stored as bytes."""
+        data = self.data
+        end = found.covered_end
+        text, ignore_case = literal
+        base = 0
+        haystack: bytes | mmap.mmap = data
+        if ignore_case:
+            # Its letters have no non-ASCII equals (see required_literal): a lower-cased
+            # copy of the segment holds the lower-cased text wherever any case of it is.
+            # (The regex engine's case-blind search is ten times slower than this.)
+            base = len(store.MAGIC)
+            haystack = data[base:end].lower()
+            text = text.lower()
+        hits = set(found.array(index.BINARY_MESSAGE))
+        at = len(store.MAGIC) - base
+        stop = end - base
+        while True:
+            at = haystack.find(text, at, stop)
+            if at < 0:
+                break
+            ordinal = bisect_right(offsets, at + base) - 1
+            if ordinal < 0:
+                at += 1
+                continue
+            hits.add(offsets[ordinal])
+            # One hit is enough: go on from the next entry.
+            at = (offsets[ordinal + 1] if ordinal + 1 < len(offsets) else end) - base
+        return sorted(hits)
+
+
 # -- waiting for news ----------------------------------------------------------------------
 
 _IN_MODIFY = 0x002
@@ -291,6 +702,8 @@ class DirectoryWatch:
     """How often an idle inotify watch also looks whether the directory is still there."""
 
     def __init__(self, directory: Path) -> None:
+        import ctypes.util  # here: a reader that does not follow never pays for it
+
         self.directory = directory
         self.fd = -1
         self.gone = False
@@ -298,6 +711,7 @@ class DirectoryWatch:
         self._wd = -1
         self._identity: tuple[int, int] | None = None
         self._libc: ctypes.CDLL | None = None
+        self._errno = ctypes.get_errno
         libc_name = ctypes.util.find_library("c")
         try:
             libc = ctypes.CDLL(libc_name, use_errno=True)
@@ -347,7 +761,7 @@ class DirectoryWatch:
                 )
                 if wd >= 0:
                     self._wd = wd
-                elif ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR):
+                elif self._errno() in (errno.ENOENT, errno.ENOTDIR):
                     continue  # gone again meanwhile, or replaced: look again
                 # Else (no watches left: ENOSPC; EACCES): follow it by looking, as without inotify.
             # The same directory before and after: the watch is on the one we stat'ed.

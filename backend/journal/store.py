@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import struct
-import uuid
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -124,6 +123,8 @@ def journal_id(journal_dir: Path) -> str:
     except FileNotFoundError:
         pass
     make_journal_dir(journal_dir)
+    import uuid  # here: readers, which never create a journal, do not pay for it
+
     tmp = journal_dir / f".id.{os.getpid()}"
     filemodes.write_file(tmp, (uuid.uuid4().hex + "\n").encode(), filemodes.JOURNAL_FILE)
     try:

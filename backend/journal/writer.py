@@ -10,11 +10,12 @@ import re
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
 from backend import filemodes
-from backend.journal import store
+from backend.journal import index, store
 
 log = logging.getLogger("clusterd.journal")
 
@@ -33,7 +34,7 @@ SEGMENT_MIN = 4096
 
 _LEVEL_PREFIX = re.compile(rb"<(0{0,2}[0-7])>")
 
-Pending = tuple[int, int, int, int, bytes]
+Pending = tuple[int, int, int, int, bytes, bytes]
 
 
 def read_boot_id() -> str:
@@ -88,12 +89,15 @@ class JournalWriter:
             ("_MACHINE_ID", machine_id.encode()),
             ("_HOSTNAME", (hostname or socket.gethostname()).encode()),
         ]
-        self._prefixes: dict[tuple[str | None, str | None, int | None, int], bytes] = {}
+        self._prefixes: dict[
+            tuple[str | None, str | None, int | None, int], tuple[bytes, bytes]
+        ] = {}
         self._partial: dict[tuple[str | None, int | None, str], bytes] = {}
         self._lock_fd = os.open(
             self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, filemodes.JOURNAL_FILE
         )
         self._segment: Path | None = None
+        self._index = index.Builder()
         self._fd = -1
         self._size = 0
         self._next_seqnum = 1
@@ -136,15 +140,20 @@ class JournalWriter:
         # The hot path of every unit's output: kept flat, with the buffer append inline.
         if level_prefix and message[:1] == b"<":
             message, priority = split_level_prefix(message, priority)
-        prefix = self._prefixes.get((unit, identifier, pid, priority))
-        if prefix is None:
-            prefix = self._prefix(unit, identifier, pid, priority)
+        cached = self._prefixes.get((unit, identifier, pid, priority))
+        if cached is None:
+            cached = self._prefix(unit, identifier, pid, priority)
+        prefix, keys = cached
+        value = store.encode_value(message)
+        if value[0] == 0x5B:  # stored as an array of bytes: the index says so
+            keys = self._binary(keys)
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
             priority,
             store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
-            prefix + store.encode_value(message),
+            prefix + value,
+            keys,
         )
         with self._pending_lock:
             if self._closing:
@@ -213,6 +222,7 @@ class JournalWriter:
             if name == "PRIORITY" and value.isdigit() and int(value) <= 7:
                 priority = int(value)
         encoded, flags = store.encode_fields(kept)
+        keys = index.keys_for(kept, priority)
         self._queue(
             (
                 time.time_ns() // 1000 if realtime is None else realtime,
@@ -220,12 +230,13 @@ class JournalWriter:
                 priority,
                 flags,
                 encoded,
+                keys,
             )
         )
 
     def _prefix(
         self, unit: str | None, identifier: str | None, pid: int | None, priority: int
-    ) -> bytes:
+    ) -> tuple[bytes, bytes]:
         fields = [("PRIORITY", str(priority).encode())]
         if identifier:
             fields.append(("SYSLOG_IDENTIFIER", identifier.encode()))
@@ -239,8 +250,12 @@ class JournalWriter:
         prefix = encoded + b"," + store.encode_name("MESSAGE")
         if len(self._prefixes) > 4096:
             self._prefixes.clear()
-        self._prefixes[(unit, identifier, pid, priority)] = prefix
-        return prefix
+        cached = (prefix, index.keys_for(fields, priority))
+        self._prefixes[(unit, identifier, pid, priority)] = cached
+        return cached
+
+    def _binary(self, keys: bytes) -> bytes:
+        return index.joined({*index.split(keys), index.BINARY_MESSAGE})
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:
@@ -272,6 +287,7 @@ class JournalWriter:
         self._flusher.join()
         self.flush()
         with self._io_lock:
+            self._refresh_index()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -306,6 +322,23 @@ class JournalWriter:
             if since is not None and time.monotonic() >= since + SYNC_INTERVAL:
                 with self._io_lock:
                     self._sync()
+                    # The segment being written keeps an index of what is synced: readers
+                    # scan at most the last second's lines.
+                    self._refresh_index()
+
+    def _refresh_index(self) -> None:
+        """Save the index of the segment being written if it covers less than this writer
+        knows (called with the I/O lock held)."""
+        if self._fd < 0 or self._index.covered_end <= self._index.saved_end:
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._catch_up()
+            self._save_index()
+        except OSError as error:
+            log.warning("cannot index the journal in %s: %s", self.directory, error)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _sync(self) -> None:
         if self._fd >= 0 and self._unsynced_since is not None:
@@ -366,10 +399,21 @@ class JournalWriter:
         seqnum = self._next_seqnum
         parts: list[bytes] = []
         size = self._size + store.FRAME.size
-        for realtime, monotonic, priority, flags, fields in batch:
+        # The index's appends, inline: this loop runs once per line written.
+        built = self._index
+        add_offset, add_seqnum = built.offsets.append, built.seqnums.append
+        add_realtime, group_of = built.realtimes.append, built.groups.get
+        for realtime, monotonic, priority, flags, fields, keys in batch:
             record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
             parts.append(record)
             parts.append(fields)
+            add_offset(size)
+            add_seqnum(seqnum)
+            add_realtime(realtime)
+            group = group_of(keys)
+            if group is None:
+                group = built.groups[keys] = array(index.OFFSET_TYPE)
+            group.append(size)
             size += len(record) + len(fields)
             seqnum += 1
             if size >= self.segment_bytes:
@@ -377,13 +421,19 @@ class JournalWriter:
                 parts = []
                 self._next_seqnum = seqnum
                 self._rotate()
+                built = self._index
+                add_offset, add_seqnum = built.offsets.append, built.seqnums.append
+                add_realtime, group_of = built.realtimes.append, built.groups.get
                 size = self._size + store.FRAME.size
         if parts:
             self._write_frame(parts)
         self._next_seqnum = seqnum
 
     def _write_frame(self, parts: list[bytes]) -> None:
-        self._write(store.frame(parts))
+        data = store.frame(parts)
+        offset = self._size
+        self._write(data)
+        self._index.frame_written(offset, data[: store.FRAME.size], self._size)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -411,16 +461,22 @@ class JournalWriter:
             os.ftruncate(self._fd, 0)
             os.write(self._fd, store.MAGIC)
             self._size = len(store.MAGIC)
+            self._index = index.Builder()
             return
         start = self._size if len(store.MAGIC) <= self._size < size else len(store.MAGIC)
         assert self._segment is not None
+        if start == len(store.MAGIC):
+            # What this writer knew of the segment is stale: index it again, from its
+            # saved index when that one is sound.
+            self._index = index.Builder.resume(self._segment)
+            start = self._index.covered_end
         with self._segment.open("rb") as f:
             f.seek(start)
             data = f.read()
-        end, last = store.valid_end(data, 0)
-        if last is not None:
-            self._next_seqnum = last + 1
-        good = start + end
+        # Index what other writers appended meanwhile; this also finds the last whole frame.
+        good = self._index.add_data(data, start)
+        if self._index.seqnums:
+            self._next_seqnum = self._index.seqnums[-1] + 1
         if good < size:
             # A writer died mid-record; nobody else writes while we hold the lock.
             os.ftruncate(self._fd, good)
@@ -440,11 +496,24 @@ class JournalWriter:
             # Unknown content: _catch_up() rescans from the start.
             self._size = -1
         self._segment = path
+        self._index = index.Builder()
         self._next_seqnum = first_seqnum
+
+    def _save_index(self) -> None:
+        """Keep the index of the segment being written beside it (best effort: readers scan
+        whatever no sound index covers)."""
+        if self._segment is None:
+            return
+        try:
+            self._index.save(self._segment)
+        except OSError as error:
+            log.warning("cannot save the journal index of %s: %s", self._segment, error)
 
     def _rotate(self) -> None:
         if self._unsynced_since is not None:
             os.fsync(self._fd)
+        # The segment is sealed: its index is complete from now on.
+        self._save_index()
         self._open_segment(self._next_seqnum, create=True)
         self._unsynced_since = time.monotonic()
         segments = store.list_segments(self.directory)
@@ -460,4 +529,6 @@ class JournalWriter:
             if total <= self.max_bytes:
                 break
             path.unlink(missing_ok=True)
+            index.index_path(path).unlink(missing_ok=True)
             total -= sizes[path]
+        index.sweep(self.directory)
