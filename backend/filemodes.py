@@ -18,10 +18,13 @@ mode whatever the umask is ``subnet.env``, as flanneld does: it is there to be r
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
+
+TYPE_CHECKING = False  # typing's own costs the light journal reader its start-up
+if TYPE_CHECKING:
+    import logging
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600

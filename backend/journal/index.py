@@ -30,7 +30,6 @@ from itertools import chain
 from operator import le, lt
 from pathlib import Path
 
-from backend import filemodes
 from backend.journal import store
 
 INDEXED = ("_SYSTEMD_UNIT", "UNIT", "SYSLOG_IDENTIFIER", "PRIORITY", "_PID", "_BOOT_ID")
@@ -305,6 +304,8 @@ class Builder:
         path = index_path(segment)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         data = self.serialize()
+        from backend import filemodes  # here: a reader saves an index only when it rebuilt one
+
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         fd = os.open(tmp, flags, filemodes.JOURNAL_FILE)
         try:

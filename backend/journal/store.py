@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import struct
@@ -11,7 +10,9 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from backend import filemodes
+TYPE_CHECKING = False  # readers start without typing and logging
+if TYPE_CHECKING:
+    import logging
 
 # A journal is a directory of segments named by the sequence number of their first entry
 # (``000000000000002a.journal``), plus an ``id`` file (the journal's sequence-number ID, as
@@ -108,6 +109,8 @@ def list_segments(journal_dir: Path) -> list[Path]:
 def make_journal_dir(journal_dir: Path, log: logging.Logger | None = None) -> None:
     """The journal's directory, 0750 as journald's (its data directory 0711 if missing too);
     one left looser by an older version is tightened, its files to 0640."""
+    from backend import filemodes  # here: only writers make journals
+
     if not journal_dir.parent.is_dir():
         filemodes.make_dirs(journal_dir.parent, filemodes.NODE_DIR)
     if not filemodes.make_dirs(journal_dir, filemodes.JOURNAL_DIR) and log is not None:
@@ -124,6 +127,8 @@ def journal_id(journal_dir: Path) -> str:
         pass
     make_journal_dir(journal_dir)
     import uuid  # here: readers, which never create a journal, do not pay for it
+
+    from backend import filemodes
 
     tmp = journal_dir / f".id.{os.getpid()}"
     filemodes.write_file(tmp, (uuid.uuid4().hex + "\n").encode(), filemodes.JOURNAL_FILE)
