@@ -29,6 +29,7 @@ import grpc
 from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError, typed_error
+from backend.fleet.tasks import first_completed
 from backend.keys import prefix_end
 from backend.overlay.config import NetworkConfig
 from backend.overlay.lease import Lease, SubnetManager, parse_subnet_key
@@ -340,13 +341,13 @@ class DataPlane:
             while not stop.is_set():
                 lease = manager.lease
                 if lease is None:
-                    await _first(stop.wait(), manager.ready.wait())
+                    await first_completed(stop.wait(), manager.ready.wait())
                     continue
                 self._lease_changed.clear()
                 await self.call(self.backend.configure, lease.subnet)
                 if self.masquerade is not None:
                     await self.masquerade.install(lease.config.network, lease.subnet)
-                await _first(stop.wait(), self._lease_changed.wait(), self._follow(lease))
+                await first_completed(stop.wait(), self._lease_changed.wait(), self._follow(lease))
         finally:
             if self.masquerade is not None:
                 await self.masquerade.remove()
@@ -429,16 +430,3 @@ class DataPlane:
         else:
             self.peers[subnet] = new
             log.info("added %s at %s", subnet, new.public_ip)
-
-
-async def _first(*aws: Any) -> None:
-    """Wait until the first of ``aws`` finishes; cancel the others; raise its error."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        task.result()
