@@ -206,6 +206,8 @@ class Ctl:
                 strict=self._strict,
                 username=self.args.ssh_username,
                 timeout=float(self.args.ssh_timeout),
+                identity_flag="--ssh-identity-file",
+                known_hosts_label=self.args.known_hosts_file,
             )
         except (TunnelError, OSError, asyncssh.Error) as error:
             raise CtlError(

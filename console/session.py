@@ -59,8 +59,11 @@ class Session:
 
     @property
     def via(self) -> str:
-        """``user@host`` of the tunnel, or empty."""
-        return self.tunnel.who if self.tunnel else ""
+        """``user@host[:port]`` of the tunnel, or empty."""
+        if self.tunnel is None:
+            return ""
+        port = f":{self.tunnel.spec.port}" if self.tunnel.spec.port else ""
+        return f"{self.tunnel.who}{port}"
 
     @property
     def client(self) -> EtcdClient:
