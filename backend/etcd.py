@@ -186,6 +186,65 @@ async def _typed_for(client: Any, error: BaseException) -> EtcdError:
     return StoreUnavailable(f"no answer from {urls or 'the store'} ({typed.args[0]})")
 
 
+async def diagnose(client: Any, error: BaseException) -> EtcdError:
+    """The typed error for ``error``, probing ``client``'s channel when it was a bare timeout."""
+    return await _typed_for(client, error)
+
+
+_CAUSES: list[tuple[tuple[str, ...], str, str]] = [
+    (("connection refused",), "connection refused", "is the store running there?"),
+    (
+        ("no route to host", "network is unreachable", "host is unreachable"),
+        "no route to the host",
+        "check the address, the network and any firewall, or reach it with --tunnel",
+    ),
+    (
+        ("resolving", "name not found", "lookup", "name or service not known"),
+        "its host name does not resolve",
+        "check the host name in the endpoint",
+    ),
+    (("connection reset", "broken pipe", "eof"), "the connection was cut", "is it a store?"),
+]
+
+
+def error_words(
+    error: BaseException,
+    endpoints: Sequence[str] = (),
+    *,
+    timeout: float | None = None,
+    waited_for: str = "an answer",
+) -> str:
+    """The words the console and clusterctl both show for a store error: what happened, its
+    cause (refused, no route, TLS, auth, timeout with what was waited for) and the next step."""
+    typed = typed_error(error)
+    where = ", ".join(endpoints) or "the endpoints given"
+    details = str(typed.args[0]) if typed.args else str(typed)
+    lowered = details.lower()
+    if isinstance(typed, TLSError):
+        return (
+            f"the TLS handshake with {where} failed ({details}); "
+            "check --cacert, --cert and --key against the server's certificate"
+        )
+    if isinstance(typed, AuthFailed):
+        return (
+            f"the store at {where} refused the credentials ({details}); check the user and password"
+        )
+    if isinstance(typed, PermissionDenied):
+        return f"the store at {where} denied the request ({details}); check the user's role"
+    for needles, cause, step in _CAUSES:
+        if any(needle in lowered for needle in needles):
+            return f"nobody answers at {where}: {cause}; {step}"
+    if isinstance(typed, StoreTimeout):
+        within = f" within {timeout:g} s" if timeout else ""
+        return (
+            f"{where} gave no answer{within} while waiting for {waited_for}; "
+            "is the store overloaded, or a member down? (raise --request-timeout to wait longer)"
+        )
+    if isinstance(typed, StoreUnavailable):
+        return f"nobody answers at {where} ({details}); is the store running there?"
+    return str(typed)
+
+
 def _translating(method: Any) -> Any:
     """Wrap one aetcd client method so its failures come out as typed errors."""
     if inspect.isasyncgenfunction(method):

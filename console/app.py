@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 
-from backend.etcd import EtcdError
+from backend.etcd import EtcdError, diagnose, error_words
 from backend.text import literal as text_literal
 from console.cluster import ClusterFeed, ClusterModel
 from console.config import (
@@ -51,7 +51,7 @@ from console.screens.table_pane import TablePane
 from console.screens.text_view import TextScreen
 from console.screens.ttl import TTLScreen
 from console.screens.units import UnitsPane, short_id
-from console.session import Session
+from console.session import STATUS_TIMEOUT, Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
 from widgets.filter_bar import FilterBar
@@ -119,6 +119,8 @@ class ClusterConsole(App[None]):
         """Fleet's and flannel's keys as the watches deliver them; the cluster panes show it."""
         self.feed: ClusterFeed | None = None
         self._was_reconnecting = False
+        self.unreachable_words = ""
+        """Why the store did not answer, as last notified; empty while it answers."""
         settings = session.settings
         self.access = MachineAccess(
             tunnel=session.tunnel,
@@ -303,8 +305,9 @@ class ClusterConsole(App[None]):
         while True:
             try:
                 status = await self.session.status()
-            except EtcdError:
+            except EtcdError as error:
                 self.attempt += 1
+                await self._say_why_unreachable(error)
                 tunnel = self.session.tunnel
                 shown = (
                     tunnel.attempt if tunnel and tunnel.state == "reconnecting" else self.attempt
@@ -313,12 +316,31 @@ class ClusterConsole(App[None]):
                 await asyncio.sleep(min(0.5 * 2**self.attempt, MAX_BACKOFF))
                 continue
             self.attempt = 0
+            if self.unreachable_words:
+                self.notify(f"the store answers again at {self.session.endpoint_label}")
+            self.unreachable_words = ""
             header = self.cluster_header
             header.revision = max(header.revision, status.revision)
             header.member = status.member
             header.leader = status.leader
             header.state = "connected"
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _say_why_unreachable(self, error: EtcdError) -> None:
+        """Tell why the store does not answer (once per distinct reason) in the words
+        clusterctl uses."""
+        typed = await diagnose(self.session.client, error)
+        words = error_words(
+            typed,
+            list(self.session.settings.endpoints),
+            timeout=STATUS_TIMEOUT,
+            waited_for="the store's status",
+        )
+        if self.session.tunnel is not None:
+            words = f"{words} (through the tunnel via {self.session.via})"
+        if words != self.unreachable_words:
+            self.unreachable_words = words
+            self.notify(words, title="store unreachable", severity="error", markup=False)
 
     def on_keys_pane_revision_seen(self, message: KeysPane.RevisionSeen) -> None:
         self.cluster_header.revision = max(self.cluster_header.revision, message.revision)

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import asyncssh
 
-from backend.etcd import EtcdClient, EtcdError, make_client
+from backend.etcd import EtcdClient, EtcdError, diagnose, error_words, make_client
 from backend.fleet.registry import (
     DEFAULT_PREFIX,
     ClusterState,
@@ -976,7 +976,18 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except CtlError as error:
         print(literal(str(error)), file=err)
         return 1
-    except (EtcdError, RegistryError) as error:
+    except EtcdError as error:
+        typed = await diagnose(ctl.client, error)
+        endpoints = [url for url in args.endpoint.split(",") if url.strip()]
+        words = error_words(
+            typed,
+            endpoints,
+            timeout=float(args.request_timeout),
+            waited_for=f"the store's reply to {args.command}",
+        )
+        print(literal(f"Error: {words}"), file=err)
+        return 1
+    except RegistryError as error:
         print(literal(f"Error: {error}"), file=err)
         return 1
     finally:

@@ -12,6 +12,8 @@ from backend.etcd import Endpoint, EtcdClient, EtcdError, make_client, typed_err
 from console.config import ClusterSettings
 from console.tunnel import Tunnel, TunnelState, open_tunnel
 
+STATUS_TIMEOUT = 3.0
+
 
 @dataclass(frozen=True)
 class StoreStatus:
@@ -87,7 +89,7 @@ class Session:
         await client.connect()
         try:
             status = await client.maintenancestub.Status(
-                rpc.StatusRequest(), timeout=3.0, metadata=client.metadata
+                rpc.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=client.metadata
             )
         except Exception as error:
             raise typed_error(error) from error
