@@ -77,7 +77,8 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
         with Vertical():
             yield Static(Text("new key", style="bold"))
             yield Label("key")
-            yield Input(self.directory, id="new-key")
+            # Not selected on focus: what is typed goes after the directory, not over it.
+            yield Input(self.directory, id="new-key", select_on_focus=False)
             yield Label("value")
             yield TextArea("", id="new-value")
             yield Label("TTL (empty for none; 30, 5m, 2h)")
@@ -87,8 +88,14 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
                 yield Button("Cancel", id="cancel")
                 yield Button("Create", variant="primary", id="save")
 
+    AUTO_FOCUS = "#new-key"
+
     def on_mount(self) -> None:
-        self.query_one("#new-key", Input).focus()
+        path = self.query_one("#new-key", Input)
+        # Focused as the screen is composed, before any key typed behind `n` is handled, so
+        # a quick tab moves on from the path instead of being taken before it has focus.
+        path.focus()
+        path.cursor_position = len(path.value)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
