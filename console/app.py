@@ -74,6 +74,20 @@ TICK_SECONDS = 1.0
 """How often leases are read again and countdowns move."""
 
 
+class ClusterFooter(Footer):
+    """The footer with `? Help` and `q Quit` first, so a narrow terminal keeps them;
+    compact below 100 columns."""
+
+    def compose(self) -> ComposeResult:
+        keys = list(super().compose())
+        first = [key for key in keys if getattr(key, "action", "") in ("help", "quit")]
+        yield from first
+        yield from (key for key in keys if key not in first)
+
+    def on_resize(self) -> None:
+        self.compact = self.size.width < 100
+
+
 class ClusterConsole(App[None]):
     """The console frame: header, the five tabs, the footer of the focused pane's bindings."""
 
@@ -156,7 +170,7 @@ class ClusterConsole(App[None]):
             ):
                 with TabPane(f"{number} {title}", id=tab):
                     yield pane
-        yield Footer()
+        yield ClusterFooter()
 
     def notify(
         self,
@@ -369,8 +383,6 @@ class ClusterConsole(App[None]):
                 keys = self.user_keymap.get(binding.id or "", binding.key)
                 shown = ", ".join(self.get_key_display(Binding(key, "")) for key in keys.split(","))
                 rows.append((section, shown, binding.description, binding.id or ""))
-            if section == "Console":
-                rows.append((section, "ctrl+p", "Command palette", "(textual)"))
         return rows
 
     def _sections(self) -> list[tuple[str, list[Binding], set[str]]]:

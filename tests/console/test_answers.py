@@ -8,8 +8,17 @@ from textual.widgets import Input, TextArea
 
 from backend.etcd import EtcdClient
 from console.app import ClusterConsole
+from console.screens.help import HelpScreen
 from console.screens.new_key import NewKeyScreen
-from tests.console.conftest import SIZE, console_for, seeded_console, select, wait_for
+from tests.console.conftest import (
+    SIZE,
+    console_for,
+    loaded,
+    seed,
+    seeded_console,
+    select,
+    wait_for,
+)
 from tests.harness.stores import RunningStore
 
 REFUSED = "nobody answers at http://127.0.0.1:1: connection refused; is the store running there?"
@@ -58,3 +67,30 @@ async def test_n_keeps_the_directory_and_tab_typed_fast_reaches_the_value(
         await wait_for(pilot, lambda: any("wrote" in note for note in said))
         stored = await kv.get(ns + b"config/web/newbie1")
         assert stored is not None and stored.value == b"v1"
+
+
+async def test_at_80x24_the_state_help_and_dialogs_stay_in_sight(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    """#13.4: the header keeps the connection state, the footer `? Help`, dialogs fit."""
+    await seed(kv, ns)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        header = app.cluster_header
+        await wait_for(pilot, lambda: header.state == "connected" and header.leader)
+        await pilot.pause(0.2)
+        line = _row(app, 0)
+        assert line.rstrip().endswith("connected"), line
+        footer = _row(app, 23)
+        assert "? Help" in footer or "?Help" in footer.replace(" ", ""), footer
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.pause()
+        box = app.screen.query_one("HelpScreen > Vertical").region
+        assert box.right <= 80 and box.x >= 0, box
+
+
+def _row(app: ClusterConsole, y: int) -> str:
+    """The characters on screen row ``y`` as the terminal shows them."""
+    return app.screen._compositor.render_strips()[y].text
