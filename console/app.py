@@ -97,6 +97,13 @@ class ClusterConsole(App[None]):
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("colon", "command_palette", "Commands", show=False, id="app.commands"),
+        # Textual adds its own ctrl+p only when no binding opens the palette; `:` does, so
+        # ctrl+p is bound here too (as a priority, like Textual's: it works in every pane).
+        Binding(
+            "ctrl+p", "command_palette", "Commands", show=False, priority=True, id="app.palette"
+        ),
+        # Textual's ctrl+c only says "press ctrl+q"; here it quits, as in a shell.
+        Binding("ctrl+c", "quit", "Quit", show=False, id="app.interrupt"),
         *[
             Binding(str(number), f"show_tab('{tab}')", title, show=False, id=f"app.tab.{tab}")
             for number, (tab, title) in enumerate(TABS, start=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.command import CommandPalette
 from textual.widgets import Input, TextArea
 
 from backend.etcd import EtcdClient
@@ -94,3 +95,20 @@ async def test_at_80x24_the_state_help_and_dialogs_stay_in_sight(
 def _row(app: ClusterConsole, y: int) -> str:
     """The characters on screen row ``y`` as the terminal shows them."""
     return app.screen._compositor.render_strips()[y].text
+
+
+async def test_ctrl_p_opens_the_palette_in_every_pane_and_ctrl_c_quits(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    """#13.5: ctrl+p, as the README and `?` say, opens the palette wherever the focus is."""
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
+        assert [row[1] for row in app.help_rows() if row[3] == "app.palette"] == ["^p"]
+        for number in "12345":
+            await pilot.press(number)
+            await pilot.pause(0.1)
+            await pilot.press("ctrl+p")
+            await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: app._exit)
