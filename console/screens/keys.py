@@ -341,7 +341,11 @@ class KeysPane(Container):
         log = self.query_one(WatchLog)
         child = self._current()
         if log.prefix is not None:
+            # Focus inside the log would vanish with it: the pane's keys would stop working.
+            had_focus = self.screen.focused is log or self.screen.focused is None
             log.stop()
+            if had_focus:
+                self.key_tree.focus()
             return
         prefix = child.path if child is not None else self.root
         log.start(prefix)

@@ -18,9 +18,12 @@ from tests.console.conftest import (
     seed,
     seeded_console,
     select,
+    tree,
     wait_for,
 )
 from tests.harness.stores import RunningStore
+from widgets.filter_bar import FilterBar
+from widgets.watch_log import WatchLog
 
 REFUSED = "nobody answers at http://127.0.0.1:1: connection refused; is the store running there?"
 
@@ -112,3 +115,47 @@ async def test_ctrl_p_opens_the_palette_in_every_pane_and_ctrl_c_quits(
             await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
         await pilot.press("ctrl+c")
         await wait_for(pilot, lambda: app._exit)
+
+
+async def test_closing_the_watch_log_gives_the_focus_back_to_the_tree(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    """#13.6: `w` closing the log while it has the focus leaves the keys working."""
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
+        await pilot.press("w")
+        log = app.keys_pane.query_one(WatchLog)
+        await wait_for(pilot, lambda: log.prefix is not None)
+        log.focus()
+        await pilot.pause()
+        await pilot.press("w")
+        await wait_for(pilot, lambda: log.prefix is None)
+        await pilot.pause()
+        assert app.focused is tree(app)
+        before = tree(app).cursor_child
+        await pilot.press("down")
+        await pilot.pause()
+        assert tree(app).cursor_child != before
+
+
+async def test_escape_in_a_filter_gives_the_focus_back_and_a_bad_regex_says_so(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    """Focus is never lost: escape closes the filter and the list has the keys again."""
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
+        bar = app.keys_pane.query_one(FilterBar)
+        await pilot.press("slash", *"~[unclosed")
+        await wait_for(pilot, lambda: bar.value == "~[unclosed")
+        assert "bad regular expression" in str(bar.border_title)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.focused is tree(app)
+        for number in "34":
+            await pilot.press(number)
+            await pilot.pause(0.2)
+            table_bar = app.screen.focused
+            await pilot.press("slash")
+            await pilot.pause(0.1)
+            assert isinstance(app.focused, FilterBar)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.focused is table_bar and app.focused is not None
