@@ -168,6 +168,11 @@ class KeyTree(ScrollView, can_focus=True):
         return list(self._loaded)
 
     @property
+    def open_prefixes(self) -> list[bytes]:
+        """The open directories, parents before children."""
+        return sorted(self._open)
+
+    @property
     def visible_paths(self) -> list[bytes]:
         """The paths of the rows, top to bottom."""
         return list(self._paths)

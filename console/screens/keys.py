@@ -16,7 +16,7 @@ from textual.containers import Container, Horizontal
 from textual.message import Message
 from textual.widgets import Input
 
-from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted
+from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted, error_words
 from backend.text import literal as text_literal
 from console import keyspace
 from console.keyspace import Child, Entry
@@ -127,20 +127,30 @@ class KeysPane(Container):
 
     @work(exclusive=True, group="keys-root")
     async def load_root(self) -> None:
-        """List the top directory (open ones follow as the tree asks), then keep it live."""
+        """List the top directory and every directory that was open (so a reload or a store
+        back from an outage heals them), then keep it live; the cursor stays where it was."""
+        cursor = self.key_tree.cursor_child
+        keep = cursor.path if cursor is not None else None
         self.key_tree.reset()
+        delay = 0.5
         while True:
             try:
                 listing = await self._list(self.root)
             except EtcdError:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
                 continue
             break
         self.last_revision = max(self.last_revision, listing.revision)
+        for prefix in self.key_tree.open_prefixes:
+            if prefix != self.root and self.key_tree.shown(prefix):
+                await self._list_healing(prefix)
         # What is loaded now lives as long as the view; a full collection that walks it
         # all again stalls the UI for a fifth of a second on a big tree, so set it aside.
         gc.freeze()
         self.loaded.set()
+        if keep is not None:
+            self.key_tree.select_path(keep)
         self._select(self.key_tree.cursor_child)
         if not self._watching:
             self._watching = True
@@ -177,13 +187,35 @@ class KeysPane(Container):
 
     @work(group="keys-dir")
     async def load_dir(self, prefix: bytes) -> None:
-        try:
-            await self._list(prefix)
-            gc.freeze()
-        except EtcdError as error:
-            self.notify(
-                f"cannot list {literal(prefix).plain}: {error}", severity="error", markup=False
-            )
+        await self._list_healing(prefix)
+        gc.freeze()
+
+    async def _list_healing(self, prefix: bytes) -> None:
+        """List an open directory; while the store does not answer, say why once and try
+        again until it does (or the directory is closed), so it never stays empty."""
+        delay = 0.5
+        told = False
+        name = literal(prefix).plain or "/"
+        while True:
+            try:
+                await self._list(prefix)
+            except EtcdError as error:
+                if not told:
+                    told = True
+                    words = error_words(error, list(self.session.settings.endpoints))
+                    self.notify(
+                        f"cannot list {name}: {words}; it will be listed when the store answers",
+                        severity="error",
+                        markup=False,
+                    )
+                if prefix not in self.key_tree.open_prefixes:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if told:
+                self.notify(f"listed {name} now that the store answers", markup=False)
+            return
 
     # Watching --------------------------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
 from textual.command import CommandPalette
 from textual.widgets import Input, TextArea
 
-from backend.etcd import EtcdClient
+from backend.etcd import EtcdClient, make_client
 from console.app import ClusterConsole
 from console.screens.help import HelpScreen
 from console.screens.new_key import NewKeyScreen
@@ -21,6 +23,7 @@ from tests.console.conftest import (
     tree,
     wait_for,
 )
+from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore
 from widgets.filter_bar import FilterBar
 from widgets.watch_log import WatchLog
@@ -159,3 +162,35 @@ async def test_escape_in_a_filter_gives_the_focus_back_and_a_bad_regex_says_so(
             await pilot.press("escape")
             await pilot.pause()
             assert app.focused is table_bar and app.focused is not None
+
+
+@pytest.mark.slow
+async def test_a_directory_opened_during_an_outage_fills_when_the_store_returns(
+    fresh_etcd: EtcdMember,
+) -> None:
+    """#13.7: opened during an outage, the directory lists itself once the store answers;
+    `r` keeps the cursor, the open directories and the filter."""
+    kv = make_client([fresh_etcd.url])
+    await kv.wait_ready()
+    await seed(kv, b"/r/")
+    app = console_for(fresh_etcd.url, b"/r/")
+    said = recorded(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await asyncio.to_thread(fresh_etcd.stop)
+        await wait_for(pilot, lambda: app.cluster_header.state.startswith("reconnecting"))
+        assert tree(app).select_path(b"/r/queue/")
+        tree(app).expand(b"/r/queue/")
+        await wait_for(pilot, lambda: any("cannot list /r/queue/" in note for note in said))
+        await asyncio.to_thread(lambda: fresh_etcd.start().wait_ready())
+        await wait_for(pilot, lambda: tree(app).shown(b"/r/queue/0002"), 20)
+        # r: the open directories are listed again, the cursor stays put.
+        tree(app).expand(b"/r/config/")
+        await wait_for(pilot, lambda: tree(app).shown(b"/r/config/app/"))
+        assert tree(app).select_path(b"/r/queue/0001")
+        await pilot.press("r")
+        await pilot.pause(0.5)
+        await wait_for(pilot, lambda: tree(app).shown(b"/r/config/app/"))
+        assert tree(app).shown(b"/r/queue/0002")
+        assert tree(app).cursor_child.path == b"/r/queue/0001"
+    await kv.close()
