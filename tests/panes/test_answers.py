@@ -1,0 +1,51 @@
+"""Issue 13 on the cluster panes: unit actions answer, the palette acts only on what is seen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from backend import demo
+from console.app import ClusterConsole
+from tests.panes.conftest import console_on, open_units, registry_on, running, wait_for
+from tests.panes.test_units import launch, put_cursor_on
+
+pytestmark = pytest.mark.slow
+
+
+def recorded(app: ClusterConsole) -> list[str]:
+    said: list[str] = []
+    notify = app.notify
+
+    def record(message: str, **kwargs: Any) -> None:
+        said.append(message)
+        notify(message, **kwargs)
+
+    app.notify = record  # type: ignore[method-assign]
+    return said
+
+
+async def test_restart_stop_and_start_say_what_they_did_to_which_unit_where(
+    cluster: demo.DemoCluster,
+) -> None:
+    """#13.9: R, x and s answer: what was asked of which unit on which machine, then the
+    result once the agent reports it."""
+    registry = registry_on(cluster.url)
+    await launch(registry, cluster, ["answer.service"])
+    app = console_on(cluster.url)
+    said = recorded(app)
+    async with running(app) as pilot:
+        await open_units(pilot)
+        await put_cursor_on(app, pilot, "answer.service")
+        await pilot.press("R")
+        await wait_for(pilot, lambda: any("restarted on machine" in n for n in said), 30)
+        lines = [n for n in said if "answer.service" in n]
+        assert lines[0].startswith("restarting answer.service on machine ")
+        assert any(n.startswith("answer.service stopped on machine ") for n in lines)
+        assert lines[-1].startswith("answer.service restarted on machine ")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: said[-1].startswith("answer.service stopped on machine"), 20)
+        assert "stopping answer.service on machine " in " ".join(said)
+    await registry.destroy("answer.service")
+    await registry.client.close()
