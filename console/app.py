@@ -436,6 +436,8 @@ class ClusterConsole(App[None]):
                 partial(self.action_show_tab, tab),
             )
         yield SystemCommand("Help", "list every binding (?)", self.action_help)
+        # Only the pane on view offers its actions, each naming what it will act on: nothing
+        # acts on a selection out of sight, and one with no target is not offered at all.
         panes = {
             "Keys pane": ("keys", self.keys_pane),
             "Machines": ("machines", self.machines_pane),
@@ -443,23 +445,47 @@ class ClusterConsole(App[None]):
             "Subnets": ("subnets", self.subnets_pane),
             "Journal": ("journal", self.journal_pane),
         }
+        active = self.screen_stack[0].query_one(TabbedContent).active
         for section, bindings, hidden in self._sections():
-            if section not in panes:
+            if section not in panes or panes[section][0] != active:
                 continue
             tab, pane = panes[section]
             title = "Keys" if section == "Keys pane" else section
             for binding in bindings:
                 if binding.action in hidden:
                     continue
+                target = palette_target(pane, binding.action)
+                if target is None:
+                    continue
+                on = f" {target}" if target else ""
                 yield SystemCommand(
-                    f"{title}: {binding.description}",
-                    f"{binding.description} ({binding.key})",
+                    f"{title}: {binding.description}{on}",
+                    f"{binding.description}{on} ({binding.key})",
                     partial(self._run_pane_action, tab, pane, binding.action),
                 )
 
     def _run_pane_action(self, tab: str, pane: Widget, action: str) -> None:
         self.action_show_tab(tab)
         self.run_worker(pane.run_action(action), group="palette")
+
+
+def palette_target(pane: Widget, action: str) -> str | None:
+    """What a palette command of ``pane`` acts on, as its title names it: "" when it needs
+    no target, None when it needs one and nothing is chosen (it is then not offered)."""
+    if isinstance(pane, UnitsPane) and action in UnitsPane.TARGET_ACTIONS:
+        names = pane.chosen()
+        if not names:
+            return None
+        return names[0] if len(names) == 1 else f"{len(names)} marked units"
+    if isinstance(pane, MachinesPane) and action in MachinesPane.TARGET_ACTIONS:
+        row = pane.table.cursor_row
+        return f"machine {short_id(row.key)}" if row is not None else None
+    if isinstance(pane, KeysPane) and action in KeysPane.TARGET_ACTIONS:
+        child = pane.key_tree.cursor_child
+        if child is None or not child.path:
+            return None
+        return text_literal(child.path.decode("utf-8", "backslashreplace"))
+    return ""
 
 
 def _line_count(text: str) -> int:

@@ -39,6 +39,8 @@ PARTIAL_SECONDS = 0.25
 """How often a directory still being listed shows what has arrived so far."""
 
 WRITE_ACTIONS = {"new", "edit", "delete", "ttl"}
+TARGET_ACTIONS = {"edit", "delete", "ttl", "history", "copy"}
+"""Actions on the key under the cursor: the palette names it, or hides them without one."""
 
 
 def _error_text(error: BaseException) -> str:
@@ -56,6 +58,8 @@ class KeysPane(Container):
         height: 1fr;
     }
     """
+
+    TARGET_ACTIONS = TARGET_ACTIONS
 
     BINDINGS = [
         Binding("n", "new", "New", id="keys.new"),

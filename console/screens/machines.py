@@ -37,6 +37,8 @@ class MachinesPane(TablePane):
         Column("state", "STATE"),
     ]
     WRITE_ACTIONS: ClassVar[set[str]] = {"shell"}
+    TARGET_ACTIONS: ClassVar[set[str]] = {"units", "shell", "journal"}
+    """Actions on the machine under the cursor: the palette names it."""
 
     BINDINGS = [
         Binding("enter", "units", "Its units", id="machines.units"),

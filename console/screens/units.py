@@ -101,6 +101,11 @@ class UnitsPane(TablePane):
         Column("sub", "SUB"),
     ]
     WRITE_ACTIONS: ClassVar[set[str]] = WRITE_ACTIONS
+    TARGET_ACTIONS: ClassVar[set[str]] = {
+        "start", "stop", "restart", "load", "unload", "destroy", "cat", "status", "journal",
+        "mark",
+    }  # fmt: skip
+    """Actions that act on the chosen units: the palette names them, or hides the action."""
     MARKABLE = True
 
     BINDINGS = [

@@ -352,19 +352,19 @@ async def test_number_keys_switch_tabs_and_the_palette_has_every_action(
         await pilot.pause()
         assert app.query_one("#tabs").active == "keys"
         titles = {command.title for command in app.get_system_commands(app.screen)}
-        for action in (
-            "New",
-            "Edit",
-            "Delete",
-            "TTL",
-            "History",
-            "Watch log",
-            "Copy path",
-            "Reload",
-        ):
+        here = ns.decode()
+        for action in ("New", "Watch log", "Reload"):
             assert f"Keys: {action}" in titles
-        for command in ("Units: Start", "Units: Destroy", "Journal: Follow", "Machines: Shell"):
-            assert command in titles
+        for action in ("Edit", "Delete", "TTL", "History", "Copy path"):
+            assert f"Keys: {action} {here}" in titles
+        # The other panes' actions are offered in their own tab only (issue 13.8).
+        assert not [title for title in titles if title.startswith(("Units:", "Machines:"))]
+        await pilot.press("5")
+        await pilot.pause()
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert "Journal: Follow" in titles
+        await pilot.press("1")
+        await pilot.pause()
         await pilot.press("colon")
         await pilot.pause()
         assert app.screen.__class__.__name__ == "CommandPalette"
@@ -409,8 +409,6 @@ async def test_palette_commands_run_the_pane_actions(
 ) -> None:
     async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"queue/")
-        await pilot.press("2")
-        await pilot.pause()
         commands = {c.title: c for c in app.get_system_commands(app.screen)}
         commands["Keys: Watch log"].callback()
         log = app.query_one(WatchLog)

@@ -26,6 +26,10 @@ def recorded(app: ClusterConsole) -> list[str]:
     return said
 
 
+def titles(app: ClusterConsole) -> list[str]:
+    return [command.title for command in app.get_system_commands(app.screen)]
+
+
 async def test_restart_stop_and_start_say_what_they_did_to_which_unit_where(
     cluster: demo.DemoCluster,
 ) -> None:
@@ -48,4 +52,23 @@ async def test_restart_stop_and_start_say_what_they_did_to_which_unit_where(
         await wait_for(pilot, lambda: said[-1].startswith("answer.service stopped on machine"), 20)
         assert "stopping answer.service on machine " in " ".join(said)
     await registry.destroy("answer.service")
+    await registry.client.close()
+
+
+async def test_the_palette_offers_only_the_pane_on_view_and_names_the_target(
+    cluster: demo.DemoCluster,
+) -> None:
+    """#13.8: from Subnets, no unit command is offered; in Units, Stop names its unit."""
+    registry = registry_on(cluster.url)
+    await launch(registry, cluster, ["palette.service"])
+    app = console_on(cluster.url)
+    async with running(app) as pilot:
+        await open_units(pilot)
+        await put_cursor_on(app, pilot, "palette.service")
+        assert "Units: Stop palette.service" in titles(app)
+        await pilot.press("4")
+        await pilot.pause(0.2)
+        assert not [t for t in titles(app) if t.startswith(("Units:", "Keys:", "Machines:"))]
+        assert "Show Units" in titles(app)
+    await registry.destroy("palette.service")
     await registry.client.close()
