@@ -58,6 +58,7 @@ from widgets.filter_bar import FilterBar
 from widgets.journal_view import DEFAULT_LIMIT, JournalView
 from widgets.key_tree import KeyTree
 from widgets.line_table import LineTable
+from widgets.literal import plural
 
 TABS = [
     ("keys", "Keys"),
@@ -243,6 +244,15 @@ class ClusterConsole(App[None]):
             pane.update_from_model()
         self.units_pane.check_convergence()
         self.cluster_header.revision = max(self.cluster_header.revision, self.model.revision)
+        journal = self.journal_pane
+        if journal.whole_cluster or (not journal.title and self._active_tab() == "journal"):
+            followed = sorted(f.machine.id for f in journal.followers)
+            machines = sorted(i for i, m in self.model.fleet.machines.items() if not m.problem)
+            if followed != machines:
+                self.follow_whole_cluster()
+
+    def _active_tab(self) -> str:
+        return self.screen_stack[0].query_one(TabbedContent).active
 
     @work(exclusive=True, group="cluster-leases")
     async def read_leases(self) -> None:
@@ -293,6 +303,16 @@ class ClusterConsole(App[None]):
         where = short_id(targets[0].machine.id) if len(targets) == 1 else f"{len(targets)} machines"
         self.journal_pane.follow(targets, f"{what} on {where}")
         self.action_show_tab("journal")
+
+    def follow_whole_cluster(self) -> None:
+        """The journal pane on every machine, merged by time: what it shows when nothing
+        was chosen (j on a unit or a machine narrows it)."""
+        machines = [m for _, m in sorted(self.model.fleet.machines.items()) if not m.problem]
+        if not machines:
+            return
+        targets = [Target(machine, [], short_id(machine.id)) for machine in machines]
+        title = f"the whole cluster: {plural(len(machines), 'machine')}"
+        self.journal_pane.follow(targets, title, whole_cluster=True)
 
     @on(MachinesPane.JournalRequested)
     def _journal_of_machine(self, event: MachinesPane.JournalRequested) -> None:
@@ -373,6 +393,8 @@ class ClusterConsole(App[None]):
         if tab == "keys":
             self.call_after_refresh(self.keys_pane.key_tree.focus)
         elif tab == "journal":
+            if not self.journal_pane.title:
+                self.follow_whole_cluster()
             self.call_after_refresh(self.journal_pane.view.focus)
         else:
             pane = {"machines": self.machines_pane, "units": self.units_pane,
@@ -445,7 +467,7 @@ class ClusterConsole(App[None]):
             "Subnets": ("subnets", self.subnets_pane),
             "Journal": ("journal", self.journal_pane),
         }
-        active = self.screen_stack[0].query_one(TabbedContent).active
+        active = self._active_tab()
         for section, bindings, hidden in self._sections():
             if section not in panes or panes[section][0] != active:
                 continue

@@ -72,3 +72,29 @@ async def test_the_palette_offers_only_the_pane_on_view_and_names_the_target(
         assert "Show Units" in titles(app)
     await registry.destroy("palette.service")
     await registry.client.close()
+
+
+async def test_the_journal_pane_opens_on_the_whole_cluster_and_j_narrows(
+    cluster: demo.DemoCluster,
+) -> None:
+    """#13.10: `5` with nothing chosen follows every machine, merged by time."""
+    registry = registry_on(cluster.url)
+    await launch(registry, cluster, ["narrow.service"])
+    app = console_on(cluster.url)
+    async with running(app) as pilot:
+        await wait_for(pilot, lambda: app.model.loaded.is_set())
+        await wait_for(pilot, lambda: len(app.model.fleet.machines) == 3)
+        await pilot.press("5")
+        journal = app.journal_pane
+        await wait_for(pilot, lambda: journal.whole_cluster)
+        assert sorted(f.machine.id for f in journal.followers) == sorted(app.model.fleet.machines)
+        assert journal.title == "the whole cluster: 3 machines"
+        await wait_for(pilot, lambda: journal.view.count > 0, 20)
+        await open_units(pilot)
+        await put_cursor_on(app, pilot, "narrow.service")
+        await pilot.press("j")
+        await wait_for(pilot, lambda: not journal.whole_cluster)
+        assert len(journal.followers) == 1
+        assert journal.title.startswith("narrow.service on ")
+    await registry.destroy("narrow.service")
+    await registry.client.close()
