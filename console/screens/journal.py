@@ -258,8 +258,15 @@ class JournalPane(Container):
         )
         self.update_status()
 
+    def default_save_path(self) -> str:
+        """``~/journal-<what is followed>-<time>.log``: in the home directory, not wherever the
+        console was started (a checkout), and only letters, digits, dots and dashes in it."""
+        what = re.sub(r"[^A-Za-z0-9.@-]+", "-", self.title.replace("…", "")).strip("-.")
+        name = "-".join(part for part in ("journal", what[:60].rstrip("-.")) if part)
+        return f"~/{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
     def action_save(self) -> None:
-        default = time.strftime("journal-%Y%m%d-%H%M%S.log")
+        default = self.default_save_path()
 
         def check(answer: str) -> Text | None:
             path = Path(answer).expanduser()
@@ -272,7 +279,7 @@ class JournalPane(Container):
         def chosen(answer: str | None) -> None:
             if not answer:
                 return
-            path = Path(answer).expanduser()
+            path = Path(answer).expanduser().resolve()
             try:
                 count = self.view.save(path)
             except OSError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.app import App, ComposeResult
 
 from console.journal_stream import MachineAccess, parse_entry
@@ -145,3 +146,27 @@ def test_journal_text_is_data_never_markup_or_escapes() -> None:
     view = JournalView()
     text = "".join(s.text for s in view._segments(entry, entry.message))
     assert "[bold]hi" in text and "\x1b" not in text
+
+
+async def test_S_offers_a_file_in_the_home_directory_and_says_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: not the current directory, no `…` in the name, the notification absolute."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path)
+    app = JournalApp()
+    said: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        app.notify = lambda message, **kw: said.append(message)  # type: ignore[method-assign]
+        app.pane.view.focus()
+        await feed(pilot, app, lines(3))
+        await pilot.press("S")
+        await wait_for(pilot, lambda: shown(app, PathPromptScreen, "#prompt-input"))
+        offered = app.screen.query_one("#prompt-input").value
+        assert offered.startswith("~/journal-web.service-on-8a3d1b2c-") and "…" not in offered
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: bool(said))
+    saved = list((tmp_path / "home").glob("journal-*.log"))
+    assert len(saved) == 1 and not list(tmp_path.glob("journal-*"))
+    assert said == [f"saved 3 lines to {saved[0]}"]
