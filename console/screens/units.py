@@ -221,7 +221,14 @@ class UnitsPane(TablePane):
         fleet = self.model.fleet
         jobs = [j for j in fleet.jobs.values() if j.unit_hash]
         running = sum(1 for j in jobs if unit_state(j, fleet.states.get(j.name, {})) == "launched")
-        text = Text(f"{plural(len(jobs), 'unit')}, {running:,} launched")
+        view = self.table.view
+        if len(view) != len(self.table.rows):
+            # Filtered: what is on view first, so the count never contradicts the table.
+            shown = len({str(row.data) for row in view})
+            text = Text(f"{shown:,} of {plural(len(jobs), 'unit')} shown (filter), ")
+            text.append(f"{running:,} launched in all")
+        else:
+            text = Text(f"{plural(len(jobs), 'unit')}, {running:,} launched")
         if self.memory.machine:
             text.append("   on machine ")
             text.append(cell(short_id(self.memory.machine, True)), style="bold")
@@ -283,7 +290,14 @@ class UnitsPane(TablePane):
 
     def action_mark(self) -> None:
         self.table.toggle_mark()
+        self.marks_changed()
+
+    def marks_changed(self) -> None:
+        """The status line and the header count the marks."""
         self.status.update(self.status_text())
+        header = getattr(self.app, "cluster_header", None)
+        if header is not None:
+            header.units = f"{len(self.table.marked):,} marked" if self.table.marked else ""
 
     def action_clear(self) -> None:
         if self.table.marked:
@@ -291,7 +305,7 @@ class UnitsPane(TablePane):
         elif self.memory.machine:
             self.memory.machine = ""
             self.update_from_model()
-        self.status.update(self.status_text())
+        self.marks_changed()
 
     async def _confirmed(self, verb: str, names: list[str], always: bool = False) -> bool:
         if len(names) < 2 and not always:
@@ -354,6 +368,7 @@ class UnitsPane(TablePane):
             return
         await self.set_target(names, want, verb)
         self.table.clear_marks()
+        self.marks_changed()
 
     def action_start(self) -> None:
         self._lifecycle("start", "launched")
@@ -373,6 +388,7 @@ class UnitsPane(TablePane):
         if not names or not await self._confirmed("restart", names):
             return
         self.table.clear_marks()
+        self.marks_changed()
         await self.set_target(names, "loaded", "restart")
         # Like `fleetctl restart`: wait for the stop to land, then start again.
         loop = asyncio.get_running_loop()
@@ -388,6 +404,7 @@ class UnitsPane(TablePane):
         if not names or not await self._confirmed("destroy", names, always=True):
             return
         self.table.clear_marks()
+        self.marks_changed()
         for name in names:
             try:
                 await self.registry.destroy(name)

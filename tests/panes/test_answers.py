@@ -98,3 +98,30 @@ async def test_the_journal_pane_opens_on_the_whole_cluster_and_j_narrows(
         assert journal.title.startswith("narrow.service on ")
     await registry.destroy("narrow.service")
     await registry.client.close()
+
+
+async def test_marks_show_in_a_column_and_a_filtered_table_counts_what_it_shows(
+    cluster: demo.DemoCluster,
+) -> None:
+    """Marks are visible (✓ column, header count); the status counts the filtered view."""
+    registry = registry_on(cluster.url)
+    names = ["count-a.service", "count-b.service"]
+    await launch(registry, cluster, names)
+    app = console_on(cluster.url)
+    async with running(app) as pilot:
+        await open_units(pilot)
+        await put_cursor_on(app, pilot, names[0])
+        await pilot.press("space")
+        table = app.units_pane.table
+        assert table.cursor_row.key == names[0]
+        first = table.render_line(1 + table.cursor - int(table.scroll_y)).text
+        assert first.startswith("✓ count-a.service")
+        assert app.cluster_header.units == "1 marked"
+        total = len({name for name in app.model.fleet.jobs if app.model.fleet.jobs[name].unit_hash})
+        await pilot.press("slash", *"count-")
+        await wait_for(pilot, lambda: len(table.view) == 2)
+        status = str(app.units_pane.status.render())
+        assert status.startswith(f"2 of {total} units shown (filter)"), status
+    for name in names:
+        await registry.destroy(name)
+    await registry.client.close()
