@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -615,10 +616,16 @@ async def run_demo(config: ConsoleConfig, read_only: bool, journal_limit: int) -
     with tempfile.TemporaryDirectory(prefix="clustertui-demo-") as root:
         print("clustertui: starting the demo cluster (store, 3 nodes, units)…", file=sys.stderr)
         cluster = await demo.start_cluster(Path(root))
+
+        def hang_up() -> None:
+            # The hang-up leaves at once (os._exit): no `with` block is left to clean up.
+            cluster.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
         try:
             settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(
-                settings, config, journal_limit=journal_limit, on_hangup=cluster.stop
+                settings, config, journal_limit=journal_limit, on_hangup=hang_up
             )
         finally:
             # Nothing printed here: after a hang-up the terminal is gone, and a failed

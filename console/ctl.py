@@ -19,6 +19,7 @@ from typing import TextIO
 import asyncssh
 
 from backend.etcd import EtcdClient, EtcdError, diagnose, error_words, make_client
+from backend.fleet.demo import clusterd_command
 from backend.fleet.registry import (
     DEFAULT_PREFIX,
     ClusterState,
@@ -846,7 +847,7 @@ def is_local(machine: Machine, *, tunnelled: bool) -> bool:
 
 def local_clusterd(command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment that run a ``clusterd …`` command with this checkout's code."""
-    argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
+    argv = [*clusterd_command(), *command[1:]]
     return argv, {**os.environ, "PYTHONPATH": _repo_path()}
 
 

@@ -18,6 +18,26 @@ from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.keys import prefix_end
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def clusterd_command() -> list[str]:
+    """How to run `clusterd` so `ps` names it so: the installed `clusterd` script beside
+    this Python (the kernel names a `#!` script's process after the script), else
+    ``python -m backend.daemon`` from a bare checkout."""
+    script = Path(sys.executable).with_name("clusterd")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "backend.daemon"]
+
+
+def clusterd_path() -> str:
+    """PATH with the directory of this `clusterd` first: a shell opened on a local machine
+    finds the same `clusterd` the demo runs."""
+    here = str(Path(sys.executable).parent)
+    rest = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and d != here]
+    return os.pathsep.join([here, *rest])
+
+
 NETWORK_KEY = "/coreos.com/network/config"
 NETWORK_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}
 # Node i gets METADATA[i % len(METADATA)], so MachineMetadata units have somewhere to go.
@@ -114,7 +134,7 @@ def store_command(data_dir: Path, port: int) -> list[str]:
     """The demo's store: the bundled `clusterd kv` on loopback."""
     url = f"http://127.0.0.1:{port}"
     return [
-        sys.executable, "-m", "backend.daemon", "kv", "--data-dir", str(data_dir),
+        *clusterd_command(), "kv", "--data-dir", str(data_dir),
         "--listen-client-urls", url, "--advertise-client-urls", url,
     ]  # fmt: skip
 
@@ -124,7 +144,7 @@ def start_nodes(nodes: DemoNodes, store_url: str, count: int) -> None:
     for index in range(count):
         data_dir = nodes.data_dir / f"node{index + 1}"
         argv = [
-            sys.executable, "-m", "backend.daemon", "node",
+            *clusterd_command(), "node",
             "--endpoints", store_url,
             "--data-dir", str(data_dir),
             "--metadata", METADATA[index % len(METADATA)],

@@ -155,3 +155,39 @@ def test_closing_the_terminal_stops_the_demo_store(terminal: Terminal) -> None:
     while port_open(port) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not port_open(port), "the demo store outlived its terminal"
+
+
+@pytest.mark.slow
+def test_closing_the_terminal_removes_the_demos_temporary_directory_and_ps_says_clusterd(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    """Issue 13: the demo's processes are `clusterd …` in ps; a closed terminal leaves no
+    temporary directory behind."""
+    terminal.start(["env", f"TMPDIR={tmp_path}", sys.executable, "-m", "console.app", "--demo"])
+    screen = terminal.wait_for("connected", within=60)
+    port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
+    assert len(list(tmp_path.glob("clustertui-demo-*"))) == 1
+    names = {
+        (Path("/proc") / pid / "comm").read_text().strip()
+        for pid in _pids_with(f"http://127.0.0.1:{port}")
+    }
+    assert names == {"clusterd"}, names
+    terminal.kill()
+    deadline = time.monotonic() + 30
+    while list(tmp_path.glob("clustertui-demo-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(tmp_path.glob("clustertui-demo-*")), "the demo's directory outlived it"
+    assert not port_open(port)
+
+
+def _pids_with(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in argv:
+                found.append(entry.name)
+    return found
