@@ -213,6 +213,7 @@ def error_words(
     *,
     timeout: float | None = None,
     waited_for: str = "an answer",
+    wait_longer: str = "",
 ) -> str:
     """The words the console and clusterctl both show for a store error: what happened, its
     cause (refused, no route, TLS, auth, timeout with what was waited for) and the next step."""
@@ -236,9 +237,10 @@ def error_words(
             return f"nobody answers at {where}: {cause}; {step}"
     if isinstance(typed, StoreTimeout):
         within = f" within {timeout:g} s" if timeout else ""
+        longer = f" ({wait_longer} to wait longer)" if wait_longer else ""
         return (
             f"{where} gave no answer{within} while waiting for {waited_for}; "
-            "is the store overloaded, or a member down? (raise --request-timeout to wait longer)"
+            f"is the store overloaded, or a member down?{longer}"
         )
     if isinstance(typed, StoreUnavailable):
         return f"nobody answers at {where} ({details}); is the store running there?"

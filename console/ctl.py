@@ -985,6 +985,7 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             endpoints,
             timeout=float(args.request_timeout),
             waited_for=f"the store's reply to {args.command}",
+            wait_longer="raise --request-timeout",
         )
         print(literal(f"Error: {words}"), file=err)
         return 1

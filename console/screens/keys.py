@@ -16,7 +16,7 @@ from textual.containers import Container, Horizontal
 from textual.message import Message
 from textual.widgets import Input
 
-from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted, error_words
+from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted, diagnose, error_words
 from backend.text import literal as text_literal
 from console import keyspace
 from console.keyspace import Child, Entry
@@ -387,11 +387,10 @@ class KeysPane(Container):
         log.start(prefix)
 
     def action_new(self) -> None:
-        def created(answer: NewKey | None) -> None:
-            if answer is not None:
-                self.put_key(answer.key, answer.value, answer.ttl)
+        async def save(answer: NewKey) -> str | None:
+            return await self.write_key(answer.key, answer.value, answer.ttl)
 
-        self.app.push_screen(NewKeyScreen(self._directory()), created)
+        self.app.push_screen(NewKeyScreen(self._directory(), save))
 
     def action_edit(self) -> None:
         child = self._current()
@@ -422,14 +421,26 @@ class KeysPane(Container):
 
     @work(group="keys-write")
     async def put_key(self, key: bytes, value: bytes, ttl: int | None, keep_lease: int = 0) -> None:
+        await self.write_key(key, value, ttl, keep_lease)
+
+    async def write_key(
+        self, key: bytes, value: bytes, ttl: int | None, keep_lease: int = 0
+    ) -> str | None:
+        """Write one key and say so; returns why it failed (also notified), or None."""
+        name = literal(key).plain
         try:
             await keyspace.put(self.session.client, key, value, ttl, lease=keep_lease)
         except EtcdError as error:
-            self.notify(
-                f"cannot write {literal(key).plain}: {error}", severity="error", markup=False
-            )
-            return
-        self.notify(f"wrote {literal(key).plain}", markup=False)
+            typed = await diagnose(self.session.client, error)
+            words = f"cannot write {name}: {error_words(typed, self._endpoints())}"
+            self.notify(words, severity="error", markup=False)
+            return words
+        lease = f" with a TTL of {ttl}s" if ttl else ""
+        self.notify(f"wrote {name}{lease}", markup=False)
+        return None
+
+    def _endpoints(self) -> list[str]:
+        return list(self.session.settings.endpoints)
 
     @work(group="keys-write")
     async def action_delete(self) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -69,9 +71,14 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
         Binding("escape", "cancel", "Cancel", id="new.cancel"),
     ]
 
-    def __init__(self, directory: str) -> None:
+    def __init__(
+        self, directory: str, save: Callable[[NewKey], Awaitable[str | None]] | None = None
+    ) -> None:
         super().__init__()
         self.directory = directory
+        self.save = save
+        """Writes the key; returns why it failed. The dialog stays open until it succeeds,
+        so a write refused during an outage loses nothing typed."""
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -118,7 +125,22 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
             error.update(Text(str(problem)))
             return
         value = self.query_one("#new-value", TextArea).text
-        self.dismiss(NewKey(key.encode(), value.encode(), ttl))
+        answer = NewKey(key.encode(), value.encode(), ttl)
+        if self.save is None:
+            self.dismiss(answer)
+        else:
+            self._write(answer)
+
+    @work(exclusive=True, group="new-key-save")
+    async def _write(self, answer: NewKey) -> None:
+        assert self.save is not None
+        error = self.query_one("#new-error", Static)
+        error.update(Text("writing…"))
+        problem = await self.save(answer)
+        if problem is None:
+            self.dismiss(answer)
+            return
+        error.update(Text(f"{problem}\nnothing is lost: ctrl+s tries again, escape gives up"))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -194,3 +194,30 @@ async def test_a_directory_opened_during_an_outage_fills_when_the_store_returns(
         assert tree(app).shown(b"/r/queue/0002")
         assert tree(app).cursor_child.path == b"/r/queue/0001"
     await kv.close()
+
+
+@pytest.mark.slow
+async def test_a_write_refused_during_an_outage_keeps_the_dialog_and_what_was_typed(
+    fresh_etcd: EtcdMember,
+) -> None:
+    kv = make_client([fresh_etcd.url])
+    await kv.wait_ready()
+    await seed(kv, b"/w/")
+    app = console_for(fresh_etcd.url, b"/w/")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, b"/w/config/")
+        await asyncio.to_thread(fresh_etcd.stop)
+        await pilot.press("n", *"kept", "tab", *"typed value", "ctrl+s")
+        dialog = app.screen
+        assert isinstance(dialog, NewKeyScreen)
+        error = dialog.query_one("#new-error")
+        await wait_for(pilot, lambda: "nothing is lost" in str(error.render()), 20)
+        assert "cannot write /w/config/kept: nobody answers at" in str(error.render())
+        assert dialog.query_one("#new-value", TextArea).text == "typed value"
+        await asyncio.to_thread(lambda: fresh_etcd.start().wait_ready())
+        await kv.wait_ready()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, NewKeyScreen), 20)
+        assert (await kv.get(b"/w/config/kept")).value == b"typed value"
+    await kv.close()
