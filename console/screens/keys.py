@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Input
 
@@ -39,6 +41,8 @@ PARTIAL_SECONDS = 0.25
 """How often a directory still being listed shows what has arrived so far."""
 
 WRITE_ACTIONS = {"new", "edit", "delete", "ttl"}
+SEARCH_DEBOUNCE = 0.15
+"""How long typing pauses before the filter searches the store."""
 TARGET_ACTIONS = {"edit", "delete", "ttl", "history", "copy"}
 """Actions on the key under the cursor: the palette names it, or hides them without one."""
 
@@ -355,7 +359,48 @@ class KeysPane(Container):
 
     @on(FilterBar.Applied)
     def _filter_applied(self, event: FilterBar.Applied) -> None:
-        self.key_tree.set_filter(event.matcher)
+        if event.matcher is None:
+            self.workers.cancel_group(self, "keys-search")
+            self.key_tree.set_search(None)
+            self.key_tree.set_filter(None)
+            event.bar.border_title = None
+            return
+        self.search_store(event.bar, event.matcher)
+
+    @work(exclusive=True, group="keys-search")
+    async def search_store(self, bar: FilterBar, matcher: Any) -> None:
+        """The filter searches every key in the store (not only the directories listed),
+        then shows just the matches and opens the directories down to them."""
+        # The console may close while the store answers: the tree is then gone.
+        with contextlib.suppress(NoMatches):
+            await self._search_store(bar, matcher)
+
+    async def _search_store(self, bar: FilterBar, matcher: Any) -> None:
+        await asyncio.sleep(SEARCH_DEBOUNCE)
+        bar.border_title = Text("searching the store…")
+        try:
+            found = await keyspace.search(self.session.client, self.root, matcher)
+        except EtcdError as error:
+            words = error_words(error, self._endpoints())
+            bar.border_title = Text(f"cannot search: {words}")
+            return
+        tree = self.key_tree
+        tree.set_filter(None)
+        tree.set_search((found.keys, found.directories))
+        more = f" (the first {len(found.keys):,}: refine it)" if found.truncated else ""
+        bar.border_title = Text(
+            f"{plural(len(found.keys), 'key')} of {found.scanned:,} match{more}"
+        )
+        for prefix in sorted(found.directories):
+            if prefix in tree.loaded_prefixes:
+                if prefix not in tree.open_prefixes:
+                    tree.expand(prefix)
+                continue
+            tree.open_quietly(prefix)
+            try:
+                await self._list(prefix)
+            except EtcdError:
+                continue
 
     @on(Input.Submitted, "#key-filter")
     def _filter_submitted(self) -> None:

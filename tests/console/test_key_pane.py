@@ -233,19 +233,33 @@ async def test_filter_matches_substrings_regexes_and_inverts(
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         key_tree = tree(app)
+        # The filter searches the store and shows only matching paths (issue 13).
         await pilot.press("slash", *"PING")
-        await pilot.pause()
-        assert key_tree.shown(ns + b"topping") and not key_tree.shown(ns + b"top")
-        assert key_tree.shown(ns + b"config/")
+        await wait_for(pilot, lambda: not key_tree.shown(ns + b"top"))
+        assert key_tree.shown(ns + b"topping") and not key_tree.shown(ns + b"config/")
         app.query_one("#key-filter", Input).value = "~^top$"
-        await pilot.pause()
-        assert key_tree.shown(ns + b"top") and not key_tree.shown(ns + b"topping")
+        await wait_for(pilot, lambda: not key_tree.shown(ns + b"topping"))
+        assert key_tree.shown(ns + b"top")
         app.query_one("#key-filter", Input).value = "!ping"
-        await pilot.pause()
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/"))
         assert key_tree.shown(ns + b"top") and not key_tree.shown(ns + b"topping")
         await pilot.press("escape")
         await pilot.pause()
         assert key_tree.shown(ns + b"top") and key_tree.shown(ns + b"topping")
+
+
+async def test_the_filter_finds_keys_in_directories_never_opened(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
+        key_tree = tree(app)
+        assert not key_tree.shown(ns + b"config/web/motd")
+        await pilot.press("slash", *"motd")
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/web/motd"))
+        assert key_tree.shown(ns + b"config/web/") and not key_tree.shown(ns + b"config/app/")
+        assert not key_tree.shown(ns + b"queue/") and not key_tree.shown(ns + b"top")
+        bar = app.keys_pane.query_one("#key-filter")
+        assert str(bar.border_title).startswith("1 key of ")
 
 
 async def test_watch_events_while_navigating_add_update_and_remove_keys(
