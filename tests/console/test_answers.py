@@ -12,6 +12,7 @@ from textual.widgets import Input, TextArea
 from backend.etcd import EtcdClient, make_client
 from console.app import ClusterConsole
 from console.screens.help import HelpScreen
+from console.screens.history import HistoryScreen
 from console.screens.new_key import NewKeyScreen
 from tests.console.conftest import (
     SIZE,
@@ -221,3 +222,20 @@ async def test_a_write_refused_during_an_outage_keeps_the_dialog_and_what_was_ty
         await wait_for(pilot, lambda: not isinstance(app.screen, NewKeyScreen), 20)
         assert (await kv.get(b"/w/config/kept")).value == b"typed value"
     await kv.close()
+
+
+async def test_history_says_when_a_revision_changed_only_the_lease(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    await seed(kv, ns)
+    lease = await kv.lease(300)
+    await kv.put(ns + b"top", b"plain", lease=lease)
+    app = console_for(store.url, ns)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await select(pilot, ns + b"top")
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        await pilot.pause()
+        lines = [str(s.render()) for s in app.screen.query(".history-rev")]
+        assert f"lease {lease.id:x}  only the lease changed (was none)" in lines[0]

@@ -68,7 +68,9 @@ def terminal() -> Iterator[Terminal]:
 
 
 def unit_row(screen: str, unit: str) -> str:
-    return next((line for line in screen.splitlines() if line.startswith(unit)), "")
+    """The row of ``unit``, without the mark column (✓ or blank) before it."""
+    rows = (line.lstrip(" ✓") for line in screen.splitlines())
+    return next((row for row in rows if row.startswith(unit)), "")
 
 
 def wait_for_row(terminal: Terminal, unit: str, *words: str, within: float = 30.0) -> str:
