@@ -507,6 +507,8 @@ def palette_target(pane: Widget, action: str) -> str | None:
         child = pane.key_tree.cursor_child
         if child is None or not child.path:
             return None
+        if child.is_dir and action in ("edit", "history"):
+            return None
         return text_literal(child.path.decode("utf-8", "backslashreplace"))
     return ""
 

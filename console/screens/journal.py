@@ -190,7 +190,7 @@ class JournalPane(Container):
             return
         text.append_text(literal(self.title, "bold"))
         if self.whole_cluster:
-            text.append("  (j on a unit or machine narrows)", style="dim")
+            text.append("  (j narrows)", style="dim")
         text.append(f"   {plural(view.count, 'line')}")
         if view.max_priority is not None:
             text.append(f"   priority ≤ {view.priority_name(view.max_priority)}", style="cyan")

@@ -347,11 +347,21 @@ class KeysPane(Container):
         # Bindings run only once a key has bubbled up to the app, by which time the keys
         # typed right after `/` have already gone to the tree. So the filter opens here,
         # as `/` passes, and the keys behind it are handed over as they follow.
+        dialog = self.app.screen
+        if isinstance(dialog, NewKeyScreen) and dialog is not self.screen:
+            dialog.type_ahead(event)
+            event.stop()
+            event.prevent_default()
+            return
         filter_bar = self.query_one(FilterBar)
         keymap: dict[str, str] = getattr(self.app, "user_keymap", {})
         opening = self.screen.focused is not filter_bar
         if opening and event.key in keymap.get("keys.filter", "slash").split(","):
             filter_bar.open()
+        elif opening and not self.read_only and event.key in keymap.get("keys.new", "n").split(","):
+            # The same for `n`: the dialog is up before the keys behind it are read, so
+            # they reach its fields (a quick tab included) instead of the tree.
+            self.action_new()
         elif not filter_bar.type_ahead(event):
             return
         event.stop()

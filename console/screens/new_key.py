@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -76,6 +76,7 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
     ) -> None:
         super().__init__()
         self.directory = directory
+        self._early: list[events.Key] = []
         self.save = save
         """Writes the key; returns why it failed. The dialog stays open until it succeeds,
         so a write refused during an outage loses nothing typed."""
@@ -103,6 +104,41 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
         # a quick tab moves on from the path instead of being taken before it has focus.
         path.focus()
         path.cursor_position = len(path.value)
+        self.call_after_refresh(self._replay)
+
+    def _replay(self) -> None:
+        early, self._early = self._early, []
+        for event in early:
+            self._take(event, tab=True)
+
+    def on_key(self, event: events.Key) -> None:
+        """Keys typed right behind `n` that reach the screen before a field has focus."""
+        if self._take(event):
+            event.stop()
+            event.prevent_default()
+
+    def type_ahead(self, event: events.Key) -> None:
+        """A key typed behind `n` that reached the pane below first: kept until the fields
+        are up, then typed into them in order (a tab moves on to the next field)."""
+        if self.is_mounted and self.focused is not None:
+            self._take(event, tab=True)
+        else:
+            self._early.append(event)
+
+    def _take(self, event: events.Key, tab: bool = False) -> bool:
+        target = self.focused
+        if tab and event.key in ("tab", "shift+tab"):
+            (self.focus_next if event.key == "tab" else self.focus_previous)()
+            return True
+        if not event.is_printable or not event.character:
+            return False
+        if isinstance(target, Input):
+            target.insert_text_at_cursor(event.character)
+        elif isinstance(target, TextArea):
+            target.insert(event.character)
+        else:
+            return False
+        return True
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
