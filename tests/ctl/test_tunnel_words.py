@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backend.etcd import AuthFailed, StoreTimeout, error_words
 from backend.fleet.registry import Registry
 from tests.ctl.conftest import CtlRunner
-from tests.ctl.test_ctl import _ssh_flags, seed
+from tests.ctl.test_ctl import _ssh_flags, cli, seed
+from tests.harness.etcd import TLSFiles, start_etcd
+from tests.harness.pki import CA
 from tests.harness.sshd import SSHServer, keygen
 
 
@@ -72,3 +75,27 @@ async def test_an_absent_known_hosts_default_is_named_beside_the_file_read(
     assert result.code == 1
     assert f"({absent} does not exist, so ssh's file was read)" in result.err
     assert f">> {absent}`" in result.err
+
+
+def test_tls_and_timeout_errors_name_their_cause_and_next_step(tmp_path: Path) -> None:
+    """One function words every store error, for clusterctl and the console alike."""
+    ca = CA(tmp_path / "pki")
+    other = CA(tmp_path / "other")
+    server = ca.issue("etcd-server", server=True)
+    member = start_etcd(tmp_path, tls=TLSFiles(server.cert, server.key, ca.path, False))
+    try:
+        wrong = cli("--endpoint", member.url, "--ca-file", str(other.path), "list-machines", env={})
+        assert wrong.returncode == 1
+        last = wrong.stderr.splitlines()[-1]
+        assert last.startswith(f"Error: the TLS handshake with {member.url} failed"), last
+        assert last.endswith("check --cacert, --cert and --key against the server's certificate")
+    finally:
+        member.stop()
+    timeout = StoreTimeout("Deadline Exceeded")
+    words = error_words(timeout, ["http://10.0.0.1:2379"], timeout=3, waited_for="the status")
+    assert words == (
+        "http://10.0.0.1:2379 gave no answer within 3 s while waiting for the status; "
+        "is the store overloaded, or a member down?"
+    )
+    auth = error_words(AuthFailed("authentication failed"), ["http://a:1"])
+    assert auth.startswith("the store at http://a:1 refused the credentials")
