@@ -139,6 +139,9 @@ def test_the_demo_opens_navigates_helps_and_quits_cleanly_in_a_terminal(terminal
     terminal.keys("echo shell-$((6*7)) in $PWD", "Enter")
     screen = terminal.wait_for("shell-42 in ")
     assert "/node" in screen
+    # The shell finds the clusterd the console runs (issue 13).
+    terminal.keys("echo found-$(command -v clusterd)", "Enter")
+    terminal.wait_for("found-/")
     terminal.keys("exit", "Enter")
     terminal.wait_for("o Shell")
     terminal.keys("1", "q")
