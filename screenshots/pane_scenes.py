@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from backend.etcd import make_client
 from backend.fleet.registry import Registry
@@ -218,7 +219,10 @@ async def save_journal(pilot: Pilot) -> None:
     await wait_for(pilot, lambda: pane.view.total == 10)
     await pilot.press("S")
     await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))
-    app.screen.query_one("#prompt-input").value = "journal-core-1.log"
+    field = app.screen.query_one("#prompt-input", Input)
+    # A blinking cursor would be drawn or not depending on when the picture is taken.
+    field.cursor_blink = False
+    field.value = "journal-core-1.log"
     await pilot.pause()
 
 
