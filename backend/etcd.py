@@ -12,6 +12,7 @@ import functools
 import inspect
 import ipaddress
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import grpc
 from aetcd import rpc
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+DIAL_SECONDS = 1.0
+"""How long diagnosing a timeout waits for a TCP connection to an endpoint."""
 
 
 class EtcdError(aex.ClientError):
@@ -187,8 +190,37 @@ async def _typed_for(client: Any, error: BaseException) -> EtcdError:
 
 
 async def diagnose(client: Any, error: BaseException) -> EtcdError:
-    """The typed error for ``error``, probing ``client``'s channel when it was a bare timeout."""
+    """The typed error for ``error``, probing ``client``'s channel when it was a bare timeout.
+
+    A plain TCP dial of each endpoint comes first: a refused port, no route or an unknown
+    name answers at once, where gRPC's own probe waits for its reconnect backoff.
+    """
+    typed = typed_error(error)
+    channel = getattr(client, "channel", None)
+    if isinstance(typed, StoreTimeout) and channel is not None:
+        if channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY:
+            reason = await _dial_reason(getattr(client, "endpoints", []))
+            if reason:
+                return StoreUnavailable(reason)
     return await _typed_for(client, error)
+
+
+async def _dial_reason(endpoints: Sequence[Endpoint]) -> str:
+    """Why no endpoint takes a TCP connection, or "" when one does (or none is known)."""
+    reasons = []
+    for endpoint in endpoints:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(endpoint.host, endpoint.port), DIAL_SECONDS
+            )
+        except (OSError, TimeoutError) as error:
+            number = getattr(error, "errno", None)
+            why = os.strerror(number) if number else "no answer to a TCP dial"
+            reasons.append(f"{endpoint.url}: {why}")
+            continue
+        writer.close()
+        return ""
+    return "; ".join(reasons)
 
 
 _CAUSES: list[tuple[tuple[str, ...], str, str]] = [
