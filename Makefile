@@ -6,20 +6,27 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+SHELL  := /bin/bash
+# What pip is doing, one line per package, instead of 20 silent seconds.
+PROGRESS := grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' | sed -u 's/^/  /'
 
 .PHONY: install demo test test-deps lint format bench screenshots clean
 
 $(PY):
+	@echo "make: creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e .
-	touch $@
+	@echo "make: installing clustertui and its dependencies into $(VENV) (once, about 20 s)"
+	@set -o pipefail; $(PIP) install -e . 2>&1 | $(PROGRESS)
+	@touch $@
+	@echo "make: installed"
 
 $(TSTAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[test]'
-	touch $@ $(STAMP)
+	@echo "make: installing clustertui with its test tools into $(VENV) (once)"
+	@set -o pipefail; $(PIP) install -e '.[test]' 2>&1 | $(PROGRESS)
+	@touch $@ $(STAMP)
 
 install: $(STAMP)
 

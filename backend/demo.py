@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,10 +267,12 @@ def run(args: argparse.Namespace) -> int:
     if args.machines < 1:
         print("clusterd demo: --machines must be at least 1", file=sys.stderr)
         return 2
+    temporary = not args.data_dir
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="clusterd-demo-"))
     root = root.resolve()
-    # SIGTERM ends the demo the way Ctrl-C does: through the finally below.
+    # SIGTERM and a closed terminal end the demo the way Ctrl-C does: through the finally.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
     cluster = None
     netns = args.netns
     if netns and (why := netns_possible()):
@@ -285,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         if cluster is not None:
-            print("stopping the demo cluster…", flush=True)
+            with contextlib.suppress(OSError):
+                print("stopping the demo cluster…", flush=True)
             cluster.stop()
+        if temporary:
+            # A temporary directory goes with the demo, whichever way it ended.
+            shutil.rmtree(root, ignore_errors=True)
     return 0

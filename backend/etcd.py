@@ -12,6 +12,7 @@ import functools
 import inspect
 import ipaddress
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import grpc
 from aetcd import rpc
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+DIAL_SECONDS = 1.0
+"""How long diagnosing a timeout waits for a TCP connection to an endpoint."""
 
 
 class EtcdError(aex.ClientError):
@@ -184,6 +187,96 @@ async def _typed_for(client: Any, error: BaseException) -> EtcdError:
         pass
     urls = ", ".join(endpoint.url for endpoint in getattr(client, "endpoints", []))
     return StoreUnavailable(f"no answer from {urls or 'the store'} ({typed.args[0]})")
+
+
+async def diagnose(client: Any, error: BaseException) -> EtcdError:
+    """The typed error for ``error``, probing ``client``'s channel when it was a bare timeout.
+
+    A plain TCP dial of each endpoint comes first: a refused port, no route or an unknown
+    name answers at once, where gRPC's own probe waits for its reconnect backoff.
+    """
+    typed = typed_error(error)
+    channel = getattr(client, "channel", None)
+    if isinstance(typed, StoreTimeout) and channel is not None:
+        if channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY:
+            reason = await _dial_reason(getattr(client, "endpoints", []))
+            if reason:
+                return StoreUnavailable(reason)
+    return await _typed_for(client, error)
+
+
+async def _dial_reason(endpoints: Sequence[Endpoint]) -> str:
+    """Why no endpoint takes a TCP connection, or "" when one does (or none is known)."""
+    reasons = []
+    for endpoint in endpoints:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(endpoint.host, endpoint.port), DIAL_SECONDS
+            )
+        except (OSError, TimeoutError) as error:
+            number = getattr(error, "errno", None)
+            why = os.strerror(number) if number else "no answer to a TCP dial"
+            reasons.append(f"{endpoint.url}: {why}")
+            continue
+        writer.close()
+        return ""
+    return "; ".join(reasons)
+
+
+_CAUSES: list[tuple[tuple[str, ...], str, str]] = [
+    (("connection refused",), "connection refused", "is the store running there?"),
+    (
+        ("no route to host", "network is unreachable", "host is unreachable"),
+        "no route to the host",
+        "check the address, the network and any firewall, or reach it with --tunnel",
+    ),
+    (
+        ("resolving", "name not found", "lookup", "name or service not known"),
+        "its host name does not resolve",
+        "check the host name in the endpoint",
+    ),
+    (("connection reset", "broken pipe", "eof"), "the connection was cut", "is it a store?"),
+]
+
+
+def error_words(
+    error: BaseException,
+    endpoints: Sequence[str] = (),
+    *,
+    timeout: float | None = None,
+    waited_for: str = "an answer",
+    wait_longer: str = "",
+) -> str:
+    """The words the console and clusterctl both show for a store error: what happened, its
+    cause (refused, no route, TLS, auth, timeout with what was waited for) and the next step."""
+    typed = typed_error(error)
+    where = ", ".join(endpoints) or "the endpoints given"
+    details = str(typed.args[0]) if typed.args else str(typed)
+    lowered = details.lower()
+    if isinstance(typed, TLSError):
+        return (
+            f"the TLS handshake with {where} failed ({details}); "
+            "check --cacert, --cert and --key against the server's certificate"
+        )
+    if isinstance(typed, AuthFailed):
+        return (
+            f"the store at {where} refused the credentials ({details}); check the user and password"
+        )
+    if isinstance(typed, PermissionDenied):
+        return f"the store at {where} denied the request ({details}); check the user's role"
+    for needles, cause, step in _CAUSES:
+        if any(needle in lowered for needle in needles):
+            return f"nobody answers at {where}: {cause}; {step}"
+    if isinstance(typed, StoreTimeout):
+        within = f" within {timeout:g} s" if timeout else ""
+        longer = f" ({wait_longer} to wait longer)" if wait_longer else ""
+        return (
+            f"{where} gave no answer{within} while waiting for {waited_for}; "
+            f"is the store overloaded, or a member down?{longer}"
+        )
+    if isinstance(typed, StoreUnavailable):
+        return f"nobody answers at {where} ({details}); is the store running there?"
+    return str(typed)
 
 
 def _translating(method: Any) -> Any:

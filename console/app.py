@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 
-from backend.etcd import EtcdError
+from backend.etcd import EtcdError, diagnose, error_words
 from backend.text import literal as text_literal
 from console.cluster import ClusterFeed, ClusterModel
 from console.config import (
@@ -51,13 +52,14 @@ from console.screens.table_pane import TablePane
 from console.screens.text_view import TextScreen
 from console.screens.ttl import TTLScreen
 from console.screens.units import UnitsPane, short_id
-from console.session import Session
+from console.session import STATUS_TIMEOUT, Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader
 from widgets.filter_bar import FilterBar
 from widgets.journal_view import DEFAULT_LIMIT, JournalView
 from widgets.key_tree import KeyTree
 from widgets.line_table import LineTable
+from widgets.literal import plural
 
 TABS = [
     ("keys", "Keys"),
@@ -74,6 +76,20 @@ TICK_SECONDS = 1.0
 """How often leases are read again and countdowns move."""
 
 
+class ClusterFooter(Footer):
+    """The footer with `? Help` and `q Quit` first, so a narrow terminal keeps them;
+    compact below 100 columns."""
+
+    def compose(self) -> ComposeResult:
+        keys = list(super().compose())
+        first = [key for key in keys if getattr(key, "action", "") in ("help", "quit")]
+        yield from first
+        yield from (key for key in keys if key not in first)
+
+    def on_resize(self) -> None:
+        self.compact = self.size.width < 100
+
+
 class ClusterConsole(App[None]):
     """The console frame: header, the five tabs, the footer of the focused pane's bindings."""
 
@@ -83,6 +99,13 @@ class ClusterConsole(App[None]):
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("colon", "command_palette", "Commands", show=False, id="app.commands"),
+        # Textual adds its own ctrl+p only when no binding opens the palette; `:` does, so
+        # ctrl+p is bound here too (as a priority, like Textual's: it works in every pane).
+        Binding(
+            "ctrl+p", "command_palette", "Commands", show=False, priority=True, id="app.palette"
+        ),
+        # Textual's ctrl+c only says "press ctrl+q"; here it quits, as in a shell.
+        Binding("ctrl+c", "quit", "Quit", show=False, id="app.interrupt"),
         *[
             Binding(str(number), f"show_tab('{tab}')", title, show=False, id=f"app.tab.{tab}")
             for number, (tab, title) in enumerate(TABS, start=1)
@@ -119,6 +142,8 @@ class ClusterConsole(App[None]):
         """Fleet's and flannel's keys as the watches deliver them; the cluster panes show it."""
         self.feed: ClusterFeed | None = None
         self._was_reconnecting = False
+        self.unreachable_words = ""
+        """Why the store did not answer, as last notified; empty while it answers."""
         settings = session.settings
         self.access = MachineAccess(
             tunnel=session.tunnel,
@@ -154,7 +179,7 @@ class ClusterConsole(App[None]):
             ):
                 with TabPane(f"{number} {title}", id=tab):
                     yield pane
-        yield Footer()
+        yield ClusterFooter()
 
     def notify(
         self,
@@ -220,6 +245,15 @@ class ClusterConsole(App[None]):
             pane.update_from_model()
         self.units_pane.check_convergence()
         self.cluster_header.revision = max(self.cluster_header.revision, self.model.revision)
+        journal = self.journal_pane
+        if journal.whole_cluster or (not journal.title and self._active_tab() == "journal"):
+            followed = sorted(f.machine.id for f in journal.followers)
+            machines = sorted(i for i, m in self.model.fleet.machines.items() if not m.problem)
+            if followed != machines:
+                self.follow_whole_cluster()
+
+    def _active_tab(self) -> str:
+        return self.screen_stack[0].query_one(TabbedContent).active
 
     @work(exclusive=True, group="cluster-leases")
     async def read_leases(self) -> None:
@@ -271,6 +305,16 @@ class ClusterConsole(App[None]):
         self.journal_pane.follow(targets, f"{what} on {where}")
         self.action_show_tab("journal")
 
+    def follow_whole_cluster(self) -> None:
+        """The journal pane on every machine, merged by time: what it shows when nothing
+        was chosen (j on a unit or a machine narrows it)."""
+        machines = [m for _, m in sorted(self.model.fleet.machines.items()) if not m.problem]
+        if not machines:
+            return
+        targets = [Target(machine, [], short_id(machine.id)) for machine in machines]
+        title = f"the whole cluster: {plural(len(machines), 'machine')}"
+        self.journal_pane.follow(targets, title, whole_cluster=True)
+
     @on(MachinesPane.JournalRequested)
     def _journal_of_machine(self, event: MachinesPane.JournalRequested) -> None:
         machine = self.model.fleet.machines.get(event.machine_id)
@@ -303,8 +347,9 @@ class ClusterConsole(App[None]):
         while True:
             try:
                 status = await self.session.status()
-            except EtcdError:
+            except EtcdError as error:
                 self.attempt += 1
+                await self._say_why_unreachable(error)
                 tunnel = self.session.tunnel
                 shown = (
                     tunnel.attempt if tunnel and tunnel.state == "reconnecting" else self.attempt
@@ -313,12 +358,31 @@ class ClusterConsole(App[None]):
                 await asyncio.sleep(min(0.5 * 2**self.attempt, MAX_BACKOFF))
                 continue
             self.attempt = 0
+            if self.unreachable_words:
+                self.notify(f"the store answers again at {self.session.endpoint_label}")
+            self.unreachable_words = ""
             header = self.cluster_header
             header.revision = max(header.revision, status.revision)
             header.member = status.member
             header.leader = status.leader
             header.state = "connected"
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _say_why_unreachable(self, error: EtcdError) -> None:
+        """Tell why the store does not answer (once per distinct reason) in the words
+        clusterctl uses."""
+        typed = await diagnose(self.session.client, error)
+        words = error_words(
+            typed,
+            list(self.session.settings.endpoints),
+            timeout=STATUS_TIMEOUT,
+            waited_for="the store's status",
+        )
+        if self.session.tunnel is not None:
+            words = f"{words} (through the tunnel via {self.session.via})"
+        if words != self.unreachable_words:
+            self.unreachable_words = words
+            self.notify(words, title="store unreachable", severity="error", markup=False)
 
     def on_keys_pane_revision_seen(self, message: KeysPane.RevisionSeen) -> None:
         self.cluster_header.revision = max(self.cluster_header.revision, message.revision)
@@ -330,6 +394,8 @@ class ClusterConsole(App[None]):
         if tab == "keys":
             self.call_after_refresh(self.keys_pane.key_tree.focus)
         elif tab == "journal":
+            if not self.journal_pane.title:
+                self.follow_whole_cluster()
             self.call_after_refresh(self.journal_pane.view.focus)
         else:
             pane = {"machines": self.machines_pane, "units": self.units_pane,
@@ -347,8 +413,6 @@ class ClusterConsole(App[None]):
                 keys = self.user_keymap.get(binding.id or "", binding.key)
                 shown = ", ".join(self.get_key_display(Binding(key, "")) for key in keys.split(","))
                 rows.append((section, shown, binding.description, binding.id or ""))
-            if section == "Console":
-                rows.append((section, "ctrl+p", "Command palette", "(textual)"))
         return rows
 
     def _sections(self) -> list[tuple[str, list[Binding], set[str]]]:
@@ -395,6 +459,8 @@ class ClusterConsole(App[None]):
                 partial(self.action_show_tab, tab),
             )
         yield SystemCommand("Help", "list every binding (?)", self.action_help)
+        # Only the pane on view offers its actions, each naming what it will act on: nothing
+        # acts on a selection out of sight, and one with no target is not offered at all.
         panes = {
             "Keys pane": ("keys", self.keys_pane),
             "Machines": ("machines", self.machines_pane),
@@ -402,23 +468,49 @@ class ClusterConsole(App[None]):
             "Subnets": ("subnets", self.subnets_pane),
             "Journal": ("journal", self.journal_pane),
         }
+        active = self._active_tab()
         for section, bindings, hidden in self._sections():
-            if section not in panes:
+            if section not in panes or panes[section][0] != active:
                 continue
             tab, pane = panes[section]
             title = "Keys" if section == "Keys pane" else section
             for binding in bindings:
                 if binding.action in hidden:
                     continue
+                target = palette_target(pane, binding.action)
+                if target is None:
+                    continue
+                on = f" {target}" if target else ""
                 yield SystemCommand(
-                    f"{title}: {binding.description}",
-                    f"{binding.description} ({binding.key})",
+                    f"{title}: {binding.description}{on}",
+                    f"{binding.description}{on} ({binding.key})",
                     partial(self._run_pane_action, tab, pane, binding.action),
                 )
 
     def _run_pane_action(self, tab: str, pane: Widget, action: str) -> None:
         self.action_show_tab(tab)
         self.run_worker(pane.run_action(action), group="palette")
+
+
+def palette_target(pane: Widget, action: str) -> str | None:
+    """What a palette command of ``pane`` acts on, as its title names it: "" when it needs
+    no target, None when it needs one and nothing is chosen (it is then not offered)."""
+    if isinstance(pane, UnitsPane) and action in UnitsPane.TARGET_ACTIONS:
+        names = pane.chosen()
+        if not names:
+            return None
+        return names[0] if len(names) == 1 else f"{len(names)} marked units"
+    if isinstance(pane, MachinesPane) and action in MachinesPane.TARGET_ACTIONS:
+        row = pane.table.cursor_row
+        return f"machine {short_id(row.key)}" if row is not None else None
+    if isinstance(pane, KeysPane) and action in KeysPane.TARGET_ACTIONS:
+        child = pane.key_tree.cursor_child
+        if child is None or not child.path:
+            return None
+        if child.is_dir and action in ("edit", "history"):
+            return None
+        return text_literal(child.path.decode("utf-8", "backslashreplace"))
+    return ""
 
 
 def _line_count(text: str) -> int:
@@ -537,10 +629,16 @@ async def run_demo(
     with tempfile.TemporaryDirectory(prefix="clustertui-demo-") as root:
         print("clustertui: starting the demo cluster (store, 3 nodes, units)…", file=sys.stderr)
         cluster = await demo.start_cluster(Path(root), netns=netns)
+
+        def hang_up() -> None:
+            # The hang-up leaves at once (os._exit): no `with` block is left to clean up.
+            cluster.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
         try:
             settings = ClusterSettings(name="demo", endpoints=(cluster.url,), read_only=read_only)
             return await run_console(
-                settings, config, journal_limit=journal_limit, on_hangup=cluster.stop
+                settings, config, journal_limit=journal_limit, on_hangup=hang_up
             )
         finally:
             # Nothing printed here: after a hang-up the terminal is gone, and a failed

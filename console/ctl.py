@@ -18,7 +18,8 @@ from typing import TextIO
 
 import asyncssh
 
-from backend.etcd import EtcdClient, EtcdError, make_client
+from backend.etcd import EtcdClient, EtcdError, diagnose, error_words, make_client
+from backend.fleet.demo import clusterd_command
 from backend.fleet.registry import (
     DEFAULT_PREFIX,
     ClusterState,
@@ -206,6 +207,8 @@ class Ctl:
                 strict=self._strict,
                 username=self.args.ssh_username,
                 timeout=float(self.args.ssh_timeout),
+                identity_flag="--ssh-identity-file",
+                known_hosts_label=self.args.known_hosts_file,
             )
         except (TunnelError, OSError, asyncssh.Error) as error:
             raise CtlError(
@@ -848,7 +851,7 @@ def is_local(machine: Machine, *, tunnelled: bool) -> bool:
 
 def local_clusterd(command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment that run a ``clusterd …`` command with this checkout's code."""
-    argv = [sys.executable, "-m", "backend.daemon", *command[1:]]
+    argv = [*clusterd_command(), *command[1:]]
     return argv, {**os.environ, "PYTHONPATH": _repo_path()}
 
 
@@ -978,7 +981,19 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except CtlError as error:
         print(literal(str(error)), file=err)
         return 1
-    except (EtcdError, RegistryError) as error:
+    except EtcdError as error:
+        typed = await diagnose(ctl.client, error)
+        endpoints = [url for url in args.endpoint.split(",") if url.strip()]
+        words = error_words(
+            typed,
+            endpoints,
+            timeout=float(args.request_timeout),
+            waited_for=f"the store's reply to {args.command}",
+            wait_longer="raise --request-timeout",
+        )
+        print(literal(f"Error: {words}"), file=err)
+        return 1
+    except RegistryError as error:
         print(literal(f"Error: {error}"), file=err)
         return 1
     finally:

@@ -155,11 +155,15 @@ class JournalFollower:
         self.cursor = ""
         """The cursor of the last delivered line: a reconnect resumes after it."""
         self.state = "connecting"
+        self.ever_followed = False
+        """Whether this journal was ever read: a loss is news only then."""
         self.error = ""
         self.reconnects = 0
 
     def _set_state(self, state: str, error: str = "") -> None:
         self.state = state
+        if state == "following":
+            self.ever_followed = True
         self.error = error
         if self.on_state is not None:
             self.on_state(self, state)

@@ -136,6 +136,55 @@ async def list_dir(
     return Listing(prefix, children, revision)
 
 
+SEARCH_LIMIT = 10_000
+"""The most keys a filter search shows; it says when there were more."""
+
+
+@dataclass
+class Search:
+    """What a filter found in the store: matching keys, the directories down to them."""
+
+    keys: set[bytes]
+    directories: set[bytes]
+    scanned: int
+    truncated: bool
+
+
+async def search(
+    client: EtcdClient, prefix: bytes, matches: Callable[[str], bool], limit: int = SEARCH_LIMIT
+) -> Search:
+    """Every key under ``prefix`` whose path (as shown, below ``prefix``) ``matches``: the
+    whole store is read keys-only, a page at a time, not only the directories listed."""
+    start, end = range_of(prefix)
+    keys: set[bytes] = set()
+    directories: set[bytes] = set()
+    scanned = 0
+    revision = 0
+    while True:
+        response = await _range(
+            client,
+            rpc.RangeRequest(
+                key=start, range_end=end, keys_only=True, limit=MAX_PAGE, revision=revision
+            ),
+        )
+        revision = revision or response.header.revision
+        for kv in response.kvs:
+            scanned += 1
+            shown = kv.key[len(prefix) :].decode("utf-8", "backslashreplace")
+            if not matches(shown):
+                continue
+            if len(keys) >= limit:
+                return Search(keys, directories, scanned, True)
+            keys.add(kv.key)
+            at = len(prefix)
+            while (cut := kv.key.find(b"/", at + 1)) != -1:
+                directories.add(kv.key[: cut + 1])
+                at = cut
+        if not response.more or not response.kvs:
+            return Search(keys, directories, scanned, False)
+        start = response.kvs[-1].key + b"\0"
+
+
 async def _count_all(client: EtcdClient, directories: list[Child], revision: int) -> None:
     """Set each directory's count of keys: one transaction of count-only ranges per batch."""
     for at in range(0, len(directories), TXN_OPS):

@@ -12,6 +12,8 @@ from backend.etcd import Endpoint, EtcdClient, EtcdError, make_client, typed_err
 from console.config import ClusterSettings
 from console.tunnel import Tunnel, TunnelState, open_tunnel
 
+STATUS_TIMEOUT = 3.0
+
 
 @dataclass(frozen=True)
 class StoreStatus:
@@ -59,8 +61,11 @@ class Session:
 
     @property
     def via(self) -> str:
-        """``user@host`` of the tunnel, or empty."""
-        return self.tunnel.who if self.tunnel else ""
+        """``user@host[:port]`` of the tunnel, or empty."""
+        if self.tunnel is None:
+            return ""
+        port = f":{self.tunnel.spec.port}" if self.tunnel.spec.port else ""
+        return f"{self.tunnel.who}{port}"
 
     @property
     def client(self) -> EtcdClient:
@@ -84,7 +89,7 @@ class Session:
         await client.connect()
         try:
             status = await client.maintenancestub.Status(
-                rpc.StatusRequest(), timeout=3.0, metadata=client.metadata
+                rpc.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=client.metadata
             )
         except Exception as error:
             raise typed_error(error) from error

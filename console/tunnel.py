@@ -121,12 +121,19 @@ class Tunnel:
         username: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         on_state: Callable[[TunnelState, int], None] | None = None,
+        identity_flag: str = "--identity",
+        known_hosts_label: str | None = None,
     ) -> None:
         self.spec = spec
+        self.identity_flag = identity_flag
+        """The flag of the program using the tunnel that names an identity file."""
+        self.known_hosts_label = known_hosts_label
+        """How errors name the known hosts file when the program's default was absent."""
         self.identity = identity
         self.known_hosts = known_hosts
         self.strict = strict
-        self.username = username or spec.username
+        # The user named in the spec wins over the --ssh-username default, as with ssh.
+        self.username = spec.username or username
         self.timeout = timeout
         self.on_state = on_state
         self.password: str | None = None
@@ -197,7 +204,7 @@ class Tunnel:
             except asyncssh.PermissionDenied as error:
                 raise TunnelError(
                     f"{self.who} refused every key offered (agent and identity files); "
-                    "check --identity, ssh-add -l, or the user name"
+                    f"check {self.identity_flag}, ssh-add -l, or the user name"
                 ) from error
             except (OSError, asyncssh.Error, TimeoutError) as error:
                 reason = _reason(error)
@@ -216,11 +223,15 @@ class Tunnel:
             if key is not None:
                 fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
         known = self.known_hosts or "~/.ssh/known_hosts"
-        scan = f"ssh-keyscan -p {port} {self.spec.host} >> {known}"
+        shown = known
+        if self.known_hosts is None and self.known_hosts_label:
+            shown = f"{known} ({self.known_hosts_label} does not exist, so ssh's file was read)"
+        scan = f"ssh-keyscan -p {port} {self.spec.host} >> {self.known_hosts_label or known}"
+        why = _host_key_problem(known, self.spec.host, port)
         return HostKeyUntrusted(
-            f"the host key of {self.spec.host}:{port} ({fingerprint}) is not trusted: it is "
-            f"not in {known}, or it changed ({error}). If the fingerprint is right, trust it "
-            f"with `{scan}`, or pass --strict-host-key-checking=false"
+            f"the host key of {self.spec.host}:{port} ({fingerprint}) is not trusted: {why} "
+            f"{shown} ({error}). If the fingerprint is right, trust it with `{scan}`, or pass "
+            "--strict-host-key-checking=false"
         )
 
     async def _listen(self, connection: asyncssh.SSHClientConnection) -> None:
@@ -302,6 +313,18 @@ class Tunnel:
         self._set_state("closed")
 
 
+def _host_key_problem(path: str, host: str, port: int) -> str:
+    """Whether ``host`` is absent from the known hosts file, or listed with another key."""
+    try:
+        known = asyncssh.read_known_hosts(os.path.expanduser(path))
+        listed = any(known.match(host, "", port)[:3])
+    except (OSError, ValueError, asyncssh.Error):
+        return "it is not listed in"
+    if listed:
+        return "it CHANGED: another key is listed for it in"
+    return "it is not listed in"
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
@@ -327,6 +350,8 @@ async def open_tunnel(
     username: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     on_state: Callable[[TunnelState, int], None] | None = None,
+    identity_flag: str = "--identity",
+    known_hosts_label: str | None = None,
 ) -> Tunnel:
     """Open a tunnel through ``[user@]host[:port]`` to each of ``endpoints``.
 
@@ -344,5 +369,7 @@ async def open_tunnel(
         username=username,
         timeout=timeout,
         on_state=on_state,
+        identity_flag=identity_flag,
+        known_hosts_label=known_hosts_label,
     )
     return await tunnel.open()

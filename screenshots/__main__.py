@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backend import demo
 from screenshots.pane_scenes import PANE_SCENES, pane_console, seed_cluster
-from screenshots.scenes import SCENES, SIZE, Scene, scene_console
+from screenshots.scenes import SCENES, Scene, scene_console
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,7 +27,7 @@ async def render(scene: Scene, url: str, out: Path, *, panes: bool = False) -> P
         app = pane_console(url)
     else:
         app = scene_console(_dead_url() if scene.store_down else url)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=scene.size) as pilot:
         await scene.drive(pilot)
         app.save_screenshot(filename=f"{scene.name}.svg", path=str(out))
     return out / f"{scene.name}.svg"

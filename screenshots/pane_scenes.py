@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from backend.etcd import make_client
 from backend.fleet.registry import Registry
@@ -116,6 +117,8 @@ async def settle(pilot: Pilot, tab: str) -> ClusterConsole:
     app.cluster_header.revision = app.model.revision
     for pane in app.table_panes:
         pane.update_from_model()
+    # The journal scenes show canned lines: no reader is started on the fixed machines.
+    app.journal_pane.title = "(canned)"
     await pilot.press(tab)
     await pilot.pause()
     return app
@@ -158,7 +161,8 @@ def journal_lines() -> list[JournalEntry]:
 async def journal(pilot: Pilot) -> None:
     app = await settle(pilot, "5")
     pane = app.journal_pane
-    pane.title = "hello.service, flaky.service, web@8080.service … on 3 machines"
+    pane.title = "the whole cluster: 3 machines"
+    pane.whole_cluster = True
     pane.receive(journal_lines())
     await wait_for(pilot, lambda: pane.view.total == 10)
     await pilot.press("slash", *"hello", "enter")
@@ -187,7 +191,7 @@ async def unit_file(pilot: Pilot) -> None:
 async def stop_confirmation(pilot: Pilot) -> None:
     app = await settle(pilot, "3")
     app.units_pane.table.move_to("flaky.service")
-    await pilot.press("space", "space", "space", "x")
+    await pilot.press("space", "down", "space", "down", "space", "x")
     await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
     await pilot.pause()
 
@@ -215,7 +219,10 @@ async def save_journal(pilot: Pilot) -> None:
     await wait_for(pilot, lambda: pane.view.total == 10)
     await pilot.press("S")
     await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen))
-    app.screen.query_one("#prompt-input").value = "journal-core-1.log"
+    field = app.screen.query_one("#prompt-input", Input)
+    # A blinking cursor would be drawn or not depending on when the picture is taken.
+    field.cursor_blink = False
+    field.value = "journal-core-1.log"
     await pilot.pause()
 
 
@@ -229,4 +236,6 @@ PANE_SCENES = [
     Scene("stop-confirmation", stop_confirmation),
     Scene("submit-error", submit_error),
     Scene("save-journal", save_journal),
+    Scene("units-80x24", units, size=(80, 24)),
+    Scene("unit-status-80x24", unit_status, size=(80, 24)),
 ]

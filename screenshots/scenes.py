@@ -80,6 +80,12 @@ async def reconnecting(pilot: Pilot) -> None:
     app.workers.cancel_group(app, "store-status")
     # How many attempts a slow machine got through is not part of the look.
     app.cluster_header.state = "reconnecting (attempt 1)"
+    # The reason is notified once it is known: wait for it, so every run shows it.
+    await wait_for(pilot, lambda: bool(app.unreachable_words))
+    # Said again with the shown endpoint: the dead store's port differs run to run.
+    app.clear_notifications()
+    words = app.unreachable_words.replace(app.session.settings.endpoints[0], SHOWN_ENDPOINT)
+    app.notify(words, title="store unreachable", severity="error", markup=False)
     await pilot.pause()
 
 
@@ -90,6 +96,8 @@ class Scene:
     name: str
     drive: Callable[[Pilot], Awaitable[None]]
     store_down: bool = False
+    size: tuple[int, int] = SIZE
+    """The terminal's columns and rows (the smallest supported is 80x24)."""
 
 
 SCENES = [

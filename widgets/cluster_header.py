@@ -32,26 +32,63 @@ class ClusterHeader(Static):
     """"connected", "connecting", "reconnecting (attempt N)" or an error."""
     read_only: reactive[bool] = reactive(False)
 
+    units: reactive[str] = reactive("")
+    """What the units pane shows, e.g. ``3 of 6 units shown, 2 marked``; empty when unknown."""
+
     def render(self) -> Text:
-        line = Text()
-        line.append("clustertui ", style="bold")
-        line.append_text(literal(self.cluster, "bold"))
-        line.append("  ")
-        line.append_text(literal(self.endpoint))
-        if self.via:
-            line.append("  via ")
-            line.append_text(literal(self.via))
-        if self.revision:
-            line.append(f"  rev {self.revision}")
-        if self.member:
-            line.append("  member ")
-            line.append_text(literal(self.member))
-        if self.leader:
-            line.append("  leader ")
-            line.append_text(literal(self.leader))
-        if self.read_only:
-            line.append("  read-only", style="bold yellow")
+        """The line, abbreviated to the width it has: the connection state always shows;
+        member, units, leader, revision, tunnel and endpoint give way first, in that order."""
+        width = self.content_region.width or self.size.width or 10_000
         style = "bold green" if self.state == "connected" else "bold yellow"
-        line.append("  ")
-        line.append_text(literal(self.state, style))
-        return line
+        state = literal(self.state, style)
+        state.truncate(max(width - 2, 8), overflow="ellipsis")
+        head = Text()
+        head.append("clustertui ", style="bold")
+        head.append_text(literal(self.cluster, "bold"))
+        # Each optional piece: full text, a short form, in the order they give way.
+        pieces: list[tuple[str, Text, Text | None]] = []
+        pieces.append(("endpoint", literal(self.endpoint), None))
+        if self.via:
+            pieces.append(("via", Text("via ") + literal(self.via), None))
+        if self.revision:
+            pieces.append(("revision", Text(f"rev {self.revision}"), None))
+        if self.member:
+            pieces.append(("member", Text("member ") + literal(self.member), None))
+        if self.leader:
+            pieces.append(("leader", Text("leader ") + literal(self.leader), None))
+        if self.units:
+            pieces.append(("units", literal(self.units), None))
+        if self.read_only:
+            pieces.append(("read-only", Text("read-only", style="bold yellow"), Text("ro")))
+        order = ["member", "units", "leader", "revision", "via", "endpoint"]
+        shown = {name: text for name, text, _ in pieces}
+
+        def line() -> Text:
+            out = head.copy()
+            for name, _, _ in pieces:
+                if name in shown:
+                    out.append("  ")
+                    out.append_text(shown[name])
+            out.append("  ")
+            out.append_text(state)
+            return out
+
+        result = line()
+        for name in order:
+            if result.cell_len <= width:
+                break
+            if name in ("endpoint", "via") and name in shown:
+                # Shortened before dropped: the end of an address says most.
+                room = shown[name].cell_len - (result.cell_len - width)
+                if room >= 12:
+                    text = shown[name].copy()
+                    text.truncate(room, overflow="ellipsis")
+                    shown[name] = text
+                    result = line()
+                    continue
+            shown.pop(name, None)
+            result = line()
+        if result.cell_len > width and "read-only" in shown:
+            shown["read-only"] = Text("ro", style="bold yellow")
+            result = line()
+        return result

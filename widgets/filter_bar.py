@@ -10,6 +10,7 @@ from rich.text import Text
 from textual import events, on
 from textual.binding import Binding
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Input
 
 Matcher = Callable[[str], bool]
@@ -73,10 +74,23 @@ class FilterBar(Input):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(placeholder="filter: text, ~regex, !inverted", id=id)
+        self._return_to: Widget | None = None
 
     def open(self) -> None:
+        focused = self.screen.focused
+        if focused is not self:
+            self._return_to = focused
         self.add_class("-active")
         self.screen.set_focus(self)
+
+    def give_focus_back(self) -> None:
+        """Focus what had it before the bar opened (the bar is hidden or left)."""
+        target = self._return_to
+        if target is not None and target.is_attached and target.display:
+            self.screen.set_focus(target)
+        elif self.parent is not None:
+            self.screen.set_focus(None)
+            self.screen.focus_next()
 
     def type_ahead(self, event: events.Key) -> bool:
         """Take a key typed right after `/` that reached the list first; whether it did."""
@@ -87,9 +101,13 @@ class FilterBar(Input):
         return True
 
     def action_close(self) -> None:
+        had_focus = self.screen.focused is self
         self.remove_class("-active")
         self.value = ""
         self.post_message(self.Applied(self, None))
+        if had_focus:
+            # Hidden, the bar would keep the focus and every key of the pane would be lost.
+            self.give_focus_back()
 
     @on(Input.Changed)
     def _typed(self, event: Input.Changed) -> None:
@@ -97,9 +115,12 @@ class FilterBar(Input):
         try:
             matcher = compile_filter(event.value)
         except FilterError as error:
+            # Said on the bar itself: the list keeps the last good filter meanwhile.
             self.add_class("-invalid")
             self.tooltip = Text(str(error))
+            self.border_title = Text(f"{error}; the last valid filter still applies")
             return
         self.remove_class("-invalid")
         self.tooltip = None
+        self.border_title = None
         self.post_message(self.Applied(self, matcher))

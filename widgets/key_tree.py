@@ -154,6 +154,8 @@ class KeyTree(ScrollView, can_focus=True):
         self._open: set[bytes] = {root}
         self._flash: set[bytes] = set()
         self._name_filter: Matcher | None = None
+        self._search: tuple[set[bytes], set[bytes]] | None = None
+        """Keys found by a store search and the directories down to them: only they show."""
         self.cursor = 0
         """The row the cursor is on."""
         self._announced: bytes | None = None
@@ -166,6 +168,11 @@ class KeyTree(ScrollView, can_focus=True):
     @property
     def loaded_prefixes(self) -> list[bytes]:
         return list(self._loaded)
+
+    @property
+    def open_prefixes(self) -> list[bytes]:
+        """The open directories, parents before children."""
+        return sorted(self._open)
 
     @property
     def visible_paths(self) -> list[bytes]:
@@ -200,6 +207,9 @@ class KeyTree(ScrollView, can_focus=True):
     # Building rows -----------------------------------------------------------------------
 
     def _visible(self, child: Child) -> bool:
+        if self._search is not None:
+            keys, directories = self._search
+            return child.path in (directories if child.is_dir else keys)
         return self._name_filter is None or child.is_dir or self._name_filter(child.name)
 
     def _rows_under(self, prefix: bytes, depth: int) -> list[_Row]:
@@ -280,6 +290,17 @@ class KeyTree(ScrollView, can_focus=True):
         self._name_filter = matcher
         self._replace(1, len(self._rows), self._rows_under(self.root_prefix, 1))
         self._changed(keep, offset)
+
+    def set_search(self, found: tuple[set[bytes], set[bytes]] | None) -> None:
+        """Show only these keys and the directories down to them (None shows all again)."""
+        keep, offset = self._anchor()
+        self._search = found
+        self._replace(1, len(self._rows), self._rows_under(self.root_prefix, 1))
+        self._changed(keep, offset)
+
+    def open_quietly(self, path: bytes) -> None:
+        """Mark a directory open without asking for its listing (the caller lists it)."""
+        self._open.add(path)
 
     def expand(self, path: bytes) -> None:
         """Open the directory on view at ``path``, asking for it to be listed if needed."""

@@ -18,6 +18,9 @@ from textual.strip import Strip
 
 Matcher = Callable[[str], bool]
 GAP = 2
+MARK = "✓ "
+MARK_WIDTH = 2
+"""The mark column of a markable table: ✓ on each marked row."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class LineTable(ScrollView, can_focus=True):
                     self.cursor = position
                     break
         self.cursor = max(0, min(self.cursor, len(view) - 1))
-        self.virtual_size = Size(sum(widths) + GAP * len(widths), len(view) + 1)
+        self.virtual_size = Size(self.mark_gutter + sum(widths) + GAP * len(widths), len(view) + 1)
         self._keep_cursor_visible()
         self.refresh()
 
@@ -218,9 +221,14 @@ class LineTable(ScrollView, can_focus=True):
         strip = Strip(segments)
         return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
 
+    @property
+    def mark_gutter(self) -> int:
+        """Cells before the first column: the mark column of a markable table."""
+        return MARK_WIDTH if self.markable else 0
+
     def _header(self) -> list[Segment]:
         style = self.get_component_rich_style("line-table--header")
-        segments = []
+        segments = [Segment(" " * self.mark_gutter, style)] if self.mark_gutter else []
         for i, column in enumerate(self.columns):
             title = column.title
             if i == self.sort_column:
@@ -237,6 +245,9 @@ class LineTable(ScrollView, can_focus=True):
         elif index == self.cursor:
             base += self.get_component_rich_style("line-table--blurred-cursor")
         segments = []
+        if self.mark_gutter:
+            marked = row.key in self.marked
+            segments.append(Segment(MARK if marked else " " * self.mark_gutter, base))
         styles = row.styles
         for i, cell in enumerate(row.cells):
             style = base + _style(styles[i]) if i < len(styles) and styles[i] else base
@@ -290,20 +301,20 @@ class LineTable(ScrollView, can_focus=True):
         self.sort_by(self.sort_column or 0, reverse=not self.sort_reverse)
 
     def toggle_mark(self) -> None:
-        """Mark or unmark the cursor row and step down, as file managers do."""
+        """Mark or unmark the cursor row; the cursor stays on it, so what was marked is
+        in sight (the mark column shows ✓)."""
         row = self.cursor_row
         if row is None:
             return
         self.marked.symmetric_difference_update({row.key})
         self._refresh_index(self.cursor)
-        self._set_cursor(self.cursor + 1)
 
     def clear_marks(self) -> None:
         self.marked.clear()
         self.refresh()
 
     def column_at(self, x: int) -> int | None:
-        edge = 0
+        edge = self.mark_gutter
         for i, width in enumerate(self._widths):
             edge += width + GAP
             if x < edge:

@@ -19,6 +19,26 @@ from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.keys import prefix_end
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def clusterd_command() -> list[str]:
+    """How to run `clusterd` so `ps` names it so: the installed `clusterd` script beside
+    this Python (the kernel names a `#!` script's process after the script), else
+    ``python -m backend.daemon`` from a bare checkout."""
+    script = Path(sys.executable).with_name("clusterd")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "backend.daemon"]
+
+
+def clusterd_path() -> str:
+    """PATH with the directory of this `clusterd` first: a shell opened on a local machine
+    finds the same `clusterd` the demo runs."""
+    here = str(Path(sys.executable).parent)
+    rest = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and d != here]
+    return os.pathsep.join([here, *rest])
+
+
 NETWORK_KEY = "/coreos.com/network/config"
 NETWORK_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}
 # Node i gets METADATA[i % len(METADATA)], so MachineMetadata units have somewhere to go.
@@ -117,7 +137,7 @@ def store_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[st
     # With --netns the store listens on the demo's private underlay bridge, not loopback.
     remote = [] if host == "127.0.0.1" else ["--allow-insecure-remote"]
     return [
-        sys.executable, "-m", "backend.daemon", "kv", "--data-dir", str(data_dir),
+        *clusterd_command(), "kv", "--data-dir", str(data_dir),
         "--listen-client-urls", url, "--advertise-client-urls", url, *remote,
     ]  # fmt: skip
 
@@ -132,7 +152,7 @@ def start_nodes(nodes: DemoNodes, store_url: str, count: int, network: Any = Non
         data_dir = nodes.data_dir / f"node{index + 1}"
         public_ip = f"127.0.0.{index + 1}" if network is None else network.node_ip(index + 1)
         argv = [
-            sys.executable, "-m", "backend.daemon", "node",
+            *clusterd_command(), "node",
             "--endpoints", store_url,
             "--data-dir", str(data_dir),
             "--metadata", METADATA[index % len(METADATA)],

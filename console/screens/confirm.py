@@ -19,6 +19,7 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen > Vertical {
         width: 64;
+        max-width: 100%;
         height: auto;
         border: thick $error;
         background: $surface;

@@ -23,6 +23,7 @@ class HelpScreen(ModalScreen[None]):
     }
     HelpScreen > Vertical {
         width: 84;
+        max-width: 100%;
         height: 90%;
         border: thick $accent;
         background: $surface;

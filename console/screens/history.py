@@ -15,6 +15,25 @@ from widgets.literal import literal
 PREVIEW = 400
 
 
+def revision_line(entry: Entry, older: list[Entry]) -> Text:
+    """``rev 12  version 3  lease 694d…``, and what changed from the revision before: a
+    write that kept the value but changed the lease says so."""
+    text = Text(f"rev {entry.mod_revision}  version {entry.version}")
+    text.append(f"  lease {entry.lease:x}" if entry.lease else "  no lease")
+    if not older:
+        text.append("  (created)" if entry.version == 1 else "")
+        return text
+    before = older[0]
+    if entry.value == before.value and entry.lease != before.lease:
+        was = f"{before.lease:x}" if before.lease else "none"
+        text.append(f"  only the lease changed (was {was})", style="bold yellow")
+    elif entry.value == before.value:
+        text.append("  same value written again", style="yellow")
+    elif entry.lease != before.lease:
+        text.append("  value and lease changed", style="yellow")
+    return text
+
+
 class HistoryScreen(ModalScreen[None]):
     """Lists the revisions of one key, newest first."""
 
@@ -50,11 +69,9 @@ class HistoryScreen(ModalScreen[None]):
             title.append(f"  ({len(self.entries)} revisions)", style="dim")
             yield Static(title)
             with VerticalScroll():
-                for entry in self.entries:
-                    yield Static(
-                        Text(f"rev {entry.mod_revision}  version {entry.version}"),
-                        classes="history-rev",
-                    )
+                for index, entry in enumerate(self.entries):
+                    yield Static(revision_line(entry, self.entries[index + 1 :][:1]),
+                                 classes="history-rev")  # fmt: skip
                     value = entry.value[:PREVIEW]
                     more = "…" if len(entry.value) > PREVIEW else ""
                     yield Static(literal(value.decode("utf-8", "backslashreplace") + more))

@@ -83,6 +83,9 @@ class JournalPane(Container):
         """Lines read since the last repaint, as plain tuples (see :class:`JournalView`)."""
         self.priority_step = 0
         self.grep_text = ""
+        self.whole_cluster = False
+        """Whether every machine is followed (what the pane opens on when nothing was chosen)."""
+        self._told_lost: set[int] = set()
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="pane-status")
@@ -99,8 +102,17 @@ class JournalPane(Container):
 
     # Following --------------------------------------------------------------------------
 
-    def follow(self, targets: list[Target], title: str, backlog: str = BACKLOG) -> None:
+    def follow(
+        self,
+        targets: list[Target],
+        title: str,
+        backlog: str = BACKLOG,
+        *,
+        whole_cluster: bool = False,
+    ) -> None:
         """Stop whatever is followed (its readers too) and follow ``targets`` instead."""
+        self.whole_cluster = whole_cluster
+        self._told_lost.clear()
         self.workers.cancel_group(self, "journal-readers")
         self.pending.clear()
         self.view.clear()
@@ -133,18 +145,28 @@ class JournalPane(Container):
         self.pending.extend(map(tuple, batch))
 
     def _state(self, follower: JournalFollower, state: str) -> None:
-        if state == "refused":
-            self.notify(
-                f"journal of {follower.label} refused: {follower.error}",
-                severity="error",
-                markup=False,
-            )
-        if state == "reconnecting":
-            self.notify(
-                f"journal of {follower.label} lost ({follower.error}); reconnecting",
-                severity="warning",
-                markup=False,
-            )
+        # Said once per loss, and a retry only for a journal that was read: a machine never
+        # reached keeps its reason on the status line, not in a notification per attempt.
+        key = id(follower)
+        if state == "following":
+            if key in self._told_lost:
+                self._told_lost.discard(key)
+                self.notify(f"journal of {follower.label} is back", markup=False)
+        elif state in ("refused", "reconnecting") and key not in self._told_lost:
+            if state == "refused":
+                self._told_lost.add(key)
+                self.notify(
+                    f"journal of {follower.label} refused: {follower.error}",
+                    severity="error",
+                    markup=False,
+                )
+            elif follower.ever_followed:
+                self._told_lost.add(key)
+                self.notify(
+                    f"journal of {follower.label} lost ({follower.error}); reconnecting",
+                    severity="warning",
+                    markup=False,
+                )
         self.update_status()
 
     def _flush(self) -> None:
@@ -160,10 +182,15 @@ class JournalPane(Container):
         view = self.view
         text = Text()
         if not self.title:
-            text.append("nothing followed: press j on a unit or a machine", style="dim italic")
+            text.append(
+                "no machine yet: the whole cluster's journal shows once machines join",
+                style="dim italic",
+            )
             self.query_one(".pane-status", Static).update(text)
             return
         text.append_text(literal(self.title, "bold"))
+        if self.whole_cluster:
+            text.append("  (j narrows)", style="dim")
         text.append(f"   {plural(view.count, 'line')}")
         if view.max_priority is not None:
             text.append(f"   priority ≤ {view.priority_name(view.max_priority)}", style="cyan")
@@ -231,8 +258,15 @@ class JournalPane(Container):
         )
         self.update_status()
 
+    def default_save_path(self) -> str:
+        """``~/journal-<what is followed>-<time>.log``: in the home directory, not wherever the
+        console was started (a checkout), and only letters, digits, dots and dashes in it."""
+        what = re.sub(r"[^A-Za-z0-9.@-]+", "-", self.title.replace("…", "")).strip("-.")
+        name = "-".join(part for part in ("journal", what[:60].rstrip("-.")) if part)
+        return f"~/{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
     def action_save(self) -> None:
-        default = time.strftime("journal-%Y%m%d-%H%M%S.log")
+        default = self.default_save_path()
 
         def check(answer: str) -> Text | None:
             path = Path(answer).expanduser()
@@ -245,7 +279,7 @@ class JournalPane(Container):
         def chosen(answer: str | None) -> None:
             if not answer:
                 return
-            path = Path(answer).expanduser()
+            path = Path(answer).expanduser().resolve()
             try:
                 count = self.view.save(path)
             except OSError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Input
 
-from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted
+from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted, diagnose, error_words
 from backend.text import literal as text_literal
 from console import keyspace
 from console.keyspace import Child, Entry
@@ -39,6 +41,10 @@ PARTIAL_SECONDS = 0.25
 """How often a directory still being listed shows what has arrived so far."""
 
 WRITE_ACTIONS = {"new", "edit", "delete", "ttl"}
+SEARCH_DEBOUNCE = 0.15
+"""How long typing pauses before the filter searches the store."""
+TARGET_ACTIONS = {"edit", "delete", "ttl", "history", "copy"}
+"""Actions on the key under the cursor: the palette names it, or hides them without one."""
 
 
 def _error_text(error: BaseException) -> str:
@@ -56,6 +62,8 @@ class KeysPane(Container):
         height: 1fr;
     }
     """
+
+    TARGET_ACTIONS = TARGET_ACTIONS
 
     BINDINGS = [
         Binding("n", "new", "New", id="keys.new"),
@@ -127,20 +135,30 @@ class KeysPane(Container):
 
     @work(exclusive=True, group="keys-root")
     async def load_root(self) -> None:
-        """List the top directory (open ones follow as the tree asks), then keep it live."""
+        """List the top directory and every directory that was open (so a reload or a store
+        back from an outage heals them), then keep it live; the cursor stays where it was."""
+        cursor = self.key_tree.cursor_child
+        keep = cursor.path if cursor is not None else None
         self.key_tree.reset()
+        delay = 0.5
         while True:
             try:
                 listing = await self._list(self.root)
             except EtcdError:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
                 continue
             break
         self.last_revision = max(self.last_revision, listing.revision)
+        for prefix in self.key_tree.open_prefixes:
+            if prefix != self.root and self.key_tree.shown(prefix):
+                await self._list_healing(prefix)
         # What is loaded now lives as long as the view; a full collection that walks it
         # all again stalls the UI for a fifth of a second on a big tree, so set it aside.
         gc.freeze()
         self.loaded.set()
+        if keep is not None:
+            self.key_tree.select_path(keep)
         self._select(self.key_tree.cursor_child)
         if not self._watching:
             self._watching = True
@@ -177,13 +195,35 @@ class KeysPane(Container):
 
     @work(group="keys-dir")
     async def load_dir(self, prefix: bytes) -> None:
-        try:
-            await self._list(prefix)
-            gc.freeze()
-        except EtcdError as error:
-            self.notify(
-                f"cannot list {literal(prefix).plain}: {error}", severity="error", markup=False
-            )
+        await self._list_healing(prefix)
+        gc.freeze()
+
+    async def _list_healing(self, prefix: bytes) -> None:
+        """List an open directory; while the store does not answer, say why once and try
+        again until it does (or the directory is closed), so it never stays empty."""
+        delay = 0.5
+        told = False
+        name = literal(prefix).plain or "/"
+        while True:
+            try:
+                await self._list(prefix)
+            except EtcdError as error:
+                if not told:
+                    told = True
+                    words = error_words(error, list(self.session.settings.endpoints))
+                    self.notify(
+                        f"cannot list {name}: {words}; it will be listed when the store answers",
+                        severity="error",
+                        markup=False,
+                    )
+                if prefix not in self.key_tree.open_prefixes:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if told:
+                self.notify(f"listed {name} now that the store answers", markup=False)
+            return
 
     # Watching --------------------------------------------------------------------------
 
@@ -307,11 +347,21 @@ class KeysPane(Container):
         # Bindings run only once a key has bubbled up to the app, by which time the keys
         # typed right after `/` have already gone to the tree. So the filter opens here,
         # as `/` passes, and the keys behind it are handed over as they follow.
+        dialog = self.app.screen
+        if isinstance(dialog, NewKeyScreen) and dialog is not self.screen:
+            dialog.type_ahead(event)
+            event.stop()
+            event.prevent_default()
+            return
         filter_bar = self.query_one(FilterBar)
         keymap: dict[str, str] = getattr(self.app, "user_keymap", {})
         opening = self.screen.focused is not filter_bar
         if opening and event.key in keymap.get("keys.filter", "slash").split(","):
             filter_bar.open()
+        elif opening and not self.read_only and event.key in keymap.get("keys.new", "n").split(","):
+            # The same for `n`: the dialog is up before the keys behind it are read, so
+            # they reach its fields (a quick tab included) instead of the tree.
+            self.action_new()
         elif not filter_bar.type_ahead(event):
             return
         event.stop()
@@ -319,7 +369,48 @@ class KeysPane(Container):
 
     @on(FilterBar.Applied)
     def _filter_applied(self, event: FilterBar.Applied) -> None:
-        self.key_tree.set_filter(event.matcher)
+        if event.matcher is None:
+            self.workers.cancel_group(self, "keys-search")
+            self.key_tree.set_search(None)
+            self.key_tree.set_filter(None)
+            event.bar.border_title = None
+            return
+        self.search_store(event.bar, event.matcher)
+
+    @work(exclusive=True, group="keys-search")
+    async def search_store(self, bar: FilterBar, matcher: Any) -> None:
+        """The filter searches every key in the store (not only the directories listed),
+        then shows just the matches and opens the directories down to them."""
+        # The console may close while the store answers: the tree is then gone.
+        with contextlib.suppress(NoMatches):
+            await self._search_store(bar, matcher)
+
+    async def _search_store(self, bar: FilterBar, matcher: Any) -> None:
+        await asyncio.sleep(SEARCH_DEBOUNCE)
+        bar.border_title = Text("searching the store…")
+        try:
+            found = await keyspace.search(self.session.client, self.root, matcher)
+        except EtcdError as error:
+            words = error_words(error, self._endpoints())
+            bar.border_title = Text(f"cannot search: {words}")
+            return
+        tree = self.key_tree
+        tree.set_filter(None)
+        tree.set_search((found.keys, found.directories))
+        more = f" (the first {len(found.keys):,}: refine it)" if found.truncated else ""
+        bar.border_title = Text(
+            f"{plural(len(found.keys), 'key')} of {found.scanned:,} match{more}"
+        )
+        for prefix in sorted(found.directories):
+            if prefix in tree.loaded_prefixes:
+                if prefix not in tree.open_prefixes:
+                    tree.expand(prefix)
+                continue
+            tree.open_quietly(prefix)
+            try:
+                await self._list(prefix)
+            except EtcdError:
+                continue
 
     @on(Input.Submitted, "#key-filter")
     def _filter_submitted(self) -> None:
@@ -341,17 +432,20 @@ class KeysPane(Container):
         log = self.query_one(WatchLog)
         child = self._current()
         if log.prefix is not None:
+            # Focus inside the log would vanish with it: the pane's keys would stop working.
+            had_focus = self.screen.focused is log or self.screen.focused is None
             log.stop()
+            if had_focus:
+                self.key_tree.focus()
             return
         prefix = child.path if child is not None else self.root
         log.start(prefix)
 
     def action_new(self) -> None:
-        def created(answer: NewKey | None) -> None:
-            if answer is not None:
-                self.put_key(answer.key, answer.value, answer.ttl)
+        async def save(answer: NewKey) -> str | None:
+            return await self.write_key(answer.key, answer.value, answer.ttl)
 
-        self.app.push_screen(NewKeyScreen(self._directory()), created)
+        self.app.push_screen(NewKeyScreen(self._directory(), save))
 
     def action_edit(self) -> None:
         child = self._current()
@@ -382,14 +476,26 @@ class KeysPane(Container):
 
     @work(group="keys-write")
     async def put_key(self, key: bytes, value: bytes, ttl: int | None, keep_lease: int = 0) -> None:
+        await self.write_key(key, value, ttl, keep_lease)
+
+    async def write_key(
+        self, key: bytes, value: bytes, ttl: int | None, keep_lease: int = 0
+    ) -> str | None:
+        """Write one key and say so; returns why it failed (also notified), or None."""
+        name = literal(key).plain
         try:
             await keyspace.put(self.session.client, key, value, ttl, lease=keep_lease)
         except EtcdError as error:
-            self.notify(
-                f"cannot write {literal(key).plain}: {error}", severity="error", markup=False
-            )
-            return
-        self.notify(f"wrote {literal(key).plain}", markup=False)
+            typed = await diagnose(self.session.client, error)
+            words = f"cannot write {name}: {error_words(typed, self._endpoints())}"
+            self.notify(words, severity="error", markup=False)
+            return words
+        lease = f" with a TTL of {ttl}s" if ttl else ""
+        self.notify(f"wrote {name}{lease}", markup=False)
+        return None
+
+    def _endpoints(self) -> list[str]:
+        return list(self.session.settings.endpoints)
 
     @work(group="keys-write")
     async def action_delete(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from typing import ClassVar
@@ -11,6 +12,7 @@ from textual.app import SuspendNotSupported
 from textual.binding import Binding
 from textual.message import Message
 
+from backend.fleet.demo import clusterd_path
 from console.cluster import ClusterModel
 from console.ctl import UnsafeValue, format_metadata
 from console.journal_stream import MachineAccess
@@ -37,6 +39,8 @@ class MachinesPane(TablePane):
         Column("state", "STATE"),
     ]
     WRITE_ACTIONS: ClassVar[set[str]] = {"shell"}
+    TARGET_ACTIONS: ClassVar[set[str]] = {"units", "shell", "journal"}
+    """Actions on the machine under the cursor: the palette names it."""
 
     BINDINGS = [
         Binding("enter", "units", "Its units", id="machines.units"),
@@ -144,9 +148,12 @@ class MachinesPane(TablePane):
         try:
             with self.app.suspend():
                 print(f"clustertui: {' '.join(argv)} (exit the shell to return)", flush=True)
-                cwd = machine.data_dir if self.access.is_local(machine) else None
+                local = self.access.is_local(machine)
+                cwd = machine.data_dir if local else None
+                # A local shell finds the `clusterd` this console runs (a venv is not on PATH).
+                env = {**os.environ, "PATH": clusterd_path()} if local else None
                 try:
-                    subprocess.run(argv, cwd=cwd or None, check=False)
+                    subprocess.run(argv, cwd=cwd or None, env=env, check=False)
                 except OSError as error:
                     print(f"clustertui: cannot run {argv[0]}: {error.strerror}", flush=True)
         except SuspendNotSupported:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -69,15 +71,22 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
         Binding("escape", "cancel", "Cancel", id="new.cancel"),
     ]
 
-    def __init__(self, directory: str) -> None:
+    def __init__(
+        self, directory: str, save: Callable[[NewKey], Awaitable[str | None]] | None = None
+    ) -> None:
         super().__init__()
         self.directory = directory
+        self._early: list[events.Key] = []
+        self.save = save
+        """Writes the key; returns why it failed. The dialog stays open until it succeeds,
+        so a write refused during an outage loses nothing typed."""
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(Text("new key", style="bold"))
             yield Label("key")
-            yield Input(self.directory, id="new-key")
+            # Not selected on focus: what is typed goes after the directory, not over it.
+            yield Input(self.directory, id="new-key", select_on_focus=False)
             yield Label("value")
             yield TextArea("", id="new-value")
             yield Label("TTL (empty for none; 30, 5m, 2h)")
@@ -87,8 +96,49 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
                 yield Button("Cancel", id="cancel")
                 yield Button("Create", variant="primary", id="save")
 
+    AUTO_FOCUS = "#new-key"
+
     def on_mount(self) -> None:
-        self.query_one("#new-key", Input).focus()
+        path = self.query_one("#new-key", Input)
+        # Focused as the screen is composed, before any key typed behind `n` is handled, so
+        # a quick tab moves on from the path instead of being taken before it has focus.
+        path.focus()
+        path.cursor_position = len(path.value)
+        self.call_after_refresh(self._replay)
+
+    def _replay(self) -> None:
+        early, self._early = self._early, []
+        for event in early:
+            self._take(event, tab=True)
+
+    def on_key(self, event: events.Key) -> None:
+        """Keys typed right behind `n` that reach the screen before a field has focus."""
+        if self._take(event):
+            event.stop()
+            event.prevent_default()
+
+    def type_ahead(self, event: events.Key) -> None:
+        """A key typed behind `n` that reached the pane below first: kept until the fields
+        are up, then typed into them in order (a tab moves on to the next field)."""
+        if self.is_mounted and self.focused is not None:
+            self._take(event, tab=True)
+        else:
+            self._early.append(event)
+
+    def _take(self, event: events.Key, tab: bool = False) -> bool:
+        target = self.focused
+        if tab and event.key in ("tab", "shift+tab"):
+            (self.focus_next if event.key == "tab" else self.focus_previous)()
+            return True
+        if not event.is_printable or not event.character:
+            return False
+        if isinstance(target, Input):
+            target.insert_text_at_cursor(event.character)
+        elif isinstance(target, TextArea):
+            target.insert(event.character)
+        else:
+            return False
+        return True
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
@@ -111,7 +161,22 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
             error.update(Text(str(problem)))
             return
         value = self.query_one("#new-value", TextArea).text
-        self.dismiss(NewKey(key.encode(), value.encode(), ttl))
+        answer = NewKey(key.encode(), value.encode(), ttl)
+        if self.save is None:
+            self.dismiss(answer)
+        else:
+            self._write(answer)
+
+    @work(exclusive=True, group="new-key-save")
+    async def _write(self, answer: NewKey) -> None:
+        assert self.save is not None
+        error = self.query_one("#new-error", Static)
+        error.update(Text("writing…"))
+        problem = await self.save(answer)
+        if problem is None:
+            self.dismiss(answer)
+            return
+        error.update(Text(f"{problem}\nnothing is lost: ctrl+s tries again, escape gives up"))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -25,6 +25,7 @@ class PathPromptScreen(ModalScreen[str | None]):
     }
     PathPromptScreen > Vertical {
         width: 80;
+        max-width: 100%;
         height: auto;
         border: thick $primary;
         background: $surface;

@@ -97,6 +97,7 @@ class TablePane(Container):
     @on(FilterBar.Applied)
     def _filter_applied(self, event: FilterBar.Applied) -> None:
         self.table.set_filter(event.matcher)
+        self.status.update(self.status_text())
 
     @on(Input.Submitted)
     def _filter_submitted(self, event: Input.Submitted) -> None:

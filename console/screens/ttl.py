@@ -30,6 +30,7 @@ class TTLScreen(ModalScreen[TTLChoice | None]):
     }
     TTLScreen > Vertical {
         width: 64;
+        max-width: 100%;
         height: auto;
         border: thick $accent;
         background: $surface;

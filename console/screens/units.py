@@ -12,7 +12,7 @@ from textual import work
 from textual.binding import Binding
 from textual.message import Message
 
-from backend.etcd import EtcdError
+from backend.etcd import EtcdError, error_words
 from backend.fleet.registry import Job, Registry, RegistryError, UnitState, current_state
 from backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
 from console.cluster import ClusterModel
@@ -38,6 +38,11 @@ ACTIVE_STYLES = {
 }
 STATE_STYLES = {"launched": "green", "loaded": "cyan", "inactive": "dim"}
 VERBS = {"launched": "start", "loaded": "stop", "inactive": "unload"}
+DONE = {"start": "started on {where}", "stop": "stopped on {where}",
+        "load": "loaded on {where}", "unload": "unloaded from {where}",
+        "restart": "stopped on {where}; starting it again",
+        "restart-start": "restarted on {where}"}  # fmt: skip
+"""What a notification says once the desired state asked by each verb has landed."""
 
 
 def short_id(machine_id: str, full: bool = False) -> str:
@@ -71,6 +76,8 @@ class Pending:
     want: str
     since: float
     stuck: bool = False
+    verb: str = ""
+    """What the user asked (start, stop, restart…), for the notification once it lands."""
 
 
 @dataclass
@@ -94,6 +101,11 @@ class UnitsPane(TablePane):
         Column("sub", "SUB"),
     ]
     WRITE_ACTIONS: ClassVar[set[str]] = WRITE_ACTIONS
+    TARGET_ACTIONS: ClassVar[set[str]] = {
+        "start", "stop", "restart", "load", "unload", "destroy", "cat", "status", "journal",
+        "mark",
+    }  # fmt: skip
+    """Actions that act on the chosen units: the palette names them, or hides the action."""
     MARKABLE = True
 
     BINDINGS = [
@@ -209,7 +221,14 @@ class UnitsPane(TablePane):
         fleet = self.model.fleet
         jobs = [j for j in fleet.jobs.values() if j.unit_hash]
         running = sum(1 for j in jobs if unit_state(j, fleet.states.get(j.name, {})) == "launched")
-        text = Text(f"{plural(len(jobs), 'unit')}, {running:,} launched")
+        view = self.table.view
+        if len(view) != len(self.table.rows):
+            # Filtered: what is on view first, so the count never contradicts the table.
+            shown = len({str(row.data) for row in view})
+            text = Text(f"{shown:,} of {plural(len(jobs), 'unit')} shown (filter), ")
+            text.append(f"{running:,} launched in all")
+        else:
+            text = Text(f"{plural(len(jobs), 'unit')}, {running:,} launched")
         if self.memory.machine:
             text.append("   on machine ")
             text.append(cell(short_id(self.memory.machine, True)), style="bold")
@@ -240,6 +259,9 @@ class UnitsPane(TablePane):
                 changed = True
                 if pending.stuck:
                     self.notify(f"{name} reached {pending.want} after all", markup=False)
+                elif pending.verb in DONE:
+                    done = DONE[pending.verb].format(where=self.where(name))
+                    self.notify(f"{name} {done}", markup=False)
                 continue
             if not pending.stuck and now - pending.since > self.converge_seconds:
                 pending.stuck = True
@@ -268,7 +290,14 @@ class UnitsPane(TablePane):
 
     def action_mark(self) -> None:
         self.table.toggle_mark()
+        self.marks_changed()
+
+    def marks_changed(self) -> None:
+        """The status line and the header count the marks."""
         self.status.update(self.status_text())
+        header = getattr(self.app, "cluster_header", None)
+        if header is not None:
+            header.units = f"{len(self.table.marked):,} marked" if self.table.marked else ""
 
     def action_clear(self) -> None:
         if self.table.marked:
@@ -276,7 +305,7 @@ class UnitsPane(TablePane):
         elif self.memory.machine:
             self.memory.machine = ""
             self.update_from_model()
-        self.status.update(self.status_text())
+        self.marks_changed()
 
     async def _confirmed(self, verb: str, names: list[str], always: bool = False) -> bool:
         if len(names) < 2 and not always:
@@ -294,16 +323,42 @@ class UnitsPane(TablePane):
             )
         )
 
-    async def set_target(self, names: list[str], want: str) -> None:
-        """Write the desired state of each unit; the rows show it pending until it arrives."""
+    def where(self, name: str) -> str:
+        """The machine a unit is on, as notifications name it."""
+        job = self.model.fleet.jobs.get(name)
+        if job is not None and is_global(job):
+            return "every machine it runs on"
+        if job is None or not job.target:
+            return "no machine yet"
+        machine = self.model.fleet.machines.get(job.target)
+        ip = f" ({machine.public_ip})" if machine is not None and machine.public_ip else ""
+        return f"machine {short_id(job.target)}{ip}"
+
+    async def set_target(self, names: list[str], want: str, verb: str = "") -> None:
+        """Write the desired state of each unit; the rows show it pending until it arrives,
+        a notification says what was asked of which unit where, and another when it lands."""
+        verb = verb or VERBS[want]
         now = self.model.clock()
+        asked = []
         for name in names:
             try:
                 await self.registry.set_target_state(name, want)
             except (RegistryError, EtcdError) as error:
-                self.notify(f"cannot {VERBS[want]} {name}: {error}", severity="error", markup=False)
+                words = error_words(error) if isinstance(error, EtcdError) else str(error)
+                shown = verb.split("-")[0]
+                self.notify(f"cannot {shown} {name}: {words}", severity="error", markup=False)
                 continue
-            self.memory.pending[name] = Pending(want, now)
+            self.memory.pending[name] = Pending(want, now, verb=verb)
+            asked.append(name)
+        if asked and verb != "restart-start":
+            doing = {"start": "starting", "stop": "stopping", "load": "loading",
+                     "unload": "unloading", "restart": "restarting"}.get(verb, verb)  # fmt: skip
+            what = (
+                f"{asked[0]} on {self.where(asked[0])}"
+                if len(asked) == 1
+                else f"{plural(len(asked), 'unit')}: {', '.join(asked)}"
+            )
+            self.notify(f"{doing} {what}", markup=False)
         self.update_from_model()
 
     @work(group="units-write")
@@ -311,8 +366,9 @@ class UnitsPane(TablePane):
         names = self.chosen()
         if not names or not await self._confirmed(verb, names):
             return
-        await self.set_target(names, want)
+        await self.set_target(names, want, verb)
         self.table.clear_marks()
+        self.marks_changed()
 
     def action_start(self) -> None:
         self._lifecycle("start", "launched")
@@ -332,14 +388,15 @@ class UnitsPane(TablePane):
         if not names or not await self._confirmed("restart", names):
             return
         self.table.clear_marks()
-        await self.set_target(names, "loaded")
+        self.marks_changed()
+        await self.set_target(names, "loaded", "restart")
         # Like `fleetctl restart`: wait for the stop to land, then start again.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.converge_seconds
         while loop.time() < deadline and any(n in self.memory.pending for n in names):
             await asyncio.sleep(0.1)
             self.check_convergence()
-        await self.set_target(names, "launched")
+        await self.set_target(names, "launched", "restart-start")
 
     @work(group="units-write")
     async def action_destroy(self) -> None:
@@ -347,6 +404,7 @@ class UnitsPane(TablePane):
         if not names or not await self._confirmed("destroy", names, always=True):
             return
         self.table.clear_marks()
+        self.marks_changed()
         for name in names:
             try:
                 await self.registry.destroy(name)

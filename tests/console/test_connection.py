@@ -89,7 +89,8 @@ async def test_the_console_reaches_the_store_through_a_real_sshd_tunnel(
             await loaded(pilot)
             assert [c.name for c in tree(app).children_of(ns)] == ["config/", "queue/", "top"]
             header = app.cluster_header
-            assert header.via == f"{sshd.user}@127.0.0.1"
+            # The tunnel's port shows too (issue 13).
+            assert header.via == f"{sshd.user}@127.0.0.1:{sshd.port}"
             await wait_for(pilot, lambda: header.state == "connected" and header.revision > 0)
             assert "via" in header.render().plain
     finally:

@@ -233,19 +233,33 @@ async def test_filter_matches_substrings_regexes_and_inverts(
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         key_tree = tree(app)
+        # The filter searches the store and shows only matching paths (issue 13).
         await pilot.press("slash", *"PING")
-        await pilot.pause()
-        assert key_tree.shown(ns + b"topping") and not key_tree.shown(ns + b"top")
-        assert key_tree.shown(ns + b"config/")
+        await wait_for(pilot, lambda: not key_tree.shown(ns + b"top"))
+        assert key_tree.shown(ns + b"topping") and not key_tree.shown(ns + b"config/")
         app.query_one("#key-filter", Input).value = "~^top$"
-        await pilot.pause()
-        assert key_tree.shown(ns + b"top") and not key_tree.shown(ns + b"topping")
+        await wait_for(pilot, lambda: not key_tree.shown(ns + b"topping"))
+        assert key_tree.shown(ns + b"top")
         app.query_one("#key-filter", Input).value = "!ping"
-        await pilot.pause()
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/"))
         assert key_tree.shown(ns + b"top") and not key_tree.shown(ns + b"topping")
         await pilot.press("escape")
         await pilot.pause()
         assert key_tree.shown(ns + b"top") and key_tree.shown(ns + b"topping")
+
+
+async def test_the_filter_finds_keys_in_directories_never_opened(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
+        key_tree = tree(app)
+        assert not key_tree.shown(ns + b"config/web/motd")
+        await pilot.press("slash", *"motd")
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/web/motd"))
+        assert key_tree.shown(ns + b"config/web/") and not key_tree.shown(ns + b"config/app/")
+        assert not key_tree.shown(ns + b"queue/") and not key_tree.shown(ns + b"top")
+        bar = app.keys_pane.query_one("#key-filter")
+        assert str(bar.border_title).startswith("1 key of ")
 
 
 async def test_watch_events_while_navigating_add_update_and_remove_keys(
@@ -352,19 +366,21 @@ async def test_number_keys_switch_tabs_and_the_palette_has_every_action(
         await pilot.pause()
         assert app.query_one("#tabs").active == "keys"
         titles = {command.title for command in app.get_system_commands(app.screen)}
-        for action in (
-            "New",
-            "Edit",
-            "Delete",
-            "TTL",
-            "History",
-            "Watch log",
-            "Copy path",
-            "Reload",
-        ):
+        here = ns.decode()
+        for action in ("New", "Watch log", "Reload"):
             assert f"Keys: {action}" in titles
-        for command in ("Units: Start", "Units: Destroy", "Journal: Follow", "Machines: Shell"):
-            assert command in titles
+        for action in ("Delete", "TTL", "Copy path"):
+            assert f"Keys: {action} {here}" in titles
+        # Edit and History need a key under the cursor, not a directory: not offered.
+        assert not [title for title in titles if title.startswith(("Keys: Edit", "Keys: Hist"))]
+        # The other panes' actions are offered in their own tab only (issue 13.8).
+        assert not [title for title in titles if title.startswith(("Units:", "Machines:"))]
+        await pilot.press("5")
+        await pilot.pause()
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert "Journal: Follow" in titles
+        await pilot.press("1")
+        await pilot.pause()
         await pilot.press("colon")
         await pilot.pause()
         assert app.screen.__class__.__name__ == "CommandPalette"
@@ -409,8 +425,6 @@ async def test_palette_commands_run_the_pane_actions(
 ) -> None:
     async with seeded_console(store.url, kv, ns) as (app, pilot):
         await select(pilot, ns + b"queue/")
-        await pilot.press("2")
-        await pilot.pause()
         commands = {c.title: c for c in app.get_system_commands(app.screen)}
         commands["Keys: Watch log"].callback()
         log = app.query_one(WatchLog)

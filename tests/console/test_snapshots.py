@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from backend.demo import seed_store
-from screenshots.scenes import SCENES, SIZE, Scene, scene_console
+from screenshots.scenes import SCENES, Scene, scene_console
 from tests.harness.etcd import EtcdMember, start_etcd
 from tests.harness.procs import free_port
 
@@ -28,4 +28,4 @@ def test_the_console_looks_as_recorded(
     scene: Scene, demo_store: EtcdMember, snap_compare, tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}" if scene.store_down else demo_store.url
-    assert snap_compare(scene_console(url), run_before=scene.drive, terminal_size=SIZE)
+    assert snap_compare(scene_console(url), run_before=scene.drive, terminal_size=scene.size)

@@ -305,7 +305,11 @@ def test_an_unreachable_store_is_an_error_on_stderr() -> None:
     )
     assert result.returncode == 1
     assert result.stdout == ""
-    assert "Error:" in result.stderr
+    # #13.2: the reason and the next step, in the words the console uses.
+    assert result.stderr == (
+        "Error: nobody answers at http://127.0.0.1:1: connection refused; "
+        "is the store running there?\n"
+    )
 
 
 async def test_ssh_runs_a_command_on_a_machine_through_real_sshd(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.app import App, ComposeResult
 
+from backend.fleet.registry import Machine
 from console.journal_stream import MachineAccess, parse_entry
-from console.screens.journal import JournalPane
+from console.screens.journal import JournalPane, Target
 from console.screens.path_prompt import PathPromptScreen
 from tests.panes.conftest import SIZE, shown, wait_for
 from widgets.journal_view import JournalEntry, JournalView
@@ -145,3 +147,56 @@ def test_journal_text_is_data_never_markup_or_escapes() -> None:
     view = JournalView()
     text = "".join(s.text for s in view._segments(entry, entry.message))
     assert "[bold]hi" in text and "\x1b" not in text
+
+
+async def test_S_offers_a_file_in_the_home_directory_and_says_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: not the current directory, no `…` in the name, the notification absolute."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path)
+    app = JournalApp()
+    said: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        app.notify = lambda message, **kw: said.append(message)  # type: ignore[method-assign]
+        app.pane.view.focus()
+        await feed(pilot, app, lines(3))
+        await pilot.press("S")
+        await wait_for(pilot, lambda: shown(app, PathPromptScreen, "#prompt-input"))
+        offered = app.screen.query_one("#prompt-input").value
+        assert offered.startswith("~/journal-web.service-on-8a3d1b2c-") and "…" not in offered
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: bool(said))
+    saved = list((tmp_path / "home").glob("journal-*.log"))
+    assert len(saved) == 1 and not list(tmp_path.glob("journal-*"))
+    assert said == [f"saved 3 lines to {saved[0]}"]
+
+
+async def test_a_journal_never_reached_is_not_announced_lost_at_every_retry() -> None:
+    """Issue 13: a machine the tunnel never reached stays on the status line; a journal that
+    was read and dropped is said once, and its return too."""
+    app = JournalApp()
+    said: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        app.notify = lambda message, **kw: said.append(message)  # type: ignore[method-assign]
+        pane = app.pane
+        machine = Machine("a" * 32, "127.0.0.9", {}, "elsewhere")
+        pane.follow([Target(machine, [], "aaaaaaaa…")], "machine aaaaaaaa…")
+        follower = pane.followers[0]
+        pane.workers.cancel_group(pane, "journal-readers")
+        for _ in range(5):
+            follower._set_state("reconnecting", "connection refused")
+        await pilot.pause()
+        assert said == []
+        assert "aaaaaaaa…: connection lost, reconnecting" in str(
+            pane.query_one(".pane-status").render()
+        )
+        follower._set_state("following")
+        for _ in range(5):
+            follower._set_state("reconnecting", "connection reset")
+        follower._set_state("following")
+        assert said == [
+            "journal of aaaaaaaa… lost (connection reset); reconnecting",
+            "journal of aaaaaaaa… is back",
+        ]

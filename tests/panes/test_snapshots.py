@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from screenshots.pane_scenes import PANE_SCENES, pane_console, seed_cluster
-from screenshots.scenes import SIZE, Scene
+from screenshots.scenes import Scene
 from tests.harness.etcd import EtcdMember, start_etcd
 
 
@@ -25,4 +25,6 @@ def scene_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember
 def test_the_cluster_panes_look_as_recorded(
     scene: Scene, scene_store: EtcdMember, snap_compare
 ) -> None:
-    assert snap_compare(pane_console(scene_store.url), run_before=scene.drive, terminal_size=SIZE)
+    assert snap_compare(
+        pane_console(scene_store.url), run_before=scene.drive, terminal_size=scene.size
+    )

@@ -212,8 +212,11 @@ async def test_marking_three_units_and_stopping_them_stops_all_three(
     async with running(app) as pilot:
         await open_units(pilot)
         await put_cursor_on(app, pilot, names[0])
-        await pilot.press("space", "space", "space")
+        # Space marks the row and stays on it (issue 13): down moves on.
+        await pilot.press("space", "down", "space", "down", "space")
         assert app.units_pane.table.marked == set(names)
+        assert app.units_pane.table.cursor_row.key == names[2]
+        assert app.cluster_header.units == "3 marked"
         await pilot.press("x")
         await wait_for(pilot, lambda: shown(app, ConfirmScreen, "#confirm-question"))
         question = text_of(app.screen, "#confirm-question")
