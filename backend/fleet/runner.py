@@ -387,8 +387,49 @@ class UnitRunner:
 
     def _set(self, active: str, sub: str) -> None:
         if (active, sub) != (self.active_state, self.sub_state):
+            before = self.active_state
             self.active_state, self.sub_state = active, sub
+            self._announce(before, active, sub)
             self.on_change(self)
+
+    def _announce(self, before: str, active: str, sub: str) -> None:
+        """systemd's own lines for a change of state, in the unit's journal: "Starting…",
+        "Started…", "Stopping…", "Stopped…", and the result when it failed."""
+        described = self.name
+        if description := self.unit.description(self.name):
+            described = f"{self.name} - {description}"
+        outcome = self.last_outcome
+        if active == "activating" and sub == "start" and before != "activating":
+            self._system(f"Starting {described}...")
+        elif active == "active" and before != "active":
+            self._system(f"Started {described}.")
+        elif active == "deactivating" and before != "deactivating" and self._stop.is_set():
+            self._system(f"Stopping {described}...")
+        elif active == "failed":
+            result = outcome.result if outcome is not None else "exit-code"
+            self._system(f"{self.name}: Failed with result '{result}'.", 4)
+            if before == "activating":
+                self._system(f"Failed to start {described}.", 3)
+        elif active == "inactive" and before != "inactive":
+            if self._stop.is_set():
+                self._system(f"Stopped {described}.")
+            elif before == "activating" and self.options.type == "oneshot":
+                self._system(f"{self.name}: Deactivated successfully.")
+                self._system(f"Finished {described}.")
+            else:
+                self._system(f"{self.name}: Deactivated successfully.")
+
+    def _system(self, text: str, priority: int = 6) -> None:
+        """A line from the service manager itself, as systemd writes it (not the unit's
+        output: the ``journal`` stream, not stdout or stderr)."""
+        self.sink.line(
+            text.encode(),
+            unit=self.name,
+            identifier="clusterd",
+            pid=os.getpid(),
+            priority=priority,
+            stream="journal",
+        )
 
     def _note(self, text: str, priority: int = 6) -> None:
         self.sink.line(

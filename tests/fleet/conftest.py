@@ -48,7 +48,12 @@ class RecordingSink:
         pass
 
     def messages(self, unit: str) -> list[str]:
-        return [m.decode() for u, _, m in self.lines if u == unit]
+        """What the unit wrote, and the runner's notes about it; not the state lines."""
+        return [m.decode() for u, stream, m in self.lines if u == unit and stream != "journal"]
+
+    def system(self, unit: str) -> list[str]:
+        """The service manager's own lines for the unit: "Starting…", "Stopped…"."""
+        return [m.decode() for u, stream, m in self.lines if u == unit and stream == "journal"]
 
 
 @pytest.fixture

@@ -50,7 +50,9 @@ async def test_output_lines_reach_the_journal_tagged_with_the_unit(
 
 
 def unit_lines(sink: RecordingSink, unit: str) -> list[tuple[str, str]]:
-    return [(stream, m.decode()) for u, stream, m in sink.lines if u == unit]
+    return [
+        (stream, m.decode()) for u, stream, m in sink.lines if u == unit and stream != "journal"
+    ]
 
 
 async def test_a_simple_unit_runs_until_stopped_and_reports_each_state(
@@ -70,6 +72,42 @@ async def test_a_simple_unit_runs_until_stopped_and_reports_each_state(
         ("active", "running"),
         ("deactivating", "stop-sigterm"),
         ("inactive", "dead"),
+    ]
+
+
+async def test_the_service_managers_lines_say_starting_started_stopping_stopped_and_why_it_failed(
+    sink: RecordingSink, tmp_path: Path
+) -> None:
+    long = runner(
+        "[Unit]\nDescription=A long one\n[Service]\nExecStart=/bin/sleep 30\n",
+        sink,
+        tmp_path,
+        "long.service",
+    )
+    long.start()
+    await eventually(lambda: long.active_state == "active", what="running")
+    await long.stop()
+    assert sink.system("long.service") == [
+        "Starting long.service - A long one...",
+        "Started long.service - A long one.",
+        "Stopping long.service - A long one...",
+        "Stopped long.service - A long one.",
+    ]
+    failing = runner("[Service]\nExecStart=/bin/sh -c 'exit 3'\n", sink, tmp_path, "bad.service")
+    failing.start()
+    await failing.wait_stopped()
+    assert sink.system("bad.service") == [
+        "Starting bad.service...",
+        "Started bad.service.",
+        "bad.service: Failed with result 'exit-code'.",
+    ]
+    once = runner("[Service]\nType=oneshot\nExecStart=/bin/true\n", sink, tmp_path, "once.service")
+    once.start()
+    await once.wait_stopped()
+    assert sink.system("once.service") == [
+        "Starting once.service...",
+        "once.service: Deactivated successfully.",
+        "Finished once.service.",
     ]
 
 
