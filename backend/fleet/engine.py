@@ -286,6 +286,50 @@ def _place_least_loaded(unit: _Unit, placement: _Placement) -> Decision:
     return Decision(reason="no machines are in the cluster")
 
 
+RUNNING_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
+
+
+def hold_handoffs(state: ClusterState, decisions: dict[str, Decision]) -> None:
+    """A unit goes to a machine only once no other machine reports it running.
+
+    A machine's reports live on its presence lease, so a report that is still there means the
+    machine may still run the unit: the unit waits, unplaced (which tells that machine to stop
+    it), until the report says it stopped or goes with the machine's lease. Never two copies,
+    whether the unit moves for its constraints or because its machine fell silent.
+    """
+    for name, decision in decisions.items():
+        if not decision.target:
+            continue
+        for machine_id, reported in sorted(state.states.get(name, {}).items()):
+            if machine_id != decision.target and reported.active_state in RUNNING_STATES:
+                decisions[name] = Decision(reason=f"waiting for machine {machine_id} to stop it")
+                break
+
+
+def machine_guards(
+    state: ClusterState, decisions: dict[str, Decision], registry: Registry
+) -> list[rpc.Compare]:
+    """Compares that fail if a machine a unit moves away from registered since the read.
+
+    A machine that comes back (a fenced agent registering anew) between the engine's read
+    and its write must not find its units placed elsewhere on a stale view of it.
+    """
+    left: set[str] = set()
+    for name, decision in decisions.items():
+        job = state.jobs.get(name)
+        if job is not None and job.target and decision.target != job.target:
+            left.add(job.target)
+    return [
+        rpc.Compare(
+            key=registry.key("machines", machine_id, "object"),
+            target=rpc.Compare.MOD,
+            result=rpc.Compare.LESS,
+            mod_revision=state.revision + 1,
+        )
+        for machine_id in sorted(left)
+    ]
+
+
 def changes(
     state: ClusterState, decisions: dict[str, Decision], registry: Registry
 ) -> list[rpc.RequestOp]:
@@ -427,22 +471,35 @@ class Engine:
 
     async def reconcile(self, lease: KeptLease | None = None) -> int:
         """One pass: read, decide, write the differences. Returns the number of writes."""
-        state = await self.registry.snapshot(("job", "unit", "machines", "lease"))
+        state = await self.registry.snapshot(("job", "unit", "machines", "lease", "states"))
         if state.leader != self.machine_id:
             # Someone else holds the lease now (ours expired while we were slow).
             if lease is not None:
                 lease.lost.set()
             return 0
-        ops = changes(state, schedule(state), self.registry)
+        decisions = schedule(state)
+        hold_handoffs(state, decisions)
+        ops = changes(state, decisions, self.registry)
+        ours = self.registry.put_op(b"", self.machine_id).request_put.value
         leader_check = rpc.Compare(
             key=self.registry.leader_key,
             target=rpc.Compare.VALUE,
             result=rpc.Compare.EQUAL,
-            value=self.registry.put_op(b"", self.machine_id).request_put.value,
+            value=ours,
         )
-        for start in range(0, len(ops), MAX_TXN_OPS - 1):
-            response = await self.registry.txn([leader_check], ops[start : start + MAX_TXN_OPS - 1])
+        guards = machine_guards(state, decisions, self.registry)[: MAX_TXN_OPS // 2]
+        size = MAX_TXN_OPS - 1 - len(guards)
+        read_leader = rpc.RequestOp(request_range=rpc.RangeRequest(key=self.registry.leader_key))
+        for start in range(0, len(ops), size):
+            response = await self.registry.txn(
+                [leader_check, *guards], ops[start : start + size], [read_leader]
+            )
             if not response.succeeded:
+                held = response.responses[0].response_range.kvs
+                if guards and held and held[0].value == ours:
+                    # Still the leader: a machine came back since the read; read again.
+                    self._dirty.set()
+                    return start
                 if lease is not None:
                     lease.lost.set()
                 return start
