@@ -64,6 +64,7 @@ class Agent:
         self.fences = 0
         self._lease: FencedLease | None = None
         self._fenced_leases: list[int] = []
+        self._fenced_reports: set[str] = set()
         self._dirty = asyncio.Event()
         self._unpublished: set[str] = set()
         self._publish_wanted = asyncio.Event()
@@ -261,6 +262,11 @@ class Agent:
     async def reconcile(self) -> None:
         state = await self.registry.snapshot(("job", "unit"))
         wanted = self.wanted(state)
+        for name in [n for n in self._fenced_reports if n not in state.jobs or n in wanted]:
+            self._fenced_reports.discard(name)
+            if name not in wanted:
+                with contextlib.suppress(EtcdError, TimeoutError, OSError):
+                    await self.registry.remove_state(name, self.machine.id)
         for name in [n for n in self.units if n not in wanted]:
             entry = self.units.pop(name)
             self._queue(name, entry, self._retire(name, entry))
@@ -323,8 +329,17 @@ class Agent:
         await entry.runner.stop()
         if name not in self.units:
             self._unpublished.discard(name)
+            lease = self._lease
             with contextlib.suppress(EtcdError, TimeoutError, OSError):
-                await self.registry.remove_state(name, self.machine.id)
+                if entry.fenced and lease is not None and lease.id:
+                    # Moved away while fenced: the report says so (on this machine's lease)
+                    # until the job goes, or the unit comes back here.
+                    state = self.state_of(entry.runner)
+                    state.machine_state["Fenced"] = entry.fenced
+                    await self.registry.publish_state(name, state, lease.id)
+                    self._fenced_reports.add(name)
+                else:
+                    await self.registry.remove_state(name, self.machine.id)
 
     def _changed(self, runner: UnitRunner) -> None:
         entry = self.units.get(runner.name)

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from backend.etcd import EtcdError
+from backend.fleet.fence import fence_note
 from backend.fleet.registry import Job, Registry, RegistryError, UnitState, current_state
 from backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
 from console.cluster import ClusterModel
@@ -189,6 +190,7 @@ class UnitsPane(TablePane):
             where = "-"
         active = reported.active_state if reported else "-"
         sub = reported.sub_state if reported else "-"
+        sub = fence_note(self.model.fleet.states.get(job.name, {}), reported) or sub
         cells = (clean(job.name), clean(where), job.target_state, state[0], active, sub)
         styles = ("bold", "", "", state[1], ACTIVE_STYLES.get(active, ""), "")
         key = f"{job.name}\0{machine_id}" if is_global(job) else job.name

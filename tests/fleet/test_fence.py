@@ -19,6 +19,7 @@ import pytest
 
 from backend.fleet.registry import Registry
 from backend.fleet.runner import process_start_time, reap_orphans
+from tests.ctl.conftest import CtlRunner
 from tests.fleet.conftest import NodeFactory, eventually
 from tests.fleet.test_node import _machines_are, ident, launch, running_on
 from tests.harness import heartbeat
@@ -31,8 +32,19 @@ TTL = 2.0
 
 def journal(data_dir: Path, unit: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "backend.daemon", "journal", "--data-dir", str(data_dir)]
-        + ["-u", unit, "-o", "cat", "--no-pager"],
+        [
+            sys.executable,
+            "-m",
+            "backend.daemon",
+            "journal",
+            "--data-dir",
+            str(data_dir),
+            "-u",
+            unit,
+            "-o",
+            "cat",
+            "--no-pager",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -98,6 +110,10 @@ async def test_a_partitioned_node_stops_its_unit_before_it_runs_elsewhere(
         assert moved_after < TTL + 5
         text = journal(tmp_path / "cut", "svc.service")
         assert "fenced: lost the store at" in text, text
+        # clusterctl status says where the unit was fenced, and when it lost the store.
+        status = await CtlRunner(store.url, nodes.prefix)("status", "svc")  # type: ignore[attr-defined]
+        assert "   Active: active (running)" in status.out, status.out
+        assert "   fenced: lost the store at " in status.out, status.out
     finally:
         proxy.stop()
         for name in ("cut", "other"):

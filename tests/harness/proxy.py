@@ -56,6 +56,10 @@ class TcpProxy:
 
             loop.run_until_complete(main())
             loop.run_forever()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=serve, name=f"proxy-{self.port}", daemon=True)
