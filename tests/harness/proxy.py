@@ -46,6 +46,7 @@ class TcpProxy:
 
         def serve() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
             self._open = asyncio.Event()
             self._open.set()
