@@ -125,7 +125,14 @@ class World:
     def _start_node(self, name: str) -> None:
         endpoints = ",".join(p.url for p in self.proxies[name])
         self.children[name] = self.nodes.start(
-            name, "--endpoints", endpoints, ttl=f"{TTL:g}s", machine_id=f"{name}{'0' * 27}"
+            name,
+            "--endpoints",
+            endpoints,
+            # CHAOS_FENCE_MARGIN=0 turns fencing off: the monitor must then see two copies.
+            "--fence-margin",
+            os.environ.get("CHAOS_FENCE_MARGIN", "0.3"),
+            ttl=f"{TTL:g}s",
+            machine_id=f"{name}{'0' * 27}",
         )
 
     async def _submit(self) -> None:
@@ -172,9 +179,18 @@ class World:
             now = time.time()
             for unit in UNITS:
                 self.report.checks += 1
-                pids = self.running_now(unit, within=0.35)
-                if unit not in GLOBAL and len(pids) > 1 and not self._in_freeze(now):
-                    self._violate(f"{unit} runs twice at {now:.1f}: PIDs {sorted(pids)}")
+                recent = heartbeat.spans(self.beats(unit), now - 15)
+                pids = {s.pid for s in recent if now - s.last < 0.35}
+                if unit not in GLOBAL:
+                    # Two copies: one PID beat after the other's first beat and before its
+                    # last (a handover leaves the old PID's last beat before the new first).
+                    for one, other, _ in heartbeat.overlaps(recent):
+                        start, end = max(one.first, other.first), min(one.last, other.last)
+                        if not self._in_freeze(start, end):
+                            self._violate(
+                                f"{unit} ran twice from {start:.2f} to {end:.2f}: "
+                                f"PIDs {one.pid} and {other.pid}"
+                            )
                 if pids:
                     if unit in down_since:
                         gap = now - down_since.pop(unit)
@@ -184,14 +200,16 @@ class World:
                     down_since.setdefault(unit, now)
             time.sleep(0.1)
 
-    def _in_freeze(self, at: float) -> bool:
+    def _in_freeze(self, start: float, end: float) -> bool:
+        """Whether [start, end] lies in a node's freeze and the 0.5 s after it resumed."""
         with self._lock:
-            return any(start <= at <= end + 0.5 for start, end in self.frozen)
+            return any(begin <= start and end <= until + 0.5 for begin, until in self.frozen)
 
     def _violate(self, text: str) -> None:
         with self._lock:
             if text not in self.report.violations:
                 self.report.violations.append(text)
+                print(f"  VIOLATION: {text}", flush=True)
 
     def _writer(self) -> None:
         """Writes a counter key every 50 ms through the store's endpoints; keeps what was acked."""
