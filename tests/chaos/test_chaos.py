@@ -15,7 +15,7 @@ import pytest
 from tests.chaos.world import GLOBAL, SETTLE, UNITS, World
 
 pytestmark = pytest.mark.slow
-FAULTS = int(os.environ.get("CHAOS_FAULTS", "5"))
+FAULTS = int(os.environ.get("CHAOS_FAULTS", "8"))
 
 
 @pytest.mark.parametrize("store_kind", ["etcd", "bundled"])
