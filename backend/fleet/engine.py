@@ -289,21 +289,25 @@ def _place_least_loaded(unit: _Unit, placement: _Placement) -> Decision:
 RUNNING_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
 
 
-def hold_handoffs(state: ClusterState, decisions: dict[str, Decision]) -> None:
+def hold_handoffs(state: ClusterState, decisions: dict[str, Decision]) -> int:
     """A unit goes to a machine only once no other machine reports it running.
 
     A machine's reports live on its presence lease, so a report that is still there means the
     machine may still run the unit: the unit waits, unplaced (which tells that machine to stop
     it), until the report says it stopped or goes with the machine's lease. Never two copies,
-    whether the unit moves for its constraints or because its machine fell silent.
+    whether the unit moves for its constraints or because its machine fell silent. Returns
+    the number of units held.
     """
+    held = 0
     for name, decision in decisions.items():
         if not decision.target:
             continue
         for machine_id, reported in sorted(state.states.get(name, {}).items()):
             if machine_id != decision.target and reported.active_state in RUNNING_STATES:
                 decisions[name] = Decision(reason=f"waiting for machine {machine_id} to stop it")
+                held += 1
                 break
+    return held
 
 
 def machine_guards(
@@ -374,6 +378,8 @@ class Engine:
         """Set while this engine holds the leader lease."""
         self.reconciles = 0
         self._dirty = asyncio.Event()
+        self._held = 0
+        self._states_changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign, lead, and campaign again after losing the lease, until ``stop`` is set."""
@@ -448,6 +454,15 @@ class Engine:
             )
             for section in ("job", "machines")
         ]
+        # Reports matter only while a unit waits for a machine to stop it.
+        watchers.append(
+            asyncio.create_task(
+                watch_changes(
+                    self.client, self.registry.key("states") + b"/", self._states_changed, "engine"
+                )
+            )
+        )
+        watchers.append(asyncio.create_task(self._relay_states()))
         try:
             await first_completed(
                 stop.wait(), lease.lost.wait(), self._reconcile_loop(lease), *watchers
@@ -458,6 +473,13 @@ class Engine:
             for task in watchers:
                 with contextlib.suppress(asyncio.CancelledError, EtcdError):
                     await task
+
+    async def _relay_states(self) -> None:
+        while True:
+            await self._states_changed.wait()
+            self._states_changed.clear()
+            if self._held:
+                self._dirty.set()
 
     async def _reconcile_loop(self, lease: KeptLease) -> None:
         while True:
@@ -478,7 +500,7 @@ class Engine:
                 lease.lost.set()
             return 0
         decisions = schedule(state)
-        hold_handoffs(state, decisions)
+        self._held = hold_handoffs(state, decisions)
         ops = changes(state, decisions, self.registry)
         ours = self.registry.put_op(b"", self.machine_id).request_put.value
         leader_check = rpc.Compare(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.etcd import make_client
-from backend.fleet.registry import Registry
+from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.fleet.runner import reap_orphans
 from tests.fleet.conftest import NodeFactory
 from tests.harness import heartbeat
@@ -32,7 +32,7 @@ from tests.harness.proxy import TcpProxy
 
 TTL = 2.0
 SETTLE = TTL + 5.0
-PREFIX = "/chaos/fleet/"
+PREFIX = DEFAULT_PREFIX
 
 # name -> [X-Fleet] body; global ones run on every node.
 UNITS = {
@@ -175,6 +175,7 @@ class World:
     def _monitor(self) -> None:
         """Every 100 ms: no two copies of a non-global unit; downtime per unit."""
         down_since: dict[str, float] = {}
+        seen: set[tuple[str, int, int]] = set()
         while not self._stop.is_set():
             now = time.time()
             for unit in UNITS:
@@ -186,7 +187,9 @@ class World:
                     # last (a handover leaves the old PID's last beat before the new first).
                     for one, other, _ in heartbeat.overlaps(recent):
                         start, end = max(one.first, other.first), min(one.last, other.last)
-                        if not self._in_freeze(start, end):
+                        pair = (unit, one.pid, other.pid)
+                        if pair not in seen and not self._in_freeze(start, end):
+                            seen.add(pair)
                             self._violate(
                                 f"{unit} ran twice from {start:.2f} to {end:.2f}: "
                                 f"PIDs {one.pid} and {other.pid}"
@@ -359,7 +362,12 @@ class World:
 
     # The schedule.
 
-    def run_faults(self, count: int, overlap_every: int = 3) -> None:
+    def run_faults(
+        self,
+        count: int,
+        overlap_every: int = 3,
+        after_heal: Callable[[], str] | None = None,
+    ) -> None:
         """``count`` faults, one at a time, every ``overlap_every``-th overlapping the next."""
         choices = self.faults()
         made = 0
@@ -380,3 +388,8 @@ class World:
                 self._violate(
                     f"not running {SETTLE:g}s after healing {self.report.faults[-1]}: {missing}"
                 )
+            if after_heal is not None:
+                self.report.checks += 1
+                wrong = after_heal()
+                if wrong:
+                    self._violate(f"after healing {self.report.faults[-1]}: {wrong}")
