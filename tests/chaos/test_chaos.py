@@ -26,7 +26,7 @@ from tests.panes.conftest import running
 
 pytestmark = pytest.mark.slow
 FAULTS = int(os.environ.get("CHAOS_FAULTS", "8"))
-PANE_WITHIN = 2.0
+PANE_WITHIN = float(os.environ.get("CHAOS_PANE_WITHIN", "2"))
 
 
 def pane_rows(app: ClusterConsole) -> dict[str, tuple[str, str]]:
