@@ -68,7 +68,11 @@ async def pane_matches(app: ClusterConsole, registry: Registry) -> str:
                 for key in set(shown) | set(expected)
                 if shown.get(key) != expected.get(key)
             }
-            return f"the Units pane differs from the store after {PANE_WITHIN:g}s: {differ}"
+            revision = (await registry.snapshot(("lease",))).revision
+            return (
+                f"the Units pane differs from the store after {PANE_WITHIN:g}s: {differ} "
+                f"(pane at revision {app.model.revision}, store at {revision})"
+            )
         await asyncio.sleep(0.1)
 
 

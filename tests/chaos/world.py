@@ -10,6 +10,7 @@ its writes the store acknowledged, to find them all again at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -308,7 +309,9 @@ class World:
             index = len(self.frozen) - 1
 
         def heal() -> None:
-            os.kill(child.pid, signal.SIGCONT)  # type: ignore[attr-defined]
+            # An overlapping SIGKILL may have replaced the frozen process already.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGCONT)  # type: ignore[attr-defined]
             with self._lock:
                 self.frozen[index] = (started, time.time())
 
