@@ -100,6 +100,9 @@ class Agent:
                     )
                     if lease.lost.is_set():
                         log.warning("agent: presence lease lost; registering again")
+                        # Gone from the store before the fence clock ran out (revoked, or a
+                        # store whose clock ran fast): the units are no longer ours at all.
+                        self.check_fence(lost=True)
                 except (EtcdError, TimeoutError, OSError) as error:
                     log.warning("agent: store error: %s", error)
                     with contextlib.suppress(TimeoutError):
@@ -130,17 +133,20 @@ class Agent:
             await asyncio.sleep(0.05)
             self.check_fence()
 
-    def check_fence(self) -> None:
-        """Fence when the lease has gone unrenewed for TTL - margin (or longer: a freeze)."""
+    def check_fence(self, *, lost: bool = False) -> None:
+        """Fence when the lease has gone unrenewed for TTL - margin (or longer: a freeze).
+
+        ``lost``: the store said the lease is gone; the units are killed at once.
+        """
         lease = self._lease
-        if lease is None or self.fenced_at or self.fence_margin <= 0 or not lease.id:
+        if lease is None or self.fenced_at or self.fence_margin <= 0 or not lease.granted:
             return
         now = time.monotonic()
-        if now < lease.fence_at:
+        if now < lease.fence_at and not lost:
             return
         self.fenced_at = lease.renewed_wall or time.time()
         self.fences += 1
-        late = now >= lease.expires - SAFETY
+        late = lost or now >= lease.expires - SAFETY
         why = f"lost the store at {clock(self.fenced_at)}"
         log.warning(
             "agent: no lease renewal for %.1fs of the %ds TTL: fenced (%s); stopping units",
@@ -169,7 +175,7 @@ class Agent:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         # The session ends: the next one registers anew and takes what the engine gives.
-        self._fenced_leases.append(lease.id)
+        self._fenced_leases.append(lease.granted)
         lease.lost.set()
 
     async def _end_fence(self) -> None:
@@ -190,7 +196,7 @@ class Agent:
 
         def resumed(signum: int, frame: object) -> None:
             lease = self._lease
-            if lease is not None and lease.id and not self.fenced_at and self.fence_margin > 0:
+            if lease is not None and lease.granted and not self.fenced_at and self.fence_margin > 0:
                 if time.monotonic() >= lease.expires - SAFETY:
                     for entry in self.units.values():
                         if not self._is_global(entry):

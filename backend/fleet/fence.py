@@ -51,6 +51,9 @@ class FencedLease(KeptLease):
         """time.monotonic() when the last acknowledged renewal (or the grant) was sent."""
         self.renewed_wall = 0.0
         """The same moment by the wall clock, for people."""
+        self.granted = 0
+        """The lease's ID, kept after :meth:`close` (which zeroes ``id``): a lease given up
+        after a store error still covers the units until it ends, and must still fence."""
 
     @property
     def expires(self) -> float:
@@ -69,7 +72,7 @@ class FencedLease(KeptLease):
     async def grant(self) -> int:
         sent, sent_wall = time.monotonic(), time.time()
         lease = await self.client.lease(self.ttl)
-        self.id = lease.id
+        self.id = self.granted = lease.id
         self._mark(sent, sent_wall)
         self.lost.clear()
         self._task = asyncio.create_task(self._refresh(), name=f"lease-{self.id}")

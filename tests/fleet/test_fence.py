@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.fleet.registry import Registry
+from backend.etcd import EtcdError, make_client
+from backend.fleet.agent import Agent
+from backend.fleet.registry import Machine, Registry
 from backend.fleet.runner import process_start_time, reap_orphans
 from tests.ctl.conftest import CtlRunner
-from tests.fleet.conftest import NodeFactory, eventually
+from tests.fleet.conftest import NodeFactory, RecordingSink, eventually
 from tests.fleet.test_node import _machines_are, ident, launch, running_on
 from tests.harness import heartbeat
 from tests.harness.procs import REPO
@@ -62,9 +64,11 @@ async def beating(beats: Path, pid_not: int = 0, within: float = 0.5) -> int:
     return 0
 
 
+@pytest.mark.parametrize("how", ["silence", "refused"])
 async def test_a_partitioned_node_stops_its_unit_before_it_runs_elsewhere(
-    nodes: NodeFactory, registry: Registry, tmp_path: Path, store: object
+    nodes: NodeFactory, registry: Registry, tmp_path: Path, store: object, how: str
 ) -> None:
+    """Cut silently (packets dropped) or loudly (connections refused: every call fails)."""
     registry = Registry(registry.client, nodes.prefix)
     proxy = TcpProxy.to_url(store.url)  # type: ignore[attr-defined]
     script = heartbeat.write_script(tmp_path)
@@ -81,7 +85,7 @@ async def test_a_partitioned_node_stops_its_unit_before_it_runs_elsewhere(
         await eventually(lambda: _machines_are(registry, {cut_id, other_id}), what="two machines")
         assert await running_on(registry, "svc.service") == cut_id
 
-        proxy.cut()
+        proxy.cut() if how == "silence" else proxy.refuse()
         cut_at = time.time()
         # The other machine takes the unit once the cut one's lease has expired.
         await eventually(
@@ -169,3 +173,48 @@ async def test_a_node_frozen_past_its_ttl_kills_its_unit_on_resuming(
         proxy.stop()
         for name in ("frozen", "other"):
             reap_orphans(tmp_path / name / "run", grace=1)
+
+
+async def test_an_agent_whose_session_ended_on_an_error_still_fences(
+    registry: Registry, tmp_path: Path, store: object, sink: RecordingSink
+) -> None:
+    """A store error ends the agent's session; the lease it gave up still covers the units
+    until it ends, so the fence clock keeps running for it while the agent registers again."""
+    proxy = TcpProxy.to_url(store.url)  # type: ignore[attr-defined]
+    client = make_client([proxy.url])
+    via_proxy = Registry(client, registry.prefix)
+    machine = Machine("fe0ced01fe0ced01fe0ced01fe0ced01", "127.0.0.1")
+    agent = Agent(
+        client, via_proxy, machine, data_dir=tmp_path / "agent", sink=sink, ttl=2,
+        reconcile_interval=1.0,
+    )  # fmt: skip
+    script = heartbeat.write_script(tmp_path)
+    beats = tmp_path / "beats-svc"
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 15)
+        await launch(registry, "svc.service", heartbeat.unit_text(script, beats))
+        target = registry.key("job", "svc.service", "target")
+        await registry.txn([], [registry.put_op(target, machine.id)])
+        await eventually(lambda: beating(beats), within=15, what="the unit beating")
+        first_pid = await beating(beats)
+
+        async def failing() -> None:
+            raise EtcdError("etcdserver: leader changed (injected)")
+
+        # The store goes silent, and the agent's next reconcile fails at once.
+        proxy.cut()
+        cut_at = time.time()
+        agent.reconcile = failing  # type: ignore[method-assign]
+        agent._dirty.set()
+        await eventually(lambda: not process_start_time(first_pid), within=2 * TTL, what="fence")
+        stopped = next(s for s in heartbeat.spans(beats) if s.pid == first_pid)
+        assert stopped.last - cut_at < TTL
+        assert any("fenced: lost the store at" in m for m in sink.messages("svc.service"))
+    finally:
+        proxy.heal()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await client.close()
+        proxy.stop()

@@ -25,6 +25,7 @@ class TcpProxy:
     target_port: int
     port: int = field(default_factory=free_port)
     cuts: int = 0
+    refusing: bool = False
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _open: asyncio.Event | None = None
@@ -87,7 +88,14 @@ class TcpProxy:
         self.cuts += 1
         self._call(lambda: self._open.clear())  # type: ignore[union-attr]
 
+    def refuse(self) -> None:
+        """Reset every connection and refuse new ones: the client sees errors, not silence."""
+        self.cuts += 1
+        self.refusing = True
+        self.reset()
+
     def heal(self) -> None:
+        self.refusing = False
         self._call(lambda: self._open.set())  # type: ignore[union-attr]
 
     @property
@@ -123,6 +131,9 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._open is not None
+        if self.refusing:
+            writer.transport.abort()
+            return
         self._writers.add(writer)
         try:
             await self._open.wait()
