@@ -107,7 +107,8 @@ class Agent:
                     log.warning("agent: store error: %s", error)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    # Short: a fenced agent is back soon after the store (its units wait for it).
+                    backoff = min(backoff * 2, 2.0)
                 finally:
                     self.registered.clear()
                     if not stop.is_set():
