@@ -12,6 +12,7 @@ unit; exits 1 when an invariant broke.
 from __future__ import annotations
 
 import argparse
+import re
 import random
 import tempfile
 import time
@@ -49,7 +50,7 @@ def main() -> int:
             print("  violation:", violation)
         faults: dict[str, int] = {}
         for fault in report.faults:
-            kind = " ".join(w for w in fault.split() if not w.startswith(("node", "m")))
+            kind = re.sub(r"\b(node|m)\d+\b", "X", fault)
             faults[kind] = faults.get(kind, 0) + 1
         print("faults:", ", ".join(f"{k} x{n}" for k, n in sorted(faults.items())))
         return 1 if report.violations else 0
