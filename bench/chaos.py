@@ -12,8 +12,8 @@ unit; exits 1 when an invariant broke.
 from __future__ import annotations
 
 import argparse
-import re
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
