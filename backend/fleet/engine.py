@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import heapq
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -310,6 +311,22 @@ def hold_handoffs(state: ClusterState, decisions: dict[str, Decision]) -> int:
     return held
 
 
+def hold_vanished(state: ClusterState, decisions: dict[str, Decision], waiting: set[str]) -> int:
+    """Units of a machine that vanished a moment ago stay put (no write) for now.
+
+    A lease the store ended early (revoked by hand, or by a store leader that was stuck) is
+    news to its agent until its next renewal, a sixth of the TTL later, when it kills its
+    units at once: only then may they start elsewhere.
+    """
+    held = 0
+    for name, decision in decisions.items():
+        job = state.jobs.get(name)
+        if job is not None and job.target in waiting and decision.target != job.target:
+            decisions[name] = Decision(job.target, job.reason)
+            held += 1
+    return held
+
+
 def machine_guards(
     state: ClusterState, decisions: dict[str, Decision], registry: Registry
 ) -> list[rpc.Compare]:
@@ -380,6 +397,8 @@ class Engine:
         self._dirty = asyncio.Event()
         self._held = 0
         self._states_changed = asyncio.Event()
+        self._present: set[str] = set()
+        self._vanished: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign, lead, and campaign again after losing the lease, until ``stop`` is set."""
@@ -474,6 +493,22 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError, EtcdError):
                     await task
 
+    def _just_vanished(self, state: ClusterState) -> set[str]:
+        """Machines gone from the store less than a renewal interval ago (and a re-check then)."""
+        now = time.monotonic()
+        present = set(state.machines)
+        for gone in self._present - present:
+            self._vanished.setdefault(gone, now)
+        self._present = present
+        grace = self.ttl / 6 + 0.2
+        self._vanished = {
+            m: at for m, at in self._vanished.items() if m not in present and now - at < grace
+        }
+        if self._vanished:
+            wake = grace - (now - min(self._vanished.values())) + 0.01
+            asyncio.get_running_loop().call_later(max(0.01, wake), self._dirty.set)
+        return set(self._vanished)
+
     async def _relay_states(self) -> None:
         while True:
             await self._states_changed.wait()
@@ -501,6 +536,9 @@ class Engine:
             return 0
         decisions = schedule(state)
         self._held = hold_handoffs(state, decisions)
+        waiting = self._just_vanished(state)
+        if waiting:
+            hold_vanished(state, decisions, waiting)
         ops = changes(state, decisions, self.registry)
         ours = self.registry.put_op(b"", self.machine_id).request_put.value
         leader_check = rpc.Compare(

@@ -218,3 +218,33 @@ async def test_an_agent_whose_session_ended_on_an_error_still_fences(
         await asyncio.wait_for(task, 30)
         await client.close()
         proxy.stop()
+
+
+async def test_a_lease_ended_early_by_the_store_never_gives_two_copies(
+    nodes: NodeFactory, registry: Registry, tmp_path: Path
+) -> None:
+    """A store may end a lease early (revoked by hand; a stuck etcd leader): the agent kills
+    its units at its next renewal, and the engine waits that long before placing them."""
+    registry = Registry(registry.client, nodes.prefix)
+    script = heartbeat.write_script(tmp_path)
+    beats = tmp_path / "beats-svc"
+    first = nodes.start("first", ttl=f"{TTL:g}s")
+    first_id = ident(first, tmp_path)
+    await eventually(lambda: _machines_are(registry, {first_id}), what="the first machine")
+    await launch(registry, "svc.service", heartbeat.unit_text(script, beats))
+    await eventually(lambda: beating(beats), within=15, what="the unit beating")
+    first_pid = await beating(beats)
+    other = nodes.start("other", ttl=f"{TTL:g}s")
+    other_id = ident(other, tmp_path)
+    await eventually(lambda: _machines_are(registry, {first_id, other_id}), what="two machines")
+    try:
+        record = await registry.read_range(registry.key("machines", first_id, "object"))
+        await registry.client.revoke_lease(record.kvs[0].lease)
+        await eventually(lambda: not process_start_time(first_pid), within=TTL, what="killed")
+        await eventually(lambda: running_on(registry, "svc.service"), within=15)
+        await asyncio.sleep(1.0)
+        found = heartbeat.spans(beats)
+        assert not heartbeat.overlaps(found), heartbeat.overlaps(found)
+    finally:
+        for name in ("first", "other"):
+            reap_orphans(tmp_path / name / "run", grace=1)
