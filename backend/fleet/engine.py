@@ -399,6 +399,7 @@ class Engine:
         self._states_changed = asyncio.Event()
         self._present: set[str] = set()
         self._vanished: dict[str, float] = {}
+        self._elected_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign, lead, and campaign again after losing the lease, until ``stop`` is set."""
@@ -461,6 +462,8 @@ class Engine:
         await first_completed(stop.wait(), deleted(), asyncio.sleep(max(self.ttl, 1) * 3))
 
     async def _lead(self, lease: KeptLease, stop: asyncio.Event) -> None:
+        # A new leader does not know when the machines it misses vanished: as if just now.
+        self._elected_at = time.monotonic()
         self.is_leader = True
         self.elected.set()
         log.info("engine: %s is the leader", self.machine_id)
@@ -497,10 +500,14 @@ class Engine:
         """Machines gone from the store less than a renewal interval ago (and a re-check then)."""
         now = time.monotonic()
         present = set(state.machines)
+        grace = self.ttl / 6 + 0.2
         for gone in self._present - present:
             self._vanished.setdefault(gone, now)
+        if now - self._elected_at < grace:
+            targets = {job.target for job in state.jobs.values() if job.target}
+            for gone in targets - present:
+                self._vanished.setdefault(gone, self._elected_at)
         self._present = present
-        grace = self.ttl / 6 + 0.2
         self._vanished = {
             m: at for m, at in self._vanished.items() if m not in present and now - at < grace
         }
