@@ -346,11 +346,18 @@ class World:
 
     def freeze_etcd_member(self) -> Callable[[], None]:
         assert self.cluster is not None
-        member = self.rng.choice(self.cluster.members)
+        alive = [m for m in self.cluster.members if m.child is not None and m.child.alive()]
+        member = self.rng.choice(alive or self.cluster.members)
         assert member.child is not None
-        os.kill(member.child.pid, signal.SIGSTOP)
         pid = member.child.pid
-        return self._named(f"SIGSTOP etcd {member.name}", lambda: os.kill(pid, signal.SIGCONT))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+
+        def heal() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+        return self._named(f"SIGSTOP etcd {member.name}", heal)
 
     def restart_bundled(self) -> Callable[[], None]:
         assert self.bundled is not None
