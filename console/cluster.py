@@ -262,7 +262,8 @@ class ClusterFeed:
             except (EtcdError, OSError):
                 self.model.state = "reconnecting"
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # At most a second behind a store that is back (the panes must catch up fast).
+                delay = min(delay * 2, 1.0)
                 continue
 
     async def _watch_all(self) -> None:
@@ -277,6 +278,8 @@ class ClusterFeed:
                     progress_notify=True,
                 ):
                     await queue.put((prefix, batch.revision, list(batch.events)))
+                # A stream the server ended (the bundled store shutting down) is a drop too.
+                await queue.put(EtcdError("the watch stream ended"))
             except BaseException as error:
                 await queue.put(error)
 

@@ -20,6 +20,7 @@ import asyncssh
 
 from backend.etcd import EtcdClient, EtcdError, diagnose, error_words, make_client
 from backend.fleet.demo import clusterd_command
+from backend.fleet.fence import fence_note
 from backend.fleet.registry import (
     DEFAULT_PREFIX,
     ClusterState,
@@ -661,6 +662,8 @@ class Ctl:
             self.say("  Machine: -")
         if job.reason:
             self.say(f"   Reason: {job.reason}")
+        if fence_note(state.states.get(name, {})):
+            self.say(f"   {fence_note(state.states.get(name, {}))}")
 
     def journal_command(
         self, machine: Machine, unit: str, *, lines: int, follow: bool, output: str = ""

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from backend.etcd import EtcdClient, EtcdError
 from backend.fleet.engine import global_runs_on
+from backend.fleet.fence import DEFAULT_MARGIN, SAFETY, FencedLease, clock
 from backend.fleet.output import LineSink
-from backend.fleet.registry import ClusterState, Job, KeptLease, Machine, Registry, UnitState
+from backend.fleet.registry import ClusterState, Job, Machine, Registry, UnitState
 from backend.fleet.runner import UnitRunner, reap_orphans
 from backend.fleet.tasks import first_completed, watch_changes
 
@@ -24,6 +28,8 @@ class _Entry:
     runner: UnitRunner
     launched: bool = False
     ops: asyncio.Task[None] | None = None
+    fenced: str = ""
+    """Why the unit was stopped for a lost lease ("lost the store at HH:MM:SS"), until it starts."""
 
 
 class Agent:
@@ -39,6 +45,7 @@ class Agent:
         sink: LineSink,
         ttl: int = 30,
         reconcile_interval: float = 5.0,
+        fence_margin: float = DEFAULT_MARGIN,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -48,9 +55,16 @@ class Agent:
         self.sink = sink
         self.ttl = max(1, int(ttl))
         self.reconcile_interval = reconcile_interval
+        self.fence_margin = fence_margin
+        """Part of the TTL kept for stopping units when renewals fail; 0: never fence."""
         self.units: dict[str, _Entry] = {}
         self.registered = asyncio.Event()
-        self._lease: KeptLease | None = None
+        self.fenced_at = 0.0
+        """Wall time of the last renewal before this agent fenced itself; 0 while not fenced."""
+        self.fences = 0
+        self._lease: FencedLease | None = None
+        self._fenced_leases: list[int] = []
+        self._fenced_reports: set[str] = set()
         self._dirty = asyncio.Event()
         self._unpublished: set[str] = set()
         self._publish_wanted = asyncio.Event()
@@ -61,13 +75,16 @@ class Agent:
         for name in await asyncio.to_thread(reap_orphans, self.run_dir):
             log.warning("agent: stopped %s left running by a previous agent", name)
         backoff = 0.2
+        watchdog = asyncio.create_task(self._fence_watch(), name="fence-watch")
+        restore = self._on_resume_install()
         try:
             while not stop.is_set():
-                lease = KeptLease(self.client, self.ttl)
+                lease = FencedLease(self.client, self.ttl, self.fence_margin)
                 try:
                     await lease.grant()
-                    self._lease = lease
                     await self.registry.register_machine(self.machine, lease.id)
+                    self._lease = lease
+                    await self._end_fence()
                     self._unpublished.update(self.units)
                     self._publish_wanted.set()
                     self.registered.set()
@@ -83,17 +100,129 @@ class Agent:
                     )
                     if lease.lost.is_set():
                         log.warning("agent: presence lease lost; registering again")
+                        # Gone from the store before the fence clock ran out (revoked, or a
+                        # store whose clock ran fast): the units are no longer ours at all.
+                        self.check_fence(lost=True)
                 except (EtcdError, TimeoutError, OSError) as error:
                     log.warning("agent: store error: %s", error)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    # Short: a fenced agent is back soon after the store (its units wait for it).
+                    backoff = min(backoff * 2, 2.0)
                 finally:
                     self.registered.clear()
                     if not stop.is_set():
                         await lease.close(revoke=False)
         finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            restore()
             await self.shutdown()
+
+    # Fencing: the units placed here are this machine's only while its lease lives.
+
+    def owns_units(self) -> bool:
+        """Whether this agent may run non-global units now: registered, and the lease trusted."""
+        lease = self._lease
+        if self.fence_margin <= 0:
+            return lease is not None
+        return not self.fenced_at and lease is not None and time.monotonic() < lease.fence_at
+
+    async def _fence_watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            self.check_fence()
+
+    def check_fence(self, *, lost: bool = False) -> None:
+        """Fence when the lease has gone unrenewed for TTL - margin (or longer: a freeze).
+
+        ``lost``: the store said the lease is gone; the units are killed at once.
+        """
+        lease = self._lease
+        if lease is None or self.fenced_at or self.fence_margin <= 0 or not lease.granted:
+            return
+        now = time.monotonic()
+        if now < lease.fence_at and not lost:
+            return
+        self.fenced_at = lease.renewed_wall or time.time()
+        self.fences += 1
+        late = lost or now >= lease.expires - SAFETY
+        why = f"lost the store at {clock(self.fenced_at)}"
+        log.warning(
+            "agent: no lease renewal for %.1fs of the %ds TTL: fenced (%s); stopping units",
+            now - lease.renewed,
+            self.ttl,
+            why,
+        )
+        for name, entry in self.units.items():
+            if self._is_global(entry) or not entry.runner.running:
+                continue
+            entry.fenced = why
+            entry.launched = False
+            if late:
+                # Frozen past the lease's end: the unit may already run elsewhere.
+                entry.runner.kill_now()
+                entry.runner._note(f"fenced: {why}; the lease has expired: killed at once", 4)
+                budget = 0.0
+            else:
+                entry.runner._note(
+                    f"fenced: {why}; stopping before the lease can expire "
+                    f"({lease.ttl}s TTL, {self.fence_margin:g} margin)",
+                    4,
+                )
+                budget = max(0.0, lease.expires - SAFETY - now)
+            task = asyncio.create_task(entry.runner.fence(budget), name=f"fence-{name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        # The session ends: the next one registers anew and takes what the engine gives.
+        self._fenced_leases.append(lease.granted)
+        lease.lost.set()
+
+    async def _end_fence(self) -> None:
+        """Registered anew: the leases given up are revoked (their states go with them)."""
+        for lease_id in self._fenced_leases:
+            with contextlib.suppress(EtcdError, TimeoutError, OSError):
+                await asyncio.wait_for(self.client.revoke_lease(lease_id), 2)
+        self._fenced_leases.clear()
+        if self.fenced_at:
+            log.warning("agent: registered again after the fence of %s", clock(self.fenced_at))
+        self.fenced_at = 0.0
+
+    def _on_resume_install(self) -> Callable[[], None]:
+        """On SIGCONT, before anything else runs: kill the units the lease no longer covers."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        loop = asyncio.get_running_loop()
+
+        def resumed(signum: int, frame: object) -> None:
+            lease = self._lease
+            if lease is not None and lease.granted and not self.fenced_at and self.fence_margin > 0:
+                if time.monotonic() >= lease.expires - SAFETY:
+                    for entry in self.units.values():
+                        if not self._is_global(entry):
+                            entry.runner.kill_now()
+            loop.call_soon_threadsafe(self.check_fence)
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            previous = signal.signal(signal.SIGCONT, resumed)
+        except ValueError:
+            return lambda: None
+
+        def restore() -> None:
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGCONT, previous)
+
+        return restore
+
+    @staticmethod
+    def _is_global(entry: _Entry) -> bool:
+        try:
+            return entry.runner.unit.fleet(entry.runner.name).is_global
+        except ValueError:
+            return False
 
     async def shutdown(self) -> None:
         """Stop every unit, then take this machine's states and presence out of the store."""
@@ -140,6 +269,11 @@ class Agent:
     async def reconcile(self) -> None:
         state = await self.registry.snapshot(("job", "unit"))
         wanted = self.wanted(state)
+        for name in [n for n in self._fenced_reports if n not in state.jobs or n in wanted]:
+            self._fenced_reports.discard(name)
+            if name not in wanted:
+                with contextlib.suppress(EtcdError, TimeoutError, OSError):
+                    await self.registry.remove_state(name, self.machine.id)
         for name in [n for n in self.units if n not in wanted]:
             entry = self.units.pop(name)
             self._queue(name, entry, self._retire(name, entry))
@@ -187,6 +321,12 @@ class Agent:
         entry.ops = asyncio.create_task(chained(), name=f"op-{name}")
 
     async def _start_entry(self, entry: _Entry) -> None:
+        if not self._is_global(entry) and not self.owns_units():
+            # Fenced (or the lease is past trusting): the next reconcile after
+            # registering again decides.
+            entry.launched = False
+            return
+        entry.fenced = ""
         entry.runner.start()
 
     async def _stop_entry(self, entry: _Entry) -> None:
@@ -196,8 +336,17 @@ class Agent:
         await entry.runner.stop()
         if name not in self.units:
             self._unpublished.discard(name)
+            lease = self._lease
             with contextlib.suppress(EtcdError, TimeoutError, OSError):
-                await self.registry.remove_state(name, self.machine.id)
+                if entry.fenced and lease is not None and lease.id:
+                    # Moved away while fenced: the report says so (on this machine's lease)
+                    # until the job goes, or the unit comes back here.
+                    state = self.state_of(entry.runner)
+                    state.machine_state["Fenced"] = entry.fenced
+                    await self.registry.publish_state(name, state, lease.id)
+                    self._fenced_reports.add(name)
+                else:
+                    await self.registry.remove_state(name, self.machine.id)
 
     def _changed(self, runner: UnitRunner) -> None:
         entry = self.units.get(runner.name)
@@ -207,7 +356,9 @@ class Agent:
             self._publish_wanted.set()
 
     def state_of(self, runner: UnitRunner) -> UnitState:
-        return UnitState(
+        entry = self.units.get(runner.name)
+        fenced = entry.fenced if entry is not None and entry.runner is runner else ""
+        state = UnitState(
             load_state="loaded",
             active_state=runner.active_state,
             sub_state=runner.sub_state,
@@ -219,6 +370,9 @@ class Agent:
                 "Metadata": self.machine.metadata,
             },
         )
+        if fenced and not runner.running:
+            state.machine_state["Fenced"] = fenced
+        return state
 
     async def _publish_loop(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from backend import filemodes
 from backend.etcd import ConfigError, EtcdError, make_client
 from backend.fleet.agent import Agent
 from backend.fleet.engine import Engine
+from backend.fleet.fence import DEFAULT_MARGIN, parse_margin
 from backend.fleet.output import open_journal
 from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry
 from backend.fleet.unitfile import parse_timespan
@@ -39,6 +40,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-ip", default="", help="address other machines reach this one at")
     parser.add_argument(
         "--agent-ttl", default="30s", help="how long the machine stays listed after it dies"
+    )
+    parser.add_argument(
+        "--fence-margin",
+        default=str(DEFAULT_MARGIN),
+        help="part of the agent TTL kept for stopping units when the store is out of reach: "
+        "non-global units stop after TTL*(1-margin) without a lease renewal (0.3 or 30%%; "
+        "0 turns fencing off)",
     )
     parser.add_argument(
         "--engine-reconcile-interval", default="2s", help="how often the engine reconciles anyway"
@@ -143,6 +151,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         sink=sink,
         ttl=ttl,
         reconcile_interval=max(interval, 1.0),
+        fence_margin=parse_margin(args.fence_margin),
     )
     tasks = [asyncio.create_task(agent.run(stop), name="agent")]
     if metrics is not None:
@@ -208,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         filemodes.ensure_dir(args.data_dir, filemodes.NODE_DIR, log)
         parse_metadata(args.metadata)
         parse_timespan(args.agent_ttl)
+        parse_margin(args.fence_margin)
         parse_timespan(args.engine_reconcile_interval)
         args.machine_id = machine_id(args.data_dir, args.machine_id)
     except (ValueError, OSError) as error:

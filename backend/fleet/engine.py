@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import heapq
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -288,6 +289,70 @@ def _place_least_loaded(unit: _Unit, placement: _Placement) -> Decision:
     return Decision(reason="no machines are in the cluster")
 
 
+RUNNING_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
+
+
+def hold_handoffs(state: ClusterState, decisions: dict[str, Decision]) -> int:
+    """A unit goes to a machine only once no other machine reports it running.
+
+    A machine's reports live on its presence lease, so a report that is still there means the
+    machine may still run the unit: the unit waits, unplaced (which tells that machine to stop
+    it), until the report says it stopped or goes with the machine's lease. Never two copies,
+    whether the unit moves for its constraints or because its machine fell silent. Returns
+    the number of units held.
+    """
+    held = 0
+    for name, decision in decisions.items():
+        if not decision.target:
+            continue
+        for machine_id, reported in sorted(state.states.get(name, {}).items()):
+            if machine_id != decision.target and reported.active_state in RUNNING_STATES:
+                decisions[name] = Decision(reason=f"waiting for machine {machine_id} to stop it")
+                held += 1
+                break
+    return held
+
+
+def hold_vanished(state: ClusterState, decisions: dict[str, Decision], waiting: set[str]) -> int:
+    """Units of a machine that vanished a moment ago stay put (no write) for now.
+
+    A lease the store ended early (revoked by hand, or by a store leader that was stuck) is
+    news to its agent until its next renewal, a sixth of the TTL later, when it kills its
+    units at once: only then may they start elsewhere.
+    """
+    held = 0
+    for name, decision in decisions.items():
+        job = state.jobs.get(name)
+        if job is not None and job.target in waiting and decision.target != job.target:
+            decisions[name] = Decision(job.target, job.reason)
+            held += 1
+    return held
+
+
+def machine_guards(
+    state: ClusterState, decisions: dict[str, Decision], registry: Registry
+) -> list[rpc.Compare]:
+    """Compares that fail if a machine a unit moves away from registered since the read.
+
+    A machine that comes back (a fenced agent registering anew) between the engine's read
+    and its write must not find its units placed elsewhere on a stale view of it.
+    """
+    left: set[str] = set()
+    for name, decision in decisions.items():
+        job = state.jobs.get(name)
+        if job is not None and job.target and decision.target != job.target:
+            left.add(job.target)
+    return [
+        rpc.Compare(
+            key=registry.key("machines", machine_id, "object"),
+            target=rpc.Compare.MOD,
+            result=rpc.Compare.LESS,
+            mod_revision=state.revision + 1,
+        )
+        for machine_id in sorted(left)
+    ]
+
+
 def changes(
     state: ClusterState, decisions: dict[str, Decision], registry: Registry
 ) -> list[rpc.RequestOp]:
@@ -332,6 +397,11 @@ class Engine:
         """Set while this engine holds the leader lease."""
         self.reconciles = 0
         self._dirty = asyncio.Event()
+        self._held = 0
+        self._states_changed = asyncio.Event()
+        self._present: set[str] = set()
+        self._vanished: dict[str, float] = {}
+        self._elected_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign, lead, and campaign again after losing the lease, until ``stop`` is set."""
@@ -394,6 +464,8 @@ class Engine:
         await first_completed(stop.wait(), deleted(), asyncio.sleep(max(self.ttl, 1) * 3))
 
     async def _lead(self, lease: KeptLease, stop: asyncio.Event) -> None:
+        # A new leader does not know when the machines it misses vanished: as if just now.
+        self._elected_at = time.monotonic()
         self.is_leader = True
         self.elected.set()
         log.info("engine: %s is the leader", self.machine_id)
@@ -406,6 +478,15 @@ class Engine:
             )
             for section in ("job", "machines")
         ]
+        # Reports matter only while a unit waits for a machine to stop it.
+        watchers.append(
+            asyncio.create_task(
+                watch_changes(
+                    self.client, self.registry.key("states") + b"/", self._states_changed, "engine"
+                )
+            )
+        )
+        watchers.append(asyncio.create_task(self._relay_states()))
         try:
             await first_completed(
                 stop.wait(), lease.lost.wait(), self._reconcile_loop(lease), *watchers
@@ -416,6 +497,33 @@ class Engine:
             for task in watchers:
                 with contextlib.suppress(asyncio.CancelledError, EtcdError):
                     await task
+
+    def _just_vanished(self, state: ClusterState) -> set[str]:
+        """Machines gone from the store less than a renewal interval ago (and a re-check then)."""
+        now = time.monotonic()
+        present = set(state.machines)
+        grace = self.ttl / 6 + 0.2
+        for gone in self._present - present:
+            self._vanished.setdefault(gone, now)
+        if now - self._elected_at < grace:
+            targets = {job.target for job in state.jobs.values() if job.target}
+            for gone in targets - present:
+                self._vanished.setdefault(gone, self._elected_at)
+        self._present = present
+        self._vanished = {
+            m: at for m, at in self._vanished.items() if m not in present and now - at < grace
+        }
+        if self._vanished:
+            wake = grace - (now - min(self._vanished.values())) + 0.01
+            asyncio.get_running_loop().call_later(max(0.01, wake), self._dirty.set)
+        return set(self._vanished)
+
+    async def _relay_states(self) -> None:
+        while True:
+            await self._states_changed.wait()
+            self._states_changed.clear()
+            if self._held:
+                self._dirty.set()
 
     async def _reconcile_loop(self, lease: KeptLease) -> None:
         while True:
@@ -429,22 +537,38 @@ class Engine:
 
     async def reconcile(self, lease: KeptLease | None = None) -> int:
         """One pass: read, decide, write the differences. Returns the number of writes."""
-        state = await self.registry.snapshot(("job", "unit", "machines", "lease"))
+        state = await self.registry.snapshot(("job", "unit", "machines", "lease", "states"))
         if state.leader != self.machine_id:
             # Someone else holds the lease now (ours expired while we were slow).
             if lease is not None:
                 lease.lost.set()
             return 0
-        ops = changes(state, schedule(state), self.registry)
+        decisions = schedule(state)
+        self._held = hold_handoffs(state, decisions)
+        waiting = self._just_vanished(state)
+        if waiting:
+            hold_vanished(state, decisions, waiting)
+        ops = changes(state, decisions, self.registry)
+        ours = self.registry.put_op(b"", self.machine_id).request_put.value
         leader_check = rpc.Compare(
             key=self.registry.leader_key,
             target=rpc.Compare.VALUE,
             result=rpc.Compare.EQUAL,
-            value=self.registry.put_op(b"", self.machine_id).request_put.value,
+            value=ours,
         )
-        for start in range(0, len(ops), MAX_TXN_OPS - 1):
-            response = await self.registry.txn([leader_check], ops[start : start + MAX_TXN_OPS - 1])
+        guards = machine_guards(state, decisions, self.registry)[: MAX_TXN_OPS // 2]
+        size = MAX_TXN_OPS - 1 - len(guards)
+        read_leader = rpc.RequestOp(request_range=rpc.RangeRequest(key=self.registry.leader_key))
+        for start in range(0, len(ops), size):
+            response = await self.registry.txn(
+                [leader_check, *guards], ops[start : start + size], [read_leader]
+            )
             if not response.succeeded:
+                held = response.responses[0].response_range.kvs
+                if guards and held and held[0].value == ours:
+                    # Still the leader: a machine came back since the read; read again.
+                    self._dirty.set()
+                    return start
                 if lease is not None:
                     lease.lost.set()
                 return start

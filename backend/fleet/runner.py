@@ -376,6 +376,8 @@ class UnitRunner:
         self._task: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self._children: list[_Child] = []
+        self.fenced = False
+        """Set when the unit was killed for a lost lease: it is not restarted."""
 
     @property
     def unit_hash(self) -> str:
@@ -441,6 +443,7 @@ class UnitRunner:
         if self.running:
             return
         self._stop.clear()
+        self.fenced = False
         self._task = asyncio.create_task(self._supervise(), name=f"unit-{self.name}")
 
     async def stop(self) -> None:
@@ -453,6 +456,34 @@ class UnitRunner:
         self._task = None
         # A stopped unit starts over: its earlier failure no longer describes it.
         self._set("inactive", "dead")
+
+    async def fence(self, within: float) -> None:
+        """Stop for a lost lease: ExecStop and the kill signal, then SIGKILL at ``within`` s.
+
+        However long TimeoutStopSec is, the unit's processes are gone when this returns, or
+        SIGKILLed at most ``within`` seconds after it was called.
+        """
+        task = self._task
+        if task is None:
+            return
+        self._stop.set()
+        await asyncio.wait({task}, timeout=max(0.0, within))
+        if not task.done():
+            self._note("fenced: stop did not finish in time; SIGKILL", 4)
+            self.kill_now()
+            await asyncio.wait({task}, timeout=5.0)
+        if task.done():
+            await self.stop()
+
+    def kill_now(self) -> None:
+        """SIGKILL every process group of the unit at once (synchronous: safe in a handler)."""
+        for child in self._children:
+            if child.returncode is None:
+                _kill_group(child.pid, signal.SIGKILL)
+        if self.main_pid:
+            _kill_group(_group_of(self.main_pid, self.main_pid), signal.SIGKILL)
+        # No restart after this (a plain attribute: a signal handler may call this).
+        self.fenced = True
 
     async def wait_stopped(self) -> None:
         if self._task is not None:
@@ -600,11 +631,11 @@ class UnitRunner:
     async def _supervise(self) -> None:
         failures = 0
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self.fenced:
                 began = time.monotonic()
                 outcome = await self._run_once()
                 self.last_outcome = outcome
-                if self._stop.is_set():
+                if self._stop.is_set() or self.fenced:
                     break
                 if not should_restart(self.options.restart, outcome):
                     if outcome.clean:

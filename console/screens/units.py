@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from backend.etcd import EtcdError, error_words
+from backend.fleet.fence import fence_note
 from backend.fleet.registry import Job, Registry, RegistryError, UnitState, current_state
 from backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
 from console.cluster import ClusterModel
@@ -203,6 +204,7 @@ class UnitsPane(TablePane):
             where = "-"
         active = reported.active_state if reported else "-"
         sub = reported.sub_state if reported else "-"
+        sub = fence_note(self.model.fleet.states.get(job.name, {}), reported) or sub
         name = cell(job.name) + (" (invalid name)" if job.problem else "")
         # Every cell is made literal: a state is whatever an agent (or anyone) wrote.
         cells = (name, cell(where), cell(job.target_state), cell(state[0]), cell(active), cell(sub))
