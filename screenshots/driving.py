@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from textual.pilot import Pilot
 
+from backend.keyspace import child_of
 from console.app import ClusterConsole
-from console.keyspace import child_of
 
 
 async def wait_for(pilot: Pilot, predicate: Callable[[], object], within: float = 10.0) -> None:

@@ -1,10 +1,13 @@
-"""The layering rules: backend/ runs without Textual, and every command answers --help."""
+"""The layering rules: backend/ runs without Textual, widgets/ without console/, and every
+command answers --help."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +34,32 @@ def test_importing_every_backend_module_loads_no_textual_module() -> None:
     count, loaded = result.stdout.strip().split(" ", 1)
     assert int(count) > 5, "the walk found too few backend modules to prove anything"
     assert loaded == "[]"
+
+
+def _imported(path: Path) -> set[str]:
+    """The top-level packages a module imports, wherever in the module it imports them."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [("widgets", {"console"}), ("backend", {"console", "widgets", "textual"})],
+)
+def test_no_layer_imports_the_layers_above_it(layer: str, forbidden: set[str]) -> None:
+    modules = sorted((REPO / layer).rglob("*.py"))
+    assert len(modules) > 5, f"too few {layer} modules to prove anything"
+    upward = {
+        f"{path.relative_to(REPO)}: {', '.join(sorted(_imported(path) & forbidden))}"
+        for path in modules
+        if _imported(path) & forbidden
+    }
+    assert not upward, f"{layer}/ imports what sits above it:\n" + "\n".join(sorted(upward))
 
 
 def _scripts() -> dict[str, str]:

@@ -17,7 +17,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from backend.keys import prefix_end
-from console.keyspace import Child, Listing, child_of, display_name
+from backend.keyspace import Child, Listing, child_of, display_name
 from widgets.filter_bar import Matcher
 from widgets.literal import cell, plural
 

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from console.keyspace import Entry
+from backend.keyspace import Entry
 from widgets.literal import clean, literal
 
 HEX_WIDTH = 16

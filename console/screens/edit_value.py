@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static, TextArea
 
-from console.keyspace import MAX_REQUEST_BYTES
+from backend.keyspace import MAX_REQUEST_BYTES
 from widgets.literal import literal
 
 

@@ -9,7 +9,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from console.keyspace import Entry
+from backend.keyspace import Entry
 from widgets.literal import literal
 
 PREVIEW = 400

@@ -18,10 +18,10 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Input
 
+from backend import keyspace
 from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted, diagnose, error_words
+from backend.keyspace import Child, Entry
 from backend.text import literal as text_literal
-from console import keyspace
-from console.keyspace import Child, Entry
 from console.screens.confirm import ConfirmScreen
 from console.screens.edit_value import EditValueScreen
 from console.screens.history import HistoryScreen

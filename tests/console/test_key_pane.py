@@ -8,7 +8,7 @@ from textual import events
 from textual.widgets import Input, TextArea
 
 from backend.etcd import EtcdClient
-from console.keyspace import MAX_REQUEST_BYTES
+from backend.keyspace import MAX_REQUEST_BYTES
 from console.screens.confirm import ConfirmScreen
 from console.screens.edit_value import EditValueScreen
 from console.screens.help import HelpScreen
