@@ -22,7 +22,7 @@ from aetcd import rpc
 
 from backend.etcd import EtcdClient
 from backend.keys import prefix_end
-from backend.kv.wire import (
+from backend.kv.wire_codec import (
     ACK,
     COMPRESSION_ERROR,
     CONTINUATION,
