@@ -275,15 +275,15 @@ class Store:
         self, request: rpc.PutRequest | rpc.TxnRequest | rpc.DeleteRangeRequest
     ) -> None:
         if request.ByteSize() > self.config.max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
+            raise errors.RequestTooLarge()
 
     def _check_space(self, cost: int) -> None:
         if _NOSPACE in self.alarms:
-            raise errors.NO_SPACE
+            raise errors.NoSpace()
         if cost and self.space.size + cost > self.config.quota_bytes:
             log.warning("database space exceeded: raising the NOSPACE alarm")
             self._set_alarm(rpc.AlarmRequest.ACTIVATE, _NOSPACE, self.member_id)
-            raise errors.NO_SPACE
+            raise errors.NoSpace()
 
     def _set_alarm(self, action: int, alarm: int, member: int) -> None:
         if action == rpc.AlarmRequest.ACTIVATE:
@@ -297,24 +297,24 @@ class Store:
     @staticmethod
     def _check_range_request(request: rpc.RangeRequest) -> None:
         if not request.key:
-            raise errors.EMPTY_KEY
+            raise errors.EmptyKey()
 
     @staticmethod
     def _check_put_request(request: rpc.PutRequest) -> None:
         if not request.key:
-            raise errors.EMPTY_KEY
+            raise errors.EmptyKey()
         if request.ignore_value and request.value:
-            raise errors.VALUE_PROVIDED
+            raise errors.ValueProvided()
         if request.ignore_lease and request.lease:
-            raise errors.LEASE_PROVIDED
+            raise errors.LeaseProvided()
 
     def _check_txn_request(self, request: rpc.TxnRequest) -> None:
         limit = self.config.max_txn_ops
         if max(len(request.compare), len(request.success), len(request.failure)) > limit:
-            raise errors.TOO_MANY_OPS
+            raise errors.TooManyOps()
         for compare in request.compare:
             if not compare.key:
-                raise errors.EMPTY_KEY
+                raise errors.EmptyKey()
         for op in (*request.success, *request.failure):
             which = op.WhichOneof("request")
             if which == "request_range":
@@ -323,16 +323,16 @@ class Store:
                 self._check_put_request(op.request_put)
             elif which == "request_delete_range":
                 if not op.request_delete_range.key:
-                    raise errors.EMPTY_KEY
+                    raise errors.EmptyKey()
             elif which == "request_txn":
                 self._check_txn_request(op.request_txn)
 
     def _check_put_apply(self, request: rpc.PutRequest) -> None:
         """Checks that depend on the state, made before anything in the request applies."""
         if (request.ignore_value or request.ignore_lease) and self.space.get(request.key) is None:
-            raise errors.KEY_NOT_FOUND
+            raise errors.KeyNotFound()
         if request.lease and request.lease not in self.lessor.leases:
-            raise errors.LEASE_NOT_FOUND
+            raise errors.LeaseNotFound()
 
     # -- KV ------------------------------------------------------------------------------
 
@@ -424,7 +424,7 @@ class Store:
             if first:
                 await asyncio.sleep(0)
                 if space.compacted > at:
-                    raise errors.COMPACTED
+                    raise errors.Compacted()
             for k in keys[first : first + RANGE_CHUNK_KEYS]:
                 history = index.get(k)
                 rec = None if history is None else history.at(at)
@@ -524,7 +524,7 @@ class Store:
 
     def delete_range(self, request: rpc.DeleteRangeRequest) -> rpc.DeleteRangeResponse:
         if not request.key:
-            raise errors.EMPTY_KEY
+            raise errors.EmptyKey()
         self._check_size(request)
         writer = Writer(self.space)
         deleted = self._apply_delete(writer, request.key, request.range_end)
@@ -633,9 +633,9 @@ class Store:
         space = self.space
         revision = request.revision
         if revision <= space.compacted:
-            raise errors.COMPACTED
+            raise errors.Compacted()
         if revision > space.revision:
-            raise errors.FUTURE_REV
+            raise errors.FutureRev()
         space.compact(revision)
         self._log(COMPACT, request.SerializeToString())
         return rpc.CompactionResponse(header=self.header(space.revision))
@@ -840,12 +840,12 @@ def _check_intervals(ops: list[rpc.RequestOp]) -> tuple[set[bytes], list[tuple[b
         else_puts, else_dels = _check_intervals(list(op.request_txn.failure))
         for key in then_puts:
             if key in puts or deleted(key):
-                raise errors.DUPLICATE_KEY
+                raise errors.DuplicateKey()
             puts.add(key)
         for key in else_puts:
             # then and else exclude each other, so the same key in both is fine
             if (key in puts and key not in then_puts) or deleted(key):
-                raise errors.DUPLICATE_KEY
+                raise errors.DuplicateKey()
             puts.add(key)
         dels.extend(then_dels)
         dels.extend(else_dels)
@@ -854,7 +854,7 @@ def _check_intervals(ops: list[rpc.RequestOp]) -> tuple[set[bytes], list[tuple[b
             continue
         key = op.request_put.key
         if key in puts or deleted(key):
-            raise errors.DUPLICATE_KEY
+            raise errors.DuplicateKey()
         puts.add(key)
     return puts, dels
 

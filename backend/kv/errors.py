@@ -1,49 +1,103 @@
-"""Provides the store's errors with etcd's gRPC status codes and message strings."""
+"""Provides the store's errors with etcd's gRPC status codes and message strings.
+
+Each error is a class, raised afresh every time (``raise errors.EmptyKey()``): an exception
+instance shared between raises would keep every raise's traceback, and the frames in it.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import grpc
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class StoreError(Exception):
     """An error the client sees exactly as etcd would send it: a status code and a message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    message: ClassVar[str] = ""
 
+    def __init__(self) -> None:
+        super().__init__(self.message)
 
-def _error(code: grpc.StatusCode, message: str) -> StoreError:
-    return StoreError(code, message)
-
-
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 # Clients map errors by their text (etcd's rpctypes), so these strings are etcd's own.
-EMPTY_KEY = _error(_INVALID, "etcdserver: key is not provided")
-KEY_NOT_FOUND = _error(_INVALID, "etcdserver: key not found")
-VALUE_PROVIDED = _error(_INVALID, "etcdserver: value is provided")
-LEASE_PROVIDED = _error(_INVALID, "etcdserver: lease is provided")
-TOO_MANY_OPS = _error(_INVALID, "etcdserver: too many operations in txn request")
-DUPLICATE_KEY = _error(_INVALID, "etcdserver: duplicate key given in txn request")
-REQUEST_TOO_LARGE = _error(_INVALID, "etcdserver: request is too large")
-COMPACTED = _error(
-    grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"
-)
-FUTURE_REV = _error(
-    grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"
-)
-NO_SPACE = _error(grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
-LEASE_NOT_FOUND = _error(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
-LEASE_EXIST = _error(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
-LEASE_TTL_TOO_LARGE = _error(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
-AUTH_NOT_ENABLED = _error(
-    grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: authentication is not enabled"
-)
-MEMBER_NOT_FOUND = _error(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
-NOT_CAPABLE = _error(grpc.StatusCode.UNAVAILABLE, "etcdserver: not capable")
-SINGLE_NODE = _error(
-    grpc.StatusCode.UNIMPLEMENTED,
-    "clusterd kv: the bundled store is single-node; run a real etcd cluster to add members",
-)
+
+
+class EmptyKey(StoreError):
+    code = _INVALID
+    message = "etcdserver: key is not provided"
+
+
+class KeyNotFound(StoreError):
+    code = _INVALID
+    message = "etcdserver: key not found"
+
+
+class ValueProvided(StoreError):
+    code = _INVALID
+    message = "etcdserver: value is provided"
+
+
+class LeaseProvided(StoreError):
+    code = _INVALID
+    message = "etcdserver: lease is provided"
+
+
+class TooManyOps(StoreError):
+    code = _INVALID
+    message = "etcdserver: too many operations in txn request"
+
+
+class DuplicateKey(StoreError):
+    code = _INVALID
+    message = "etcdserver: duplicate key given in txn request"
+
+
+class RequestTooLarge(StoreError):
+    code = _INVALID
+    message = "etcdserver: request is too large"
+
+
+class Compacted(StoreError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    message = "etcdserver: mvcc: required revision has been compacted"
+
+
+class FutureRev(StoreError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    message = "etcdserver: mvcc: required revision is a future revision"
+
+
+class NoSpace(StoreError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = "etcdserver: mvcc: database space exceeded"
+
+
+class LeaseNotFound(StoreError):
+    code = grpc.StatusCode.NOT_FOUND
+    message = "etcdserver: requested lease not found"
+
+
+class LeaseExist(StoreError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    message = "etcdserver: lease already exists"
+
+
+class LeaseTTLTooLarge(StoreError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    message = "etcdserver: too large lease TTL"
+
+
+class AuthNotEnabled(StoreError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    message = "etcdserver: authentication is not enabled"
+
+
+class SingleNode(StoreError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    message = (
+        "clusterd kv: the bundled store is single-node; run a real etcd cluster to add members"
+    )

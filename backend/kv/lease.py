@@ -49,9 +49,9 @@ class Lessor:
 
     def check_grant(self, lease_id: int, ttl: int) -> None:
         if ttl > MAX_LEASE_TTL:
-            raise errors.LEASE_TTL_TOO_LARGE
+            raise errors.LeaseTTLTooLarge()
         if lease_id in self.leases:
-            raise errors.LEASE_EXIST
+            raise errors.LeaseExist()
 
     def grant(self, lease_id: int, ttl: int) -> Lease:
         """Grant (or, on recovery, re-grant) a lease; its clock starts now, as in etcd."""
@@ -63,7 +63,7 @@ class Lessor:
     def revoke(self, lease_id: int) -> Lease:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
-            raise errors.LEASE_NOT_FOUND
+            raise errors.LeaseNotFound()
         return lease
 
     def renew(self, lease_id: int) -> int:

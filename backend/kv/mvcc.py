@@ -105,9 +105,9 @@ class KeySpace:
         if revision <= 0:
             return self.revision
         if revision > self.revision:
-            raise errors.FUTURE_REV
+            raise errors.FutureRev()
         if revision < self.compacted:
-            raise errors.COMPACTED
+            raise errors.Compacted()
         return revision
 
     def keys_in(self, key: bytes, end: bytes) -> list[bytes]:

@@ -222,16 +222,16 @@ class ClusterService(services.ClusterServicer):
         return rpc.MemberListResponse(header=self.store.header(0), members=[self._member()])
 
     async def MemberAdd(self, request: rpc.MemberAddRequest, context: _Context) -> None:
-        await _fail(context, errors.SINGLE_NODE)
+        await _fail(context, errors.SingleNode())
 
     async def MemberRemove(self, request: rpc.MemberRemoveRequest, context: _Context) -> None:
-        await _fail(context, errors.SINGLE_NODE)
+        await _fail(context, errors.SingleNode())
 
     async def MemberUpdate(self, request: rpc.MemberUpdateRequest, context: _Context) -> None:
-        await _fail(context, errors.SINGLE_NODE)
+        await _fail(context, errors.SingleNode())
 
     async def MemberPromote(self, request: rpc.MemberPromoteRequest, context: _Context) -> None:
-        await _fail(context, errors.SINGLE_NODE)
+        await _fail(context, errors.SingleNode())
 
 
 class MaintenanceService(services.MaintenanceServicer):
@@ -278,7 +278,7 @@ class MaintenanceService(services.MaintenanceServicer):
             yield rpc.SnapshotResponse(header=header, remaining_bytes=remaining, blob=blob)
 
     async def MoveLeader(self, request: rpc.MoveLeaderRequest, context: _Context) -> None:
-        await _fail(context, errors.SINGLE_NODE)
+        await _fail(context, errors.SingleNode())
 
 
 AUTH_MANAGEMENT = (
@@ -320,7 +320,7 @@ class AuthService(services.AuthServicer):
     for a feature it does not have, and the other calls on the connection go on."""
 
     async def Authenticate(self, request: rpc.AuthenticateRequest, context: _Context) -> None:
-        await _fail(context, errors.AUTH_NOT_ENABLED)
+        await _fail(context, errors.AuthNotEnabled())
 
 
 for _name in AUTH_MANAGEMENT:
