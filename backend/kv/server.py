@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from aetcd import rpc
@@ -32,11 +33,25 @@ API_VERSION = "3.4.0"
 """The etcd API level this store speaks, reported by Status."""
 
 _Context = Context
+_Servicer = TypeVar("_Servicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
-async def _fail(context: _Context, error: StoreError) -> NoReturn:
-    await context.abort(error.code, error.message)
-    raise AssertionError("abort() raises")
+def answers_store_errors(
+    method: Callable[[_Servicer, _Request, _Context], Awaitable[_Response]],
+) -> Callable[[_Servicer, _Request, _Context], Coroutine[Any, Any, _Response]]:
+    """A unary call whose store raises a ``StoreError`` ends with etcd's status and message."""
+
+    @functools.wraps(method)
+    async def call(self: _Servicer, request: _Request, context: _Context) -> _Response:
+        try:
+            return await method(self, request, context)
+        except StoreError as error:
+            await context.abort(error.code, error.message)
+            raise AssertionError("abort() raises") from None
+
+    return call
 
 
 async def _durable(store: Store, context: _Context) -> None:
@@ -52,50 +67,40 @@ class KVService(services.KVServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @answers_store_errors
     async def Range(self, request: rpc.RangeRequest, context: _Context) -> rpc.RangeResponse:
         store = self.store
         barrier = store.read_barrier()
         if barrier is not None:
             await barrier
-        try:
-            return await store.range_yielding(request)
-        except StoreError as error:
-            await _fail(context, error)
+        return await store.range_yielding(request)
 
+    @answers_store_errors
     async def Put(self, request: rpc.PutRequest, context: _Context) -> rpc.PutResponse:
         store = self.store
-        try:
-            response = store.put(request)
-        except StoreError as error:
-            await _fail(context, error)
+        response = store.put(request)
         await _durable(store, context)
         return response
 
+    @answers_store_errors
     async def DeleteRange(
         self, request: rpc.DeleteRangeRequest, context: _Context
     ) -> rpc.DeleteRangeResponse:
-        try:
-            response = self.store.delete_range(request)
-        except StoreError as error:
-            await _fail(context, error)
+        response = self.store.delete_range(request)
         await _durable(self.store, context)
         return response
 
+    @answers_store_errors
     async def Txn(self, request: rpc.TxnRequest, context: _Context) -> rpc.TxnResponse:
-        try:
-            response = self.store.txn(request)
-        except StoreError as error:
-            await _fail(context, error)
+        response = self.store.txn(request)
         await _durable(self.store, context)
         return response
 
+    @answers_store_errors
     async def Compact(
         self, request: rpc.CompactionRequest, context: _Context
     ) -> rpc.CompactionResponse:
-        try:
-            response = self.store.compact(request)
-        except StoreError as error:
-            await _fail(context, error)
+        response = self.store.compact(request)
         await _durable(self.store, context)
         return response
 
@@ -160,23 +165,19 @@ class LeaseService(services.LeaseServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @answers_store_errors
     async def LeaseGrant(
         self, request: rpc.LeaseGrantRequest, context: _Context
     ) -> rpc.LeaseGrantResponse:
-        try:
-            response = self.store.lease_grant(request)
-        except StoreError as error:
-            await _fail(context, error)
+        response = self.store.lease_grant(request)
         await _durable(self.store, context)
         return response
 
+    @answers_store_errors
     async def LeaseRevoke(
         self, request: rpc.LeaseRevokeRequest, context: _Context
     ) -> rpc.LeaseRevokeResponse:
-        try:
-            response = self.store.lease_revoke(request.ID)
-        except StoreError as error:
-            await _fail(context, error)
+        response = self.store.lease_revoke(request.ID)
         await _durable(self.store, context)
         return response
 
@@ -221,17 +222,21 @@ class ClusterService(services.ClusterServicer):
     ) -> rpc.MemberListResponse:
         return rpc.MemberListResponse(header=self.store.header(0), members=[self._member()])
 
+    @answers_store_errors
     async def MemberAdd(self, request: rpc.MemberAddRequest, context: _Context) -> None:
-        await _fail(context, errors.SingleNode())
+        raise errors.SingleNode()
 
+    @answers_store_errors
     async def MemberRemove(self, request: rpc.MemberRemoveRequest, context: _Context) -> None:
-        await _fail(context, errors.SingleNode())
+        raise errors.SingleNode()
 
+    @answers_store_errors
     async def MemberUpdate(self, request: rpc.MemberUpdateRequest, context: _Context) -> None:
-        await _fail(context, errors.SingleNode())
+        raise errors.SingleNode()
 
+    @answers_store_errors
     async def MemberPromote(self, request: rpc.MemberPromoteRequest, context: _Context) -> None:
-        await _fail(context, errors.SingleNode())
+        raise errors.SingleNode()
 
 
 class MaintenanceService(services.MaintenanceServicer):
@@ -257,11 +262,9 @@ class MaintenanceService(services.MaintenanceServicer):
     async def Hash(self, request: rpc.HashRequest, context: _Context) -> rpc.HashResponse:
         return self.store.hash_all()
 
+    @answers_store_errors
     async def HashKV(self, request: rpc.HashKVRequest, context: _Context) -> rpc.HashKVResponse:
-        try:
-            return self.store.hash_kv(request.revision)
-        except StoreError as error:
-            await _fail(context, error)
+        return self.store.hash_kv(request.revision)
 
     async def Snapshot(
         self, request: rpc.SnapshotRequest, context: _Context
@@ -277,8 +280,9 @@ class MaintenanceService(services.MaintenanceServicer):
             remaining = len(data) - offset - len(blob)
             yield rpc.SnapshotResponse(header=header, remaining_bytes=remaining, blob=blob)
 
+    @answers_store_errors
     async def MoveLeader(self, request: rpc.MoveLeaderRequest, context: _Context) -> None:
-        await _fail(context, errors.SingleNode())
+        raise errors.SingleNode()
 
 
 AUTH_MANAGEMENT = (
@@ -319,8 +323,9 @@ class AuthService(services.AuthServicer):
     not offered at all: each of those calls ends with UNIMPLEMENTED, as a gRPC server answers
     for a feature it does not have, and the other calls on the connection go on."""
 
+    @answers_store_errors
     async def Authenticate(self, request: rpc.AuthenticateRequest, context: _Context) -> None:
-        await _fail(context, errors.AuthNotEnabled())
+        raise errors.AuthNotEnabled()
 
 
 for _name in AUTH_MANAGEMENT:
