@@ -1,4 +1,9 @@
-"""Provides the applier: etcd's request semantics over the key space, leases, WAL and watches."""
+"""Provides the applier: the single member's ``Store``, which takes each request through
+etcd's checks and quota, applies it with the transactions of backend/kv/txn.py, logs it to the
+WAL (answering once it is on disk), publishes it to watchers, and heads its response.
+
+Recovery and snapshots are in backend/kv/snapshot.py; leases in backend/kv/lease.py.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,20 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import zlib
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aetcd import rpc
 
 from backend import filemodes
-from backend.kv import errors
+from backend.kv import errors, snapshot, txn
 from backend.kv.lease import Lessor
-from backend.kv.mvcc import FROM_KEY, Batch, KeySpace, Writer
-from backend.kv.wal import WriteAheadLog, frame, fsync_dir, parse_records
+from backend.kv.mvcc import Batch, KeySpace
+from backend.kv.snapshot import ALARM, COMPACT, GRANT, REVOKE, batch_record
+from backend.kv.txn import Txns
+from backend.kv.wal import WriteAheadLog, frame
 from backend.kv.watch import WatchHub
 
 log = logging.getLogger("clusterd.kv")
@@ -28,32 +34,9 @@ RAFT_TERM = 2
 GRPC_OVERHEAD_BYTES = 512 * 1024
 """etcd accepts gRPC messages this much larger than --max-request-bytes, then checks itself."""
 MAX_TXN_OPS = 128
-RANGE_CHUNK_KEYS = 10_000
-"""A range over more keys than this is read in chunks of this many, yielding between them."""
 
-# WAL record kinds.
-BATCH = b"B"
-GRANT = b"G"
-REVOKE = b"R"
-COMPACT = b"C"
-ALARM = b"A"
-META = b"M"
-BASE = b"K"
-SNAPSHOT_ALIGN = 512
-"""A saved snapshot is padded to a multiple of this and ends with the SHA-256 of all before
-it: etcd's own layout, which `etcdctl snapshot save` checks for ("sha256 checksum not found")."""
-
-_ASCEND = rpc.RangeRequest.ASCEND
-_DESCEND = rpc.RangeRequest.DESCEND
-_NONE = rpc.RangeRequest.NONE
-_SORT_KEYS: dict[int, Callable[[rpc.KeyValue], object]] = {
-    rpc.RangeRequest.KEY: lambda kv: kv.key,
-    rpc.RangeRequest.VERSION: lambda kv: kv.version,
-    rpc.RangeRequest.CREATE: lambda kv: kv.create_revision,
-    rpc.RangeRequest.MOD: lambda kv: kv.mod_revision,
-    rpc.RangeRequest.VALUE: lambda kv: kv.value,
-}
 _NOSPACE = rpc.AlarmType.Value("NOSPACE")
+_NO_ALARM = rpc.AlarmType.Value("NONE")
 
 
 @dataclass
@@ -104,9 +87,10 @@ class Store:
         self.space = KeySpace()
         self.lessor = Lessor(config.min_lease_ttl)
         self.hub = WatchHub()
+        self.txns = Txns(self.space, self.lessor, self.header)
         self.alarms: set[int] = set()
         """The alarm types raised (by any member): what the write path checks."""
-        self.raised: set[tuple[int, int]] = set()
+        self.raised: snapshot.Alarms = set()
         """Each alarm raised, as etcd keeps them: (member ID as given, alarm type)."""
         self.applied_index = 1
         """Entries applied; like etcd's raft index it starts with the member's own first entry."""
@@ -133,99 +117,24 @@ class Store:
             )
         return cached
 
-    # -- recovery ------------------------------------------------------------------------
+    # -- recovery and snapshots (backend/kv/snapshot.py) ----------------------------------
 
     def recover(self) -> None:
         """Rebuild the state from the snapshot and WAL; returns when the store can serve."""
-        space = self.space
-        snapshot_compacted = 0
-        for kind, payload in self.wal.recover():
-            self.applied_index += 1
-            if kind == BATCH:
-                record = rpc.RangeResponse.FromString(payload)
-                revision = record.header.revision
-                if revision <= space.revision:
-                    continue
-                writer = Writer(space, revision)
-                writer.replay(record.kvs)
-                batch = writer.finish()
-                if batch is not None:
-                    batch.record = frame(BATCH, payload)
-            elif kind == GRANT:
-                grant = rpc.LeaseGrantRequest.FromString(payload)
-                self.lessor.grant(grant.ID, grant.TTL)
-            elif kind == REVOKE:
-                self.lessor.leases.pop(rpc.LeaseRevokeRequest.FromString(payload).ID, None)
-            elif kind == COMPACT:
-                space.compact(rpc.CompactionRequest.FromString(payload).revision)
-            elif kind == ALARM:
-                alarm = rpc.AlarmRequest.FromString(payload)
-                if alarm.action == rpc.AlarmRequest.ACTIVATE:
-                    self.raised.add((alarm.memberID, alarm.alarm))
-                else:
-                    self.raised.discard((alarm.memberID, alarm.alarm))
-                self.alarms = {kind for _, kind in self.raised}
-            elif kind == META:
-                meta = json.loads(payload)
-                space.revision = meta["revision"]
-                snapshot_compacted = meta["compacted"]
-            elif kind == BASE:
-                for kv in rpc.RangeResponse.FromString(payload).kvs:
-                    space.restore(kv)
-        if snapshot_compacted:
-            space.compact(snapshot_compacted)
-        for key, history in space.index.items():
-            last = history.recs[-1]
-            if last.version and last.lease:
-                self.lessor.attach(last.lease, key)
-        self.lessor.restart_clocks()
-        self.durable_revision = space.revision
+        self.applied_index += snapshot.replay(
+            self.wal.recover(), self.space, self.lessor, self.raised
+        )
+        self.alarms = {kind for _, kind in self.raised}
+        self.durable_revision = self.space.revision
 
     def snapshot_state(self) -> Callable[[], Iterable[bytes]]:
         """Capture the state for a snapshot; the returned function serialises it."""
-        space = self.space
-        compacted = space.compacted
-        meta = {"revision": space.revision, "compacted": compacted}
-        base = [
-            history.recs[0]
-            for history in space.index.values()
-            if history.revs[0] < compacted and history.recs[0].version
-        ]
-        batches = list(space.log)
-        leases = [(lease.id, lease.ttl) for lease in self.lessor.leases.values()]
-        alarms = sorted(self.raised)
-
-        def produce() -> Iterable[bytes]:
-            start = batches[0].revision - 1 if batches else meta["revision"]
-            yield frame(META, json.dumps({**meta, "revision": start}).encode())
-            for i in range(0, len(base), 1000):
-                yield frame(BASE, rpc.RangeResponse(kvs=base[i : i + 1000]).SerializeToString())
-            # Joined a thousand at a time: the thread writing them holds the GIL for fewer,
-            # shorter turns, which the event loop would otherwise wait behind.
-            for i in range(0, len(batches), 1000):
-                yield b"".join([_batch_record(batch) for batch in batches[i : i + 1000]])
-            for lease_id, ttl in leases:
-                yield frame(GRANT, rpc.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString())
-            for member, alarm in alarms:
-                request = rpc.AlarmRequest(
-                    action=rpc.AlarmRequest.ACTIVATE, memberID=member, alarm=alarm
-                )
-                yield frame(ALARM, request.SerializeToString())
-
-        return produce
+        return snapshot.capture(self.space, self.lessor, self.raised)
 
     def backup(self) -> Callable[[], bytes]:
         """Capture the state now, for `etcdctl snapshot save`; the function returned builds
-        the file in a thread: the WAL snapshot's records, zeros up to SNAPSHOT_ALIGN, and the
-        SHA-256 of both."""
-        produce = self.snapshot_state()
-
-        def build() -> bytes:
-            body = b"".join(produce())
-            body += bytes(-len(body) % SNAPSHOT_ALIGN)
-            return body + hashlib.sha256(body).digest()
-
-        return build
+        the file (in a thread)."""
+        return snapshot.backup_file(self.snapshot_state())
 
     async def take_snapshot(self) -> None:
         if self._snapshotting:
@@ -250,7 +159,7 @@ class Store:
 
     def _log_batch(self, batch: Batch) -> None:
         self.applied_index += 1
-        self.wal.append(_batch_record(batch), batch)
+        self.wal.append(batch_record(batch), batch)
         self._writes_since_snapshot += 1
         if (
             self._writes_since_snapshot >= self.config.snapshot_count or self.wal.want_snapshot
@@ -269,7 +178,7 @@ class Store:
         """A future to await before answering a read, if un-synced writes are visible."""
         return None if self.wal.idle else self.wal.durable()
 
-    # -- checks --------------------------------------------------------------------------
+    # -- quota ---------------------------------------------------------------------------
 
     def _check_size(
         self, request: rpc.PutRequest | rpc.TxnRequest | rpc.DeleteRangeRequest
@@ -286,348 +195,57 @@ class Store:
             raise errors.NoSpace()
 
     def _set_alarm(self, action: int, alarm: int, member: int) -> None:
-        if action == rpc.AlarmRequest.ACTIVATE:
-            self.raised.add((member, alarm))
-        else:
-            self.raised.discard((member, alarm))
+        snapshot.set_alarm(self.raised, action, member, alarm)
         self.alarms = {kind for _, kind in self.raised}
         request = rpc.AlarmRequest(action=action, memberID=member, alarm=alarm)
         self._log(ALARM, request.SerializeToString())
 
-    @staticmethod
-    def _check_range_request(request: rpc.RangeRequest) -> None:
-        if not request.key:
-            raise errors.EmptyKey()
+    # -- KV (backend/kv/txn.py) ----------------------------------------------------------
 
-    @staticmethod
-    def _check_put_request(request: rpc.PutRequest) -> None:
-        if not request.key:
-            raise errors.EmptyKey()
-        if request.ignore_value and request.value:
-            raise errors.ValueProvided()
-        if request.ignore_lease and request.lease:
-            raise errors.LeaseProvided()
-
-    def _check_txn_request(self, request: rpc.TxnRequest) -> None:
-        limit = self.config.max_txn_ops
-        if max(len(request.compare), len(request.success), len(request.failure)) > limit:
-            raise errors.TooManyOps()
-        for compare in request.compare:
-            if not compare.key:
-                raise errors.EmptyKey()
-        for op in (*request.success, *request.failure):
-            which = op.WhichOneof("request")
-            if which == "request_range":
-                self._check_range_request(op.request_range)
-            elif which == "request_put":
-                self._check_put_request(op.request_put)
-            elif which == "request_delete_range":
-                if not op.request_delete_range.key:
-                    raise errors.EmptyKey()
-            elif which == "request_txn":
-                self._check_txn_request(op.request_txn)
-
-    def _check_put_apply(self, request: rpc.PutRequest) -> None:
-        """Checks that depend on the state, made before anything in the request applies."""
-        if (request.ignore_value or request.ignore_lease) and self.space.get(request.key) is None:
-            raise errors.KeyNotFound()
-        if request.lease and request.lease not in self.lessor.leases:
-            raise errors.LeaseNotFound()
-
-    # -- KV ------------------------------------------------------------------------------
-
-    def range(self, request: rpc.RangeRequest, revision: int | None = None) -> rpc.RangeResponse:
-        self._check_range_request(request)
-        space = self.space
-        at = space.check_revision(request.revision)
-        current = space.revision if revision is None else revision
-        key = request.key
-        end = request.range_end
-        if not end:
-            # The common case: one key at the newest revision.
-            if at == space.revision:
-                kv = space.get(key)
-                found = [] if kv is None else [kv]
-            else:
-                history = space.index.get(key)
-                kv = None if history is None else history.at(at)
-                found = [] if kv is None else [kv]
-        elif self._pages(request, at):
-            # A page or a count of the newest revision in key order, as the console and
-            # etcdctl ask for it: counted from the indexes, and only the page is read.
-            return self._page(request, key, end, current)
-        else:
-            found = space.range(key, end, at)
-        return self._respond(request, found, current)
-
-    def _respond(
-        self,
-        request: rpc.RangeRequest,
-        found: list[rpc.KeyValue],
-        current: int,
-        copy: bool = True,
-    ) -> rpc.RangeResponse:
-        """The response to a range that found ``found``: filtered, sorted, limited. Without
-        ``copy`` the records are left for the caller to add, and ``found`` is cut to them."""
-        count = len(found)
-        if (
-            request.min_mod_revision
-            or request.max_mod_revision
-            or request.min_create_revision
-            or request.max_create_revision
-        ):
-            found[:] = _filter_revisions(found, request)
-        order = request.sort_order
-        target = request.sort_target
-        if target != rpc.RangeRequest.KEY and order == _NONE:
-            order = _ASCEND
-        # As in etcd 3.4, an unknown order means unsorted and an unknown target means key.
-        if order == _DESCEND or (order == _ASCEND and target != rpc.RangeRequest.KEY):
-            by = _SORT_KEYS.get(target, _SORT_KEYS[rpc.RangeRequest.KEY])
-            found.sort(key=by, reverse=order == _DESCEND)
-        more = False
-        limit = request.limit
-        if limit > 0 and len(found) > limit:
-            del found[limit:]
-            more = not request.count_only  # etcd reads no keys for a count, so none are left
-        response = rpc.RangeResponse(header=self.header(current), more=more, count=count)
-        if request.count_only or not copy:
-            return response
-        if request.keys_only:
-            response.kvs.extend(_without_value(kv) for kv in found)
-        else:
-            response.kvs.extend(found)
-        return response
+    def range(self, request: rpc.RangeRequest) -> rpc.RangeResponse:
+        return self.txns.range(request)
 
     async def range_yielding(self, request: rpc.RangeRequest) -> rpc.RangeResponse:
-        """``range``, but a range over many keys is read and copied in chunks that yield to
-        the event loop between them, so one big read cannot hold every other client.
-
-        The read stays at the revision it started at: later chunks read each key's history
-        at that revision (writes made meanwhile are not seen), and a compaction past it in
-        the meantime fails the read as etcd fails a read of a compacted revision.
-        """
-        space = self.space
-        end = request.range_end
-        if not end or not request.key:
-            return self.range(request)
-        at = space.check_revision(request.revision)
-        if (end != FROM_KEY and end <= request.key) or self._pages(request, at):
-            return self.range(request)
-        keys = space.keys_in(request.key, end)
-        if len(keys) <= RANGE_CHUNK_KEYS:
-            return self.range(request)
-        current = space.revision
-        index = space.index
-        found: list[rpc.KeyValue] = []
-        for first in range(0, len(keys), RANGE_CHUNK_KEYS):
-            if first:
-                await asyncio.sleep(0)
-                if space.compacted > at:
-                    raise errors.Compacted()
-            for k in keys[first : first + RANGE_CHUNK_KEYS]:
-                history = index.get(k)
-                rec = None if history is None else history.at(at)
-                if rec is not None:
-                    found.append(rec)
-        response = self._respond(request, found, current, copy=False)
-        kvs = response.kvs
-        if request.count_only:
-            return response
-        for first in range(0, len(found), RANGE_CHUNK_KEYS):
-            if first:
-                await asyncio.sleep(0)
-            part = found[first : first + RANGE_CHUNK_KEYS]
-            if request.keys_only:
-                kvs.extend(_without_value(kv) for kv in part)
-            else:
-                kvs.extend(part)
-        return response
-
-    def _pages(self, request: rpc.RangeRequest, at: int) -> bool:
-        """Whether a range is answered from the live-key index (see ``range``)."""
-        return (
-            at == self.space.revision
-            and (request.limit > 0 or request.count_only)
-            and request.sort_order in (_NONE, _ASCEND)
-            and request.sort_target == rpc.RangeRequest.KEY
-            and not (
-                request.min_mod_revision
-                or request.max_mod_revision
-                or request.min_create_revision
-                or request.max_create_revision
-            )
-        )
-
-    def _page(
-        self, request: rpc.RangeRequest, key: bytes, end: bytes, current: int
-    ) -> rpc.RangeResponse:
-        space = self.space
-        count = space.count_live(key, end)
-        limit = request.limit
-        response = rpc.RangeResponse(
-            header=self.header(current),
-            more=0 < limit < count and not request.count_only,
-            count=count,
-        )
-        if request.count_only:
-            return response
-        found = space.first_live(key, end, limit)
-        if request.keys_only:
-            response.kvs.extend(_without_value(kv) for kv in found)
-        else:
-            response.kvs.extend(found)
-        return response
+        """``range``, read in chunks that yield to the event loop when it is large."""
+        return await self.txns.range_yielding(request)
 
     def put(self, request: rpc.PutRequest) -> rpc.PutResponse:
-        self._check_put_request(request)
+        txn.check_put_request(request)
         if len(request.key) + len(request.value) > self.config.max_request_bytes - 64:
             self._check_size(request)
         self._check_space(len(request.key) + len(request.value) + 48)
-        self._check_put_apply(request)
-        writer = Writer(self.space)
-        prev = self._apply_put(writer, request)
-        batch = writer.finish()
-        assert batch is not None
+        batch, prev = self.txns.put(request)
         self._log_batch(batch)
         response = rpc.PutResponse(header=self.header(batch.revision))
         if request.prev_kv and prev is not None:
             response.prev_kv.CopyFrom(prev)
         return response
 
-    def _apply_put(self, writer: Writer, request: rpc.PutRequest) -> rpc.KeyValue | None:
-        key = request.key
-        value = request.value
-        lease = request.lease
-        if request.ignore_value or request.ignore_lease:
-            current = self.space.get(key)
-            assert current is not None
-            if request.ignore_value:
-                value = current.value
-            if request.ignore_lease:
-                lease = current.lease
-        _rec, prev = writer.put(key, value, lease)
-        old_lease = prev.lease if prev is not None else 0
-        if old_lease != lease:
-            if old_lease:
-                self.lessor.detach(old_lease, key)
-            if lease:
-                self.lessor.attach(lease, key)
-        return prev
-
-    def _apply_delete(self, writer: Writer, key: bytes, end: bytes) -> list[rpc.KeyValue]:
-        deleted = writer.delete(key, end)
-        for kv in deleted:
-            if kv.lease:
-                self.lessor.detach(kv.lease, kv.key)
-        return deleted
-
     def delete_range(self, request: rpc.DeleteRangeRequest) -> rpc.DeleteRangeResponse:
-        if not request.key:
-            raise errors.EmptyKey()
+        txn.check_delete_request(request)
         self._check_size(request)
-        writer = Writer(self.space)
-        deleted = self._apply_delete(writer, request.key, request.range_end)
-        batch = writer.finish()
-        revision = self.space.revision
+        batch, deleted = self.txns.delete_range(request)
         if batch is not None:
             self._log_batch(batch)
-        response = rpc.DeleteRangeResponse(header=self.header(revision), deleted=len(deleted))
+        response = rpc.DeleteRangeResponse(
+            header=self.header(self.space.revision), deleted=len(deleted)
+        )
         if request.prev_kv:
             response.prev_kvs.extend(deleted)
         return response
 
     def txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
-        self._check_txn_request(request)
+        txn.check_txn_request(request, self.config.max_txn_ops)
         self._check_size(request)
-        _check_intervals(list(request.success))
-        _check_intervals(list(request.failure))
-        # The branch taken at every level, depth first: etcd decides them all up front.
-        path = self._choose(request)
-        self._check_txn_apply(request, iter(path))
-        cost = _put_cost(request, iter(path))
+        path = self.txns.prepare(request)
+        cost = txn.put_cost(request, iter(path))
         if cost:
             self._check_space(cost)
-        writer = Writer(self.space)
-        response = rpc.TxnResponse()
-        self._apply_txn(writer, request, iter(path), response)
-        batch = writer.finish()
+        response, batch = self.txns.txn(request, path)
         if batch is not None:
             self._log_batch(batch)
         response.header.CopyFrom(self.header(self.space.revision))
         return response
-
-    def _choose(self, request: rpc.TxnRequest) -> list[bool]:
-        """Evaluate every compare up front, nested ones too, against the state before the txn."""
-        path: list[bool] = []
-        succeeded = all(self._compare(compare) for compare in request.compare)
-        path.append(succeeded)
-        for op in request.success if succeeded else request.failure:
-            if op.WhichOneof("request") == "request_txn":
-                path.extend(self._choose(op.request_txn))
-        return path
-
-    def _check_txn_apply(self, request: rpc.TxnRequest, steps: Iterator[bool]) -> None:
-        succeeded = next(steps)
-        for op in request.success if succeeded else request.failure:
-            which = op.WhichOneof("request")
-            if which == "request_put":
-                self._check_put_apply(op.request_put)
-            elif which == "request_range":
-                self.space.check_revision(op.request_range.revision)
-            elif which == "request_txn":
-                self._check_txn_apply(op.request_txn, steps)
-
-    def _apply_txn(
-        self,
-        writer: Writer,
-        request: rpc.TxnRequest,
-        steps: Iterator[bool],
-        response: rpc.TxnResponse,
-    ) -> None:
-        succeeded = next(steps)
-        response.succeeded = succeeded
-        revision = writer.batch.revision
-        for op in request.success if succeeded else request.failure:
-            which = op.WhichOneof("request")
-            out = response.responses.add()
-            if which == "request_range":
-                result = out.response_range
-                result.CopyFrom(self.range(op.request_range, self.space.revision))
-                # etcd's responses inside a Txn carry only the revision in their header.
-                result.header.Clear()
-                result.header.revision = self.space.revision
-            elif which == "request_put":
-                put = op.request_put
-                prev = self._apply_put(writer, put)
-                result = out.response_put
-                result.header.revision = revision
-                if put.prev_kv and prev is not None:
-                    result.prev_kv.CopyFrom(prev)
-            elif which == "request_delete_range":
-                delete = op.request_delete_range
-                deleted = self._apply_delete(writer, delete.key, delete.range_end)
-                result = out.response_delete_range
-                result.header.revision = revision
-                result.deleted = len(deleted)
-                if delete.prev_kv:
-                    result.prev_kvs.extend(deleted)
-            elif which == "request_txn":
-                self._apply_txn(writer, op.request_txn, steps, out.response_txn)
-
-    def _compare(self, compare: rpc.Compare) -> bool:
-        space = self.space
-        if compare.range_end:
-            found = space.range(compare.key, compare.range_end, space.revision)
-        else:
-            kv = space.get(compare.key)
-            found = [] if kv is None else [kv]
-        target = compare.target
-        if not found:
-            if target == rpc.Compare.VALUE:
-                return False
-            return _compare_kv(compare, rpc.KeyValue())
-        return all(_compare_kv(compare, kv) for kv in found)
 
     def compact(self, request: rpc.CompactionRequest) -> rpc.CompactionResponse:
         space = self.space
@@ -654,11 +272,7 @@ class Store:
         )
 
     def lease_revoke(self, lease_id: int) -> rpc.LeaseRevokeResponse:
-        lease = self.lessor.revoke(lease_id)
-        writer = Writer(self.space)
-        for key in sorted(lease.keys):
-            writer.delete(key, b"")
-        batch = writer.finish()
+        batch = self.txns.revoke(lease_id)
         if batch is not None:
             self._log_batch(batch)
         self._log(REVOKE, rpc.LeaseRevokeRequest(ID=lease_id).SerializeToString())
@@ -698,7 +312,7 @@ class Store:
         action = request.action
         header = self.header(self.space.revision)
         if action in (rpc.AlarmRequest.ACTIVATE, rpc.AlarmRequest.DEACTIVATE):
-            if request.alarm != rpc.AlarmType.Value("NONE"):
+            if request.alarm != _NO_ALARM:
                 key = (request.memberID, request.alarm)
                 present = key in self.raised
                 activate = action == rpc.AlarmRequest.ACTIVATE
@@ -711,7 +325,7 @@ class Store:
         alarms = [
             rpc.AlarmMember(memberID=member, alarm=alarm)
             for member, alarm in sorted(self.raised, key=lambda pair: (pair[1], pair[0]))
-            if request.alarm in (rpc.AlarmType.Value("NONE"), alarm)
+            if request.alarm in (_NO_ALARM, alarm)
         ]
         return rpc.AlarmResponse(header=header, alarms=alarms)
 
@@ -750,163 +364,3 @@ class Store:
             who = f"memberID:{member} " if member else ""
             response.errors.append(f"{who}alarm:{rpc.AlarmType.Name(alarm)} ")
         return response
-
-
-def _batch_record(batch: Batch) -> bytes:
-    """The batch's WAL record, serialized once: the log writes it, and every snapshot
-    that still holds the batch copies the same bytes instead of serializing it again
-    (a snapshot of 100,000 revisions took 450 ms of a thread's time holding the GIL,
-    stalling the event loop by 50-80 ms at a time)."""
-    if batch.record is not None:
-        return batch.record
-    record = rpc.RangeResponse(
-        header=rpc.ResponseHeader(revision=batch.revision),
-        kvs=[rec for rec, _prev in batch.changes],
-    )
-    batch.record = frame(BATCH, record.SerializeToString())
-    return batch.record
-
-
-def _without_value(kv: rpc.KeyValue) -> rpc.KeyValue:
-    return rpc.KeyValue(
-        key=kv.key,
-        create_revision=kv.create_revision,
-        mod_revision=kv.mod_revision,
-        version=kv.version,
-        lease=kv.lease,
-    )
-
-
-def _filter_revisions(found: list[rpc.KeyValue], request: rpc.RangeRequest) -> list[rpc.KeyValue]:
-    lo_mod, hi_mod = request.min_mod_revision, request.max_mod_revision
-    lo_create, hi_create = request.min_create_revision, request.max_create_revision
-    return [
-        kv
-        for kv in found
-        if (not lo_mod or kv.mod_revision >= lo_mod)
-        and (not hi_mod or kv.mod_revision <= hi_mod)
-        and (not lo_create or kv.create_revision >= lo_create)
-        and (not hi_create or kv.create_revision <= hi_create)
-    ]
-
-
-def _compare_kv(compare: rpc.Compare, kv: rpc.KeyValue) -> bool:
-    target = compare.target
-    if target == rpc.Compare.VALUE:
-        ours: object = kv.value
-        theirs: object = compare.value
-    elif target == rpc.Compare.VERSION:
-        ours, theirs = kv.version, compare.version
-    elif target == rpc.Compare.CREATE:
-        ours, theirs = kv.create_revision, compare.create_revision
-    elif target == rpc.Compare.MOD:
-        ours, theirs = kv.mod_revision, compare.mod_revision
-    else:
-        ours, theirs = kv.lease, compare.lease
-    result = compare.result
-    if result == rpc.Compare.EQUAL:
-        return ours == theirs
-    if result == rpc.Compare.NOT_EQUAL:
-        return ours != theirs
-    if result == rpc.Compare.GREATER:
-        return ours > theirs  # type: ignore[operator]
-    return ours < theirs  # type: ignore[operator]
-
-
-def _in_interval(key: bytes, start: bytes, end: bytes) -> bool:
-    if not end:
-        return key == start
-    if end == FROM_KEY:
-        return key >= start
-    return start <= key < end
-
-
-def _check_intervals(ops: list[rpc.RequestOp]) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
-    """etcd's rule: no key is written twice, or written and deleted, in one branch."""
-    dels = [
-        (op.request_delete_range.key, op.request_delete_range.range_end)
-        for op in ops
-        if op.WhichOneof("request") == "request_delete_range"
-    ]
-    puts: set[bytes] = set()
-
-    def deleted(key: bytes) -> bool:
-        return any(_in_interval(key, start, end) for start, end in dels)
-
-    for op in ops:
-        if op.WhichOneof("request") != "request_txn":
-            continue
-        then_puts, then_dels = _check_intervals(list(op.request_txn.success))
-        else_puts, else_dels = _check_intervals(list(op.request_txn.failure))
-        for key in then_puts:
-            if key in puts or deleted(key):
-                raise errors.DuplicateKey()
-            puts.add(key)
-        for key in else_puts:
-            # then and else exclude each other, so the same key in both is fine
-            if (key in puts and key not in then_puts) or deleted(key):
-                raise errors.DuplicateKey()
-            puts.add(key)
-        dels.extend(then_dels)
-        dels.extend(else_dels)
-    for op in ops:
-        if op.WhichOneof("request") != "request_put":
-            continue
-        key = op.request_put.key
-        if key in puts or deleted(key):
-            raise errors.DuplicateKey()
-        puts.add(key)
-    return puts, dels
-
-
-def _put_cost(request: rpc.TxnRequest, steps: Iterator[bool]) -> int:
-    succeeded = next(steps)
-    cost = 0
-    for op in request.success if succeeded else request.failure:
-        which = op.WhichOneof("request")
-        if which == "request_put":
-            cost += len(op.request_put.key) + len(op.request_put.value) + 48
-        elif which == "request_txn":
-            cost += _put_cost(op.request_txn, steps)
-    return cost
-
-
-class RestoreError(Exception):
-    """A snapshot that cannot become a store, said in words a sysadmin can act on."""
-
-
-def restore_snapshot(snapshot: Path, data_dir: Path) -> None:
-    """Make a new ``data_dir`` hold what ``snapshot`` (from `etcdctl snapshot save`) holds.
-
-    The snapshot must be whole: the digest at its end matching, every record intact. Its
-    records become the data directory's WAL snapshot, so starting the store recovers them:
-    keys, history since the last compaction, revisions, leases (their TTLs restarted) and
-    alarms. An existing store is never overwritten.
-    """
-    wal_dir = data_dir / "wal"
-    if wal_dir.is_dir() and any(wal_dir.iterdir()):
-        raise RestoreError(f"{data_dir} already holds a store; restore into a new data directory")
-    try:
-        data = snapshot.read_bytes()
-    except OSError as error:
-        raise RestoreError(f"cannot read {snapshot}: {error.strerror or error}") from error
-    digest = hashlib.sha256(data[:-32]).digest()
-    whole = len(data) % SNAPSHOT_ALIGN == 32 and data[-32:] == digest
-    if whole:
-        records, end = parse_records(data[:-32])
-        body = data[:end]
-        whole = bool(records) and records[0][0] == META and not data[end:-32].strip(b"\0")
-    if not whole:
-        raise RestoreError(
-            f"{snapshot} is not a whole clusterd kv snapshot (truncated, corrupt, or made by "
-            "another store; a real etcd's snapshot is restored with `etcdctl snapshot restore`)"
-        )
-    filemodes.make_dirs(wal_dir, filemodes.PRIVATE_DIR)
-    final = wal_dir / f"snap-{1:016d}.bin"
-    temp = final.with_suffix(".tmp")
-    with open(filemodes.open_new(temp, filemodes.PRIVATE_FILE), "wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, final)
-    fsync_dir(wal_dir)
