@@ -308,9 +308,11 @@ class Store:
     # -- maintenance ---------------------------------------------------------------------
 
     def alarm(self, request: rpc.AlarmRequest) -> rpc.AlarmResponse:
-        """etcd's alarm store: one alarm per member ID as given (0 included) and type."""
+        """etcd's alarm store: one alarm per member ID as given (0 included) and type.
+
+        As in etcd 3.4, the response has no header: its applier builds the AlarmResponse
+        bare and its gRPC layer adds none (etcd 3.5 added one)."""
         action = request.action
-        header = self.header(self.space.revision)
         if action in (rpc.AlarmRequest.ACTIVATE, rpc.AlarmRequest.DEACTIVATE):
             if request.alarm != _NO_ALARM:
                 key = (request.memberID, request.alarm)
@@ -319,15 +321,15 @@ class Store:
                 if activate != present:
                     self._set_alarm(action, request.alarm, request.memberID)
                 if not activate and not present:
-                    return rpc.AlarmResponse(header=header)
+                    return rpc.AlarmResponse()
                 member = rpc.AlarmMember(memberID=request.memberID, alarm=request.alarm)
-                return rpc.AlarmResponse(header=header, alarms=[member])
+                return rpc.AlarmResponse(alarms=[member])
         alarms = [
             rpc.AlarmMember(memberID=member, alarm=alarm)
             for member, alarm in sorted(self.raised, key=lambda pair: (pair[1], pair[0]))
             if request.alarm in (_NO_ALARM, alarm)
         ]
-        return rpc.AlarmResponse(header=header, alarms=alarms)
+        return rpc.AlarmResponse(alarms=alarms)
 
     def hash_kv(self, revision: int) -> rpc.HashKVResponse:
         space = self.space
