@@ -48,9 +48,9 @@ from backend.fleet.validate import (
 )
 from backend.keys import prefix_end
 from backend.text import literal
+from backend.version import VERSION
 from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
-VERSION = "0.1.0"
 POLL_SECONDS = 0.5
 
 # Global flags, their defaults, and how the environment names them (fleetctl's scheme:

@@ -23,8 +23,8 @@ from backend.fleet.fence import DEFAULT_MARGIN, parse_margin
 from backend.fleet.output import open_journal
 from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry
 from backend.fleet.unitfile import parse_timespan
+from backend.version import VERSION
 
-VERSION = "0.1.0"
 log = logging.getLogger("clusterd.node")
 
 
