@@ -28,6 +28,10 @@ import grpc
 from aetcd import rpc
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+PUT = rpc.Event.PUT
+"""A watch event's type when the key was put (etcd's mvccpb.PUT); every module uses this one."""
+DELETE = rpc.Event.DELETE
+"""A watch event's type when the key was deleted (etcd's mvccpb.DELETE)."""
 DIAL_SECONDS = 1.0
 """How long diagnosing a timeout waits for a TCP connection to an endpoint."""
 

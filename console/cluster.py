@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.etcd import EtcdClient, EtcdError, RevisionCompacted
+from backend.etcd import DELETE, EtcdClient, EtcdError, RevisionCompacted
 from backend.fleet.registry import DEFAULT_PREFIX, ClusterState, Registry
 from backend.fleet.validate import subnet_record_problem
 from backend.keys import prefix_end
@@ -20,7 +20,6 @@ from backend.overlay.lease import parse_subnet_key
 from backend.overlay.routes import kernel_routes
 
 NETWORK_PREFIX = "/coreos.com/network/"
-DELETE = 1
 LEASE_POLL_SECONDS = 1.0
 """How often machine presence and subnet expiries are read again."""
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import RichLog
 
+from backend.etcd import DELETE
 from widgets.literal import literal
 
 MAX_LINES = 2000
@@ -46,7 +47,7 @@ class WatchLog(RichLog):
     def add_events(self, revision: int, events: Iterable[Any]) -> None:
         lines = Text()
         for event in events:
-            kind = "DELETE" if event.type == 1 else "PUT"
+            kind = "DELETE" if event.type == DELETE else "PUT"
             lines.append(f"{revision:>8} ", style="dim")
             lines.append(f"{kind:<6} ", style="red" if kind == "DELETE" else "green")
             lines.append_text(literal(event.kv.key))

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from aetcd import rpc
 from sortedcontainers import SortedList
 
+from backend.etcd import DELETE, PUT
 from backend.kv import errors
 
-PUT = rpc.Event.PUT
-DELETE = rpc.Event.DELETE
 # A range_end of one zero byte means "every key from `key` on", as in etcd.
 FROM_KEY = b"\0"
 

@@ -19,7 +19,14 @@ from textual.message import Message
 from textual.widgets import Input
 
 from backend import keyspace
-from backend.etcd import EtcdError, KeyNotFound, RevisionCompacted, diagnose, error_words
+from backend.etcd import (
+    DELETE,
+    EtcdError,
+    KeyNotFound,
+    RevisionCompacted,
+    diagnose,
+    error_words,
+)
 from backend.keyspace import Child, Entry
 from backend.text import literal as text_literal
 from console.screens.confirm import ConfirmScreen
@@ -29,7 +36,7 @@ from console.screens.new_key import NewKey, NewKeyScreen
 from console.screens.ttl import TTLChoice, TTLScreen
 from console.session import Session
 from widgets.filter_bar import FilterBar
-from widgets.key_tree import DELETE, KeyTree
+from widgets.key_tree import KeyTree
 from widgets.literal import literal, plural
 from widgets.value_view import ValueView, render_value
 from widgets.watch_log import WatchLog

@@ -1,5 +1,6 @@
-"""The version is written once, in pyproject.toml, and every command reports the installed
-distribution's (backend/version.py reads it with importlib.metadata)."""
+"""Constants written once: the version in pyproject.toml (every command reports the installed
+distribution's, read by backend/version.py with importlib.metadata), and etcd's event types in
+backend/etcd.py."""
 
 from __future__ import annotations
 
@@ -17,14 +18,37 @@ ETCD_LEVELS = {"API_VERSION", "SERVER_VERSION", "CLUSTER_VERSION"}
 """etcd's versions, which the store reports as etcd does: not ours."""
 
 
+EVENT_TYPE = re.compile(
+    r"^\s*(?:\w+\s*,\s*)*(?:PUT|DELETE)\b(?:\s*,\s*\w+)*\s*(?::[^=\n]*)?=(?!=)"
+    r"|\.type\s*[!=]=\s*\d",
+    re.MULTILINE,
+)
+"""``PUT = ...``, ``PUT, DELETE = 0, 1``, or an event type compared with a bare number."""
+
+
+def _modules() -> list[Path]:
+    return sorted(
+        path for layer in ("backend", "console", "widgets") for path in (REPO / layer).rglob("*.py")
+    )
+
+
+def test_etcds_event_types_are_defined_in_one_module() -> None:
+    found = [
+        f"{path.relative_to(REPO)}: {match.group().strip()}"
+        for path in _modules()
+        if path != REPO / "backend" / "etcd.py"
+        for match in EVENT_TYPE.finditer(path.read_text())
+    ]
+    assert not found, "an event type defined outside backend/etcd.py:\n" + "\n".join(found)
+
+
 def test_no_module_writes_our_version_again() -> None:
     found = []
-    for layer in ("backend", "console", "widgets"):
-        for path in sorted((REPO / layer).rglob("*.py")):
-            for match in ASSIGNED.finditer(path.read_text()):
-                name = match.group().split("=")[0].split(":")[0].strip()
-                if name not in ETCD_LEVELS:
-                    found.append(f"{path.relative_to(REPO)}: {match.group().strip()}")
+    for path in _modules():
+        for match in ASSIGNED.finditer(path.read_text()):
+            name = match.group().split("=")[0].split(":")[0].strip()
+            if name not in ETCD_LEVELS:
+                found.append(f"{path.relative_to(REPO)}: {match.group().strip()}")
     assert not found, "the version is written outside pyproject.toml:\n" + "\n".join(found)
 
 
