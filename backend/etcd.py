@@ -36,7 +36,7 @@ DIAL_SECONDS = 1.0
 """How long diagnosing a timeout waits for a TCP connection to an endpoint."""
 
 
-class EtcdError(aex.ClientError):
+class EtcdError(aex.ClientError):  # type: ignore[misc]  # aetcd has no type hints
     """Base of every typed store error; ``hint`` says how to fix it where we know."""
 
     hint: str = ""
@@ -46,17 +46,26 @@ class EtcdError(aex.ClientError):
         return f"{text} ({self.hint})" if self.hint else text
 
 
-class StoreUnavailable(EtcdError, aex.ConnectionFailedError):
+class StoreUnavailable(
+    EtcdError,
+    aex.ConnectionFailedError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """No endpoint answered."""
 
     hint = "is the store running and reachable at the endpoints given?"
 
 
-class StoreTimeout(EtcdError, aex.ConnectionTimeoutError):
+class StoreTimeout(
+    EtcdError,
+    aex.ConnectionTimeoutError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The request did not finish before its deadline."""
 
 
-class RevisionCompacted(EtcdError, aex.RevisionCompactedError):
+class RevisionCompacted(
+    EtcdError,
+    aex.RevisionCompactedError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The revision asked for is older than the store's compaction point."""
 
     def __init__(self, compacted_revision: int = 0, message: str = "") -> None:
@@ -65,7 +74,10 @@ class RevisionCompacted(EtcdError, aex.RevisionCompactedError):
             self.args = (message,)
 
 
-class FutureRevision(EtcdError, aex.InvalidArgumentError):
+class FutureRevision(
+    EtcdError,
+    aex.InvalidArgumentError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The revision asked for is newer than the store's current revision."""
 
 
@@ -77,7 +89,10 @@ class LeaseNotFound(EtcdError):
     """The lease does not exist, or has already expired."""
 
 
-class InvalidRequest(EtcdError, aex.InvalidArgumentError):
+class InvalidRequest(
+    EtcdError,
+    aex.InvalidArgumentError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The store refused the request's arguments."""
 
 
@@ -87,11 +102,17 @@ class NoSpace(EtcdError):
     hint = "compact and defragment the store, or raise --quota-backend-bytes"
 
 
-class RequestTooLarge(EtcdError, aex.InvalidArgumentError):
+class RequestTooLarge(
+    EtcdError,
+    aex.InvalidArgumentError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The request is larger than the store accepts."""
 
 
-class AuthFailed(EtcdError, aex.UnauthenticatedError):
+class AuthFailed(
+    EtcdError,
+    aex.UnauthenticatedError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The store refused the credentials."""
 
 
@@ -99,7 +120,10 @@ class PermissionDenied(EtcdError):
     """The user has no permission for the request."""
 
 
-class TLSError(EtcdError, aex.ConnectionFailedError):
+class TLSError(
+    EtcdError,
+    aex.ConnectionFailedError,  # type: ignore[misc]  # aetcd has no type hints
+):
     """The TLS handshake failed."""
 
     hint = "check --cacert, --cert and --key against the server's certificate"
@@ -393,7 +417,7 @@ def _grpc_target(endpoints: list[Endpoint]) -> str:
                 infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
             except socket.gaierror as error:
                 raise ConfigError(f"cannot resolve {endpoint.host}: {error.strerror}") from error
-            hosts = [info[4][0] for info in infos]
+            hosts = [str(info[4][0]) for info in infos]
         for host in hosts:
             if ":" in host:
                 v6.append(f"[{host}]:{endpoint.port}")
@@ -456,7 +480,7 @@ _KEEPALIVE = {
 }
 
 
-class EtcdClient(aetcd.Client):
+class EtcdClient(aetcd.Client):  # type: ignore[misc]  # aetcd has no type hints
     """aetcd's client with several endpoints, TLS, and typed errors.
 
     Every public coroutine and async generator of aetcd's client raises
@@ -544,7 +568,8 @@ class EtcdClient(aetcd.Client):
             )
         except grpc.RpcError as error:
             raise await _typed_for(self, error) from error
-        return response.header.revision
+        revision: int = response.header.revision
+        return revision
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel is connected, or raise :class:`StoreUnavailable`."""

@@ -18,7 +18,8 @@ FROM_KEY = b"\0"
 
 def is_tombstone(kv: rpc.KeyValue) -> bool:
     """A deletion is kept in the history as a key with version 0, like etcd's tombstones."""
-    return kv.version == 0
+    version: int = kv.version
+    return version == 0
 
 
 class KeyHistory:

@@ -61,7 +61,7 @@ async def _durable(store: Store, context: _Context) -> None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"clusterd kv: WAL write failed: {error}")
 
 
-class KVService(services.KVServicer):
+class KVService(services.KVServicer):  # type: ignore[misc]  # aetcd has no type hints
     """Range, Put, DeleteRange, Txn and Compact."""
 
     def __init__(self, store: Store) -> None:
@@ -105,7 +105,7 @@ class KVService(services.KVServicer):
         return response
 
 
-class WatchService(services.WatchServicer):
+class WatchService(services.WatchServicer):  # type: ignore[misc]  # aetcd has no type hints
     """The bidirectional Watch stream.
 
     Two tasks per stream: one reads the client's requests, one writes the responses that
@@ -159,7 +159,7 @@ class WatchService(services.WatchServicer):
                 del self.budgets[context.peer()]
 
 
-class LeaseService(services.LeaseServicer):
+class LeaseService(services.LeaseServicer):  # type: ignore[misc]  # aetcd has no type hints
     """Grant, Revoke, KeepAlive, TimeToLive and Leases."""
 
     def __init__(self, store: Store) -> None:
@@ -202,7 +202,7 @@ class LeaseService(services.LeaseServicer):
         return self.store.lease_leases()
 
 
-class ClusterService(services.ClusterServicer):
+class ClusterService(services.ClusterServicer):  # type: ignore[misc]  # aetcd has no type hints
     """The one-member cluster: MemberList; membership changes are refused."""
 
     def __init__(self, store: Store) -> None:
@@ -239,7 +239,9 @@ class ClusterService(services.ClusterServicer):
         raise errors.SingleNode()
 
 
-class MaintenanceService(services.MaintenanceServicer):
+class MaintenanceService(
+    services.MaintenanceServicer  # type: ignore[misc]  # aetcd has no type hints
+):
     """Status, Alarm, Hash, HashKV, Defragment and Snapshot."""
 
     def __init__(self, store: Store) -> None:
@@ -318,7 +320,7 @@ def _unimplemented(name: str) -> Callable[..., Awaitable[NoReturn]]:
     return method
 
 
-class AuthService(services.AuthServicer):
+class AuthService(services.AuthServicer):  # type: ignore[misc]  # aetcd has no type hints
     """Authentication is not enabled; answer as etcd does then. Managing users and roles is
     not offered at all: each of those calls ends with UNIMPLEMENTED, as a gRPC server answers
     for a feature it does not have, and the other calls on the connection go on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from aetcd import rpc
 
@@ -17,19 +18,25 @@ from backend.kv import errors
 from backend.kv.lease import Lessor
 from backend.kv.mvcc import FROM_KEY, Batch, KeySpace, Writer
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
+
 RANGE_CHUNK_KEYS = 10_000
 """A range over more keys than this is read in chunks of this many, yielding between them."""
 
 _ASCEND = rpc.RangeRequest.ASCEND
 _DESCEND = rpc.RangeRequest.DESCEND
 _NONE = rpc.RangeRequest.NONE
-_SORT_KEYS: dict[int, Callable[[rpc.KeyValue], object]] = {
+_SORT_KEYS: dict[int, Callable[[rpc.KeyValue], SupportsRichComparison]] = {
     rpc.RangeRequest.KEY: lambda kv: kv.key,
     rpc.RangeRequest.VERSION: lambda kv: kv.version,
     rpc.RangeRequest.CREATE: lambda kv: kv.create_revision,
     rpc.RangeRequest.MOD: lambda kv: kv.mod_revision,
     rpc.RangeRequest.VALUE: lambda kv: kv.value,
 }
+
+_Ordered = TypeVar("_Ordered", bytes, int)
+"""What a Compare compares: a value, or a version, revision or lease."""
 
 Header = Callable[[int], rpc.ResponseHeader]
 """The response header at a revision (``Store.header``)."""
@@ -422,25 +429,31 @@ def _filter_revisions(found: list[rpc.KeyValue], request: rpc.RangeRequest) -> l
 
 def _compare_kv(compare: rpc.Compare, kv: rpc.KeyValue) -> bool:
     target = compare.target
+    result: int = compare.result
     if target == rpc.Compare.VALUE:
-        ours: object = kv.value
-        theirs: object = compare.value
-    elif target == rpc.Compare.VERSION:
-        ours, theirs = kv.version, compare.version
+        value: bytes = kv.value
+        return _holds(result, value, compare.value)
+    if target == rpc.Compare.VERSION:
+        ours: int = kv.version
+        theirs: int = compare.version
     elif target == rpc.Compare.CREATE:
         ours, theirs = kv.create_revision, compare.create_revision
     elif target == rpc.Compare.MOD:
         ours, theirs = kv.mod_revision, compare.mod_revision
     else:
         ours, theirs = kv.lease, compare.lease
-    result = compare.result
+    return _holds(result, ours, theirs)
+
+
+def _holds(result: int, ours: _Ordered, theirs: _Ordered) -> bool:
+    """Whether a Compare's ``result`` (EQUAL, NOT_EQUAL, GREATER or LESS) holds."""
     if result == rpc.Compare.EQUAL:
         return ours == theirs
     if result == rpc.Compare.NOT_EQUAL:
         return ours != theirs
     if result == rpc.Compare.GREATER:
-        return ours > theirs  # type: ignore[operator]
-    return ours < theirs  # type: ignore[operator]
+        return ours > theirs
+    return ours < theirs
 
 
 def _in_interval(key: bytes, start: bytes, end: bytes) -> bool:

@@ -103,9 +103,9 @@ class Watcher:
     def __init__(self, stream: WatchStream, watch_id: int, request: rpc.WatchCreateRequest) -> None:
         self.stream = stream
         self.id = watch_id
-        self.key = request.key
-        self.end = request.range_end
-        self.prev_kv = request.prev_kv
+        self.key: bytes = request.key
+        self.end: bytes = request.range_end
+        self.prev_kv: bool = request.prev_kv
         filters = set(request.filters)
         self.no_put = NOPUT in filters
         self.no_delete = NODELETE in filters

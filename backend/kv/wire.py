@@ -35,7 +35,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -142,7 +142,8 @@ class Context:
         """A response serialized, unless it already is."""
         if isinstance(message, bytes):
             return message
-        return self._call.handler.response_serializer(message)
+        body: bytes = self._call.handler.response_serializer(message)
+        return body
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(
@@ -281,7 +282,8 @@ class Connection(asyncio.Protocol):
     # -- transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        # A stream server's transport: uvloop's are not subclasses of asyncio.Transport.
+        stream = self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             host = peer[0]
@@ -303,7 +305,7 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
         self.timer = self.loop.call_later(self.server.limits.preface_timeout, self._preface_timeout)
-        transport.write(self.h2.data_to_send())
+        stream.write(self.h2.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

@@ -8,6 +8,7 @@ the responses' header blocks are literals that never touch the client's dynamic 
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 import grpc
 import hpack
@@ -138,13 +139,14 @@ class HeaderDecoder:
         cacheable = bool(block) and len(block) <= self.CACHE_BLOCK and min(block) >= 0x80
         cache = self.cache
         if cacheable:
-            headers = cache.get(block)
-            if headers is not None:
-                return headers
+            cached = cache.get(block)
+            if cached is not None:
+                return cached
         elif block and min(block) < 0x80:
             cache.clear()
         try:
-            headers = self.decoder.decode(block, raw=True)
+            # hpack hints an Iterable of str or bytes pairs; raw=True returns a list of bytes.
+            headers = cast("list[tuple[bytes, bytes]]", self.decoder.decode(block, raw=True))
         except hpack.HPACKError as error:
             raise HPACKError(str(error) or type(error).__name__) from error
         self.debt += max(0, len(headers) - self.FREE_FIELDS) + (len(block) >> 8)
