@@ -313,7 +313,7 @@ class V2Keys:
     def _lease(self, ttl: int) -> int:
         if not ttl:
             return 0
-        lease = self.store.lease_grant(rpc.LeaseGrantRequest(TTL=ttl)).ID
+        lease: int = self.store.lease_grant(rpc.LeaseGrantRequest(TTL=ttl)).ID
         leases = self.ttl_leases
         leases[lease] = None
         if len(leases) > ACTIONS_KEPT:
