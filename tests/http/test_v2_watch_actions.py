@@ -25,6 +25,9 @@ WRITES: list[tuple[str, str, dict[str, str] | None]] = [
     ("PUT", "/v2/keys/act/dir", {"dir": "true", "prevExist": "false"}),  # mkdir: create
     ("DELETE", "/v2/keys/act/dir?dir=true", None),  # rmdir: delete
     ("PUT", "/v2/keys/act/dir2", {"dir": "true"}),  # set
+    ("PUT", "/v2/keys/act/tree/a", {"value": "a"}),
+    ("PUT", "/v2/keys/act/tree/b/c", {"value": "c"}),
+    ("DELETE", "/v2/keys/act/tree?recursive=true", None),  # delete of the directory
     ("PUT", "/v2/keys/act/ttl", {"value": "soon", "ttl": "2"}),  # set; later expire
 ]
 
@@ -60,7 +63,7 @@ def test_watch_actions_match_etcd(pair: dict[str, Any]) -> None:
     assert [body["action"] for _, body in expected] == [
         "create", "set", "update", "compareAndSwap", "compareAndSwap", "compareAndDelete",
         "set", "compareAndDelete", "set", "delete", "create", "create", "delete", "set", "set",
-        "expire",
+        "set", "delete", "set", "expire",
     ]  # fmt: skip
     for index, (ours, theirs) in enumerate(zip(got, expected, strict=True)):
         assert ours == theirs, (index, WRITES[index] if index < len(WRITES) else "expire")

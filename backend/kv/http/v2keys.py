@@ -129,6 +129,8 @@ class V2Keys:
         )
         self.actions: dict[int, str] = {}
         """The action of each v2 write, by its revision (the last ACTIONS_KEPT)."""
+        self.dir_deletes: dict[int, dict[str, Any]] = {}
+        """The answer to each directory delete, by its revision (the last ACTIONS_KEPT)."""
         self.ttl_leases: dict[int, None] = {}
         """The leases v2 TTLs were granted as (the last ACTIONS_KEPT): their end is ``expire``."""
 
@@ -491,7 +493,14 @@ class V2Keys:
             "createdIndex": before["createdIndex"],
         }
         self.stats["deleteSuccess"] += 1
-        return {"action": "delete", "node": node, "prevNode": before}, 200
+        body = {"action": "delete", "node": node, "prevNode": before}
+        # One v2 event for the directory, as etcd gives, where v3 has one per key under it.
+        self._record(response.header.revision, "delete")
+        answers = self.dir_deletes
+        answers[response.header.revision] = body
+        if len(answers) > ACTIONS_KEPT:
+            del answers[next(iter(answers))]
+        return body, 200
 
     # -- waiting
 
@@ -549,6 +558,9 @@ class V2Keys:
         name = kv.key.decode("utf-8", "replace")
         is_dir = name.endswith("/") and name != "/"
         path = name.rstrip("/") or "/"
+        if event.type == rpc.Event.DELETE and kv.mod_revision in self.dir_deletes:
+            answer = self.dir_deletes[kv.mod_revision]
+            return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
         action = self.actions.get(kv.mod_revision)
         if event.type == rpc.Event.PUT:
             node = self._node(path, kv, value=not is_dir)
