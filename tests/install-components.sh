@@ -4,6 +4,22 @@
 # iproute2, nftables and iperf3 (the overlay's network-namespace tests and bench).
 set -euo pipefail
 
+# python-etcd3's own test suite, which tests/http/test_etcd3_suite.py runs against real etcd and
+# the bundled store: its PyPI sdist unpacked under the venv (someone else's code: fetched, never
+# committed), and etcd3 with what its tests import installed into the venv. tenacity<7: etcd3
+# 0.12's lock passes tenacity a two-argument wait function, which tenacity 7 stopped calling so.
+suite=.venv/etcd3-suite
+if [ -x .venv/bin/python ] && [ ! -f "$suite/.installed" ]; then
+  echo "fetching python-etcd3 0.12.0 and its test suite into $suite"
+  mkdir -p "$suite"
+  .venv/bin/python -m pip download --quiet --no-deps --no-binary :all: etcd3==0.12.0 -d "$suite"
+  tar -xzf "$suite/etcd3-0.12.0.tar.gz" -C "$suite"
+  .venv/bin/python -m pip install --quiet etcd3==0.12.0 mock "tenacity<7"
+  touch "$suite/.installed"
+elif [ ! -x .venv/bin/python ]; then
+  echo "no .venv here: python-etcd3's suite is installed into the venv (make test creates it)" >&2
+fi
+
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)

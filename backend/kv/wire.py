@@ -353,7 +353,6 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
-        self.server.bytes_received += len(data)
         self.h2.receive(data)
         if self.pump_handle is None:
             self._pump()
@@ -549,6 +548,8 @@ class Connection(asyncio.Protocol):
                     "grpc: compressed flag set with identity or empty encoding",
                 )
                 return
+            # etcd's gRPC codec counts each message's protobuf bytes as it unmarshals them.
+            self.server.bytes_received += size
             try:
                 request = handler.request_deserializer(body)
             except Exception:  # protobuf raises DecodeError, and others
@@ -696,6 +697,8 @@ class Connection(asyncio.Protocol):
         stream = call.stream
         if stream.reset or call.finished or self.transport is None:
             return
+        # etcd's gRPC codec counts each response's protobuf bytes as it marshals them.
+        self.server.bytes_sent += len(body)
         h2 = self.h2
         if not stream.headers_sent:
             h2.send_headers(stream, RESPONSE_HEADERS)
@@ -769,9 +772,7 @@ class Connection(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            data = h2.data_to_send()
-            self.server.bytes_sent += len(data)
-            transport.write(data)
+            transport.write(h2.data_to_send())
         else:
             h2.out.clear()
 

@@ -175,9 +175,9 @@ class _StoreCollector(Collector):
             counts_handled.items(),
             key=lambda item: (by_handler.get(item[0][0], []), item[0][1].name),
         ):
-            names = by_handler.get(handler)
-            if names is not None:
-                handled.add_metric([_code_name(code), *names], count)
+            handler_names = by_handler.get(handler)
+            if handler_names is not None:
+                handled.add_metric([_code_name(code), *handler_names], count)
         yield started
         yield handled
 

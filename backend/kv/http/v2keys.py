@@ -5,6 +5,13 @@ A v2 key ``/a/b`` is the v3 key ``/a/b``; v2 indexes are revisions. A directory 
 (empty value; what `etcdctl mkdir` writes), exists. A TTL is a lease of that many seconds
 (at least the store's minimum lease TTL). Unlike etcd, which keeps its v2 and v3 keys apart,
 both APIs here see the same keys, so the console shows what v2 clients write.
+
+A v2 watch answer names the action etcd's v2 gives for the write (``create``, ``update``,
+``compareAndSwap``, ``compareAndDelete``, ``set``, ``delete``, ``expire``): the v3 key space
+keeps no such thing, so this handler records, per revision, the kind of write it made (the
+last ``ACTIONS_KEPT`` of them, in memory). A change it did not make, or one older than that
+record or than the process, is reported as ``set`` or ``delete``, and so are writes through
+v3; the exception is the deletion of a key whose v2 TTL lease ran out: ``expire``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ _MESSAGES = {
     401: "The event in requested index is outdated and cleared",
 }
 _STATUS = {100: 404, 101: 412, 102: 403, 105: 412, 108: 403, 300: 500}
+ACTIONS_KEPT = 4096
+"""How many of its writes' actions the v2 handler remembers (and of its TTL leases)."""
 
 
 class V2Error(Exception):
@@ -118,6 +127,18 @@ class V2Keys:
             ),
             0,
         )
+        self.actions: dict[int, str] = {}
+        """The action of each v2 write, by its revision (the last ACTIONS_KEPT)."""
+        self.dir_deletes: dict[int, dict[str, Any]] = {}
+        """The answer to each directory delete, by its revision (the last ACTIONS_KEPT)."""
+        self.ttl_leases: dict[int, None] = {}
+        """The leases v2 TTLs were granted as (the last ACTIONS_KEPT): their end is ``expire``."""
+
+    def _record(self, revision: int, action: str) -> None:
+        actions = self.actions
+        actions[revision] = action
+        if len(actions) > ACTIONS_KEPT:
+            del actions[next(iter(actions))]
 
     # -- reading the key space
 
@@ -294,7 +315,12 @@ class V2Keys:
     def _lease(self, ttl: int) -> int:
         if not ttl:
             return 0
-        return self.store.lease_grant(rpc.LeaseGrantRequest(TTL=ttl)).ID
+        lease: int = self.store.lease_grant(rpc.LeaseGrantRequest(TTL=ttl)).ID
+        leases = self.ttl_leases
+        leases[lease] = None
+        if len(leases) > ACTIONS_KEPT:
+            del leases[next(iter(leases))]
+        return lease
 
     def _put(self, path: str, params: dict[str, str]) -> tuple[dict[str, Any], int]:
         if path == "/":
@@ -358,6 +384,7 @@ class V2Keys:
             response = store.put(
                 rpc.PutRequest(key=path.encode() + b"/", lease=lease, prev_kv=True)
             )
+            self._record(response.header.revision, action)
             kv = self._get(path + "/")
             assert kv is not None
             node = self._node(path, kv, value=False)
@@ -366,6 +393,7 @@ class V2Keys:
             response = store.put(
                 rpc.PutRequest(key=path.encode(), value=value.encode(), lease=lease, prev_kv=True)
             )
+            self._record(response.header.revision, action)
             kv = self._get(path)
             assert kv is not None
             node = self._node(path, kv)
@@ -396,9 +424,10 @@ class V2Keys:
         lease = self._lease(ttl)
         store = self.store
         child = f"{'' if path == '/' else path}/{store.space.revision + 1:020d}"
-        store.put(
+        response = store.put(
             rpc.PutRequest(key=child.encode(), value=params.get("value", "").encode(), lease=lease)
         )
+        self._record(response.header.revision, "create")
         kv = self._get(child)
         assert kv is not None
         self.stats["createSuccess"] += 1
@@ -436,6 +465,7 @@ class V2Keys:
                     raise V2Error(TEST_FAILED, cause)
             response = store.delete_range(rpc.DeleteRangeRequest(key=path.encode()))
             revision = response.header.revision
+            self._record(revision, action)
             node = {"key": path, "modifiedIndex": revision, "createdIndex": current.create_revision}
             self.stats["deleteSuccess" if action == "delete" else "compareAndDeleteSuccess"] += 1
             return {"action": action, "node": node, "prevNode": self._node(path, current)}, 200
@@ -463,7 +493,14 @@ class V2Keys:
             "createdIndex": before["createdIndex"],
         }
         self.stats["deleteSuccess"] += 1
-        return {"action": "delete", "node": node, "prevNode": before}, 200
+        body = {"action": "delete", "node": node, "prevNode": before}
+        # One v2 event for the directory, as etcd gives, where v3 has one per key under it.
+        self._record(response.header.revision, "delete")
+        answers = self.dir_deletes
+        answers[response.header.revision] = body
+        if len(answers) > ACTIONS_KEPT:
+            del answers[next(iter(answers))]
+        return body, 200
 
     # -- waiting
 
@@ -521,14 +558,23 @@ class V2Keys:
         name = kv.key.decode("utf-8", "replace")
         is_dir = name.endswith("/") and name != "/"
         path = name.rstrip("/") or "/"
+        if event.type == rpc.Event.DELETE and kv.mod_revision in self.dir_deletes:
+            answer = self.dir_deletes[kv.mod_revision]
+            return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        action = self.actions.get(kv.mod_revision)
         if event.type == rpc.Event.PUT:
             node = self._node(path, kv, value=not is_dir)
-            action = "set"
+            action = action or "set"
         else:
             node = {"key": path, "modifiedIndex": kv.mod_revision}
+            prev_lease = event.prev_kv.lease if event.HasField("prev_kv") else 0
             if event.HasField("prev_kv"):
                 node["createdIndex"] = event.prev_kv.create_revision
-            action = "delete"
+            if action is None:
+                expired = prev_lease in self.ttl_leases and (
+                    prev_lease not in self.store.lessor.leases
+                )
+                action = "expire" if expired else "delete"
         if is_dir:
             node = {"key": path, "dir": True, **{k: v for k, v in node.items() if k != "key"}}
         body: dict[str, Any] = {"action": action, "node": node}
@@ -536,6 +582,13 @@ class V2Keys:
             prev = self._node(path, event.prev_kv, value=not is_dir)
             if is_dir:
                 prev = {"key": path, "dir": True, **{k: v for k, v in prev.items() if k != "key"}}
+            if action == "expire" and "expiration" not in prev:
+                # etcd keeps the expired node's expiration (and no ttl); the lease is gone,
+                # so this is when the answer is made, the expiry's time or a little after.
+                expiration = {"expiration": _rfc3339(time.time())}
+                prev = {**{k: v for k, v in prev.items() if "Index" not in k}, **expiration}
+                prev["modifiedIndex"] = event.prev_kv.mod_revision
+                prev["createdIndex"] = event.prev_kv.create_revision
             body["prevNode"] = prev
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
