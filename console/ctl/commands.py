@@ -1,17 +1,13 @@
-"""Provides `clusterctl`: fleetctl's commands and output columns over the console's client code."""
+"""Provides clusterctl's commands: fleetctl's verbs and output columns, thin over the model."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
-import shlex
-import socket
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -19,19 +15,24 @@ from typing import TextIO
 import asyncssh
 
 from backend.etcd import EtcdClient, EtcdError, diagnose, error_words, make_client
-from backend.fleet.demo import clusterd_command
-from backend.fleet.fence import fence_note
-from backend.fleet.registry import (
-    DEFAULT_PREFIX,
+from backend.fleet.model import (
     ClusterState,
+    CurrentState,
     Job,
     Machine,
-    Registry,
-    RegistryError,
-    UnitExists,
+    SubnetRecord,
+    TargetState,
     UnitState,
+    UnsafeValue,
     current_state,
+    format_metadata,
+    is_global,
+    listed_state,
+    machine_legend,
+    status_block,
+    subnet_owner,
 )
+from backend.fleet.registry import Registry, RegistryError, UnitExists
 from backend.fleet.unitfile import (
     UnitFileError,
     UnitName,
@@ -40,50 +41,33 @@ from backend.fleet.unitfile import (
     unit_hash,
     validate_name,
 )
-from backend.fleet.validate import (
-    cursor_problem,
-    machine_problem,
-    subnet_record_problem,
-    unit_name_problem,
-)
 from backend.keys import prefix_end
 from backend.text import literal
+from console.access import (
+    Hop,
+    RunError,
+    SshRoute,
+    check_unit_name,
+    is_local,
+    journal_command,
+    local_clusterd,
+    remote_command,
+    run,
+)
+from console.ctl.args import (
+    VERSION,
+    ArgumentError,
+    apply_environment,
+    build_parser,
+)
+from console.ctl.args import fields as _fields
 from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
-VERSION = "0.1.0"
 POLL_SECONDS = 0.5
-
-# Global flags, their defaults, and how the environment names them (fleetctl's scheme:
-# the flag name upper-cased with dashes as underscores, behind a prefix).
-GLOBAL_FLAGS: dict[str, str] = {
-    "endpoint": "http://127.0.0.1:2379",
-    "tunnel": "",
-    "ssh-username": "core",
-    "ssh-port": "22",
-    "ssh-identity-file": "",
-    "known-hosts-file": "~/.fleetctl/known_hosts",
-    "strict-host-key-checking": "true",
-    "ssh-timeout": "10.0",
-    "request-timeout": "3.0",
-    "key-prefix": DEFAULT_PREFIX,
-    "ca-file": "",
-    "cert-file": "",
-    "key-file": "",
-    "remote-clusterd": "clusterd",
-    "overlay-prefix": "/coreos.com/network/",
-}
-
-# etcdctl's and clustertui's names for the TLS flags, beside fleetctl's.
-ALIASES = {"endpoint": ("--endpoints",), "ca-file": ("--cacert",), "cert-file": ("--cert",),
-           "key-file": ("--key",)}  # fmt: skip
 
 
 class CtlError(Exception):
     """A command failed; the message is printed to stderr (made literal)."""
-
-
-class UnsafeValue(CtlError, ValueError):
-    """A value read from the store cannot go on a command line: it failed validation."""
 
 
 def tabulate(rows: Sequence[Sequence[str]], tabwidth: int = 8) -> str:
@@ -110,34 +94,6 @@ def tabulate(rows: Sequence[Sequence[str]], tabwidth: int = 8) -> str:
             parts.append(cell + "\t" * -(-(width - len(cell)) // tabwidth))
         lines.append("".join(parts))
     return "\n".join(lines) + "\n"
-
-
-def machine_legend(machine: Machine | None, machine_id: str, full: bool) -> str:
-    """``85c0c595.../172.17.8.102``: fleetctl's short machine ID with its public IP."""
-    legend = machine_id if full else f"{machine_id[:8]}..."
-    if machine is not None and machine.problem:
-        legend = f"{legend}/invalid"
-    elif machine is not None and machine.public_ip:
-        legend = f"{legend}/{machine.public_ip}"
-    return legend
-
-
-def ssh_destination(machine: Machine) -> str:
-    """The address ssh dials for ``machine``: its PublicIP, else its host name.
-
-    Raises :class:`UnsafeValue` for an invalid record: its values never reach ssh.
-    """
-    check_machine(machine)
-    destination = machine.public_ip or machine.hostname
-    if not destination:
-        raise UnsafeValue(f"Machine {machine.id} has neither a PublicIP nor a Hostname")
-    return destination
-
-
-def format_metadata(metadata: dict[str, str]) -> str:
-    if not metadata:
-        return "-"
-    return ",".join(f"{key}={value}" for key, value in sorted(metadata.items()))
 
 
 @dataclass
@@ -298,20 +254,20 @@ class Ctl:
         full = self.args.full
         rows = []
         for name, job in sorted(state.jobs.items()):
-            is_global = _is_global(job)
+            global_ = is_global(job)
             values = {
                 "unit": name,
                 "hash": job.unit_hash if full else job.unit_hash[:7],
                 "dstate": job.target_state or "-",
-                "state": "-" if is_global else current_state(job, state.states.get(name, {})),
+                "state": listed_state(job, state.states.get(name, {})),
                 "target": "global"
-                if is_global
+                if global_
                 else (
                     machine_legend(state.machines.get(job.target), job.target, full)
                     if job.target
                     else "-"
                 ),
-                "global": str(is_global).lower(),
+                "global": str(global_).lower(),
                 "desc": (job.unit.description(name) if job.unit else "") or "-",
             }
             rows.append([values[f] for f in fields])
@@ -326,34 +282,18 @@ class Ctl:
         await self.client.connect()
         response = await self.registry.read_range(base, prefix_end(base))
         machines = await self.machines()
-        by_ip: dict[str, list[str]] = {}
-        for machine in machines.values():
-            by_ip.setdefault(machine.public_ip, []).append(machine.id)
         rows = []
         for kv in response.kvs:
             subnet = kv.key.decode(errors="replace")[len(base) :].replace("-", "/")
-            try:
-                value = json.loads(kv.value)
-            except ValueError:
-                value = {}
-            if not isinstance(value, dict):
-                value = {}
-            public_ip = str(value.get("PublicIP", "")) or "-"
-            problem = subnet_record_problem(value) if value else ""
-            if problem:
-                public_ip = f"invalid: {problem}"
-            backend_data = value.get("BackendData")
-            if not isinstance(backend_data, dict):
-                backend_data = {}
-            owner = str(backend_data.get("MachineID", "")) or (
-                by_ip.get(public_ip, [""])[0] if len(by_ip.get(public_ip, [])) == 1 else ""
-            )
+            record = SubnetRecord.decode(kv.value)
+            public_ip = f"invalid: {record.problem}" if record.problem else record.public_ip or "-"
+            owner = subnet_owner(record, machines)
             machine = (owner if self.args.full else f"{owner[:8]}...") if owner else "-"
-            backend = str(value.get("BackendType", "")) or "-"
+            backend = record.backend or "-"
             expires = await self._expiry(kv.lease)
             rows.append([subnet, machine, public_ip, backend, expires])
             if self.args.full:
-                rows[-1].append(str(backend_data.get("VtepMAC", "")) or "-")
+                rows[-1].append(record.vtep_mac or "-")
         self._table(fields, rows)
         return 0
 
@@ -437,7 +377,12 @@ class Ctl:
         return 0
 
     async def set_and_wait(
-        self, names: Sequence[str], target: str, verb: str, want: str, skip_same: bool
+        self,
+        names: Sequence[str],
+        target: TargetState,
+        verb: str,
+        want: CurrentState,
+        skip_same: bool,
     ) -> int:
         jobs = (await self.registry.snapshot(("job", "unit"))).jobs
         waiting = []
@@ -446,11 +391,11 @@ class Ctl:
             if job is None:
                 raise CtlError(f"unable to find unit {name}")
             if skip_same and job.target_state == target:
-                if not _is_global(job):
+                if not is_global(job):
                     waiting.append(name)
                 continue
             await self.registry.set_target_state(name, target)
-            if _is_global(job):
+            if is_global(job):
                 self.say(f"Triggered global unit {name} {verb}")
             else:
                 waiting.append(name)
@@ -461,7 +406,7 @@ class Ctl:
             return -1
         return max(0, int(getattr(self.args, "block_attempts", 0) or 0))
 
-    async def wait_for(self, names: Sequence[str], verb: str, want: str) -> int:
+    async def wait_for(self, names: Sequence[str], verb: str, want: CurrentState) -> int:
         """fleetctl's blocking: poll until each unit reports ``want``, or attempts run out."""
         attempts = self._block_attempts()
         if attempts < 0:
@@ -525,7 +470,7 @@ class Ctl:
         stopping = []
         for name in names:
             job = state.jobs[name]
-            if not _is_global(job):
+            if not is_global(job):
                 current = current_state(job, state.states.get(name, {}))
                 if current == "inactive":
                     self.warn(f"Unable to stop unit {name} in state inactive")
@@ -533,7 +478,7 @@ class Ctl:
                 if current == "loaded" and job.target_state != "launched":
                     continue
             await self.registry.set_target_state(name, "loaded")
-            if _is_global(job):
+            if is_global(job):
                 self.say(f"Triggered global unit {name} stop")
             else:
                 stopping.append(name)
@@ -556,7 +501,7 @@ class Ctl:
             if job.target_state == "inactive":
                 continue
             await self.registry.set_target_state(name, "inactive")
-            if _is_global(job):
+            if is_global(job):
                 self.say(f"Triggered global unit {name} unload")
             else:
                 unloading.append(name)
@@ -608,14 +553,15 @@ class Ctl:
         code = 0
         for arg in self.args.units:
             name = normalize_name(Path(arg).name)
-            _check_unit_name(name)
+            check_unit_name(name)
             state = await self.registry.snapshot(("job", "unit", "machines", "states"))
             job = state.jobs.get(name)
             if job is None:
                 self.warn(f"Unit {name} does not exist.")
                 code = 1
                 continue
-            self._status_block(job, state)
+            for line in status_block(job, state):
+                self.say(line)
             reported = state.states.get(name, {}).get(job.target) if job.target else None
             if (reported is None or reported.active_state != "active") and code == 0:
                 # systemctl status (which fleetctl status runs) exits 3 for a unit not active.
@@ -636,35 +582,6 @@ class Ctl:
                     self.out.flush()
         return code
 
-    def _status_block(self, job: Job, state: ClusterState) -> None:
-        name = job.name
-        description = job.unit.description(name) if job.unit else ""
-        reported = state.states.get(name, {}).get(job.target) if job.target else None
-        mark = "●" if reported and reported.active_state == "active" else "○"
-        self.say(f"{mark} {name}" + (f" - {description}" if description else ""))
-        self.say(
-            f"   Loaded: {reported.load_state if reported else 'not-found'} "
-            f"(target state {job.target_state}; hash {job.unit_hash[:7]})"
-        )
-        if reported:
-            self.say(f"   Active: {reported.active_state} ({reported.sub_state})")
-        else:
-            self.say("   Active: inactive (dead)")
-        if _is_global(job):
-            machines = sorted(state.states.get(name, {}))
-            self.say(f"  Machine: global ({len(machines)} machines)")
-        elif job.target:
-            machine = state.machines.get(job.target)
-            self.say(f"  Machine: {machine_legend(machine, job.target, True)}")
-            if machine is not None and machine.problem:
-                self.say(f"  Invalid: {machine.problem}")
-        else:
-            self.say("  Machine: -")
-        if job.reason:
-            self.say(f"   Reason: {job.reason}")
-        if fence_note(state.states.get(name, {})):
-            self.say(f"   {fence_note(state.states.get(name, {}))}")
-
     def journal_command(
         self, machine: Machine, unit: str, *, lines: int, follow: bool, output: str = ""
     ) -> list[str]:
@@ -673,39 +590,26 @@ class Ctl:
     def _is_local(self, machine: Machine) -> bool:
         return is_local(machine, tunnelled=bool(self.args.tunnel))
 
-    def ssh_argv(self, machine: Machine, remote: str, *, tty: bool = False) -> list[str]:
-        """The OpenSSH command line that reaches ``machine``, through the tunnel host if any."""
-        argv = ["ssh", *self._ssh_options(), "-p", str(self.args.ssh_port)]
-        argv += ["-l", self.args.ssh_username]
+    def ssh_route(self) -> SshRoute:
+        """OpenSSH's options from the flags: never prompting, through the tunnel host if any."""
+        hop = None
         if self.args.tunnel:
-            # A ProxyCommand rather than -J, so the hop uses the same key and known hosts.
-            host, port, user = self._tunnel_parts()
-            hop = ["ssh", *self._ssh_options(), "-p", str(port), "-l", user, "-W", "%h:%p", host]
-            argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
-        argv.append("-t" if tty else "-T")
-        # `--` ends ssh's options: the destination can never be read as one.
-        argv += ["--", ssh_destination(machine)]
-        if remote:
-            argv.append(remote)
-        return argv
-
-    def _ssh_options(self) -> list[str]:
-        options = [
-            "-o", f"StrictHostKeyChecking={'yes' if self._strict else 'no'}",
-            "-o", f"ConnectTimeout={max(1, round(float(self.args.ssh_timeout)))}",
-            "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR",
-        ]  # fmt: skip
-        known_hosts = self._known_hosts()
-        if known_hosts:
-            options += ["-o", f"UserKnownHostsFile={known_hosts}"]
-        if self.args.ssh_identity_file:
-            options += ["-i", os.path.expanduser(self.args.ssh_identity_file)]
-        return options
-
-    def _tunnel_parts(self) -> tuple[str, int, str]:
-        spec = TunnelSpec.parse(self.args.tunnel)
-        return spec.host, spec.port or 22, spec.username or self.args.ssh_username
+            spec = TunnelSpec.parse(self.args.tunnel)
+            hop = Hop(spec.host, spec.port or 22, spec.username or self.args.ssh_username)
+        try:
+            port = int(self.args.ssh_port)
+        except ValueError:
+            raise CtlError(f"invalid --ssh-port {self.args.ssh_port!r}") from None
+        return SshRoute(
+            port=port,
+            username=self.args.ssh_username,
+            identity=self.args.ssh_identity_file or None,
+            known_hosts=self._known_hosts(),
+            strict=self._strict,
+            connect_timeout=max(1, round(float(self.args.ssh_timeout))),
+            batch=True,
+            hop=hop,
+        )
 
     async def _run_on(
         self, machine: Machine, command: list[str], *, capture: bool
@@ -715,20 +619,20 @@ class Ctl:
         if self._is_local(machine):
             argv, env = local_clusterd(command)
         else:
-            remote = self.args.remote_clusterd + " " + shlex.join(command[1:])
-            argv = self.ssh_argv(machine, remote)
+            remote = remote_command(self.args.remote_clusterd, command)
+            argv = self.ssh_route().argv(machine, remote, tty=False)
             env = None
-        return await _run(argv, env=env, out=None if capture else self.out)
+        return await run(argv, env=env, out=None if capture else self.out)
 
     async def journal(self) -> int:
         name = normalize_name(self.args.unit)
-        _check_unit_name(name)
+        check_unit_name(name)
         state = await self.registry.snapshot(("job", "unit", "machines", "states"))
         job = state.jobs.get(name)
         if job is None:
             raise CtlError(f"Unit {name} does not exist.")
         target = job.target
-        if _is_global(job):
+        if is_global(job):
             # A global unit runs everywhere: this host's copy if it has one, else the first.
             hosts = sorted(m for m in state.states.get(name, {}) if m in state.machines)
             local = [m for m in hosts if self._is_local(state.machines[m])]
@@ -761,198 +665,12 @@ class Ctl:
                 raise CtlError(f"Could not find machine or unit {target!r}")
         # Like ssh itself, the words of the command go to the remote shell as one line.
         remote = " ".join(self.args.remote)
-        argv = self.ssh_argv(machine, remote, tty=not remote and sys.stdin.isatty())
-        code, _ = await _run(argv, env=None, out=self.out, stdin=True)
+        argv = self.ssh_route().argv(machine, remote, tty=not remote and sys.stdin.isatty())
+        code, _ = await run(argv, env=None, out=self.out, stdin=True)
         return code
 
 
-async def _run(
-    argv: list[str],
-    *,
-    env: dict[str, str] | None,
-    out: TextIO | None = None,
-    stdin: bool = False,
-) -> tuple[int, str]:
-    """Run ``argv``; stream its stdout into ``out`` as it comes, or collect it when None.
-
-    When ``out`` is the terminal's own stdout the child writes there directly, so an
-    interactive ssh session or a followed journal behaves as if run by hand.
-    """
-    direct = out is sys.stdout
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            env=env,
-            stdin=None if stdin else subprocess.DEVNULL,
-            stdout=None if direct else subprocess.PIPE,
-        )
-    except OSError as error:
-        raise CtlError(f"failed running {argv[0]}: {error.strerror}") from error
-    if process.stdout is None:
-        return await process.wait(), ""
-    collected: list[str] = []
-    while chunk := await process.stdout.read(65536):
-        text = chunk.decode(errors="replace")
-        if out is None:
-            collected.append(text)
-        else:
-            out.write(text)
-            out.flush()
-    return await process.wait(), "".join(collected)
-
-
-def journal_command(
-    machine: Machine,
-    units: Sequence[str],
-    *,
-    lines: str,
-    follow: bool,
-    output: str = "",
-    after_cursor: str = "",
-) -> list[str]:
-    """``clusterd journal …`` for ``units`` on ``machine`` (all of its journal without units).
-
-    Every value from the store is validated and joined to its option (``--unit=NAME``), so
-    none can be read as an option; :class:`UnsafeValue` says which one was refused.
-    """
-    check_machine(machine)
-    argv = ["clusterd", "journal"]
-    for unit in units:
-        _check_unit_name(unit)
-        argv.append(f"--unit={unit}")
-    argv += [f"--lines={lines}", "--no-pager"]
-    if machine.data_dir:
-        argv.append(f"--data-dir={machine.data_dir}")
-    if follow:
-        argv.append("-f")
-    if output:
-        argv.append(f"--output={output}")
-    if after_cursor:
-        if cursor_problem(after_cursor):
-            raise UnsafeValue(cursor_problem(after_cursor))
-        argv.append(f"--after-cursor={after_cursor}")
-    return argv
-
-
-def check_machine(machine: Machine) -> None:
-    """Raise :class:`UnsafeValue` unless ``machine`` passes validation (read or built here)."""
-    problem = machine.problem or machine_problem(machine)
-    if problem:
-        raise UnsafeValue(f"Machine {machine.id} is invalid: {problem}")
-
-
-def _check_unit_name(name: str) -> None:
-    problem = unit_name_problem(name)
-    if problem:
-        raise UnsafeValue(f"Unit name refused: {problem}")
-
-
-def is_local(machine: Machine, *, tunnelled: bool) -> bool:
-    """Whether ``machine`` is this host, so its commands run here rather than over SSH."""
-    return bool(machine.hostname) and machine.hostname == socket.gethostname() and not tunnelled
-
-
-def local_clusterd(command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment that run a ``clusterd …`` command with this checkout's code."""
-    argv = [*clusterd_command(), *command[1:]]
-    return argv, {**os.environ, "PYTHONPATH": _repo_path()}
-
-
-def _repo_path() -> str:
-    return str(Path(__file__).resolve().parents[1])
-
-
-def _is_global(job: Job) -> bool:
-    if job.unit is None:
-        return False
-    try:
-        return job.unit.fleet(job.name).is_global
-    except ValueError:
-        return False
-
-
-def _fields(text: str | None, default: str, valid: Sequence[str]) -> list[str]:
-    fields = (default if text is None else text).split(",")
-    if fields == [""]:
-        raise CtlError("Must define output format")
-    for field in fields:
-        if field not in valid:
-            raise CtlError(f"Invalid key in output format: {field!r}")
-    return fields
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clusterctl",
-        description="fleetctl-compatible cluster control. Every global flag can also come from "
-        "CLUSTERCTL_<FLAG> (or FLEETCTL_<FLAG>), e.g. CLUSTERCTL_ENDPOINT.",
-    )
-    for flag, default in GLOBAL_FLAGS.items():
-        names = [f"--{flag}", *ALIASES.get(flag, ())]
-        parser.add_argument(*names, default=None, help=f"default {default!r}")
-    parser.add_argument("--version", action="version", version=f"clusterctl version {VERSION}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def listing(name: str, summary: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=summary)
-        command.add_argument("-l", "--full", action="store_true", help="do not ellipsize fields")
-        command.add_argument("--no-legend", action="store_true", help="do not print a legend")
-        command.add_argument("--fields", default=None, help="columns to print, comma-separated")
-        return command
-
-    listing("list-machines", "enumerate the current hosts in the cluster")
-    listing("list-units", "list the current state of units in the cluster")
-    listing("list-unit-files", "list the units that exist in the cluster")
-    subnets = sub.add_parser("list-subnets", help="list the overlay subnets and their leases")
-    subnets.add_argument("-l", "--full", action="store_true")
-    subnets.add_argument("--no-legend", action="store_true")
-
-    def lifecycle(name: str, summary: str, block_default: int, blocking: bool = True) -> None:
-        command = sub.add_parser(name, help=summary)
-        command.add_argument("units", nargs="*", metavar="UNIT")
-        command.add_argument("--replace", action="store_true", help="replace differing units")
-        if blocking:
-            command.add_argument("--no-block", action="store_true", help="do not wait")
-            command.add_argument(
-                "--block-attempts", type=int, default=block_default, help="0 waits forever"
-            )
-
-    lifecycle("submit", "upload one or more units to the cluster", 0, blocking=False)
-    lifecycle("load", "schedule units to machines without starting them", 0)
-    lifecycle("start", "start units, submitting and loading them if necessary", 0)
-    lifecycle("stop", "stop units, leaving them loaded", 0)
-    lifecycle("unload", "unschedule units from their machines", 0)
-    lifecycle("destroy", "destroy units, removing them from the cluster", 0, blocking=False)
-    lifecycle("restart", "stop, then start units", 0)
-    status = sub.add_parser("status", help="state of units and their last journal lines")
-    status.add_argument("units", nargs="+", metavar="UNIT")
-    status.add_argument("--lines", "-n", type=int, default=10)
-    cat = sub.add_parser("cat", help="print the unit file as the cluster holds it")
-    cat.add_argument("unit", metavar="UNIT")
-    journal = sub.add_parser("journal", help="print the journal of a unit, from its machine")
-    journal.add_argument("unit", metavar="UNIT")
-    journal.add_argument("--lines", "-n", type=int, default=10, help="lines to show")
-    journal.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    journal.add_argument("-o", "--output", default="", help="journalctl output format")
-    ssh = sub.add_parser("ssh", help="open a shell on (or run a command on) a machine")
-    ssh.add_argument("target", metavar="MACHINE|UNIT")
-    ssh.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND")
-    sub.add_parser("version", help="print the version and exit")
-    return parser
-
-
-def apply_environment(args: argparse.Namespace, environ: dict[str, str]) -> None:
-    """Fill unset global flags from CLUSTERCTL_<FLAG>, then FLEETCTL_<FLAG>, then defaults."""
-    for flag, default in GLOBAL_FLAGS.items():
-        attribute = flag.replace("-", "_")
-        if getattr(args, attribute) is not None:
-            continue
-        suffix = attribute.upper()
-        value = environ.get(f"CLUSTERCTL_{suffix}") or environ.get(f"FLEETCTL_{suffix}")
-        setattr(args, attribute, value if value else default)
-
-
-COMMANDS: dict[str, Callable[[Ctl], object]] = {
+COMMANDS: dict[str, Callable[[Ctl], Awaitable[int]]] = {
     "list-machines": Ctl.list_machines,
     "list-units": Ctl.list_units,
     "list-unit-files": Ctl.list_unit_files,
@@ -980,8 +698,8 @@ async def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     try:
         await ctl.open_tunnel()
-        return int(await COMMANDS[args.command](ctl))  # type: ignore[call-overload]
-    except CtlError as error:
+        return await COMMANDS[args.command](ctl)
+    except (CtlError, ArgumentError, UnsafeValue, RunError) as error:
         print(literal(str(error)), file=err)
         return 1
     except EtcdError as error:
@@ -1013,7 +731,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(execute(args, sys.stdout, sys.stderr))
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
