@@ -7,6 +7,7 @@ import os
 import pytest
 
 from backend.fleet.engine import schedule
+from backend.fleet.model import UnsafeValue, ssh_target
 from backend.fleet.registry import ClusterState, Job, Machine
 from backend.fleet.unitfile import parse
 from backend.fleet.validate import (
@@ -15,7 +16,6 @@ from backend.fleet.validate import (
     unit_name_problem,
 )
 from backend.text import is_plain, literal
-from backend.fleet.model import UnsafeValue, ssh_target
 from console.access import journal_command
 from console.journal_stream import MachineAccess
 
