@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Literal
 
 import asyncssh
 
@@ -16,6 +17,9 @@ from console.access import MachineAccess, journal_command, local_clusterd
 from console.tunnel import TunnelError
 from widgets.journal_view import JournalEntry
 
+FollowerState = Literal["connecting", "following", "reconnecting", "refused"]
+"""Where a journal follower is: dialling, reading, lost and dialling again, or refused (the
+machine's or a unit's record failed validation: it is never dialled)."""
 BACKLOG = "100"
 """Lines of history a new follower starts with (a resumed one takes everything after its cursor)."""
 MAX_BACKOFF = 5.0
@@ -65,7 +69,7 @@ class JournalFollower:
         label: str,
         *,
         backlog: str = BACKLOG,
-        on_state: Callable[[JournalFollower, str], None] | None = None,
+        on_state: Callable[[JournalFollower, FollowerState], None] | None = None,
     ) -> None:
         self.access = access
         self.machine = machine
@@ -76,13 +80,13 @@ class JournalFollower:
         self.on_state = on_state
         self.cursor = ""
         """The cursor of the last delivered line: a reconnect resumes after it."""
-        self.state = "connecting"
+        self.state: FollowerState = "connecting"
         self.ever_followed = False
         """Whether this journal was ever read: a loss is news only then."""
         self.error = ""
         self.reconnects = 0
 
-    def _set_state(self, state: str, error: str = "") -> None:
+    def _set_state(self, state: FollowerState, error: str = "") -> None:
         self.state = state
         if state == "following":
             self.ever_followed = True

@@ -16,7 +16,7 @@ from types import FrameType
 from backend.etcd import EtcdClient, EtcdError
 from backend.fleet.engine import global_runs_on
 from backend.fleet.fence import DEFAULT_MARGIN, SAFETY, FencedLease, clock
-from backend.fleet.model import ClusterState, Job, Machine, UnitState
+from backend.fleet.model import ClusterState, Job, Machine, UnitState, unit_is_global
 from backend.fleet.output import LineSink
 from backend.fleet.registry import Registry
 from backend.fleet.runner import UnitRunner, reap_orphans
@@ -221,10 +221,7 @@ class Agent:
 
     @staticmethod
     def _is_global(entry: _Entry) -> bool:
-        try:
-            return entry.runner.unit.fleet(entry.runner.name).is_global
-        except ValueError:
-            return False
+        return unit_is_global(entry.runner.unit, entry.runner.name)
 
     async def shutdown(self) -> None:
         """Stop every unit, then take this machine's states and presence out of the store."""

@@ -288,10 +288,16 @@ class ClusterState:
 
 def is_global(job: Job) -> bool:
     """Whether ``job`` runs on every machine that matches it (``[X-Fleet] Global=true``)."""
-    if job.unit is None:
+    return unit_is_global(job.unit, job.name)
+
+
+def unit_is_global(unit: UnitFile | None, name: str) -> bool:
+    """Whether the unit file ``unit`` of unit ``name`` is global; not when it cannot be
+    parsed or its [X-Fleet] options are invalid."""
+    if unit is None:
         return False
     try:
-        return job.unit.fleet(job.name).is_global
+        return unit.fleet(name).is_global
     except ValueError:
         return False
 
@@ -333,24 +339,25 @@ def listed_state(job: Job, states: dict[str, UnitState]) -> str:
     return "-" if is_global(job) else current_state(job, states)
 
 
-def short_id(machine_id: str, full: bool = False) -> str:
-    """A machine ID as the console shows it: 8 characters and an ellipsis."""
-    return machine_id if full or len(machine_id) <= 8 else machine_id[:8] + "…"
+IdEllipsis = Literal["…", "..."]
+"""How a shortened machine ID ends: ``…`` in the console, ``...`` in fleetctl's output."""
+
+
+def short_id(machine_id: str, full: bool = False, ellipsis: IdEllipsis = "…") -> str:
+    """A machine ID cut to 8 characters: ``85c0c595…`` (an ID that short is shown whole), or
+    fleetctl's ``85c0c595...`` (always the first 8 and the dots)."""
+    if full:
+        return machine_id
+    if ellipsis == "...":
+        return f"{machine_id[:8]}..."
+    return machine_id if len(machine_id) <= 8 else machine_id[:8] + "…"
 
 
 def machine_legend(
-    machine: Machine | None, machine_id: str, full: bool, ellipsis: str = "..."
+    machine: Machine | None, machine_id: str, full: bool, ellipsis: IdEllipsis = "..."
 ) -> str:
-    """``85c0c595.../172.17.8.102``: a short machine ID with its public IP (or ``/invalid``).
-
-    fleetctl's ellipsis is three dots; the console's is ``…`` (:func:`short_id`).
-    """
-    if full:
-        legend = machine_id
-    elif ellipsis == "...":
-        legend = f"{machine_id[:8]}..."
-    else:
-        legend = short_id(machine_id)
+    """``85c0c595.../172.17.8.102``: a short machine ID with its public IP (or ``/invalid``)."""
+    legend = short_id(machine_id, full, ellipsis)
     if machine is not None and machine.problem:
         legend = f"{legend}/invalid"
     elif machine is not None and machine.public_ip:

@@ -14,6 +14,7 @@ from backend.fleet.model import (
     is_global,
     listed_state,
     machine_legend,
+    short_id,
     subnet_owner,
 )
 from backend.keys import prefix_end
@@ -27,7 +28,7 @@ async def list_machines(ctl: Session) -> int:
     )
     machines = await ctl.machines()
     getters: dict[str, Callable[[Machine], str]] = {
-        "machine": lambda m: m.id if ctl.args.full else f"{m.id[:8]}...",
+        "machine": lambda m: short_id(m.id, ctl.args.full, "..."),
         "ip": lambda m: f"invalid: {m.problem}" if m.problem else (m.public_ip or "-"),
         "metadata": lambda m: format_metadata(m.metadata),
         "hostname": lambda m: m.hostname or "-",
@@ -108,7 +109,7 @@ async def list_subnets(ctl: Session) -> int:
         record = SubnetRecord.decode(kv.value)
         public_ip = f"invalid: {record.problem}" if record.problem else record.public_ip or "-"
         owner = subnet_owner(record, machines)
-        machine = (owner if ctl.args.full else f"{owner[:8]}...") if owner else "-"
+        machine = short_id(owner, ctl.args.full, "...") if owner else "-"
         backend = record.backend or "-"
         expires = await _expiry(ctl, kv.lease)
         rows.append([subnet, machine, public_ip, backend, expires])
