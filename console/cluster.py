@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from backend.etcd import EtcdClient, EtcdError, RevisionCompacted
-from backend.fleet.model import ClusterState, Subnet, subnet_owner
+from backend.fleet.model import ClusterState, Subnet
 from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.keys import prefix_end
 from backend.overlay.config import DEFAULT_PREFIX as OVERLAY_PREFIX
@@ -123,7 +123,7 @@ class ClusterModel:
             self.fleet.absorb_subnet(name, kv.value, kv.lease)
 
     def machine_of_subnet(self, subnet: Subnet) -> str:
-        return subnet_owner(subnet, self.fleet.machines)
+        return self.fleet.owner(subnet)
 
     def machine_gone(self, machine_id: str) -> bool:
         """True once the agent stopped renewing: its record stays until the lease runs out."""

@@ -279,10 +279,12 @@ class ClusterState:
     # Derived views ----------------------------------------------------------------------
 
     def unit_state(self, name: str) -> CurrentState:
+        """The state of unit ``name`` as a whole (:func:`unit_state`); inactive when absent."""
         job = self.jobs.get(name)
         return unit_state(job, self.states.get(name, {})) if job is not None else "inactive"
 
     def owner(self, record: Subnet | SubnetRecord) -> str:
+        """The machine holding a subnet (:func:`subnet_owner`), "" when none is known."""
         return subnet_owner(record, self.machines)
 
 

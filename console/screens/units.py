@@ -234,7 +234,7 @@ class UnitsPane(TablePane):
         changed = False
         for name, pending in list(self.memory.pending.items()):
             job = fleet.jobs.get(name)
-            state = unit_state(job, fleet.states.get(name, {})) if job else "inactive"
+            state = fleet.unit_state(name)
             if state == pending.want:
                 del self.memory.pending[name]
                 changed = True
