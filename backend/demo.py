@@ -19,6 +19,7 @@ from typing import Any
 from backend import filemodes
 from backend.etcd import EtcdClient, make_client
 from backend.fleet.demo import DemoNodes, seed_scheduler, start_nodes, store_command
+from backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
 
 READY_SECONDS = 20.0
 
@@ -88,7 +89,7 @@ SAMPLE: dict[str, object] = {
     "/services/web/10.1.16.2:80": {"host": "10.1.16.2", "port": 80},
     "/services/api/10.1.15.3:8080": {"host": "10.1.15.3", "port": 8080},
     "/_coreos.com/fleet/machines/8a3d1b/object": {"ID": "8a3d1b", "PublicIP": "172.17.8.101"},
-    "/coreos.com/network/config": {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}},
+    f"{NETWORK_PREFIX}/config": {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}},
 }
 BINARY_KEY = "/binary/blob"
 BINARY_VALUE = bytes(range(0, 256, 7)) + b"\x00\xff\x1b[31m"

@@ -26,7 +26,9 @@ from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from backend.etcd import EtcdError, diagnose, error_words
+from backend.fleet.model import short_id
 from backend.text import literal as text_literal
+from console.access import MachineAccess
 from console.cluster import ClusterFeed, ClusterModel
 from console.config import (
     ClusterSettings,
@@ -37,7 +39,6 @@ from console.config import (
     parse_keymap,
     resolve_cluster,
 )
-from console.journal_stream import MachineAccess
 from console.screens.confirm import ConfirmScreen
 from console.screens.edit_value import EditValueScreen
 from console.screens.help import HelpRow, HelpScreen
@@ -51,7 +52,7 @@ from console.screens.subnets import SubnetsPane
 from console.screens.table_pane import TablePane
 from console.screens.text_view import TextScreen
 from console.screens.ttl import TTLScreen
-from console.screens.units import UnitsPane, short_id
+from console.screens.units import UnitsPane
 from console.session import STATUS_TIMEOUT, Session
 from console.tunnel import TunnelError
 from widgets.cluster_header import ClusterHeader

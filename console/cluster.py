@@ -5,40 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from backend.etcd import DELETE, EtcdClient, EtcdError, RevisionCompacted
-from backend.fleet.registry import DEFAULT_PREFIX, ClusterState, Registry
-from backend.fleet.validate import subnet_record_problem
+from backend.fleet.model import ClusterState, Subnet
+from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.keys import prefix_end
+from backend.overlay.config import DEFAULT_PREFIX as OVERLAY_PREFIX
 from backend.overlay.config import ConfigError, NetworkConfig, parse_config
-from backend.overlay.lease import parse_subnet_key
 from backend.overlay.routes import kernel_routes
 
-NETWORK_PREFIX = "/coreos.com/network/"
+__all__ = ["ClusterFeed", "ClusterModel", "MachineLease", "Subnet"]
+
+NETWORK_PREFIX = OVERLAY_PREFIX + "/"
 LEASE_POLL_SECONDS = 1.0
 """How often machine presence and subnet expiries are read again."""
 
-
-@dataclass
-class Subnet:
-    """``subnets/<subnet>``: who holds it, and when its lease runs out (None: a reservation)."""
-
-    network: ipaddress.IPv4Network
-    public_ip: str
-    backend: str
-    machine_id: str
-    lease: int
-    expires_at: float | None = None
-    """Clock time the lease runs out, from its last reading; None while unread."""
-    problem: str = ""
-    """Why the record fails validation ("" when it is valid)."""
-    vtep_mac: str = ""
-    """BackendData.VtepMAC: the vxlan device's MAC on the lease's host."""
+FeedState = Literal["connecting", "live", "reconnecting"]
+"""Whether the watches are up."""
 
 
 @dataclass
@@ -52,7 +39,8 @@ class MachineLease:
 
 @dataclass
 class ClusterModel:
-    """Fleet's and flannel's keys as the watches last delivered them, plus lease readings."""
+    """The console's side of fleet's model: the :class:`ClusterState` the watches keep,
+    the network config, and what the console reads besides (leases, routes)."""
 
     prefix: str = DEFAULT_PREFIX
     network_prefix: str = NETWORK_PREFIX
@@ -60,17 +48,22 @@ class ClusterModel:
     """The wall clock; tests and screenshots pin it."""
     fleet: ClusterState = field(default_factory=ClusterState)
     network_raw: bytes | None = None
-    subnets: dict[str, Subnet] = field(default_factory=dict)
-    machine_leases: dict[str, int] = field(default_factory=dict)
-    """Lease ID of each machine's record."""
     routes: dict[ipaddress.IPv4Network, str] = field(default_factory=dict)
     """This host's routes (destination -> device), read with the leases: the Subnets pane
     says which subnets the host the console runs on routes."""
     presence: dict[str, MachineLease] = field(default_factory=dict)
     revision: int = 0
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
-    state: str = "connecting"
-    """"connecting", "live" or "reconnecting": whether the watches are up."""
+    state: FeedState = "connecting"
+
+    @property
+    def subnets(self) -> dict[str, Subnet]:
+        return self.fleet.subnets
+
+    @property
+    def machine_leases(self) -> dict[str, int]:
+        """Lease ID of each machine's record."""
+        return self.fleet.machine_leases
 
     @property
     def network(self) -> NetworkConfig | None:
@@ -94,13 +87,10 @@ class ClusterModel:
     def reset(self) -> None:
         self.fleet = ClusterState()
         self.network_raw = None
-        self.subnets.clear()
-        self.machine_leases.clear()
 
     def apply(self, registry: Registry, kvs_or_events: list[Any], *, events: bool) -> None:
         """Fold a listing's key-values, or a watch batch's events, into the model."""
         fleet_prefix = self.prefix.encode()
-        units = self.fleet.raw_units
         for item in kvs_or_events:
             kv = item.kv if events else item
             deleted = events and item.type == DELETE
@@ -108,47 +98,15 @@ class ClusterModel:
             if key.startswith(fleet_prefix):
                 rel = key[len(fleet_prefix) :].decode(errors="replace")
                 if deleted:
-                    self._forget(rel)
-                else:
-                    registry._absorb(self.fleet, units, rel, kv.value)
+                    self.fleet.forget(rel)
                     parts = rel.split("/")
                     if parts[0] == "machines" and len(parts) == 3:
-                        self.machine_leases[parts[1]] = kv.lease
+                        self.presence.pop(parts[1], None)
+                else:
+                    self.fleet.absorb(rel, kv.value, kv.lease)
             else:
                 self._network_key(key, kv, deleted)
-        jobs = self.fleet.jobs
-        for job in jobs.values():
-            if job.unit_hash and (job.unit is None or job.unit.raw != units.get(job.unit_hash)):
-                job.unit = registry.parsed(job.unit_hash, units.get(job.unit_hash))
-
-    def _forget(self, rel: str) -> None:
-        parts = rel.split("/")
-        fleet = self.fleet
-        if parts[0] == "job" and len(parts) == 3:
-            job = fleet.jobs.get(parts[1])
-            if job is None:
-                return
-            if parts[2] == "object":
-                del fleet.jobs[parts[1]]
-            elif parts[2] == "target":
-                job.target = ""
-            elif parts[2] == "target-state":
-                job.target_state = "inactive"
-            elif parts[2] == "reason":
-                job.reason = ""
-        elif parts[0] == "states" and len(parts) == 3:
-            states = fleet.states.get(parts[1], {})
-            states.pop(parts[2], None)
-            if not states:
-                fleet.states.pop(parts[1], None)
-        elif parts[0] == "machines" and len(parts) == 3:
-            fleet.machines.pop(parts[1], None)
-            self.machine_leases.pop(parts[1], None)
-            self.presence.pop(parts[1], None)
-        elif parts[0] == "unit" and len(parts) == 2:
-            fleet.raw_units.pop(parts[1], None)
-        elif rel == "lease/engine-leader":
-            fleet.leader = ""
+        registry.attach_units(self.fleet)
 
     def _network_key(self, key: bytes, kv: Any, deleted: bool) -> None:
         rel = key[len(self.network_prefix.encode()) :]
@@ -160,38 +118,11 @@ class ClusterModel:
         name = rel[len(b"subnets/") :].decode(errors="replace")
         if deleted:
             self.subnets.pop(name, None)
-            return
-        network = parse_subnet_key(key)
-        if network is None:
-            return
-        try:
-            value = json.loads(kv.value)
-        except ValueError:
-            value = None
-        value = value if isinstance(value, dict) else {}
-        data = value.get("BackendData")
-        data = data if isinstance(data, dict) else {}
-        old = self.subnets.get(name)
-        subnet = Subnet(
-            network=network,
-            public_ip=str(value.get("PublicIP", "")),
-            backend=str(value.get("BackendType", "")),
-            machine_id=str(data.get("MachineID", "")),
-            lease=kv.lease,
-            problem=subnet_record_problem(value),
-            vtep_mac=str(data.get("VtepMAC", "")),
-        )
-        if old is not None and old.lease == kv.lease:
-            subnet.expires_at = old.expires_at
-        self.subnets[name] = subnet
+        else:
+            self.fleet.absorb_subnet(name, kv.value, kv.lease)
 
     def machine_of_subnet(self, subnet: Subnet) -> str:
-        if subnet.machine_id:
-            return subnet.machine_id
-        if subnet.problem:
-            return ""
-        owners = [m.id for m in self.fleet.machines.values() if m.public_ip == subnet.public_ip]
-        return owners[0] if len(owners) == 1 else ""
+        return self.fleet.owner(subnet)
 
     def machine_gone(self, machine_id: str) -> bool:
         """True once the agent stopped renewing: its record stays until the lease runs out."""

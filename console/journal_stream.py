@@ -5,102 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shlex
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 import asyncssh
 
-from backend.fleet.registry import Machine
-from console.ctl import (
-    UnsafeValue,
-    check_machine,
-    is_local,
-    journal_command,
-    local_clusterd,
-    ssh_destination,
-)
-from console.tunnel import Tunnel, TunnelError
+from backend.fleet.model import Machine, UnsafeValue, ssh_target
+from console.access import MachineAccess, journal_command, local_clusterd
+from console.tunnel import TunnelError
 from widgets.journal_view import JournalEntry
 
+FollowerState = Literal["connecting", "following", "reconnecting", "refused"]
+"""Where a journal follower is: dialling, reading, lost and dialling again, or refused (the
+machine's or a unit's record failed validation: it is never dialled)."""
 BACKLOG = "100"
 """Lines of history a new follower starts with (a resumed one takes everything after its cursor)."""
 MAX_BACKOFF = 5.0
 
 
-@dataclass(frozen=True)
-class MachineAccess:
-    """How the console reaches machines: over SSH (through the tunnel, if any), or locally."""
-
-    tunnel: Tunnel | None = None
-    username: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
-    strict: bool = True
-    port: int | None = None
-    """Machines' SSH port; the tunnel host's port when tunnelled, else 22."""
-    remote_clusterd: str = "clusterd"
-    """The command that runs `clusterd` on a machine."""
-
-    def is_local(self, machine: Machine) -> bool:
-        return is_local(machine, tunnelled=self.tunnel is not None)
-
-    def ssh_port(self) -> int:
-        if self.port:
-            return self.port
-        if self.tunnel is not None and self.tunnel.spec.port:
-            return self.tunnel.spec.port
-        return 22
-
-    def ssh_options(self) -> dict[str, object]:
-        options: dict[str, object] = {"port": self.ssh_port(), "connect_timeout": 10}
-        username = self.username or (self.tunnel.username if self.tunnel else None)
-        if username:
-            options["username"] = username
-        if self.identity:
-            options["client_keys"] = [self.identity]
-        if not self.strict:
-            options["known_hosts"] = None
-        elif self.known_hosts:
-            options["known_hosts"] = self.known_hosts
-        if self.tunnel is not None:
-            options["tunnel"] = self.tunnel.connection
-        return options
-
-    def remote_command(self, command: Sequence[str]) -> str:
-        return self.remote_clusterd + " " + shlex.join(command[1:])
-
-    def shell_argv(self, machine: Machine) -> list[str]:
-        """An interactive shell on ``machine``: here, or OpenSSH (hopping via the tunnel host).
-
-        Raises :class:`UnsafeValue` for a machine whose record fails validation.
-        """
-        check_machine(machine)
-        if self.is_local(machine):
-            return [os.environ.get("SHELL") or "/bin/sh"]
-        options = ["-o", "LogLevel=ERROR"]
-        if not self.strict:
-            options += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-        elif self.known_hosts:
-            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        if self.identity:
-            options += ["-i", os.path.expanduser(self.identity)]
-        username = self.username or (self.tunnel.username if self.tunnel else None)
-        user = ["-l", username] if username else []
-        argv = ["ssh", *options, "-p", str(self.ssh_port()), *user]
-        if self.tunnel is not None:
-            spec = self.tunnel.spec
-            hop = ["ssh", *options, "-p", str(spec.port or 22), *user, "-W", "%h:%p", spec.host]
-            argv += ["-o", "ProxyCommand=" + shlex.join(hop)]
-        # `--` ends ssh's options; the destination is validated (an invalid record raises
-        # UnsafeValue), so nothing the store holds can be read as an option.
-        return [*argv, "-t", "--", ssh_destination(machine)]
-
-
-_scan = json.JSONDecoder().scan_once
+# The decoder's C scanner: set by JSONDecoder.__init__, so typeshed does not declare it.
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def parse_entry(line: bytes, machine: str) -> JournalEntry:
@@ -143,7 +69,7 @@ class JournalFollower:
         label: str,
         *,
         backlog: str = BACKLOG,
-        on_state: Callable[[JournalFollower, str], None] | None = None,
+        on_state: Callable[[JournalFollower, FollowerState], None] | None = None,
     ) -> None:
         self.access = access
         self.machine = machine
@@ -154,13 +80,13 @@ class JournalFollower:
         self.on_state = on_state
         self.cursor = ""
         """The cursor of the last delivered line: a reconnect resumes after it."""
-        self.state = "connecting"
+        self.state: FollowerState = "connecting"
         self.ever_followed = False
         """Whether this journal was ever read: a loss is news only then."""
         self.error = ""
         self.reconnects = 0
 
-    def _set_state(self, state: str, error: str = "") -> None:
+    def _set_state(self, state: FollowerState, error: str = "") -> None:
         self.state = state
         if state == "following":
             self.ever_followed = True
@@ -239,7 +165,7 @@ class JournalFollower:
                     await asyncio.wait_for(process.wait(), 5)
 
     async def _ssh(self) -> AsyncIterator[list[bytes]]:
-        host = ssh_destination(self.machine)
+        host = ssh_target(self.machine)
         connection = await asyncssh.connect(host, **self.access.ssh_options())  # type: ignore[arg-type]
         try:
             # A PTY ties the remote reader to this session: closing it hangs the reader up.
@@ -286,7 +212,7 @@ async def read_journal(
         )  # fmt: skip
         output, _ = await asyncio.wait_for(process.communicate(), 15)
     else:
-        host = ssh_destination(machine)
+        host = ssh_target(machine)
         async with asyncssh.connect(host, **access.ssh_options()) as connection:  # type: ignore[arg-type]
             result = await asyncio.wait_for(
                 connection.run(access.remote_command(command), encoding=None), 15

@@ -11,12 +11,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from backend.etcd import EtcdClient, EtcdError
 from backend.fleet.engine import global_runs_on
 from backend.fleet.fence import DEFAULT_MARGIN, SAFETY, FencedLease, clock
+from backend.fleet.model import ClusterState, Job, Machine, UnitState, unit_is_global
 from backend.fleet.output import LineSink
-from backend.fleet.registry import ClusterState, Job, Machine, Registry, UnitState
+from backend.fleet.registry import Registry
 from backend.fleet.runner import UnitRunner, reap_orphans
 from backend.fleet.tasks import first_completed, watch_changes
 
@@ -195,7 +197,7 @@ class Agent:
             return lambda: None
         loop = asyncio.get_running_loop()
 
-        def resumed(signum: int, frame: object) -> None:
+        def resumed(signum: int, frame: FrameType | None) -> None:
             lease = self._lease
             if lease is not None and lease.granted and not self.fenced_at and self.fence_margin > 0:
                 if time.monotonic() >= lease.expires - SAFETY:
@@ -219,10 +221,7 @@ class Agent:
 
     @staticmethod
     def _is_global(entry: _Entry) -> bool:
-        try:
-            return entry.runner.unit.fleet(entry.runner.name).is_global
-        except ValueError:
-            return False
+        return unit_is_global(entry.runner.unit, entry.runner.name)
 
     async def shutdown(self) -> None:
         """Stop every unit, then take this machine's states and presence out of the store."""
@@ -275,11 +274,11 @@ class Agent:
                 with contextlib.suppress(EtcdError, TimeoutError, OSError):
                     await self.registry.remove_state(name, self.machine.id)
         for name in [n for n in self.units if n not in wanted]:
-            entry = self.units.pop(name)
-            self._queue(name, entry, self._retire(name, entry))
-            if entry.ops is not None:
-                self._retiring.add(entry.ops)
-                entry.ops.add_done_callback(self._retiring.discard)
+            retired = self.units.pop(name)
+            self._queue(name, retired, self._retire(name, retired))
+            if retired.ops is not None:
+                self._retiring.add(retired.ops)
+                retired.ops.add_done_callback(self._retiring.discard)
         for name, job in wanted.items():
             assert job.unit is not None
             entry = self.units.get(name)

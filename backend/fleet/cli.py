@@ -20,8 +20,9 @@ from backend.etcd import ConfigError, EtcdError, make_client
 from backend.fleet.agent import Agent
 from backend.fleet.engine import Engine
 from backend.fleet.fence import DEFAULT_MARGIN, parse_margin
+from backend.fleet.model import Machine
 from backend.fleet.output import open_journal
-from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry
+from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.fleet.unitfile import parse_timespan
 from backend.version import VERSION
 

@@ -17,6 +17,7 @@ from typing import Any
 from backend.etcd import make_client
 from backend.fleet.registry import DEFAULT_PREFIX, Registry
 from backend.keys import prefix_end
+from backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,7 @@ def clusterd_path() -> str:
     return os.pathsep.join([here, *rest])
 
 
-NETWORK_KEY = "/coreos.com/network/config"
+NETWORK_KEY = f"{NETWORK_PREFIX}/config"
 NETWORK_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}
 # Node i gets METADATA[i % len(METADATA)], so MachineMetadata units have somewhere to go.
 METADATA = ("region=us-east,disk=ssd", "region=us-west,disk=hdd", "region=us-west,disk=ssd")

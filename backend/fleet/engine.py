@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.registry import MAX_TXN_OPS, ClusterState, Job, KeptLease, Machine, Registry
+from backend.fleet.model import ClusterState, Job, Machine
+from backend.fleet.registry import MAX_TXN_OPS, KeptLease, Registry
 from backend.fleet.tasks import first_completed, watch_changes
 from backend.fleet.unitfile import FleetOptions
 

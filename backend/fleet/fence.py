@@ -15,7 +15,7 @@ import asyncio
 import time
 
 from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.registry import KeptLease, UnitState
+from backend.fleet.registry import KeptLease
 
 DEFAULT_MARGIN = 0.3
 """The part of the TTL kept for stopping units: they are stopped after 0.7 TTL without renewal."""
@@ -93,18 +93,3 @@ class FencedLease(KeptLease):
                 self.lost.set()
                 return
             self._mark(sent, sent_wall)
-
-
-def fence_note(states: dict[str, UnitState], shown: UnitState | None = None) -> str:
-    """ "fenced: lost the store at HH:MM:SS" when a machine stopped the unit for a lost lease.
-
-    ``states`` are the unit's reports by machine; nothing is said while ``shown`` (the report
-    a caller displays) has the unit running.
-    """
-    if shown is not None and shown.active_state in ("active", "activating", "reloading"):
-        return ""
-    for reported in ([shown] if shown is not None else []) + list(states.values()):
-        why = reported.machine_state.get("Fenced")
-        if isinstance(why, str) and why:
-            return f"fenced: {why}"
-    return ""

@@ -68,7 +68,8 @@ class NodeMetrics(Collector):
         async def reconcile(*args: Any, **kwargs: Any) -> int:
             started = time.perf_counter()
             try:
-                return await original(*args, **kwargs)
+                passes: int = await original(*args, **kwargs)
+                return passes
             finally:
                 seconds.observe(time.perf_counter() - started)
 

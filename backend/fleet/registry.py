@@ -6,18 +6,45 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aetcd import rpc
 
 from backend.etcd import EtcdClient, EtcdError, typed_error
+from backend.fleet.model import (
+    TARGET_STATES,
+    ClusterState,
+    CurrentState,
+    Job,
+    Machine,
+    TargetState,
+    UnitState,
+    current_state,
+)
 from backend.fleet.unitfile import UnitFile, parse, unit_hash
-from backend.fleet.validate import machine_problem, unit_name_problem
 from backend.keys import prefix_end
 
+# The records live in the model; they are named here too, where most code has found them.
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MAX_TXN_OPS",
+    "SECTIONS",
+    "TARGET_STATES",
+    "ClusterState",
+    "CurrentState",
+    "Job",
+    "KeptLease",
+    "Machine",
+    "Registry",
+    "RegistryError",
+    "TargetState",
+    "UnitExists",
+    "UnitNotFound",
+    "UnitState",
+    "current_state",
+]
+
 DEFAULT_PREFIX = "/_coreos.com/fleet/"
-TARGET_STATES = ("inactive", "loaded", "launched")
 # etcd refuses transactions of more than 128 operations by default.
 MAX_TXN_OPS = 128
 SECTIONS = ("job", "unit", "machines", "states", "lease")
@@ -33,111 +60,6 @@ class UnitExists(RegistryError):
 
 class UnitNotFound(RegistryError):
     """No unit of that name is in the registry."""
-
-
-@dataclass
-class Machine:
-    """``machines/<id>/object``: one live agent."""
-
-    id: str
-    public_ip: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    hostname: str = ""
-    data_dir: str = ""
-    version: str = ""
-    problem: str = ""
-    """Why the record is invalid ("" when it is valid): an invalid machine is shown with
-    the reason, and never scheduled onto, dialled or put on a command line."""
-
-    @property
-    def valid(self) -> bool:
-        return not self.problem
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ID": self.id,
-            "PublicIP": self.public_ip,
-            "Metadata": self.metadata,
-            "Hostname": self.hostname,
-            "DataDir": self.data_dir,
-            "Version": self.version,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Machine:
-        metadata = data.get("Metadata") or {}
-        machine = cls(
-            id=str(data.get("ID", "")),
-            public_ip=str(data.get("PublicIP", "")),
-            metadata={str(k): str(v) for k, v in metadata.items()}
-            if isinstance(metadata, dict)
-            else {},
-            hostname=str(data.get("Hostname", "")),
-            data_dir=str(data.get("DataDir", "")),
-            version=str(data.get("Version", "")),
-        )
-        if not isinstance(metadata, dict):
-            machine.problem = "Metadata is not a JSON object"
-        return machine
-
-
-@dataclass
-class UnitState:
-    """``states/<unit>/<machine>``: what an agent reports about one unit it runs."""
-
-    load_state: str
-    active_state: str
-    sub_state: str
-    unit_hash: str = ""
-    machine_id: str = ""
-    machine_state: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "loadState": self.load_state,
-            "activeState": self.active_state,
-            "subState": self.sub_state,
-            "unitHash": self.unit_hash,
-            "machineState": self.machine_state,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], machine_id: str) -> UnitState:
-        return cls(
-            load_state=str(data.get("loadState", "")),
-            active_state=str(data.get("activeState", "")),
-            sub_state=str(data.get("subState", "")),
-            unit_hash=str(data.get("unitHash", "")),
-            machine_id=machine_id,
-            machine_state=dict(data.get("machineState") or {}),
-        )
-
-
-@dataclass
-class Job:
-    """``job/<unit>/…``: a submitted unit, what it should be, and where the engine put it."""
-
-    name: str
-    unit_hash: str = ""
-    target_state: str = "inactive"
-    target: str = ""
-    reason: str = ""
-    unit: UnitFile | None = None
-    problem: str = ""
-    """Why the job's name is not a valid unit name ("" when it is): such a job is shown
-    as invalid and never becomes a word of a command line."""
-
-
-@dataclass
-class ClusterState:
-    """Everything under the prefix at one revision, parsed."""
-
-    revision: int = 0
-    jobs: dict[str, Job] = field(default_factory=dict)
-    machines: dict[str, Machine] = field(default_factory=dict)
-    states: dict[str, dict[str, UnitState]] = field(default_factory=dict)
-    raw_units: dict[str, str] = field(default_factory=dict)
-    leader: str = ""
 
 
 def _decode(value: bytes) -> Any:
@@ -204,19 +126,26 @@ class Registry:
     async def snapshot(self, sections: Iterable[str] = SECTIONS) -> ClusterState:
         """Read and parse the scheduler key space (or some of its sections) at one revision."""
         state = ClusterState()
-        units: dict[str, str] = {}
         for section in sections:
             base = self.key(section) + b"/"
             response = await self.read_range(base, prefix_end(base), revision=state.revision)
             state.revision = state.revision or response.header.revision
             for kv in response.kvs:
-                rel = kv.key.decode(errors="replace")[len(self.prefix) :]
-                self._absorb(state, units, rel, kv.value)
-        state.raw_units = units
+                state.absorb(self.relative(kv.key), kv.value, kv.lease)
         state.jobs = {name: job for name, job in state.jobs.items() if job.unit_hash}
-        for job in state.jobs.values():
-            job.unit = self.parsed(job.unit_hash, units.get(job.unit_hash))
+        self.attach_units(state)
         return state
+
+    def relative(self, key: bytes) -> str:
+        """A fleet key below the prefix (``job/x.service/object``)."""
+        return key.decode(errors="replace")[len(self.prefix) :]
+
+    def attach_units(self, state: ClusterState) -> None:
+        """Give each job of ``state`` its parsed unit file, when its text changed."""
+        units = state.raw_units
+        for job in state.jobs.values():
+            if job.unit_hash and (job.unit is None or job.unit.raw != units.get(job.unit_hash)):
+                job.unit = self.parsed(job.unit_hash, units.get(job.unit_hash))
 
     def parsed(self, digest: str, raw: str | None) -> UnitFile | None:
         """The parsed unit for a hash, cached: thousands of jobs often share one text."""
@@ -233,34 +162,6 @@ class Registry:
             self._parsed[digest] = unit
         return unit
 
-    def _absorb(self, state: ClusterState, units: dict[str, str], rel: str, value: bytes) -> None:
-        data = _decode(value)
-        parts = rel.split("/")
-        if parts[0] == "unit" and len(parts) == 2 and isinstance(data, dict):
-            units[parts[1]] = str(data.get("Raw", ""))
-        elif parts[0] == "job" and len(parts) == 3:
-            job = state.jobs.get(parts[1])
-            if job is None:
-                job = state.jobs[parts[1]] = Job(parts[1], problem=unit_name_problem(parts[1]))
-            if parts[2] == "object" and isinstance(data, dict):
-                job.unit_hash = str(data.get("UnitHash", ""))
-            elif parts[2] == "target-state" and isinstance(data, str):
-                job.target_state = data
-            elif parts[2] == "target" and isinstance(data, str):
-                job.target = data
-            elif parts[2] == "reason" and isinstance(data, str):
-                job.reason = data
-        elif parts[0] == "states" and len(parts) == 3 and isinstance(data, dict):
-            state.states.setdefault(parts[1], {})[parts[2]] = UnitState.from_json(data, parts[2])
-        elif parts[0] == "machines" and len(parts) == 3 and parts[2] == "object":
-            if isinstance(data, dict):
-                machine = Machine.from_json(data)
-                machine.id = machine.id or parts[1]
-                machine.problem = machine.problem or machine_problem(machine, parts[1])
-                state.machines[parts[1]] = machine
-        elif rel == "lease/engine-leader" and isinstance(data, str):
-            state.leader = data
-
     async def unit_text(self, unit_hash_hex: str) -> str | None:
         response = await self.read_range(self.key("unit", unit_hash_hex))
         if not response.kvs:
@@ -273,7 +174,7 @@ class Registry:
         response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
-            self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
+            state.absorb(self.relative(kv.key), kv.value, kv.lease)
         job = state.jobs.get(name)
         if job is None or not job.unit_hash:
             return None
@@ -318,7 +219,7 @@ class Registry:
         )
         return True
 
-    async def set_target_state(self, name: str, target_state: str) -> None:
+    async def set_target_state(self, name: str, target_state: TargetState) -> None:
         if target_state not in TARGET_STATES:
             raise RegistryError(f"invalid target state {target_state!r}")
         object_key = self.key("job", name, "object")
@@ -341,7 +242,7 @@ class Registry:
         response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
-            self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
+            state.absorb(self.relative(kv.key), kv.value, kv.lease)
         return {name: job for name, job in state.jobs.items() if job.unit_hash}
 
     async def machines(self) -> dict[str, Machine]:
@@ -349,7 +250,7 @@ class Registry:
         response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
-            self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
+            state.absorb(self.relative(kv.key), kv.value, kv.lease)
         return state.machines
 
     async def unit_states(self, name: str | None = None) -> dict[str, dict[str, UnitState]]:
@@ -357,7 +258,7 @@ class Registry:
         response = await self.read_range(base, prefix_end(base))
         state = ClusterState()
         for kv in response.kvs:
-            self._absorb(state, {}, kv.key.decode(errors="replace")[len(self.prefix) :], kv.value)
+            state.absorb(self.relative(kv.key), kv.value, kv.lease)
         return state.states
 
     async def register_machine(self, machine: Machine, lease: int) -> None:
@@ -371,19 +272,6 @@ class Registry:
 
     async def remove_state(self, name: str, machine_id: str) -> None:
         await self.txn([], [self.delete_op(self.key("states", name, machine_id))])
-
-
-def current_state(job: Job, states: dict[str, UnitState]) -> str:
-    """fleet's current state of a job: inactive (not placed, not yet reported), loaded, launched.
-
-    ``states`` is the unit's ``states/<unit>/<machine>`` entries by machine.
-    """
-    reported = states.get(job.target) if job.target else None
-    if reported is None:
-        return "inactive"
-    if reported.active_state in ("inactive", "failed"):
-        return "loaded"
-    return "launched"
 
 
 class KeptLease:

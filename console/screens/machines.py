@@ -13,11 +13,10 @@ from textual.binding import Binding
 from textual.message import Message
 
 from backend.fleet.demo import clusterd_path
+from backend.fleet.model import UnsafeValue, format_metadata, short_id
+from console.access import MachineAccess
 from console.cluster import ClusterModel
-from console.ctl import UnsafeValue, format_metadata
-from console.journal_stream import MachineAccess
 from console.screens.table_pane import TablePane
-from console.screens.units import short_id
 from widgets.line_table import Column, Row
 from widgets.literal import cell, plural
 

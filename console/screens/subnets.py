@@ -7,9 +7,8 @@ from typing import ClassVar
 from rich.text import Text
 from textual.binding import Binding
 
-from console.cluster import Subnet
+from backend.fleet.model import Subnet, short_id
 from console.screens.table_pane import TablePane
-from console.screens.units import short_id
 from widgets.line_table import Column, Row
 from widgets.literal import cell, literal
 

@@ -13,8 +13,18 @@ from textual.binding import Binding
 from textual.message import Message
 
 from backend.etcd import EtcdError, error_words
-from backend.fleet.fence import fence_note
-from backend.fleet.registry import Job, Registry, RegistryError, UnitState, current_state
+from backend.fleet.model import (
+    Job,
+    TargetState,
+    UnitState,
+    fence_note,
+    is_global,
+    machine_legend,
+    placement,
+    short_id,
+    unit_state,
+)
+from backend.fleet.registry import Registry, RegistryError
 from backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
 from console.cluster import ClusterModel
 from console.journal_stream import MachineAccess, read_journal
@@ -38,7 +48,7 @@ ACTIVE_STYLES = {
     "inactive": "dim",
 }
 STATE_STYLES = {"launched": "green", "loaded": "cyan", "inactive": "dim"}
-VERBS = {"launched": "start", "loaded": "stop", "inactive": "unload"}
+VERBS: dict[TargetState, str] = {"launched": "start", "loaded": "stop", "inactive": "unload"}
 DONE = {"start": "started on {where}", "stop": "stopped on {where}",
         "load": "loaded on {where}", "unload": "unloaded from {where}",
         "restart": "stopped on {where}; starting it again",
@@ -46,35 +56,11 @@ DONE = {"start": "started on {where}", "stop": "stopped on {where}",
 """What a notification says once the desired state asked by each verb has landed."""
 
 
-def short_id(machine_id: str, full: bool = False) -> str:
-    return machine_id if full or len(machine_id) <= 8 else machine_id[:8] + "…"
-
-
-def is_global(job: Job) -> bool:
-    if job.unit is None:
-        return False
-    try:
-        return job.unit.fleet(job.name).is_global
-    except ValueError:
-        return False
-
-
-def unit_state(job: Job, states: dict[str, UnitState]) -> str:
-    """fleet's current state; a global unit is launched once every machine runs it."""
-    if not is_global(job):
-        return current_state(job, states)
-    if not states:
-        return "inactive"
-    if all(s.active_state not in ("inactive", "failed") for s in states.values()):
-        return "launched"
-    return "loaded"
-
-
 @dataclass
 class Pending:
     """A desired state the user set, and when, so the pane can say whether it arrived."""
 
-    want: str
+    want: TargetState
     since: float
     stuck: bool = False
     verb: str = ""
@@ -194,14 +180,7 @@ class UnitsPane(TablePane):
         self, job: Job, machine_id: str, reported: UnitState | None, state: tuple[str, str]
     ) -> Row:
         machine = self.model.fleet.machines.get(machine_id)
-        if machine_id:
-            where = short_id(machine_id)
-            if machine is not None and machine.problem:
-                where += "/invalid"
-            elif machine is not None and machine.public_ip:
-                where += "/" + machine.public_ip
-        else:
-            where = "-"
+        where = machine_legend(machine, machine_id, False, ellipsis="…") if machine_id else "-"
         active = reported.active_state if reported else "-"
         sub = reported.sub_state if reported else "-"
         sub = fence_note(self.model.fleet.states.get(job.name, {}), reported) or sub
@@ -255,7 +234,7 @@ class UnitsPane(TablePane):
         changed = False
         for name, pending in list(self.memory.pending.items()):
             job = fleet.jobs.get(name)
-            state = unit_state(job, fleet.states.get(name, {})) if job else "inactive"
+            state = fleet.unit_state(name)
             if state == pending.want:
                 del self.memory.pending[name]
                 changed = True
@@ -319,11 +298,9 @@ class UnitsPane(TablePane):
             question.append("\n")
         if len(names) > 20:
             question.append(f"  … and {len(names) - 20:,} more\n")
-        return bool(
-            await self.app.push_screen_wait(
-                ConfirmScreen(verb.capitalize(), question, yes_label=verb.capitalize())
-            )
-        )
+        confirm = ConfirmScreen(verb.capitalize(), question, yes_label=verb.capitalize())
+        answer: bool | None = await self.app.push_screen_wait(confirm)
+        return bool(answer)
 
     def where(self, name: str) -> str:
         """The machine a unit is on, as notifications name it."""
@@ -336,7 +313,7 @@ class UnitsPane(TablePane):
         ip = f" ({machine.public_ip})" if machine is not None and machine.public_ip else ""
         return f"machine {short_id(job.target)}{ip}"
 
-    async def set_target(self, names: list[str], want: str, verb: str = "") -> None:
+    async def set_target(self, names: list[str], want: TargetState, verb: str = "") -> None:
         """Write the desired state of each unit; the rows show it pending until it arrives,
         a notification says what was asked of which unit where, and another when it lands."""
         verb = verb or VERBS[want]
@@ -364,7 +341,7 @@ class UnitsPane(TablePane):
         self.update_from_model()
 
     @work(group="units-write")
-    async def _lifecycle(self, verb: str, want: str) -> None:
+    async def _lifecycle(self, verb: str, want: TargetState) -> None:
         names = self.chosen()
         if not names or not await self._confirmed(verb, names):
             return
@@ -518,13 +495,7 @@ def status_lines(
     else:
         text.append("-")
     text.append("\n  Placed: ")
-    if job.reason:
-        placed = job.reason
-    elif is_global(job):
-        placed = "global: every machine that matches runs it"
-    else:
-        placed = "by the engine" if job.target else "not placed yet"
-    text.append_text(literal(placed))
+    text.append_text(literal(placement(job)))
     text.append("\n")
     return text
 
@@ -567,6 +538,7 @@ def check_unit_files(answer: str) -> Text | None:
             problems.append_text(literal(str(error)))
             problems.append("\n")
         except (OSError, UnicodeDecodeError) as error:
-            problems.append_text(literal(f"{path}: {error.strerror or error}"))
+            reason = error.strerror if isinstance(error, OSError) else None
+            problems.append_text(literal(f"{path}: {reason or error}"))
             problems.append("\n")
     return problems if problems.plain else None

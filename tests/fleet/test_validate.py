@@ -7,6 +7,7 @@ import os
 import pytest
 
 from backend.fleet.engine import schedule
+from backend.fleet.model import UnsafeValue, ssh_target
 from backend.fleet.registry import ClusterState, Job, Machine
 from backend.fleet.unitfile import parse
 from backend.fleet.validate import (
@@ -15,7 +16,7 @@ from backend.fleet.validate import (
     unit_name_problem,
 )
 from backend.text import is_plain, literal
-from console.ctl import UnsafeValue, journal_command, ssh_destination
+from console.access import journal_command
 from console.journal_stream import MachineAccess
 
 GOOD_ID = "85c0c5950123456789abcdef01234567"
@@ -113,12 +114,12 @@ def test_argv_from_store_data_is_validated_and_ends_options() -> None:
     argv = journal_command(good, ["hello.service"], lines="10", follow=True, after_cursor="s=1")
     assert "--unit=hello.service" in argv and "--data-dir=/var/lib/clusterd" in argv
     assert "--after-cursor=s=1" in argv and "-u" not in argv
-    assert ssh_destination(good) == "127.0.0.1"
+    assert ssh_target(good) == "127.0.0.1"
     with pytest.raises(UnsafeValue, match="Unit name refused"):
         journal_command(good, ["-x.service"], lines="10", follow=False)
     bad = Machine(GOOD_ID, "-oProxyCommand=touch pwned")
     with pytest.raises(UnsafeValue, match="PublicIP is not an IP address"):
-        ssh_destination(bad)
+        ssh_target(bad)
     with pytest.raises(UnsafeValue):
         journal_command(bad, ["hello.service"], lines="10", follow=False)
     with pytest.raises(UnsafeValue):
