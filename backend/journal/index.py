@@ -49,6 +49,13 @@ CONTIGUOUS_SEQNUM = 4
 OFFSETS = b"\0offsets"
 SEQNUMS = b"\0seqnums"
 REALTIMES = b"\0realtimes"
+# -g's haystack: every covered entry's MESSAGE as stored (its JSON value, the last member
+# of that name; nothing when it has none), each followed by a newline, which no stored
+# value holds; and where each entry's line starts in it. One find() over these bytes looks
+# at a quarter of what a find() over the segment would.
+MESSAGES = b"\0messages"
+MESSAGE_STARTS = b"\0message-starts"
+_SPECIAL = (OFFSETS, SEQNUMS, REALTIMES, MESSAGES, MESSAGE_STARTS)
 _NAMES = tuple((name, store.encode_name(name)) for name in INDEXED)
 # Segments are at most 16 MiB plus one batch: byte offsets fit 32 bits.
 OFFSET_TYPE = "I"
@@ -57,7 +64,8 @@ OFFSET_TYPE = "I"
 # Entries whose MESSAGE is stored as an array of bytes (not UTF-8, or unprintable): -g
 # looks at them whatever they hold, as no plain text of theirs shows in the segment.
 BINARY_MESSAGE = b"\0m["
-_BINARY_MESSAGE_MEMBER = store.encode_name("MESSAGE") + b"["
+_MESSAGE_NAME = store.encode_name("MESSAGE")
+_BINARY_MESSAGE_MEMBER = _MESSAGE_NAME + b"["
 
 
 def priority_key(priority: int) -> bytes:
@@ -105,6 +113,24 @@ def value_end(body: bytes, start: int) -> int:
         position = quote + 1
 
 
+def stored_message(body: bytes) -> bytes:
+    """The MESSAGE value of a stored record as it is stored (its last member of that name,
+    which is the one a JSON parser keeps), or b"" when it has none."""
+    at = body.rfind(_MESSAGE_NAME)
+    if at < 0:
+        return b""
+    start = at + len(_MESSAGE_NAME)
+    return body[start : value_end(body, start)]
+
+
+def last_message(fields: list[tuple[str, bytes]]) -> bytes:
+    """What :func:`stored_message` finds in the record ``fields`` are stored as."""
+    for name, value in reversed(fields):
+        if name == "MESSAGE":
+            return store.encode_value(value)
+    return b""
+
+
 def extract_keys(body: bytes, priority: int) -> bytes:
     """The index keys of a stored record, read from its encoded fields.
 
@@ -130,6 +156,8 @@ class Builder:
         self.offsets = array(OFFSET_TYPE)
         self.seqnums = array("Q")
         self.realtimes = array("Q")
+        self.messages = bytearray()
+        self.message_starts = array(OFFSET_TYPE)
         # Records with the same keys (one set per unit/pid/priority, as the writer caches
         # them) share one offset list: one append per record. Saving merges what the groups
         # gained since the last save into the postings, so saving often stays linear.
@@ -158,14 +186,19 @@ class Builder:
             loaded = load(segment, fd)
         finally:
             os.close(fd)
-        if loaded is None or loaded.count == 0:
+        # An index without the messages (written before they were kept) is not resumed:
+        # the segment is indexed again from its bytes.
+        if loaded is None or loaded.count == 0 or not loaded.has_messages:
             return builder
         try:
             builder.offsets = array(OFFSET_TYPE, loaded.array(OFFSETS))
             builder.seqnums = array("Q", loaded.array(SEQNUMS))
             builder.realtimes = array("Q", loaded.array(REALTIMES))
+            data, start, end = loaded.messages()
+            builder.messages = bytearray(data[start:end])
+            builder.message_starts = array(OFFSET_TYPE, loaded.array(MESSAGE_STARTS))
             for key in loaded.sections:
-                if key not in (OFFSETS, SEQNUMS, REALTIMES):
+                if key not in _SPECIAL:
                     builder.postings[key] = array(OFFSET_TYPE, loaded.array(key))
             builder.realtime_sorted = bool(loaded.flags & SORTED_REALTIME)
             builder.seqnum_sorted = bool(loaded.flags & SORTED_SEQNUM)
@@ -179,10 +212,13 @@ class Builder:
         builder.saved_end = loaded.covered_end
         return builder
 
-    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes) -> None:
+    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes, message: bytes) -> None:
         self.offsets.append(offset)
         self.seqnums.append(seqnum)
         self.realtimes.append(realtime)
+        self.message_starts.append(len(self.messages))
+        self.messages += message
+        self.messages += b"\n"
         group = self.groups.get(keys)
         if group is None:
             group = self.groups[keys] = array(OFFSET_TYPE)
@@ -245,7 +281,7 @@ class Builder:
                 size, seqnum, realtime, _mono, priority, _flags = unpack(data, position)
                 body = data[position + store.RECORD.size : position + 4 + size]
                 keys = extract_keys(body, priority)
-                self.add(base + position, seqnum, realtime, keys)
+                self.add(base + position, seqnum, realtime, keys, stored_message(body))
                 position += 4 + size
             self.frame_written(base + offset, data[offset : offset + store.FRAME.size], base + stop)
             offset = stop
@@ -266,6 +302,8 @@ class Builder:
         if not flags & CONTIGUOUS_SEQNUM:
             sections.append((SEQNUMS, self.seqnums.tobytes(), count))
         sections.append((REALTIMES, self.realtimes.tobytes(), count))
+        sections.append((MESSAGES, bytes(self.messages), len(self.messages)))
+        sections.append((MESSAGE_STARTS, self.message_starts.tobytes(), count))
         for key in sorted(self.postings):
             merged = self.postings[key]
             # A key every record holds shares the offsets' bytes (same start, same CRC).
@@ -350,6 +388,18 @@ class Damaged(Exception):
 class SegmentIndex:
     """A loaded index: its bounds at once, its sections on demand (each checked)."""
 
+    # The header's fields (struct gives them untyped).
+    covered_end: int
+    count: int
+    first_seqnum: int
+    last_seqnum: int
+    min_realtime: int
+    max_realtime: int
+    flags: int
+    first_frame: bytes
+    last_frame_offset: int
+    last_frame: bytes
+
     def __init__(self, data: bytes | mmap.mmap) -> None:
         if data[: len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + HEADER.size + 4:
             raise Damaged("no index header")
@@ -393,6 +443,9 @@ class SegmentIndex:
         for key in needed:
             if self.sections.get(key, (0, 0, 0))[1] != self.count:
                 raise Damaged("index sections")
+        self.has_messages = MESSAGES in self.sections and MESSAGE_STARTS in self.sections
+        if self.has_messages and self.sections[MESSAGE_STARTS][1] != self.count:
+            raise Damaged("index message sections")
 
     def array(self, key: bytes) -> Sequence[int]:
         """The section ``key`` (an empty array when no record holds it)."""
@@ -412,6 +465,21 @@ class SegmentIndex:
             result.frombytes(raw)
         self._cache[key] = result
         return result
+
+    def messages(self) -> tuple[bytes | mmap.mmap, int, int]:
+        """Where the :data:`MESSAGES` section lies, checked: (buffer, start, end), without
+        a copy (a find() with bounds reads it in place); empty when the index has none."""
+        entry = self.sections.get(MESSAGES)
+        if entry is None:
+            return b"", 0, 0
+        start, count, crc = entry
+        data = self._data
+        if start + count > len(data):
+            raise Damaged("index section of messages")
+        with memoryview(data) as whole, whole[start : start + count] as view:
+            if zlib.crc32(view) != crc:
+                raise Damaged("index section of messages")
+        return data, start, start + count
 
     def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
         return [key for key in self.sections if key.startswith(prefix)]

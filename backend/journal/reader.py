@@ -598,17 +598,17 @@ class _SegmentView:
         if whole and groups and query.grep_literal is None:
             # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
             return self._intersection(found, groups)
+        if query.grep_literal is None:
+            if not groups:
+                return found.array(index.OFFSETS)[low:high]
+            result = self._intersection(found, groups)
+        else:
+            # What -g's literal finds is one more list the answer lies in.
+            hits = self._grep_candidates(found, query.grep_literal, low, high)
+            result = self._intersection(found, groups, [hits])
+        if whole:
+            return result
         offsets = found.array(index.OFFSETS)
-        if query.grep_literal is not None:
-            groups = [*groups, []]  # a place for what -g's literal finds, filled below
-        if not groups:
-            return offsets[low:high]
-        # Each group is a union of postings; the answer lies in their intersection.
-        extra = []
-        if query.grep_literal is not None:
-            groups.pop()
-            extra.append(self._grep_candidates(found, offsets, query.grep_literal))
-        result = self._intersection(found, groups, extra)
         start_offset = offsets[low]
         end_offset = offsets[high] if high < found.count else found.covered_end
         return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
@@ -633,35 +633,55 @@ class _SegmentView:
         return result
 
     def _grep_candidates(
-        self, found: index.SegmentIndex, offsets: Sequence[int], literal: tuple[bytes, bool]
+        self, found: index.SegmentIndex, literal: tuple[bytes, bool], low: int, high: int
     ) -> list[int]:
-        """Offsets of the entries holding the ``literal`` or a MESSAGE stored as bytes."""
-        data = self.data
-        end = found.covered_end
+        """Offsets of the entries ``low``..``high`` (ordinals) holding the ``literal`` in
+        their MESSAGE, and of those with a MESSAGE stored as bytes.
+
+        The index keeps every MESSAGE as stored, one per line: the literal is looked for
+        there, in place in the index's mapping, and a hit's line is its entry. (In an index
+        written before it kept them, the literal is looked for in the segment's bytes.)
+        The entries' positions are loaded only when needed: most segments have no hit.
+        """
         text, ignore_case = literal
-        base = 0
-        haystack: bytes | mmap.mmap = data
+        hits = set(found.array(index.BINARY_MESSAGE))
+        count = found.count
+        # Entry i's text starts at starts()[i] + shift in the haystack.
+        haystack: bytes | mmap.mmap = self.data
+        shift = 0
+        end = found.covered_end
+        starts_key = index.OFFSETS
+        if found.has_messages:
+            haystack, shift, end = found.messages()
+            starts_key = index.MESSAGE_STARTS
+
+        def starts() -> Sequence[int]:
+            return found.array(starts_key)
+
+        # (The first line of the messages starts at 0.)
+        at = shift if low == 0 and found.has_messages else starts()[low] + shift
+        stop = starts()[high] + shift if high < count else end
         if ignore_case:
             # Its letters have no non-ASCII equals (see required_literal): a lower-cased
-            # copy of the segment holds the lower-cased text wherever any case of it is.
-            # (The regex engine's case-blind search is ten times slower than this.)
-            base = len(store.MAGIC)
-            haystack = data[base:end].lower()
+            # copy holds the lower-cased text wherever any case of it is. (The regex
+            # engine's case-blind search is ten times slower than this.)
+            haystack = haystack[at:stop].lower()
             text = text.lower()
-        hits = set(found.array(index.BINARY_MESSAGE))
-        at = len(store.MAGIC) - base
-        stop = end - base
+            shift -= at
+            at, stop = 0, stop - at
+        find = haystack.find
         while True:
-            at = haystack.find(text, at, stop)
+            at = find(text, at, stop)
             if at < 0:
                 break
-            ordinal = bisect_right(offsets, at + base) - 1
-            if ordinal < 0:
-                at += 1
-                continue
-            hits.add(offsets[ordinal])
+            positions = starts()
+            ordinal = bisect_right(positions, at - shift) - 1
+            hits.add(found.array(index.OFFSETS)[ordinal])
             # One hit is enough: go on from the next entry.
-            at = (offsets[ordinal + 1] if ordinal + 1 < len(offsets) else end) - base
+            ordinal += 1
+            if ordinal >= count:
+                break
+            at = positions[ordinal] + shift
         return sorted(hits)
 
 

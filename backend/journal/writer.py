@@ -34,7 +34,8 @@ SEGMENT_MIN = 4096
 
 _LEVEL_PREFIX = re.compile(rb"<(0{0,2}[0-7])>")
 
-Pending = tuple[int, int, int, int, bytes, bytes]
+# realtime, monotonic, priority, flags, encoded fields, index keys, encoded MESSAGE value
+Pending = tuple[int, int, int, int, bytes, bytes, bytes]
 
 
 def read_boot_id() -> str:
@@ -154,6 +155,7 @@ class JournalWriter:
             store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
             prefix + value,
             keys,
+            value,
         )
         with self._pending_lock:
             if self._closing:
@@ -183,23 +185,28 @@ class JournalWriter:
         """
         key = (unit, pid, stream)
         data = self._partial.pop(key, b"") + chunk
-        options = {
-            "unit": unit,
-            "identifier": identifier,
-            "pid": pid,
-            "priority": priority,
-            "level_prefix": level_prefix,
-        }
+        line = self.line
+
+        def emit(text: bytes) -> None:
+            line(
+                text,
+                unit=unit,
+                identifier=identifier,
+                pid=pid,
+                priority=priority,
+                level_prefix=level_prefix,
+            )
+
         if not chunk:
             if data:
-                self.line(data, **options)
+                emit(data)
             return
         lines = data.split(b"\n")
         tail = lines.pop()
         for text in lines:
-            self.line(text, **options)
+            emit(text)
         while len(tail) > LINE_MAX:
-            self.line(tail[:LINE_MAX], **options)
+            emit(tail[:LINE_MAX])
             tail = tail[LINE_MAX:]
         if tail:
             self._partial[key] = tail
@@ -231,6 +238,7 @@ class JournalWriter:
                 flags,
                 encoded,
                 keys,
+                index.last_message(kept),
             )
         )
 
@@ -403,7 +411,8 @@ class JournalWriter:
         built = self._index
         add_offset, add_seqnum = built.offsets.append, built.seqnums.append
         add_realtime, group_of = built.realtimes.append, built.groups.get
-        for realtime, monotonic, priority, flags, fields, keys in batch:
+        add_start, messages = built.message_starts.append, built.messages
+        for realtime, monotonic, priority, flags, fields, keys, message in batch:
             record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
             parts.append(record)
             parts.append(fields)
@@ -414,6 +423,9 @@ class JournalWriter:
             if group is None:
                 group = built.groups[keys] = array(index.OFFSET_TYPE)
             group.append(size)
+            add_start(len(messages))
+            messages += message
+            messages += b"\n"
             size += len(record) + len(fields)
             seqnum += 1
             if size >= self.segment_bytes:
@@ -424,6 +436,7 @@ class JournalWriter:
                 built = self._index
                 add_offset, add_seqnum = built.offsets.append, built.seqnums.append
                 add_realtime, group_of = built.realtimes.append, built.groups.get
+                add_start, messages = built.message_starts.append, built.messages
                 size = self._size + store.FRAME.size
         if parts:
             self._write_frame(parts)
