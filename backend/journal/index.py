@@ -53,8 +53,8 @@ REALTIMES = b"\0realtimes"
 # of that name; nothing when it has none), each followed by a newline, which no stored
 # value holds; and where each entry's line starts in it. One find() over these bytes looks
 # at a quarter of what a find() over the segment would.
-MESSAGES = b"\0messages"
-MESSAGE_STARTS = b"\0message-starts"
+MESSAGES = b"\0msg"
+MESSAGE_STARTS = b"\0msg-starts"
 _SPECIAL = (OFFSETS, SEQNUMS, REALTIMES, MESSAGES, MESSAGE_STARTS)
 _NAMES = tuple((name, store.encode_name(name)) for name in INDEXED)
 # Segments are at most 16 MiB plus one batch: byte offsets fit 32 bits.
@@ -64,6 +64,11 @@ OFFSET_TYPE = "I"
 # Entries whose MESSAGE is stored as an array of bytes (not UTF-8, or unprintable): -g
 # looks at them whatever they hold, as no plain text of theirs shows in the segment.
 BINARY_MESSAGE = b"\0m["
+# Entries whose (last) MESSAGE is stored with bytes beyond ASCII: a case-blind -g looks at
+# them whatever they hold, as their letters may equal an ASCII letter of the pattern (the
+# Kelvin sign and k, the long s and s, dotted and dotless i and i) while the stored bytes
+# differ. Only in indexes that keep the messages (older ones did not have this key).
+NON_ASCII_MESSAGE = b"\0m8"
 _MESSAGE_NAME = store.encode_name("MESSAGE")
 _BINARY_MESSAGE_MEMBER = _MESSAGE_NAME + b"["
 
@@ -94,6 +99,8 @@ def keys_for(fields: list[tuple[str, bytes]], priority: int) -> bytes:
     keys.add(priority_key(priority))
     if any(name == "MESSAGE" and store.encode_value(value)[:1] == b"[" for name, value in fields):
         keys.add(BINARY_MESSAGE)
+    if not last_message(fields).isascii():
+        keys.add(NON_ASCII_MESSAGE)
     return joined(keys)
 
 
@@ -131,7 +138,7 @@ def last_message(fields: list[tuple[str, bytes]]) -> bytes:
     return b""
 
 
-def extract_keys(body: bytes, priority: int) -> bytes:
+def extract_keys(body: bytes, priority: int, message: bytes | None = None) -> bytes:
     """The index keys of a stored record, read from its encoded fields.
 
     A member name with its quotes and colon cannot occur inside a JSON string (every quote
@@ -140,6 +147,8 @@ def extract_keys(body: bytes, priority: int) -> bytes:
     keys = {priority_key(priority)}
     if _BINARY_MESSAGE_MEMBER in body:
         keys.add(BINARY_MESSAGE)
+    if not (stored_message(body) if message is None else message).isascii():
+        keys.add(NON_ASCII_MESSAGE)
     for _name, needle in _NAMES:
         at = body.find(needle)
         while at >= 0:
@@ -280,8 +289,9 @@ class Builder:
             while position < stop:
                 size, seqnum, realtime, _mono, priority, _flags = unpack(data, position)
                 body = data[position + store.RECORD.size : position + 4 + size]
-                keys = extract_keys(body, priority)
-                self.add(base + position, seqnum, realtime, keys, stored_message(body))
+                message = stored_message(body)
+                keys = extract_keys(body, priority, message)
+                self.add(base + position, seqnum, realtime, keys, message)
                 position += 4 + size
             self.frame_written(base + offset, data[offset : offset + store.FRAME.size], base + stop)
             offset = stop

@@ -84,7 +84,13 @@ class Query:
         # escapes) runs a bytes pattern on the stored bytes: no decoding at all. Only an
         # ASCII pattern is compiled so (a str pattern and a bytes pattern agree on such text).
         self._grep_bytes: re.Pattern[bytes] | None = None
+        # What -g looks for first: in a segment whose index marks messages beyond ASCII
+        # (every case-blind match among those is looked at), a literal may hold any ASCII
+        # letter; in an older index, only those without non-ASCII equals.
         self.grep_literal = None if self.grep is None else required_literal(self.grep)
+        self.grep_literal_ascii = (
+            None if self.grep is None else required_literal(self.grep, ascii_only=True)
+        )
         if self.grep is not None and self.grep.pattern.isascii():
             try:
                 self._grep_bytes = re.compile(
@@ -202,9 +208,14 @@ class Query:
 _FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
 # Stored as themselves inside a JSON string: printable ASCII but the quote and backslash.
 _VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+# A case-blind literal with letters is looked for in a lower-cased copy, which costs about
+# as much as two searches: a run without letters this long is taken instead.
+_PLAIN_RUN_PREFERRED = 4
 
 
-def required_literal(pattern: re.Pattern[str]) -> tuple[bytes, bool] | None:
+def required_literal(
+    pattern: re.Pattern[str], *, ascii_only: bool = False
+) -> tuple[bytes, bool] | None:
     """Bytes every stored MESSAGE that ``pattern`` matches contains (the longest run of
     plain characters the pattern must match in sequence) and whether their case is
     ignored, or None.
@@ -212,24 +223,36 @@ def required_literal(pattern: re.Pattern[str]) -> tuple[bytes, bool] | None:
     Such a run is stored verbatim inside the JSON string of the message, so finding it in a
     segment's bytes finds every entry that can match: -g then looks at those entries only.
     A message stored as an array of bytes (not UTF-8, or unprintable) has no such run and
-    is looked at whatever it holds.
+    is looked at whatever it holds. With ``ascii_only``, the run holds for the messages of
+    plain ASCII only (the others are looked at whatever they hold): its letters may then be
+    any, even those a case-blind match equates with a letter beyond ASCII.
     """
-    from re import _constants, _parser  # type: ignore[attr-defined]
+    from re import _constants, _parser  # type: ignore[attr-defined]  # no public parser
 
     ignore_case = bool(pattern.flags & re.IGNORECASE)
     try:
         parsed = _parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE)
     except (re.error, TypeError, ValueError):
         return None
-    best = ""
+    runs = []
     run = ""
     for op, value in [*parsed, (None, None)]:
         char = chr(value) if op is _constants.LITERAL else ""
-        if char and char in _VERBATIM and not (ignore_case and char in _FOLDS_BEYOND_ASCII):
+        if (
+            char
+            and char in _VERBATIM
+            and (ascii_only or not (ignore_case and char in _FOLDS_BEYOND_ASCII))
+        ):
             run += char
             continue
-        best = max(best, run, key=len)
+        runs.append(run)
         run = ""
+    best = max(runs, key=len)
+    if ignore_case:
+        plain = [piece for run in runs for piece in re.split("[A-Za-z]", run)]
+        longest_plain = max(plain, key=len)
+        if len(longest_plain) >= min(_PLAIN_RUN_PREFERRED, len(best)):
+            best = longest_plain
     if len(best) < 3:
         return None
     return best.encode(), ignore_case and any(char.isalpha() for char in best)
@@ -595,16 +618,15 @@ class _SegmentView:
             return ()
         groups = query.index_groups(found)
         whole = low == 0 and high == found.count
-        if whole and groups and query.grep_literal is None:
-            # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
-            return self._intersection(found, groups)
-        if query.grep_literal is None:
+        literal = query.grep_literal_ascii if found.has_messages else query.grep_literal
+        if literal is None:
             if not groups:
                 return found.array(index.OFFSETS)[low:high]
+            # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
             result = self._intersection(found, groups)
         else:
             # What -g's literal finds is one more list the answer lies in.
-            hits = self._grep_candidates(found, query.grep_literal, low, high)
+            hits = self._grep_candidates(found, literal, low, high)
             result = self._intersection(found, groups, [hits])
         if whole:
             return result
@@ -645,6 +667,9 @@ class _SegmentView:
         """
         text, ignore_case = literal
         hits = set(found.array(index.BINARY_MESSAGE))
+        if ignore_case and found.has_messages and not _FOLDS_BEYOND_ASCII.isdisjoint(text.decode()):
+            # The literal holds letters a message beyond ASCII may equal otherwise.
+            hits.update(found.array(index.NON_ASCII_MESSAGE))
         count = found.count
         # Entry i's text starts at starts()[i] + shift in the haystack.
         haystack: bytes | mmap.mmap = self.data
@@ -662,9 +687,9 @@ class _SegmentView:
         at = shift if low == 0 and found.has_messages else starts()[low] + shift
         stop = starts()[high] + shift if high < count else end
         if ignore_case:
-            # Its letters have no non-ASCII equals (see required_literal): a lower-cased
-            # copy holds the lower-cased text wherever any case of it is. (The regex
-            # engine's case-blind search is ten times slower than this.)
+            # Where its letters have no non-ASCII equals (see required_literal), a
+            # lower-cased copy holds the lower-cased text wherever any case of it is. (The
+            # regex engine's case-blind search is ten times slower than this.)
             haystack = haystack[at:stop].lower()
             text = text.lower()
             shift -= at

@@ -148,6 +148,8 @@ class JournalWriter:
         value = store.encode_value(message)
         if value[0] == 0x5B:  # stored as an array of bytes: the index says so
             keys = self._binary(keys)
+        elif not value.isascii():  # and so for text beyond ASCII
+            keys = self._non_ascii(keys)
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
@@ -264,6 +266,9 @@ class JournalWriter:
 
     def _binary(self, keys: bytes) -> bytes:
         return index.joined({*index.split(keys), index.BINARY_MESSAGE})
+
+    def _non_ascii(self, keys: bytes) -> bytes:
+        return index.joined({*index.split(keys), index.NON_ASCII_MESSAGE})
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:
