@@ -26,8 +26,8 @@ import time
 import zlib
 from array import array
 from collections.abc import Sequence
-from itertools import chain
-from operator import le, lt
+from itertools import accumulate, chain, repeat
+from operator import add, le, lt
 from pathlib import Path
 
 from backend.journal import store
@@ -165,8 +165,8 @@ class Builder:
         self.offsets = array(OFFSET_TYPE)
         self.seqnums = array("Q")
         self.realtimes = array("Q")
-        self.messages = bytearray()
-        self.message_starts = array(OFFSET_TYPE)
+        # Each record's MESSAGE as stored (b"" for none): the MESSAGES section joins them.
+        self.messages: list[bytes] = []
         # Records with the same keys (one set per unit/pid/priority, as the writer caches
         # them) share one offset list: one append per record. Saving merges what the groups
         # gained since the last save into the postings, so saving often stays linear.
@@ -204,8 +204,9 @@ class Builder:
             builder.seqnums = array("Q", loaded.array(SEQNUMS))
             builder.realtimes = array("Q", loaded.array(REALTIMES))
             data, start, end = loaded.messages()
-            builder.messages = bytearray(data[start:end])
-            builder.message_starts = array(OFFSET_TYPE, loaded.array(MESSAGE_STARTS))
+            builder.messages = data[start:end].split(b"\n")[:-1]
+            if len(builder.messages) != loaded.count:
+                raise Damaged("index section of messages")
             for key in loaded.sections:
                 if key not in _SPECIAL:
                     builder.postings[key] = array(OFFSET_TYPE, loaded.array(key))
@@ -225,9 +226,7 @@ class Builder:
         self.offsets.append(offset)
         self.seqnums.append(seqnum)
         self.realtimes.append(realtime)
-        self.message_starts.append(len(self.messages))
-        self.messages += message
-        self.messages += b"\n"
+        self.messages.append(message)
         group = self.groups.get(keys)
         if group is None:
             group = self.groups[keys] = array(OFFSET_TYPE)
@@ -312,8 +311,13 @@ class Builder:
         if not flags & CONTIGUOUS_SEQNUM:
             sections.append((SEQNUMS, self.seqnums.tobytes(), count))
         sections.append((REALTIMES, self.realtimes.tobytes(), count))
-        sections.append((MESSAGES, bytes(self.messages), len(self.messages)))
-        sections.append((MESSAGE_STARTS, self.message_starts.tobytes(), count))
+        messages = self.messages
+        joined_messages = b"\n".join(messages) + b"\n" if messages else b""
+        # Line i starts after the lines before it, each its length plus a newline.
+        starts = array(OFFSET_TYPE, accumulate(map(add, map(len, messages), repeat(1)), initial=0))
+        starts.pop()
+        sections.append((MESSAGES, joined_messages, len(joined_messages)))
+        sections.append((MESSAGE_STARTS, starts.tobytes(), count))
         for key in sorted(self.postings):
             merged = self.postings[key]
             # A key every record holds shares the offsets' bytes (same start, same CRC).

@@ -416,7 +416,7 @@ class JournalWriter:
         built = self._index
         add_offset, add_seqnum = built.offsets.append, built.seqnums.append
         add_realtime, group_of = built.realtimes.append, built.groups.get
-        add_start, messages = built.message_starts.append, built.messages
+        add_message = built.messages.append
         for realtime, monotonic, priority, flags, fields, keys, message in batch:
             record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
             parts.append(record)
@@ -428,9 +428,7 @@ class JournalWriter:
             if group is None:
                 group = built.groups[keys] = array(index.OFFSET_TYPE)
             group.append(size)
-            add_start(len(messages))
-            messages += message
-            messages += b"\n"
+            add_message(message)
             size += len(record) + len(fields)
             seqnum += 1
             if size >= self.segment_bytes:
@@ -441,7 +439,7 @@ class JournalWriter:
                 built = self._index
                 add_offset, add_seqnum = built.offsets.append, built.seqnums.append
                 add_realtime, group_of = built.realtimes.append, built.groups.get
-                add_start, messages = built.message_starts.append, built.messages
+                add_message = built.messages.append
                 size = self._size + store.FRAME.size
         if parts:
             self._write_frame(parts)
