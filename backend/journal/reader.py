@@ -13,7 +13,7 @@ import stat
 import struct
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from backend.journal import index, store
@@ -541,15 +541,15 @@ class _SegmentView:
         if not self.size:
             return
         covered = len(store.MAGIC)
-        candidates: Sequence[int] = ()
+        candidates: Iterable[int] = ()
         if self.index is not None:
             try:
-                candidates = self._candidates(self.index)
+                candidates = self._candidates(self.index, reverse)
                 covered = self.index.covered_end
             except index.Damaged:
                 self._rebuild()
                 if self.index is not None:
-                    candidates = self._candidates(self.index)
+                    candidates = self._candidates(self.index, reverse)
                     covered = self.index.covered_end
         # What no index covers (the newest frames, or all of a segment without one) is
         # scanned; whole frames only, as everywhere.
@@ -566,7 +566,7 @@ class _SegmentView:
         data = self.data
         unpack = store.RECORD.unpack_from
         body_at = store.RECORD.size
-        for offset in reversed(candidates) if reverse else candidates:
+        for offset in candidates:
             size, seqnum, realtime, monotonic, priority, flags = unpack(data, offset)
             record = (
                 seqnum,
@@ -581,8 +581,18 @@ class _SegmentView:
         if not reverse:
             yield from tail
 
-    def _candidates(self, found: index.SegmentIndex) -> Sequence[int]:
-        """Offsets of the indexed entries that may match, ascending."""
+    def _candidates(self, found: index.SegmentIndex, reverse: bool) -> Iterable[int]:
+        """Offsets of the indexed entries that may match, ascending or (``reverse``)
+        descending. (Whatever is checked is read before this returns: a damaged index
+        raises here, not while the offsets are walked.)"""
+        candidates = self._ascending(found, reverse)
+        if isinstance(candidates, Iterator):
+            return candidates
+        return reversed(candidates) if reverse else candidates
+
+    def _ascending(self, found: index.SegmentIndex, reverse: bool) -> Sequence[int] | Iterator[int]:
+        """:meth:`_candidates`, ascending; but for -g walking back, an iterator of them
+        newest first, which finds no more than it is asked for."""
         query = self.query
         if found.count == 0:
             return ()
@@ -624,6 +634,8 @@ class _SegmentView:
                 return found.array(index.OFFSETS)[low:high]
             # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
             result = self._intersection(found, groups)
+        elif reverse:
+            return self._grep_newest_first(found, literal, low, high, groups)
         else:
             # What -g's literal finds is one more list the answer lies in.
             hits = self._grep_candidates(found, literal, low, high)
@@ -708,6 +720,65 @@ class _SegmentView:
                 break
             at = positions[ordinal] + shift
         return sorted(hits)
+
+    def _grep_newest_first(
+        self,
+        found: index.SegmentIndex,
+        literal: tuple[bytes, bool],
+        low: int,
+        high: int,
+        groups: list[list[bytes]],
+    ) -> Iterator[int]:
+        """What :meth:`_grep_candidates` finds (and-ed with the postings ``groups``), newest
+        first, found one by one from the end: `-g X -n N` stops once it has N."""
+        text, ignore_case = literal
+        extra = set(found.array(index.BINARY_MESSAGE))
+        haystack: bytes | mmap.mmap = self.data
+        shift = 0
+        end = found.covered_end
+        starts_key = index.OFFSETS
+        if found.has_messages:
+            haystack, shift, end = found.messages()
+            starts_key = index.MESSAGE_STARTS
+            if ignore_case and not _FOLDS_BEYOND_ASCII.isdisjoint(text.decode()):
+                extra.update(found.array(index.NON_ASCII_MESSAGE))
+        starts = found.array(starts_key)
+        offsets = found.array(index.OFFSETS)
+        members = set(self._intersection(found, groups)) if groups else None
+        count = found.count
+        at = shift if low == 0 and found.has_messages else starts[low] + shift
+        stop = starts[high] + shift if high < count else end
+        first = offsets[low]
+        last = offsets[high] if high < count else found.covered_end
+        others = sorted(offset for offset in extra if first <= offset < last)
+        if ignore_case:
+            haystack = haystack[at:stop].lower()  # as in _grep_candidates
+            text = text.lower()
+            shift -= at
+            at, stop = 0, stop - at
+
+        def walk() -> Iterator[int]:
+            rfind = haystack.rfind
+            position = stop
+            while True:
+                hit = rfind(text, at, position)
+                if hit < 0:
+                    break
+                ordinal = bisect_right(starts, hit - shift) - 1
+                offset = offsets[ordinal]
+                while others and others[-1] >= offset:
+                    other = others.pop()
+                    if other != offset and (members is None or other in members):
+                        yield other
+                if members is None or offset in members:
+                    yield offset
+                # Look before this entry next.
+                position = starts[ordinal] + shift
+            for other in reversed(others):
+                if members is None or other in members:
+                    yield other
+
+        return walk()
 
 
 # -- waiting for news ----------------------------------------------------------------------
