@@ -50,9 +50,11 @@ OFFSETS = b"\0offsets"
 SEQNUMS = b"\0seqnums"
 REALTIMES = b"\0realtimes"
 # -g's haystack: every covered entry's MESSAGE as stored (its JSON value, the last member
-# of that name; nothing when it has none), each followed by a newline, which no stored
-# value holds; and where each entry's line starts in it. One find() over these bytes looks
-# at a quarter of what a find() over the segment would.
+# of that name, without the quotes of a string; nothing when it has none), each after a
+# newline, which no stored value holds; and where each entry's line starts in it. One
+# find() over these bytes looks at a quarter of what a find() over the segment would, and
+# a line of a plain message (see ODD_MESSAGE) is the message itself: a regular expression
+# runs over them all at once, ``^`` and ``$`` anchored at the lines.
 MESSAGES = b"\0msg"
 MESSAGE_STARTS = b"\0msg-starts"
 _SPECIAL = (OFFSETS, SEQNUMS, REALTIMES, MESSAGES, MESSAGE_STARTS)
@@ -64,11 +66,11 @@ OFFSET_TYPE = "I"
 # Entries whose MESSAGE is stored as an array of bytes (not UTF-8, or unprintable): -g
 # looks at them whatever they hold, as no plain text of theirs shows in the segment.
 BINARY_MESSAGE = b"\0m["
-# Entries whose (last) MESSAGE is stored with bytes beyond ASCII: a case-blind -g looks at
-# them whatever they hold, as their letters may equal an ASCII letter of the pattern (the
-# Kelvin sign and k, the long s and s, dotted and dotless i and i) while the stored bytes
-# differ. Only in indexes that keep the messages (older ones did not have this key).
-NON_ASCII_MESSAGE = b"\0m8"
+# Entries whose (last) MESSAGE is a string stored with escapes or with bytes beyond ASCII:
+# their line is not the message itself, so -g looks at them whatever the lines hold. (Their
+# letters may also equal an ASCII letter of a case-blind pattern: the Kelvin sign and k, the
+# long s and s, dotted and dotless i and i.) Only in indexes that keep the messages.
+ODD_MESSAGE = b"\0m~"
 _MESSAGE_NAME = store.encode_name("MESSAGE")
 _BINARY_MESSAGE_MEMBER = _MESSAGE_NAME + b"["
 
@@ -99,8 +101,8 @@ def keys_for(fields: list[tuple[str, bytes]], priority: int) -> bytes:
     keys.add(priority_key(priority))
     if any(name == "MESSAGE" and store.encode_value(value)[:1] == b"[" for name, value in fields):
         keys.add(BINARY_MESSAGE)
-    if not last_message(fields).isascii():
-        keys.add(NON_ASCII_MESSAGE)
+    if is_odd(last_message(fields)):
+        keys.add(ODD_MESSAGE)
     return joined(keys)
 
 
@@ -130,6 +132,16 @@ def stored_message(body: bytes) -> bytes:
     return body[start : value_end(body, start)]
 
 
+def message_line(value: bytes) -> bytes:
+    """A stored MESSAGE value as its line in :data:`MESSAGES` (a string without quotes)."""
+    return value[1:-1] if value[:1] == b'"' else value
+
+
+def is_odd(value: bytes) -> bool:
+    """A stored string whose line is not the message itself (see :data:`ODD_MESSAGE`)."""
+    return value[:1] == b'"' and (b"\\" in value or not value.isascii())
+
+
 def last_message(fields: list[tuple[str, bytes]]) -> bytes:
     """What :func:`stored_message` finds in the record ``fields`` are stored as."""
     for name, value in reversed(fields):
@@ -147,8 +159,8 @@ def extract_keys(body: bytes, priority: int, message: bytes | None = None) -> by
     keys = {priority_key(priority)}
     if _BINARY_MESSAGE_MEMBER in body:
         keys.add(BINARY_MESSAGE)
-    if not (stored_message(body) if message is None else message).isascii():
-        keys.add(NON_ASCII_MESSAGE)
+    if is_odd(stored_message(body) if message is None else message):
+        keys.add(ODD_MESSAGE)
     for _name, needle in _NAMES:
         at = body.find(needle)
         while at >= 0:
@@ -165,7 +177,7 @@ class Builder:
         self.offsets = array(OFFSET_TYPE)
         self.seqnums = array("Q")
         self.realtimes = array("Q")
-        # Each record's MESSAGE as stored (b"" for none): the MESSAGES section joins them.
+        # Each record's line (see MESSAGES): the MESSAGES section joins them.
         self.messages: list[bytes] = []
         # Records with the same keys (one set per unit/pid/priority, as the writer caches
         # them) share one offset list: one append per record. Saving merges what the groups
@@ -204,7 +216,7 @@ class Builder:
             builder.seqnums = array("Q", loaded.array(SEQNUMS))
             builder.realtimes = array("Q", loaded.array(REALTIMES))
             data, start, end = loaded.messages()
-            builder.messages = data[start:end].split(b"\n")[:-1]
+            builder.messages = data[start + 1 : end].split(b"\n")
             if len(builder.messages) != loaded.count:
                 raise Damaged("index section of messages")
             for key in loaded.sections:
@@ -222,11 +234,11 @@ class Builder:
         builder.saved_end = loaded.covered_end
         return builder
 
-    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes, message: bytes) -> None:
+    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes, line: bytes) -> None:
         self.offsets.append(offset)
         self.seqnums.append(seqnum)
         self.realtimes.append(realtime)
-        self.messages.append(message)
+        self.messages.append(line)
         group = self.groups.get(keys)
         if group is None:
             group = self.groups[keys] = array(OFFSET_TYPE)
@@ -290,7 +302,7 @@ class Builder:
                 body = data[position + store.RECORD.size : position + 4 + size]
                 message = stored_message(body)
                 keys = extract_keys(body, priority, message)
-                self.add(base + position, seqnum, realtime, keys, message)
+                self.add(base + position, seqnum, realtime, keys, message_line(message))
                 position += 4 + size
             self.frame_written(base + offset, data[offset : offset + store.FRAME.size], base + stop)
             offset = stop
@@ -312,9 +324,9 @@ class Builder:
             sections.append((SEQNUMS, self.seqnums.tobytes(), count))
         sections.append((REALTIMES, self.realtimes.tobytes(), count))
         messages = self.messages
-        joined_messages = b"\n".join(messages) + b"\n" if messages else b""
-        # Line i starts after the lines before it, each its length plus a newline.
-        starts = array(OFFSET_TYPE, accumulate(map(add, map(len, messages), repeat(1)), initial=0))
+        joined_messages = b"\n" + b"\n".join(messages) if messages else b""
+        # Line i starts after the lines before it, each a newline and its text.
+        starts = array(OFFSET_TYPE, accumulate(map(add, map(len, messages), repeat(1)), initial=1))
         starts.pop()
         sections.append((MESSAGES, joined_messages, len(joined_messages)))
         sections.append((MESSAGE_STARTS, starts.tobytes(), count))

@@ -98,6 +98,19 @@ class Query:
                 )
             except re.error:
                 self._grep_bytes = None
+        # Without a literal, the bytes pattern runs over the index's lines of messages at
+        # once, ``^`` and ``$`` at the lines (MULTILINE): a plain message's line is the
+        # message, and the newlines around it stand where its ends are. What sees past a
+        # line's ends differently (\A, \Z, negative lookarounds) is not run so.
+        self.grep_lines: re.Pattern[bytes] | None = None
+        if (
+            self.grep is not None
+            and self._grep_bytes is not None
+            and not _SEES_PAST_LINES.search(self.grep.pattern)
+        ):
+            self.grep_lines = re.compile(
+                self._grep_bytes.pattern, self._grep_bytes.flags | re.MULTILINE
+            )
 
     @property
     def after_seqnum(self) -> int | None:
@@ -208,6 +221,7 @@ class Query:
 _FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
 # Stored as themselves inside a JSON string: printable ASCII but the quote and backslash.
 _VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+_SEES_PAST_LINES = re.compile(r"\\[AZ]|\(\?<?!")
 # A case-blind literal with letters is looked for in a lower-cased copy, which costs about
 # as much as two searches: a run without letters this long is taken instead.
 _PLAIN_RUN_PREFERRED = 4
@@ -629,7 +643,10 @@ class _SegmentView:
         groups = query.index_groups(found)
         whole = low == 0 and high == found.count
         literal = query.grep_literal_ascii if found.has_messages else query.grep_literal
-        if literal is None:
+        if literal is None and query.grep_lines is not None and found.has_messages and not reverse:
+            hits = self._grep_line_candidates(found, query.grep_lines, low, high)
+            result = self._intersection(found, groups, [hits])
+        elif literal is None:
             if not groups:
                 return found.array(index.OFFSETS)[low:high]
             # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
@@ -681,7 +698,7 @@ class _SegmentView:
         hits = set(found.array(index.BINARY_MESSAGE))
         if ignore_case and found.has_messages and not _FOLDS_BEYOND_ASCII.isdisjoint(text.decode()):
             # The literal holds letters a message beyond ASCII may equal otherwise.
-            hits.update(found.array(index.NON_ASCII_MESSAGE))
+            hits.update(found.array(index.ODD_MESSAGE))
         count = found.count
         # Entry i's text starts at starts()[i] + shift in the haystack.
         haystack: bytes | mmap.mmap = self.data
@@ -721,6 +738,40 @@ class _SegmentView:
             at = positions[ordinal] + shift
         return sorted(hits)
 
+    def _grep_line_candidates(
+        self, found: index.SegmentIndex, pattern: re.Pattern[bytes], low: int, high: int
+    ) -> list[int]:
+        """Offsets of the entries ``low``..``high`` (ordinals) whose line in the index's
+        messages ``pattern`` matches (a superset of those whose message matches -g's
+        pattern), and of those whose line is not their message (bytes, escapes, beyond
+        ASCII). One search per matching entry; none for the others."""
+        hits = set(found.array(index.BINARY_MESSAGE))
+        hits.update(found.array(index.ODD_MESSAGE))
+        haystack, shift, end = found.messages()
+        count = found.count
+
+        def starts() -> Sequence[int]:
+            return found.array(index.MESSAGE_STARTS)
+
+        # Line i spans starts[i] + shift up to the newline before line i + 1 (the first
+        # starts at 1, after a newline, so that ``^`` holds there).
+        at = shift + 1 if low == 0 else starts()[low] + shift
+        stop = starts()[high] - 1 + shift if high < count else end
+        search = pattern.search
+        while at <= stop:
+            match = search(haystack, at, stop)
+            if match is None:
+                break
+            positions = starts()
+            ordinal = max(bisect_right(positions, match.start() - shift) - 1, low)
+            hits.add(found.array(index.OFFSETS)[ordinal])
+            # One match is enough: go on from the next line.
+            ordinal += 1
+            if ordinal >= count:
+                break
+            at = positions[ordinal] + shift
+        return sorted(hits)
+
     def _grep_newest_first(
         self,
         found: index.SegmentIndex,
@@ -741,7 +792,7 @@ class _SegmentView:
             haystack, shift, end = found.messages()
             starts_key = index.MESSAGE_STARTS
             if ignore_case and not _FOLDS_BEYOND_ASCII.isdisjoint(text.decode()):
-                extra.update(found.array(index.NON_ASCII_MESSAGE))
+                extra.update(found.array(index.ODD_MESSAGE))
         starts = found.array(starts_key)
         offsets = found.array(index.OFFSETS)
         members = set(self._intersection(found, groups)) if groups else None

@@ -34,7 +34,8 @@ SEGMENT_MIN = 4096
 
 _LEVEL_PREFIX = re.compile(rb"<(0{0,2}[0-7])>")
 
-# realtime, monotonic, priority, flags, encoded fields, index keys, encoded MESSAGE value
+# realtime, monotonic, priority, flags, encoded fields, index keys, MESSAGE's line (see
+# index.MESSAGES)
 Pending = tuple[int, int, int, int, bytes, bytes, bytes]
 
 
@@ -145,11 +146,18 @@ class JournalWriter:
         if cached is None:
             cached = self._prefix(unit, identifier, pid, priority)
         prefix, keys = cached
-        value = store.encode_value(message)
-        if value[0] == 0x5B:  # stored as an array of bytes: the index says so
-            keys = self._binary(keys)
-        elif not value.isascii():  # and so for text beyond ASCII
-            keys = self._non_ascii(keys)
+        if store.needs_care(message) is None:
+            # Stored as itself between quotes, and its line in the index is itself.
+            value = b'"' + message + b'"'
+            text = message
+        else:
+            value = store.encode_value(message)
+            if value[0] == 0x5B:  # stored as an array of bytes: the index says so
+                keys = self._binary(keys)
+                text = value
+            else:  # and so for a string with escapes or beyond ASCII
+                keys = self._odd(keys)
+                text = value[1:-1]
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
@@ -157,7 +165,7 @@ class JournalWriter:
             store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
             prefix + value,
             keys,
-            value,
+            text,
         )
         with self._pending_lock:
             if self._closing:
@@ -240,7 +248,7 @@ class JournalWriter:
                 flags,
                 encoded,
                 keys,
-                index.last_message(kept),
+                index.message_line(index.last_message(kept)),
             )
         )
 
@@ -267,8 +275,8 @@ class JournalWriter:
     def _binary(self, keys: bytes) -> bytes:
         return index.joined({*index.split(keys), index.BINARY_MESSAGE})
 
-    def _non_ascii(self, keys: bytes) -> bytes:
-        return index.joined({*index.split(keys), index.NON_ASCII_MESSAGE})
+    def _odd(self, keys: bytes) -> bytes:
+        return index.joined({*index.split(keys), index.ODD_MESSAGE})
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:

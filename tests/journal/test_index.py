@@ -66,7 +66,8 @@ PATTERNS = [
 PIECES = [
     "item", "ITEM", "Item", "disk", "DISK", "fire", "one", "two", "line", "GET", "get",
     "full on", "/items", "ystem", "é", "\u017f", "k", "s", "i", "\\d+", ".", "\\s", "[a-z]",
-    "(on|tw)", " ", "/", "42", "ems/4", "\\n", "^", "$", "\\b",
+    "(on|tw)", " ", "/", "42", "ems/4", "\\n", "^", "$", "\\b", "\\A", "\\Z", "(?!e)",
+    "(?<!t)", "(?=o)", "[^a]", "e*", "\\w+", "(fire|disk)", '"', "\\\\",
 ]  # fmt: skip
 
 
@@ -555,6 +556,12 @@ def test_grep_looks_only_at_entries_whose_message_holds_the_pattern(
     assert messages(journal.newest(1, grepped("Disk"))) == [b"Disk full on /items/4500"]
     assert len(matched) == 1
     matched.clear()
+    # No literal at all: the pattern runs over the index's lines at once; the entries whose
+    # line matches, and the one whose line is not its message (beyond ASCII), are looked at.
+    got = [r for b in journal.forward(grepped("^d.sk f|f.re$")) for r in b]
+    assert messages(got) == [b"Disk full on /items/1500", b"Disk full on /items/4500"]
+    assert len(matched) == 3
+    matched.clear()
     # Case blind, but its longest run without letters ("/599") is looked for instead,
     # with no lower-cased copy: the entries holding that run are looked at.
     got = [r for b in journal.forward(grepped("items/599[0-9]")) for r in b]
@@ -566,7 +573,7 @@ def without_messages(path: Path) -> None:
     """Rewrite the index at ``path`` as a writer before the messages were kept wrote it."""
     data = path.read_bytes()
     loaded = index.SegmentIndex(data)
-    dropped = (index.MESSAGES, index.MESSAGE_STARTS, index.NON_ASCII_MESSAGE)
+    dropped = (index.MESSAGES, index.MESSAGE_STARTS, index.ODD_MESSAGE)
     directory, blobs, position = [], [], 0
     for key, (start, count, crc) in loaded.sections.items():
         if key in dropped:
@@ -624,7 +631,15 @@ def test_grep_finds_the_first_and_last_message_of_every_segment(tmp_path: Path) 
         if record[0] not in edges:
             continue
         message = messages([record])[0].decode()
-        for pattern in (re.escape(message), "^" + re.escape(message) + "$", message.lower()):
+        # No run of three plain characters: the pattern runs over the lines at once.
+        dotted = "".join(c if i % 2 else "." for i, c in enumerate(message))
+        assert Query(grep=re.compile(dotted)).grep_literal_ascii is None
+        for pattern in (
+            re.escape(message),
+            "^" + re.escape(message) + "$",
+            message.lower(),
+            "^" + dotted + "$",
+        ):
             query = grepped(pattern)
             got = [r for b in journal.forward(query) for r in b]
             assert record in got, pattern
