@@ -221,6 +221,8 @@ class Query:
 _FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
 # Stored as themselves inside a JSON string: printable ASCII but the quote and backslash.
 _VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+# Once this many lines matched, and most lines so far: -g gives up looking line by line.
+_MOSTLY_MATCHED = 4096
 _SEES_PAST_LINES = re.compile(r"\\[AZ]|\(\?<?!")
 # A case-blind literal with letters is looked for in a lower-cased copy, which costs about
 # as much as two searches: a run without letters this long is taken instead.
@@ -758,16 +760,23 @@ class _SegmentView:
         at = shift + 1 if low == 0 else starts()[low] + shift
         stop = starts()[high] - 1 + shift if high < count else end
         search = pattern.search
+        found_lines = 0
         while at <= stop:
             match = search(haystack, at, stop)
             if match is None:
                 break
             positions = starts()
+            offsets = found.array(index.OFFSETS)
             ordinal = max(bisect_right(positions, match.start() - shift) - 1, low)
-            hits.add(found.array(index.OFFSETS)[ordinal])
+            hits.add(offsets[ordinal])
+            found_lines += 1
             # One match is enough: go on from the next line.
             ordinal += 1
             if ordinal >= count:
+                break
+            if found_lines >= _MOSTLY_MATCHED and found_lines * 2 > ordinal - low:
+                # Most lines match: the rest are all looked at, without a search each.
+                hits.update(offsets[ordinal:high])
                 break
             at = positions[ordinal] + shift
         return sorted(hits)

@@ -646,3 +646,18 @@ def test_grep_finds_the_first_and_last_message_of_every_segment(tmp_path: Path) 
             # And inside a time window that starts or ends at the entry.
             window = Query(grep=query.grep, since=record[1], until=record[1])
             assert [r for b in journal.forward(window) for r in b] == [record], pattern
+
+
+def test_grep_without_a_literal_over_a_segment_where_most_lines_match(tmp_path: Path) -> None:
+    # One segment of 10,000 entries, 9 in 10 of them matching: past 4,096 matching lines
+    # the rest of the segment is looked at entry by entry, without a search per line.
+    with JournalWriter(tmp_path, hostname="h", machine_id="ab" * 16) as w:
+        for i in range(10_000):
+            verb = b"POST" if i % 10 == 0 or i == 9_999 else b"GET"
+            w.line(verb + b" /items/%d" % i, unit="web.service", identifier="web", pid=1)
+    assert len(store.list_segments(tmp_path / "journal")) == 1
+    query = grepped("^G.T./")
+    assert query.grep_literal_ascii is None and query.grep_lines is not None
+    expected = [r for r in scan(tmp_path) if oracle(r, query, "")]
+    assert len(expected) == 8_999
+    assert [r for b in Journal(tmp_path).forward(query) for r in b] == expected
