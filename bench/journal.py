@@ -113,13 +113,14 @@ def follow_latency(
     """Latencies (ms) from ``emit(line)`` until ``reader_argv`` prints it."""
     reader = subprocess.Popen(reader_argv, stdout=subprocess.PIPE, cwd=REPO)
     assert reader.stdout is not None
+    stdout = reader.stdout
     sent: dict[int, float] = {}
     seen: dict[int, float] = {}
     done = threading.Event()
 
     def collect() -> None:
         buffer = b""
-        fd = reader.stdout.fileno()
+        fd = stdout.fileno()
         while not done.is_set():
             ready, _, _ = select.select([fd], [], [], 0.2)
             if not ready:
@@ -211,10 +212,11 @@ def journald_peer(count: int, samples: int, interval: float) -> dict[str, Any]:
         )
         probe = subprocess.Popen(["systemd-cat", "-t", "probe"], stdin=subprocess.PIPE)
         assert probe.stdin is not None
+        probe_in = probe.stdin
 
         def emit(line: bytes) -> None:
-            probe.stdin.write(line + b"\n")
-            probe.stdin.flush()
+            probe_in.write(line + b"\n")
+            probe_in.flush()
 
         latencies = follow_latency(
             ["journalctl", "-f", "-o", "cat", "-n", "0", "-t", "probe", "--no-pager"],
@@ -271,7 +273,8 @@ def run_journald_peer(count: int, samples: int, interval: float) -> dict[str, An
     )
     if result.returncode != 0:
         return f"the private journald failed: {result.stderr.decode(errors='replace')[-300:]}"
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+    found: dict[str, Any] = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    return found
 
 
 # -- filtered questions ------------------------------------------------------------------
@@ -334,8 +337,14 @@ def middle_entry(data_dir: Path) -> dict[str, Any]:
     return dict(json.loads(out[len(out) // 2]))
 
 
-def to_journal_file(data_dir: Path, target: Path) -> None:
-    """Our entries in a journald journal file, through `-o export` and systemd-journal-remote."""
+def to_journal_files(data_dir: Path, target: Path) -> list[str]:
+    """Our entries in journald journal files, through `-o export` and systemd-journal-remote,
+    and the ``--file`` arguments that make journalctl read all of them.
+
+    systemd-journal-remote starts a new file whenever one's header limits are reached
+    (every ~130,000 of these entries), keeping the older ones beside it as
+    ``NAME@….journal``: journalctl reading ``target`` alone would see the newest only."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     export = subprocess.Popen(
         clusterd("journal", "--data-dir", str(data_dir), "-o", "export", "-n", "all"),
         cwd=REPO,
@@ -350,6 +359,9 @@ def to_journal_file(data_dir: Path, target: Path) -> None:
     assert export.stdout is not None
     export.stdout.close()
     export.wait()
+    written = sorted(target.parent.glob(target.stem + "*.journal"))
+    assert target in written
+    return [argument for path in written for argument in ("--file", str(path))]
 
 
 def query_table(root: Path, count: int, runs: int) -> list[str]:
@@ -363,16 +375,18 @@ def query_table(root: Path, count: int, runs: int) -> list[str]:
     files = {}
     if have_journalctl:
         for name, d in (("big", big), ("small", small)):
-            files[name] = root / f"q-{name}.journal"
-            to_journal_file(d, files[name])
+            files[name] = to_journal_files(d, root / f"remote-{name}" / "all.journal")
+            seen = subprocess.run(
+                ["journalctl", *files[name], "-q", "-o", "cat"], capture_output=True, check=True
+            ).stdout.count(b"\n")
+            assert seen == (count if name == "big" else 3000), f"journalctl sees {seen} entries"
 
     def journalctl_cursor(name: str) -> str:
         seconds = int(middle[name]["__REALTIME_TIMESTAMP"]) / 1e6
         out = subprocess.run(
             [
                 "journalctl",
-                "--file",
-                str(files[name]),
+                *files[name],
                 "-S",
                 f"@{seconds:.6f}",
                 "-o",
@@ -426,7 +440,7 @@ def query_table(root: Path, count: int, runs: int) -> list[str]:
                     for f in flags
                 ]
                 walls["journalctl"], measured["journalctl"] = timed(
-                    ["journalctl", "--file", str(files[name]), "--no-pager", "-q", *theirs], runs
+                    ["journalctl", *files[name], "--no-pager", "-q", *theirs], runs
                 )
         peer = measured.get("journalctl")
         ratio_small = measured["big"] / measured["small"]
@@ -526,9 +540,13 @@ def main() -> int:
         tail_path = root / "tail.log"
         tail_path.touch()
         with tail_path.open("ab", buffering=0) as tail_file:
+
+            def emit_tail(line: bytes) -> None:
+                tail_file.write(line + b"\n")
+
             tail_latency = follow_latency(
                 ["tail", "-n", "0", "-f", str(tail_path)],
-                lambda line: tail_file.write(line + b"\n"),
+                emit_tail,
                 samples,
                 interval=interval,
             )

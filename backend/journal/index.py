@@ -3,8 +3,8 @@
 Beside each segment ``N.journal`` lies ``N.idx``: for every value of the indexed fields
 (``_SYSTEMD_UNIT``, ``UNIT``, ``SYSLOG_IDENTIFIER``, ``PRIORITY``, ``_PID``, ``_BOOT_ID``) and
 for every header priority, the sorted byte offsets of the records holding it; the offset,
-seqnum and realtime of every record; and the segment's first/last seqnum and lowest/highest
-realtime. It covers the segment's whole frames up to ``covered_end``; whatever a writer
+seqnum and realtime of every record; every record's MESSAGE, one per line, for -g (see
+:data:`MESSAGES`); and the segment's first/last seqnum and lowest/highest realtime. It covers the segment's whole frames up to ``covered_end``; whatever a writer
 appended since is read the old way, frame by frame.
 
 An index is a snapshot, written to a temporary file and renamed over the old one. It is
@@ -26,8 +26,8 @@ import time
 import zlib
 from array import array
 from collections.abc import Sequence
-from itertools import chain
-from operator import le, lt
+from itertools import accumulate, chain, repeat
+from operator import add, le, lt
 from pathlib import Path
 
 from backend.journal import store
@@ -49,6 +49,15 @@ CONTIGUOUS_SEQNUM = 4
 OFFSETS = b"\0offsets"
 SEQNUMS = b"\0seqnums"
 REALTIMES = b"\0realtimes"
+# -g's haystack: every covered entry's MESSAGE as stored (its JSON value, the last member
+# of that name, without the quotes of a string; nothing when it has none), each after a
+# newline, which no stored value holds; and where each entry's line starts in it. One
+# find() over these bytes looks at a quarter of what a find() over the segment would, and
+# a line of a plain message (see ODD_MESSAGE) is the message itself: a regular expression
+# runs over them all at once, ``^`` and ``$`` anchored at the lines.
+MESSAGES = b"\0msg"
+MESSAGE_STARTS = b"\0msg-starts"
+_SPECIAL = (OFFSETS, SEQNUMS, REALTIMES, MESSAGES, MESSAGE_STARTS)
 _NAMES = tuple((name, store.encode_name(name)) for name in INDEXED)
 # Segments are at most 16 MiB plus one batch: byte offsets fit 32 bits.
 OFFSET_TYPE = "I"
@@ -57,7 +66,13 @@ OFFSET_TYPE = "I"
 # Entries whose MESSAGE is stored as an array of bytes (not UTF-8, or unprintable): -g
 # looks at them whatever they hold, as no plain text of theirs shows in the segment.
 BINARY_MESSAGE = b"\0m["
-_BINARY_MESSAGE_MEMBER = store.encode_name("MESSAGE") + b"["
+# Entries whose (last) MESSAGE is a string stored with escapes or with bytes beyond ASCII:
+# their line is not the message itself, so -g looks at them whatever the lines hold. (Their
+# letters may also equal an ASCII letter of a case-blind pattern: the Kelvin sign and k, the
+# long s and s, dotted and dotless i and i.) Only in indexes that keep the messages.
+ODD_MESSAGE = b"\0m~"
+_MESSAGE_NAME = store.encode_name("MESSAGE")
+_BINARY_MESSAGE_MEMBER = _MESSAGE_NAME + b"["
 
 
 def priority_key(priority: int) -> bytes:
@@ -86,6 +101,8 @@ def keys_for(fields: list[tuple[str, bytes]], priority: int) -> bytes:
     keys.add(priority_key(priority))
     if any(name == "MESSAGE" and store.encode_value(value)[:1] == b"[" for name, value in fields):
         keys.add(BINARY_MESSAGE)
+    if is_odd(last_message(fields)):
+        keys.add(ODD_MESSAGE)
     return joined(keys)
 
 
@@ -105,7 +122,35 @@ def value_end(body: bytes, start: int) -> int:
         position = quote + 1
 
 
-def extract_keys(body: bytes, priority: int) -> bytes:
+def stored_message(body: bytes) -> bytes:
+    """The MESSAGE value of a stored record as it is stored (its last member of that name,
+    which is the one a JSON parser keeps), or b"" when it has none."""
+    at = body.rfind(_MESSAGE_NAME)
+    if at < 0:
+        return b""
+    start = at + len(_MESSAGE_NAME)
+    return body[start : value_end(body, start)]
+
+
+def message_line(value: bytes) -> bytes:
+    """A stored MESSAGE value as its line in :data:`MESSAGES` (a string without quotes)."""
+    return value[1:-1] if value[:1] == b'"' else value
+
+
+def is_odd(value: bytes) -> bool:
+    """A stored string whose line is not the message itself (see :data:`ODD_MESSAGE`)."""
+    return value[:1] == b'"' and (b"\\" in value or not value.isascii())
+
+
+def last_message(fields: list[tuple[str, bytes]]) -> bytes:
+    """What :func:`stored_message` finds in the record ``fields`` are stored as."""
+    for name, value in reversed(fields):
+        if name == "MESSAGE":
+            return store.encode_value(value)
+    return b""
+
+
+def extract_keys(body: bytes, priority: int, message: bytes | None = None) -> bytes:
     """The index keys of a stored record, read from its encoded fields.
 
     A member name with its quotes and colon cannot occur inside a JSON string (every quote
@@ -114,6 +159,8 @@ def extract_keys(body: bytes, priority: int) -> bytes:
     keys = {priority_key(priority)}
     if _BINARY_MESSAGE_MEMBER in body:
         keys.add(BINARY_MESSAGE)
+    if is_odd(stored_message(body) if message is None else message):
+        keys.add(ODD_MESSAGE)
     for _name, needle in _NAMES:
         at = body.find(needle)
         while at >= 0:
@@ -130,6 +177,8 @@ class Builder:
         self.offsets = array(OFFSET_TYPE)
         self.seqnums = array("Q")
         self.realtimes = array("Q")
+        # Each record's line (see MESSAGES): the MESSAGES section joins them.
+        self.messages: list[bytes] = []
         # Records with the same keys (one set per unit/pid/priority, as the writer caches
         # them) share one offset list: one append per record. Saving merges what the groups
         # gained since the last save into the postings, so saving often stays linear.
@@ -158,14 +207,20 @@ class Builder:
             loaded = load(segment, fd)
         finally:
             os.close(fd)
-        if loaded is None or loaded.count == 0:
+        # An index without the messages (written before they were kept) is not resumed:
+        # the segment is indexed again from its bytes.
+        if loaded is None or loaded.count == 0 or not loaded.has_messages:
             return builder
         try:
             builder.offsets = array(OFFSET_TYPE, loaded.array(OFFSETS))
             builder.seqnums = array("Q", loaded.array(SEQNUMS))
             builder.realtimes = array("Q", loaded.array(REALTIMES))
+            data, start, end = loaded.messages()
+            builder.messages = data[start + 1 : end].split(b"\n")
+            if len(builder.messages) != loaded.count:
+                raise Damaged("index section of messages")
             for key in loaded.sections:
-                if key not in (OFFSETS, SEQNUMS, REALTIMES):
+                if key not in _SPECIAL:
                     builder.postings[key] = array(OFFSET_TYPE, loaded.array(key))
             builder.realtime_sorted = bool(loaded.flags & SORTED_REALTIME)
             builder.seqnum_sorted = bool(loaded.flags & SORTED_SEQNUM)
@@ -179,10 +234,11 @@ class Builder:
         builder.saved_end = loaded.covered_end
         return builder
 
-    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes) -> None:
+    def add(self, offset: int, seqnum: int, realtime: int, keys: bytes, line: bytes) -> None:
         self.offsets.append(offset)
         self.seqnums.append(seqnum)
         self.realtimes.append(realtime)
+        self.messages.append(line)
         group = self.groups.get(keys)
         if group is None:
             group = self.groups[keys] = array(OFFSET_TYPE)
@@ -244,8 +300,9 @@ class Builder:
             while position < stop:
                 size, seqnum, realtime, _mono, priority, _flags = unpack(data, position)
                 body = data[position + store.RECORD.size : position + 4 + size]
-                keys = extract_keys(body, priority)
-                self.add(base + position, seqnum, realtime, keys)
+                message = stored_message(body)
+                keys = extract_keys(body, priority, message)
+                self.add(base + position, seqnum, realtime, keys, message_line(message))
                 position += 4 + size
             self.frame_written(base + offset, data[offset : offset + store.FRAME.size], base + stop)
             offset = stop
@@ -266,6 +323,13 @@ class Builder:
         if not flags & CONTIGUOUS_SEQNUM:
             sections.append((SEQNUMS, self.seqnums.tobytes(), count))
         sections.append((REALTIMES, self.realtimes.tobytes(), count))
+        messages = self.messages
+        joined_messages = b"\n" + b"\n".join(messages) if messages else b""
+        # Line i starts after the lines before it, each a newline and its text.
+        starts = array(OFFSET_TYPE, accumulate(map(add, map(len, messages), repeat(1)), initial=1))
+        starts.pop()
+        sections.append((MESSAGES, joined_messages, len(joined_messages)))
+        sections.append((MESSAGE_STARTS, starts.tobytes(), count))
         for key in sorted(self.postings):
             merged = self.postings[key]
             # A key every record holds shares the offsets' bytes (same start, same CRC).
@@ -350,6 +414,18 @@ class Damaged(Exception):
 class SegmentIndex:
     """A loaded index: its bounds at once, its sections on demand (each checked)."""
 
+    # The header's fields (struct gives them untyped).
+    covered_end: int
+    count: int
+    first_seqnum: int
+    last_seqnum: int
+    min_realtime: int
+    max_realtime: int
+    flags: int
+    first_frame: bytes
+    last_frame_offset: int
+    last_frame: bytes
+
     def __init__(self, data: bytes | mmap.mmap) -> None:
         if data[: len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + HEADER.size + 4:
             raise Damaged("no index header")
@@ -393,6 +469,9 @@ class SegmentIndex:
         for key in needed:
             if self.sections.get(key, (0, 0, 0))[1] != self.count:
                 raise Damaged("index sections")
+        self.has_messages = MESSAGES in self.sections and MESSAGE_STARTS in self.sections
+        if self.has_messages and self.sections[MESSAGE_STARTS][1] != self.count:
+            raise Damaged("index message sections")
 
     def array(self, key: bytes) -> Sequence[int]:
         """The section ``key`` (an empty array when no record holds it)."""
@@ -412,6 +491,21 @@ class SegmentIndex:
             result.frombytes(raw)
         self._cache[key] = result
         return result
+
+    def messages(self) -> tuple[bytes | mmap.mmap, int, int]:
+        """Where the :data:`MESSAGES` section lies, checked: (buffer, start, end), without
+        a copy (a find() with bounds reads it in place); empty when the index has none."""
+        entry = self.sections.get(MESSAGES)
+        if entry is None:
+            return b"", 0, 0
+        start, count, crc = entry
+        data = self._data
+        if start + count > len(data):
+            raise Damaged("index section of messages")
+        with memoryview(data) as whole, whole[start : start + count] as view:
+            if zlib.crc32(view) != crc:
+                raise Damaged("index section of messages")
+        return data, start, start + count
 
     def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
         return [key for key in self.sections if key.startswith(prefix)]

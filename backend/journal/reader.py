@@ -13,7 +13,7 @@ import stat
 import struct
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from backend.journal import index, store
@@ -84,7 +84,13 @@ class Query:
         # escapes) runs a bytes pattern on the stored bytes: no decoding at all. Only an
         # ASCII pattern is compiled so (a str pattern and a bytes pattern agree on such text).
         self._grep_bytes: re.Pattern[bytes] | None = None
+        # What -g looks for first: in a segment whose index marks messages beyond ASCII
+        # (every case-blind match among those is looked at), a literal may hold any ASCII
+        # letter; in an older index, only those without non-ASCII equals.
         self.grep_literal = None if self.grep is None else required_literal(self.grep)
+        self.grep_literal_ascii = (
+            None if self.grep is None else required_literal(self.grep, ascii_only=True)
+        )
         if self.grep is not None and self.grep.pattern.isascii():
             try:
                 self._grep_bytes = re.compile(
@@ -92,6 +98,19 @@ class Query:
                 )
             except re.error:
                 self._grep_bytes = None
+        # Without a literal, the bytes pattern runs over the index's lines of messages at
+        # once, ``^`` and ``$`` at the lines (MULTILINE): a plain message's line is the
+        # message, and the newlines around it stand where its ends are. What sees past a
+        # line's ends differently (\A, \Z, negative lookarounds) is not run so.
+        self.grep_lines: re.Pattern[bytes] | None = None
+        if (
+            self.grep is not None
+            and self._grep_bytes is not None
+            and not _SEES_PAST_LINES.search(self.grep.pattern)
+        ):
+            self.grep_lines = re.compile(
+                self._grep_bytes.pattern, self._grep_bytes.flags | re.MULTILINE
+            )
 
     @property
     def after_seqnum(self) -> int | None:
@@ -202,9 +221,17 @@ class Query:
 _FOLDS_BEYOND_ASCII = frozenset("iIkKsS")
 # Stored as themselves inside a JSON string: printable ASCII but the quote and backslash.
 _VERBATIM = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+# Once this many lines matched, and most lines so far: -g gives up looking line by line.
+_MOSTLY_MATCHED = 4096
+_SEES_PAST_LINES = re.compile(r"\\[AZ]|\(\?<?!")
+# A case-blind literal with letters is looked for in a lower-cased copy, which costs about
+# as much as two searches: a run without letters this long is taken instead.
+_PLAIN_RUN_PREFERRED = 4
 
 
-def required_literal(pattern: re.Pattern[str]) -> tuple[bytes, bool] | None:
+def required_literal(
+    pattern: re.Pattern[str], *, ascii_only: bool = False
+) -> tuple[bytes, bool] | None:
     """Bytes every stored MESSAGE that ``pattern`` matches contains (the longest run of
     plain characters the pattern must match in sequence) and whether their case is
     ignored, or None.
@@ -212,24 +239,36 @@ def required_literal(pattern: re.Pattern[str]) -> tuple[bytes, bool] | None:
     Such a run is stored verbatim inside the JSON string of the message, so finding it in a
     segment's bytes finds every entry that can match: -g then looks at those entries only.
     A message stored as an array of bytes (not UTF-8, or unprintable) has no such run and
-    is looked at whatever it holds.
+    is looked at whatever it holds. With ``ascii_only``, the run holds for the messages of
+    plain ASCII only (the others are looked at whatever they hold): its letters may then be
+    any, even those a case-blind match equates with a letter beyond ASCII.
     """
-    from re import _constants, _parser  # type: ignore[attr-defined]
+    from re import _constants, _parser  # type: ignore[attr-defined]  # no public parser
 
     ignore_case = bool(pattern.flags & re.IGNORECASE)
     try:
         parsed = _parser.parse(pattern.pattern, pattern.flags & ~re.UNICODE)
     except (re.error, TypeError, ValueError):
         return None
-    best = ""
+    runs = []
     run = ""
     for op, value in [*parsed, (None, None)]:
         char = chr(value) if op is _constants.LITERAL else ""
-        if char and char in _VERBATIM and not (ignore_case and char in _FOLDS_BEYOND_ASCII):
+        if (
+            char
+            and char in _VERBATIM
+            and (ascii_only or not (ignore_case and char in _FOLDS_BEYOND_ASCII))
+        ):
             run += char
             continue
-        best = max(best, run, key=len)
+        runs.append(run)
         run = ""
+    best = max(runs, key=len)
+    if ignore_case:
+        plain = [piece for run in runs for piece in re.split("[A-Za-z]", run)]
+        longest_plain = max(plain, key=len)
+        if len(longest_plain) >= min(_PLAIN_RUN_PREFERRED, len(best)):
+            best = longest_plain
     if len(best) < 3:
         return None
     return best.encode(), ignore_case and any(char.isalpha() for char in best)
@@ -518,15 +557,15 @@ class _SegmentView:
         if not self.size:
             return
         covered = len(store.MAGIC)
-        candidates: Sequence[int] = ()
+        candidates: Iterable[int] = ()
         if self.index is not None:
             try:
-                candidates = self._candidates(self.index)
+                candidates = self._candidates(self.index, reverse)
                 covered = self.index.covered_end
             except index.Damaged:
                 self._rebuild()
                 if self.index is not None:
-                    candidates = self._candidates(self.index)
+                    candidates = self._candidates(self.index, reverse)
                     covered = self.index.covered_end
         # What no index covers (the newest frames, or all of a segment without one) is
         # scanned; whole frames only, as everywhere.
@@ -543,7 +582,7 @@ class _SegmentView:
         data = self.data
         unpack = store.RECORD.unpack_from
         body_at = store.RECORD.size
-        for offset in reversed(candidates) if reverse else candidates:
+        for offset in candidates:
             size, seqnum, realtime, monotonic, priority, flags = unpack(data, offset)
             record = (
                 seqnum,
@@ -558,8 +597,18 @@ class _SegmentView:
         if not reverse:
             yield from tail
 
-    def _candidates(self, found: index.SegmentIndex) -> Sequence[int]:
-        """Offsets of the indexed entries that may match, ascending."""
+    def _candidates(self, found: index.SegmentIndex, reverse: bool) -> Iterable[int]:
+        """Offsets of the indexed entries that may match, ascending or (``reverse``)
+        descending. (Whatever is checked is read before this returns: a damaged index
+        raises here, not while the offsets are walked.)"""
+        candidates = self._ascending(found, reverse)
+        if isinstance(candidates, Iterator):
+            return candidates
+        return reversed(candidates) if reverse else candidates
+
+    def _ascending(self, found: index.SegmentIndex, reverse: bool) -> Sequence[int] | Iterator[int]:
+        """:meth:`_candidates`, ascending; but for -g walking back, an iterator of them
+        newest first, which finds no more than it is asked for."""
         query = self.query
         if found.count == 0:
             return ()
@@ -595,20 +644,24 @@ class _SegmentView:
             return ()
         groups = query.index_groups(found)
         whole = low == 0 and high == found.count
-        if whole and groups and query.grep_literal is None:
+        literal = query.grep_literal_ascii if found.has_messages else query.grep_literal
+        if literal is None and query.grep_lines is not None and found.has_messages and not reverse:
+            hits = self._grep_line_candidates(found, query.grep_lines, low, high)
+            result = self._intersection(found, groups, [hits])
+        elif literal is None:
+            if not groups:
+                return found.array(index.OFFSETS)[low:high]
             # The common question (-u, -p, -t, FIELD=VALUE): postings alone answer it.
-            return self._intersection(found, groups)
+            result = self._intersection(found, groups)
+        elif reverse:
+            return self._grep_newest_first(found, literal, low, high, groups)
+        else:
+            # What -g's literal finds is one more list the answer lies in.
+            hits = self._grep_candidates(found, literal, low, high)
+            result = self._intersection(found, groups, [hits])
+        if whole:
+            return result
         offsets = found.array(index.OFFSETS)
-        if query.grep_literal is not None:
-            groups = [*groups, []]  # a place for what -g's literal finds, filled below
-        if not groups:
-            return offsets[low:high]
-        # Each group is a union of postings; the answer lies in their intersection.
-        extra = []
-        if query.grep_literal is not None:
-            groups.pop()
-            extra.append(self._grep_candidates(found, offsets, query.grep_literal))
-        result = self._intersection(found, groups, extra)
         start_offset = offsets[low]
         end_offset = offsets[high] if high < found.count else found.covered_end
         return result[bisect_left(result, start_offset) : bisect_left(result, end_offset)]
@@ -633,36 +686,159 @@ class _SegmentView:
         return result
 
     def _grep_candidates(
-        self, found: index.SegmentIndex, offsets: Sequence[int], literal: tuple[bytes, bool]
+        self, found: index.SegmentIndex, literal: tuple[bytes, bool], low: int, high: int
     ) -> list[int]:
-        """Offsets of the entries holding the ``literal`` or a MESSAGE stored as bytes."""
-        data = self.data
-        end = found.covered_end
+        """Offsets of the entries ``low``..``high`` (ordinals) holding the ``literal`` in
+        their MESSAGE, and of those with a MESSAGE stored as bytes.
+
+        The index keeps every MESSAGE as stored, one per line: the literal is looked for
+        there, in place in the index's mapping, and a hit's line is its entry. (In an index
+        written before it kept them, the literal is looked for in the segment's bytes.)
+        The entries' positions are loaded only when needed: most segments have no hit.
+        """
         text, ignore_case = literal
-        base = 0
-        haystack: bytes | mmap.mmap = data
-        if ignore_case:
-            # Its letters have no non-ASCII equals (see required_literal): a lower-cased
-            # copy of the segment holds the lower-cased text wherever any case of it is.
-            # (The regex engine's case-blind search is ten times slower than this.)
-            base = len(store.MAGIC)
-            haystack = data[base:end].lower()
-            text = text.lower()
         hits = set(found.array(index.BINARY_MESSAGE))
-        at = len(store.MAGIC) - base
-        stop = end - base
+        if ignore_case and found.has_messages and not _FOLDS_BEYOND_ASCII.isdisjoint(text.decode()):
+            # The literal holds letters a message beyond ASCII may equal otherwise.
+            hits.update(found.array(index.ODD_MESSAGE))
+        count = found.count
+        # Entry i's text starts at starts()[i] + shift in the haystack.
+        haystack: bytes | mmap.mmap = self.data
+        shift = 0
+        end = found.covered_end
+        starts_key = index.OFFSETS
+        if found.has_messages:
+            haystack, shift, end = found.messages()
+            starts_key = index.MESSAGE_STARTS
+
+        def starts() -> Sequence[int]:
+            return found.array(starts_key)
+
+        # (The first line of the messages starts at 0.)
+        at = shift if low == 0 and found.has_messages else starts()[low] + shift
+        stop = starts()[high] + shift if high < count else end
+        if ignore_case:
+            # Where its letters have no non-ASCII equals (see required_literal), a
+            # lower-cased copy holds the lower-cased text wherever any case of it is. (The
+            # regex engine's case-blind search is ten times slower than this.)
+            haystack = haystack[at:stop].lower()
+            text = text.lower()
+            shift -= at
+            at, stop = 0, stop - at
+        find = haystack.find
         while True:
-            at = haystack.find(text, at, stop)
+            at = find(text, at, stop)
             if at < 0:
                 break
-            ordinal = bisect_right(offsets, at + base) - 1
-            if ordinal < 0:
-                at += 1
-                continue
-            hits.add(offsets[ordinal])
+            positions = starts()
+            ordinal = bisect_right(positions, at - shift) - 1
+            hits.add(found.array(index.OFFSETS)[ordinal])
             # One hit is enough: go on from the next entry.
-            at = (offsets[ordinal + 1] if ordinal + 1 < len(offsets) else end) - base
+            ordinal += 1
+            if ordinal >= count:
+                break
+            at = positions[ordinal] + shift
         return sorted(hits)
+
+    def _grep_line_candidates(
+        self, found: index.SegmentIndex, pattern: re.Pattern[bytes], low: int, high: int
+    ) -> list[int]:
+        """Offsets of the entries ``low``..``high`` (ordinals) whose line in the index's
+        messages ``pattern`` matches (a superset of those whose message matches -g's
+        pattern), and of those whose line is not their message (bytes, escapes, beyond
+        ASCII). One search per matching entry; none for the others."""
+        hits = set(found.array(index.BINARY_MESSAGE))
+        hits.update(found.array(index.ODD_MESSAGE))
+        haystack, shift, end = found.messages()
+        count = found.count
+
+        def starts() -> Sequence[int]:
+            return found.array(index.MESSAGE_STARTS)
+
+        # Line i spans starts[i] + shift up to the newline before line i + 1 (the first
+        # starts at 1, after a newline, so that ``^`` holds there).
+        at = shift + 1 if low == 0 else starts()[low] + shift
+        stop = starts()[high] - 1 + shift if high < count else end
+        search = pattern.search
+        found_lines = 0
+        while at <= stop:
+            match = search(haystack, at, stop)
+            if match is None:
+                break
+            positions = starts()
+            offsets = found.array(index.OFFSETS)
+            ordinal = max(bisect_right(positions, match.start() - shift) - 1, low)
+            hits.add(offsets[ordinal])
+            found_lines += 1
+            # One match is enough: go on from the next line.
+            ordinal += 1
+            if ordinal >= count:
+                break
+            if found_lines >= _MOSTLY_MATCHED and found_lines * 2 > ordinal - low:
+                # Most lines match: the rest are all looked at, without a search each.
+                hits.update(offsets[ordinal:high])
+                break
+            at = positions[ordinal] + shift
+        return sorted(hits)
+
+    def _grep_newest_first(
+        self,
+        found: index.SegmentIndex,
+        literal: tuple[bytes, bool],
+        low: int,
+        high: int,
+        groups: list[list[bytes]],
+    ) -> Iterator[int]:
+        """What :meth:`_grep_candidates` finds (and-ed with the postings ``groups``), newest
+        first, found one by one from the end: `-g X -n N` stops once it has N."""
+        text, ignore_case = literal
+        extra = set(found.array(index.BINARY_MESSAGE))
+        haystack: bytes | mmap.mmap = self.data
+        shift = 0
+        end = found.covered_end
+        starts_key = index.OFFSETS
+        if found.has_messages:
+            haystack, shift, end = found.messages()
+            starts_key = index.MESSAGE_STARTS
+            if ignore_case and not _FOLDS_BEYOND_ASCII.isdisjoint(text.decode()):
+                extra.update(found.array(index.ODD_MESSAGE))
+        starts = found.array(starts_key)
+        offsets = found.array(index.OFFSETS)
+        members = set(self._intersection(found, groups)) if groups else None
+        count = found.count
+        at = shift if low == 0 and found.has_messages else starts[low] + shift
+        stop = starts[high] + shift if high < count else end
+        first = offsets[low]
+        last = offsets[high] if high < count else found.covered_end
+        others = sorted(offset for offset in extra if first <= offset < last)
+        if ignore_case:
+            haystack = haystack[at:stop].lower()  # as in _grep_candidates
+            text = text.lower()
+            shift -= at
+            at, stop = 0, stop - at
+
+        def walk() -> Iterator[int]:
+            rfind = haystack.rfind
+            position = stop
+            while True:
+                hit = rfind(text, at, position)
+                if hit < 0:
+                    break
+                ordinal = bisect_right(starts, hit - shift) - 1
+                offset = offsets[ordinal]
+                while others and others[-1] >= offset:
+                    other = others.pop()
+                    if other != offset and (members is None or other in members):
+                        yield other
+                if members is None or offset in members:
+                    yield offset
+                # Look before this entry next.
+                position = starts[ordinal] + shift
+            for other in reversed(others):
+                if members is None or other in members:
+                    yield other
+
+        return walk()
 
 
 # -- waiting for news ----------------------------------------------------------------------

@@ -50,6 +50,10 @@ def is_printable(text: str) -> bool:
     return _NOT_PRINTABLE.search(text) is None
 
 
+needs_care = _NEEDS_CARE.search
+"""None when a value is stored as itself between quotes (the fast path of encode_value)."""
+
+
 def encode_value(value: bytes) -> bytes:
     """One field value as journalctl's JSON writes it: a string, or an array of byte values."""
     if _NEEDS_CARE.search(value) is None:

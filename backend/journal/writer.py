@@ -34,7 +34,9 @@ SEGMENT_MIN = 4096
 
 _LEVEL_PREFIX = re.compile(rb"<(0{0,2}[0-7])>")
 
-Pending = tuple[int, int, int, int, bytes, bytes]
+# realtime, monotonic, priority, flags, encoded fields, index keys, MESSAGE's line (see
+# index.MESSAGES)
+Pending = tuple[int, int, int, int, bytes, bytes, bytes]
 
 
 def read_boot_id() -> str:
@@ -144,9 +146,18 @@ class JournalWriter:
         if cached is None:
             cached = self._prefix(unit, identifier, pid, priority)
         prefix, keys = cached
-        value = store.encode_value(message)
-        if value[0] == 0x5B:  # stored as an array of bytes: the index says so
-            keys = self._binary(keys)
+        if store.needs_care(message) is None:
+            # Stored as itself between quotes, and its line in the index is itself.
+            value = b'"' + message + b'"'
+            text = message
+        else:
+            value = store.encode_value(message)
+            if value[0] == 0x5B:  # stored as an array of bytes: the index says so
+                keys = self._binary(keys)
+                text = value
+            else:  # and so for a string with escapes or beyond ASCII
+                keys = self._odd(keys)
+                text = value[1:-1]
         entry = (
             time.time_ns() // 1000,
             time.monotonic_ns() // 1000,
@@ -154,6 +165,7 @@ class JournalWriter:
             store.FLAG_LONG_FIELD if len(message) >= store.JSON_THRESHOLD else 0,
             prefix + value,
             keys,
+            text,
         )
         with self._pending_lock:
             if self._closing:
@@ -183,23 +195,28 @@ class JournalWriter:
         """
         key = (unit, pid, stream)
         data = self._partial.pop(key, b"") + chunk
-        options = {
-            "unit": unit,
-            "identifier": identifier,
-            "pid": pid,
-            "priority": priority,
-            "level_prefix": level_prefix,
-        }
+        line = self.line
+
+        def emit(text: bytes) -> None:
+            line(
+                text,
+                unit=unit,
+                identifier=identifier,
+                pid=pid,
+                priority=priority,
+                level_prefix=level_prefix,
+            )
+
         if not chunk:
             if data:
-                self.line(data, **options)
+                emit(data)
             return
         lines = data.split(b"\n")
         tail = lines.pop()
         for text in lines:
-            self.line(text, **options)
+            emit(text)
         while len(tail) > LINE_MAX:
-            self.line(tail[:LINE_MAX], **options)
+            emit(tail[:LINE_MAX])
             tail = tail[LINE_MAX:]
         if tail:
             self._partial[key] = tail
@@ -231,6 +248,7 @@ class JournalWriter:
                 flags,
                 encoded,
                 keys,
+                index.message_line(index.last_message(kept)),
             )
         )
 
@@ -256,6 +274,9 @@ class JournalWriter:
 
     def _binary(self, keys: bytes) -> bytes:
         return index.joined({*index.split(keys), index.BINARY_MESSAGE})
+
+    def _odd(self, keys: bytes) -> bytes:
+        return index.joined({*index.split(keys), index.ODD_MESSAGE})
 
     def _queue(self, entry: Pending) -> None:
         with self._pending_lock:
@@ -403,7 +424,8 @@ class JournalWriter:
         built = self._index
         add_offset, add_seqnum = built.offsets.append, built.seqnums.append
         add_realtime, group_of = built.realtimes.append, built.groups.get
-        for realtime, monotonic, priority, flags, fields, keys in batch:
+        add_message = built.messages.append
+        for realtime, monotonic, priority, flags, fields, keys, message in batch:
             record = pack(header + len(fields), seqnum, realtime, monotonic, priority, flags)
             parts.append(record)
             parts.append(fields)
@@ -414,6 +436,7 @@ class JournalWriter:
             if group is None:
                 group = built.groups[keys] = array(index.OFFSET_TYPE)
             group.append(size)
+            add_message(message)
             size += len(record) + len(fields)
             seqnum += 1
             if size >= self.segment_bytes:
@@ -424,6 +447,7 @@ class JournalWriter:
                 built = self._index
                 add_offset, add_seqnum = built.offsets.append, built.seqnums.append
                 add_realtime, group_of = built.realtimes.append, built.groups.get
+                add_message = built.messages.append
                 size = self._size + store.FRAME.size
         if parts:
             self._write_frame(parts)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,10 @@ WORDS = [
     "",
     "trailing 123",
     "FULL ERROR",
+    "line one\nline two",
+    "\u017fystem \u0131tem \u212a up",
+    "Disk full on /items",
+    "DISK 42",
 ]
 PATTERNS = [
     "item",
@@ -47,7 +53,29 @@ PATTERNS = [
     "ems/4",
     "error",
     "(?i)ERROR",
+    "disk",
+    "system",
+    "^line two",
+    "one$",
+    "^Disk",
+    "full on /items$",
+    "items",
 ]
+# Pieces of random patterns: words in every case (a capital makes the pattern case
+# sensitive), letters with non-ASCII equals, classes, anchors inside and out.
+PIECES = [
+    "item", "ITEM", "Item", "disk", "DISK", "fire", "one", "two", "line", "GET", "get",
+    "full on", "/items", "ystem", "é", "\u017f", "k", "s", "i", "\\d+", ".", "\\s", "[a-z]",
+    "(on|tw)", " ", "/", "42", "ems/4", "\\n", "^", "$", "\\b", "\\A", "\\Z", "(?!e)",
+    "(?<!t)", "(?=o)", "[^a]", "e*", "\\w+", "(fire|disk)", '"', "\\\\",
+]  # fmt: skip
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> str:
+    pattern = "^" if draw(st.booleans()) else ""
+    pattern += "".join(draw(st.lists(st.sampled_from(PIECES), min_size=1, max_size=3)))
+    return pattern + ("$" if draw(st.booleans()) else "")
 
 
 # -- the oracle: every entry decoded, nothing indexed --------------------------------------
@@ -211,7 +239,7 @@ DIMENSIONS = {
     "priorities": st.frozensets(st.integers(0, 7), max_size=4),
     "since": st.integers(-5, 45),
     "until": st.integers(-5, 45),
-    "grep": st.sampled_from(PATTERNS),
+    "grep": st.one_of(st.sampled_from(PATTERNS), patterns()),
     "after": st.one_of(st.integers(0, 300), st.integers(-5, 45)),
 }
 EMPTY: dict[str, object] = {
@@ -235,6 +263,8 @@ def queries(draw: st.DrawFn) -> dict[str, object]:
     spec["after_kind"] = draw(st.sampled_from(["seqnum", "time", "foreign"]))
     spec["count"] = draw(st.one_of(st.none(), st.integers(0, 30)))
     spec["up_to"] = draw(st.one_of(st.none(), st.integers(0, 300)))
+    # --case-sensitive: journalctl's rule by default (capitals make it case sensitive).
+    spec["case"] = draw(st.sampled_from(["auto", "auto", "yes", "no"]))
     return spec
 
 
@@ -248,7 +278,9 @@ def make_query(spec: dict[str, object], journal_id: str) -> Query:
     grep = None
     if spec["grep"] is not None:
         pattern = str(spec["grep"])
-        grep = re.compile(pattern, 0 if any(c.isupper() for c in pattern) else re.IGNORECASE)
+        case = spec.get("case", "auto")
+        sensitive = any(c.isupper() for c in pattern) if case == "auto" else case == "yes"
+        grep = re.compile(pattern, 0 if sensitive else re.IGNORECASE)
     after = None
     if spec["after"] is not None:
         n = int(spec["after"])  # type: ignore[call-overload]
@@ -473,3 +505,159 @@ def test_an_index_left_behind_by_a_crash_covers_less_and_the_rest_is_scanned(
     index.index_path(segment).write_bytes(early)
     got = Journal(tmp_path).newest(5, Query(units=["rare"]))
     assert [record_fields(r)["MESSAGE"] for r in got] == [b"one", b"two"]
+
+
+# -- -g: match, then decode ------------------------------------------------------------------
+
+
+def grep_journal(data_dir: Path) -> None:
+    """6,000 entries of units whose names hold "web" and "disk"; the messages hold neither,
+    but for three entries; one message is beyond ASCII."""
+    with JournalWriter(data_dir, hostname="h", machine_id="ab" * 16, max_bytes=4 << 20) as w:
+        for i in range(6000):
+            message = b"GET /items/%d" % i
+            if i in (1500, 4500):
+                message = b"Disk full on /items/%d" % i
+            elif i == 5000:
+                message = "\u017fystem DI\u017fK \u0131tem \u212a up".encode()
+            w.line(message, unit=f"web{i % 7}-disk.service", identifier="web", pid=100 + i % 7)
+
+
+def grepped(pattern: str) -> Query:
+    sensitive = any(char.isupper() for char in pattern)
+    return Query(grep=re.compile(pattern, 0 if sensitive else re.IGNORECASE))
+
+
+def messages(records: list[store.Record]) -> list[bytes]:
+    return [record_fields(r)["MESSAGE"] for r in records]  # type: ignore[misc]
+
+
+def test_grep_looks_only_at_entries_whose_message_holds_the_pattern(
+    tmp_path: Path, looked_at: tuple[list[store.Record], list[store.Record]]
+) -> None:
+    grep_journal(tmp_path)
+    assert len(store.list_segments(tmp_path / "journal")) > 3
+    scanned, matched = looked_at
+    journal = Journal(tmp_path)
+    # Every entry's unit holds "web": not one entry is looked at, as no message does.
+    assert [r for b in journal.forward(grepped("web")) for r in b] == []
+    assert scanned == [] and matched == []
+    # "disk" (whose i and s a case-blind match equates with letters beyond ASCII): the
+    # two messages holding it, and the one message beyond ASCII, are looked at.
+    got = [r for b in journal.forward(grepped("disk")) for r in b]
+    assert messages(got) == [
+        b"Disk full on /items/1500",
+        b"Disk full on /items/4500",
+        "\u017fystem DI\u017fK \u0131tem \u212a up".encode(),
+    ]
+    assert scanned == [] and len(matched) == 3
+    matched.clear()
+    # A capital: case sensitive; walking back stops at the newest match.
+    assert messages(journal.newest(1, grepped("Disk"))) == [b"Disk full on /items/4500"]
+    assert len(matched) == 1
+    matched.clear()
+    # No literal at all: the pattern runs over the index's lines at once; the entries whose
+    # line matches, and the one whose line is not its message (beyond ASCII), are looked at.
+    got = [r for b in journal.forward(grepped("^d.sk f|f.re$")) for r in b]
+    assert messages(got) == [b"Disk full on /items/1500", b"Disk full on /items/4500"]
+    assert len(matched) == 3
+    matched.clear()
+    # Case blind, but its longest run without letters ("/599") is looked for instead,
+    # with no lower-cased copy: the entries holding that run are looked at.
+    got = [r for b in journal.forward(grepped("items/599[0-9]")) for r in b]
+    assert messages(got) == [b"GET /items/%d" % i for i in range(5990, 6000)]
+    assert messages(matched) == [b"GET /items/599", *messages(got)]
+
+
+def without_messages(path: Path) -> None:
+    """Rewrite the index at ``path`` as a writer before the messages were kept wrote it."""
+    data = path.read_bytes()
+    loaded = index.SegmentIndex(data)
+    dropped = (index.MESSAGES, index.MESSAGE_STARTS, index.ODD_MESSAGE)
+    directory, blobs, position = [], [], 0
+    for key, (start, count, crc) in loaded.sections.items():
+        if key in dropped:
+            continue
+        size = count * (8 if key in (index.SEQNUMS, index.REALTIMES) else 4)
+        blob = data[start : start + size]
+        directory.append(index.ENTRY.pack(len(key), position, count, crc) + key)
+        blobs.append(blob)
+        position += len(blob)
+    dir_bytes = b"".join(directory)
+    header = list(index.HEADER.unpack_from(data, len(index.MAGIC)))
+    header[-2:] = [len(dir_bytes), zlib.crc32(dir_bytes)]
+    packed = index.HEADER.pack(*header)
+    path.write_bytes(
+        index.MAGIC
+        + packed
+        + index.HEADER_CRC.pack(zlib.crc32(packed))
+        + dir_bytes
+        + b"".join(blobs)
+    )
+
+
+@pytest.mark.parametrize("pattern", ["disk", "Disk", "items/599[0-9]", "system", "^GET /items/42$"])
+def test_grep_in_segments_indexed_before_messages_were_kept(tmp_path: Path, pattern: str) -> None:
+    grep_journal(tmp_path)
+    journal = Journal(tmp_path)
+    expected = [r for b in journal.forward(grepped(pattern)) for r in b]
+    assert expected
+    for path in store.list_segments(tmp_path / "journal"):
+        without_messages(index.index_path(path))
+        loaded = index.load(path, os.open(path, os.O_RDONLY))
+        assert loaded is not None and not loaded.has_messages
+    assert [r for b in journal.forward(grepped(pattern)) for r in b] == expected
+    assert journal.newest(1, grepped(pattern)) == expected[-1:]
+    # A writer resuming such an index indexes its segment again, messages included.
+    with JournalWriter(tmp_path, hostname="h", machine_id="ab" * 16, max_bytes=4 << 20) as w:
+        w.line(b"GET /items/42", unit="web0.service", identifier="web", pid=1)
+    newest = store.list_segments(tmp_path / "journal")[-1]
+    rebuilt = index.Builder()
+    rebuilt.add_data(newest.read_bytes()[len(store.MAGIC) :], len(store.MAGIC))
+    assert index.index_path(newest).read_bytes() == rebuilt.serialize()
+
+
+def test_grep_finds_the_first_and_last_message_of_every_segment(tmp_path: Path) -> None:
+    grep_journal(tmp_path)
+    journal = Journal(tmp_path)
+    every = scan(tmp_path)
+    edges = set()
+    for path in store.list_segments(tmp_path / "journal"):
+        data = path.read_bytes()
+        records = store.read_records(data, len(store.MAGIC))[0]
+        edges |= {records[0][0], records[-1][0]}
+    assert len(edges) > 6
+    for record in every:
+        if record[0] not in edges:
+            continue
+        message = messages([record])[0].decode()
+        # No run of three plain characters: the pattern runs over the lines at once.
+        dotted = "".join(c if i % 2 else "." for i, c in enumerate(message))
+        assert Query(grep=re.compile(dotted)).grep_literal_ascii is None
+        for pattern in (
+            re.escape(message),
+            "^" + re.escape(message) + "$",
+            message.lower(),
+            "^" + dotted + "$",
+        ):
+            query = grepped(pattern)
+            got = [r for b in journal.forward(query) for r in b]
+            assert record in got, pattern
+            # And inside a time window that starts or ends at the entry.
+            window = Query(grep=query.grep, since=record[1], until=record[1])
+            assert [r for b in journal.forward(window) for r in b] == [record], pattern
+
+
+def test_grep_without_a_literal_over_a_segment_where_most_lines_match(tmp_path: Path) -> None:
+    # One segment of 10,000 entries, 9 in 10 of them matching: past 4,096 matching lines
+    # the rest of the segment is looked at entry by entry, without a search per line.
+    with JournalWriter(tmp_path, hostname="h", machine_id="ab" * 16) as w:
+        for i in range(10_000):
+            verb = b"POST" if i % 10 == 0 or i == 9_999 else b"GET"
+            w.line(verb + b" /items/%d" % i, unit="web.service", identifier="web", pid=1)
+    assert len(store.list_segments(tmp_path / "journal")) == 1
+    query = grepped("^G.T./")
+    assert query.grep_literal_ascii is None and query.grep_lines is not None
+    expected = [r for r in scan(tmp_path) if oracle(r, query, "")]
+    assert len(expected) == 8_999
+    assert [r for b in Journal(tmp_path).forward(query) for r in b] == expected
