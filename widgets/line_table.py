@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -16,6 +16,9 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
 
 Matcher = Callable[[str], bool]
 GAP = 2
@@ -30,7 +33,7 @@ class Column:
 
     key: str
     title: str
-    sort_key: Callable[[Row], object] | None = None
+    sort_key: Callable[[Row], SupportsRichComparison] | None = None
     """How rows order by this column; by the cell's text when None."""
 
 
@@ -163,7 +166,7 @@ class LineTable(ScrollView, can_focus=True):
             column = self.columns[self.sort_column]
             index = self.sort_column
             key = column.sort_key or (lambda row: row.cells[index])
-            view = sorted(view, key=key, reverse=self.sort_reverse)  # type: ignore[arg-type]
+            view = sorted(view, key=key, reverse=self.sort_reverse)
         self.view = view
         keys = {row.key for row in self.rows}
         self.marked &= keys
