@@ -42,6 +42,7 @@ test: $(TSTAMP) test-deps
 lint: $(TSTAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(TSTAMP)
 	$(VENV)/bin/ruff format .

@@ -256,7 +256,8 @@ async def count_under(client: EtcdClient, path: bytes, is_dir: bool) -> int:
     if not is_dir:
         return 1
     start, end = range_of(path)
-    return (await _range(client, rpc.RangeRequest(key=start, range_end=end, count_only=True))).count
+    response = await _range(client, rpc.RangeRequest(key=start, range_end=end, count_only=True))
+    return int(response.count)
 
 
 async def put(
@@ -279,7 +280,7 @@ async def put(
         )
     except Exception as error:
         raise typed_error(error) from error
-    return response.header.revision
+    return int(response.header.revision)
 
 
 async def delete(client: EtcdClient, path: bytes, is_dir: bool) -> int:
@@ -294,7 +295,7 @@ async def delete(client: EtcdClient, path: bytes, is_dir: bool) -> int:
         )
     except Exception as error:
         raise typed_error(error) from error
-    return response.deleted
+    return int(response.deleted)
 
 
 async def set_ttl(client: EtcdClient, path: bytes, is_dir: bool, ttl: int | None) -> int:

@@ -185,7 +185,7 @@ async def measure(url: str, shape: Shape) -> dict[str, object]:
         await pilot.pause()
         figures["listed_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        tree.expand(b"/big/")
+        tree.open_directory(b"/big/")
         await wait_for(pilot, lambda: len(tree.children_of(b"/big/")) == shape.big, 60)
         await wait_for(pilot, lambda: pane._loading == 0, 60)
         await pilot.pause()

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
@@ -54,7 +55,7 @@ from console.screens.text_view import TextScreen
 from console.screens.ttl import TTLScreen
 from console.screens.units import UnitsPane
 from console.session import STATUS_TIMEOUT, Session
-from console.tunnel import TunnelError
+from console.tunnel import TunnelError, TunnelState
 from widgets.cluster_header import ClusterHeader
 from widgets.filter_bar import FilterBar
 from widgets.journal_view import DEFAULT_LIMIT, JournalView
@@ -96,7 +97,7 @@ class ClusterConsole(App[None]):
 
     TITLE = "clustertui"
     CSS_PATH = "console.tcss"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("colon", "command_palette", "Commands", show=False, id="app.commands"),
@@ -334,7 +335,7 @@ class ClusterConsole(App[None]):
         self.session.watch_tunnel(None)
         gc.unfreeze()
 
-    def _tunnel_state(self, state: str, attempt: int) -> None:
+    def _tunnel_state(self, state: TunnelState, attempt: int) -> None:
         header = self.cluster_header
         header.via = self.session.via
         if state == "reconnecting":
@@ -416,23 +417,23 @@ class ClusterConsole(App[None]):
                 rows.append((section, shown, binding.description, binding.id or ""))
         return rows
 
-    def _sections(self) -> list[tuple[str, list[Binding], set[str]]]:
+    def _sections(self) -> list[tuple[str, list[BindingType], set[str]]]:
         """Each pane's bindings, with the write actions read-only mode takes away."""
 
         def hidden(actions: set[str]) -> set[str]:
             return actions if self.read_only else set()
 
         return [
-            ("Console", self.BINDINGS, set()),  # type: ignore[list-item]
-            ("Keys pane", KeysPane.BINDINGS, hidden(WRITE_ACTIONS)),  # type: ignore[list-item]
-            ("Key tree", KeyTree.BINDINGS, set()),  # type: ignore[list-item]
-            ("Filter bar", FilterBar.BINDINGS, set()),  # type: ignore[list-item]
-            ("Tables", LineTable.BINDINGS, set()),  # type: ignore[list-item]
-            ("Machines", MachinesPane.BINDINGS, hidden(MachinesPane.WRITE_ACTIONS)),  # type: ignore[list-item]
-            ("Units", UnitsPane.BINDINGS, hidden(UnitsPane.WRITE_ACTIONS)),  # type: ignore[list-item]
-            ("Subnets", SubnetsPane.BINDINGS, set()),  # type: ignore[list-item]
-            ("Journal", JournalPane.BINDINGS, set()),  # type: ignore[list-item]
-            ("Journal view", JournalView.BINDINGS, set()),  # type: ignore[list-item]
+            ("Console", self.BINDINGS, set()),
+            ("Keys pane", KeysPane.BINDINGS, hidden(WRITE_ACTIONS)),
+            ("Key tree", KeyTree.BINDINGS, set()),
+            ("Filter bar", FilterBar.BINDINGS, set()),
+            ("Tables", LineTable.BINDINGS, set()),
+            ("Machines", MachinesPane.BINDINGS, hidden(MachinesPane.WRITE_ACTIONS)),
+            ("Units", UnitsPane.BINDINGS, hidden(UnitsPane.WRITE_ACTIONS)),
+            ("Subnets", SubnetsPane.BINDINGS, set()),
+            ("Journal", JournalPane.BINDINGS, set()),
+            ("Journal view", JournalView.BINDINGS, set()),
             (
                 "Dialogs",
                 [
@@ -445,7 +446,7 @@ class ClusterConsole(App[None]):
                     *PathPromptScreen.BINDINGS,
                 ],
                 set(),
-            ),  # type: ignore[list-item]
+            ),
         ]
 
     def action_help(self) -> None:
@@ -476,7 +477,7 @@ class ClusterConsole(App[None]):
             tab, pane = panes[section]
             title = "Keys" if section == "Keys pane" else section
             for binding in bindings:
-                if binding.action in hidden:
+                if not isinstance(binding, Binding) or binding.action in hidden:
                     continue
                 target = palette_target(pane, binding.action)
                 if target is None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import yaml
@@ -122,7 +123,8 @@ def load_config(path: Path | None = None) -> ConsoleConfig:
         section = str(key_node.value)
         if section == "clusters":
             for name_node, cluster_node in _mapping(path, value_node, "clusters"):
-                values: dict[str, object] = {}
+                # Each value has its field's type: _scalar checks it by CLUSTER_FIELDS at run time.
+                values: dict[str, Any] = {}
                 for field_node, field_value in _mapping(path, cluster_node, name_node.value):
                     name = str(field_node.value).replace("-", "_")
                     if name not in CLUSTER_FIELDS:
@@ -131,7 +133,7 @@ def load_config(path: Path | None = None) -> ConsoleConfig:
                     values[name] = _scalar(path, field_value, CLUSTER_FIELDS[name], name)
                 clusters[str(name_node.value)] = ClusterSettings(
                     name=str(name_node.value), **values
-                )  # type: ignore[arg-type]
+                )
         elif section == "keymap":
             for id_node, keys_node in _mapping(path, value_node, "keymap"):
                 keymap[str(id_node.value)] = str(_scalar(path, keys_node, "str", id_node.value))
@@ -211,7 +213,8 @@ def resolve_cluster(
         base = config.clusters[str(name)]
     else:
         base = ClusterSettings()
-    changes: dict[str, object] = {}
+    # Each change has its field's type: endpoints a tuple, the two flags a bool, the rest str.
+    changes: dict[str, Any] = {}
     for flag, value in given.items():
         if flag == "endpoints":
             changes[flag] = _endpoints(value)
@@ -222,13 +225,15 @@ def resolve_cluster(
                 raise ConfigFileError(f"--{flag.replace('_', '-')}: {error}") from error
         else:
             changes[flag] = str(value)
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(base, **changes)
 
 
 def _endpoints(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
-    return tuple(value)  # type: ignore[arg-type]
+    if isinstance(value, Iterable):
+        return tuple(str(part) for part in value)
+    raise TypeError(f"endpoints must be a string or a list of them, not {value!r}")
 
 
 def parse_keymap(keymap: Mapping[str, str]) -> dict[str, str]:

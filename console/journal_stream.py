@@ -153,16 +153,12 @@ class JournalFollower:
             start_new_session=True,
         )
         assert process.stdout is not None
-        self._set_state("following")
         try:
+            self._set_state("following")
             async for lines in _lines(process.stdout.read):
                 yield lines
         finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(process.wait(), 5)
+            await end_reader(process)
 
     async def _ssh(self) -> AsyncIterator[list[bytes]]:
         host = ssh_target(self.machine)
@@ -182,6 +178,35 @@ class JournalFollower:
             connection.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.wait_closed(), 5)
+
+
+async def end_reader(process: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """Stop a local reader and reap it: SIGTERM, then SIGKILL after ``grace`` or at a cancel.
+
+    Its output is drained to the end, so its pipe and transport close with it. Textual cancels
+    a worker once for each owner that goes (the pane, then the app): a cancel arriving here
+    kills the reader at once and is raised again only once the reader is reaped, never leaving
+    it running with its pipe open.
+    """
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    ending = asyncio.ensure_future(process.communicate())
+    cancelled = False
+    timeout: float | None = grace
+    while not ending.done():
+        try:
+            await asyncio.wait({ending}, timeout=timeout)
+        except asyncio.CancelledError:
+            cancelled = True
+        if not ending.done():
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            timeout = None
+    if not ending.cancelled():
+        ending.exception()  # a read error from a reader being ended tells nothing
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _lines(read: Callable[[int], object]) -> AsyncIterator[list[bytes]]:
@@ -210,7 +235,10 @@ async def read_journal(
             *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        output, _ = await asyncio.wait_for(process.communicate(), 15)
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), 15)
+        finally:
+            await end_reader(process)
     else:
         host = ssh_target(machine)
         async with asyncssh.connect(host, **access.ssh_options()) as connection:  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ async def select(pilot: Pilot, path: bytes) -> None:
     while (found := child_of(current, path)) is not None and found[1] and found[0] != path:
         current = found[0]
         await wait_for(pilot, lambda c=current: key_tree.shown(c))
-        key_tree.expand(current)
+        key_tree.open_directory(current)
         await wait_for(pilot, lambda c=current: c in key_tree.loaded_prefixes)
     await wait_for(pilot, lambda: key_tree.shown(path))
     key_tree.select_path(path)

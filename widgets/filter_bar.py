@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual import events, on
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input
@@ -59,7 +60,9 @@ class FilterBar(Input):
     }
     """
 
-    BINDINGS = [Binding("escape", "close", "Close filter", id="filter.close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close filter", id="filter.close")
+    ]
 
     @dataclass
     class Applied(Message):

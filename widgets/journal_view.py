@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, cast
 
 from rich.segment import Segment
 from rich.style import Style
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
@@ -53,6 +53,14 @@ class JournalEntry(NamedTuple):
     cursor: str = ""
 
 
+Row = tuple[int, int, str, str, str, str]
+"""A :class:`JournalEntry` as a plain tuple, as the view keeps its lines."""
+
+as_row = cast("Callable[[Row], Row]", tuple)
+"""``tuple``, typed: a JournalEntry copied to a plain tuple of the same items. Plain tuples,
+because thousands of tracked named tuples kept across collections set off full collections."""
+
+
 @lru_cache(maxsize=64)
 def _style(text: str) -> Style:
     return Style.parse(text) if text else Style()
@@ -80,7 +88,7 @@ class JournalView(ScrollView, can_focus=True):
     }
     """
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "scroll_by(-1)", "Up", show=False, id="journal.up"),
         Binding("down", "scroll_by(1)", "Down", show=False, id="journal.down"),
         Binding("pageup", "page(-1)", "Page up", show=False, id="journal.pageup"),
@@ -104,7 +112,7 @@ class JournalView(ScrollView, can_focus=True):
         super().__init__(id=id)
         self.limit = max(1, limit)
         """How many lines the buffer keeps; older ones are dropped."""
-        self.entries: list[tuple[int, int, str, str, str, str]] = []
+        self.entries: list[Row] = []
         """Plain tuples of the buffered lines: the collector stops tracking tuples of strings
         and ints (not subclasses), so a full buffer costs no collector pauses while following."""
         self.base = 0
@@ -149,11 +157,11 @@ class JournalView(ScrollView, can_focus=True):
         """Every buffered line, filtered or not."""
         return [JournalEntry._make(entry) for entry in self.entries]
 
-    def append(self, batch: list[tuple[int, int, str, str, str, str]]) -> int:
+    def append(self, batch: list[Row]) -> int:
         """Add a batch (one repaint); returns how many lines of it pass the filters."""
         entries = self.entries
         first_number = self.base + len(entries)
-        entries.extend(map(tuple, batch))
+        entries.extend(map(as_row, batch))
         self.total += len(batch)
         machine_width = max(map(len, (e[2] for e in batch)), default=0)
         unit_width = max(map(len, (e[3] for e in batch)), default=0)

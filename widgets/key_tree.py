@@ -5,12 +5,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
@@ -108,14 +108,14 @@ class KeyTree(ScrollView, can_focus=True):
         "key-tree--flash",
     }
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "cursor(-1)", "Up", show=False, id="tree.up"),
         Binding("down", "cursor(1)", "Down", show=False, id="tree.down"),
         Binding("pageup", "page(-1)", "Page up", show=False, id="tree.page_up"),
         Binding("pagedown", "page(1)", "Page down", show=False, id="tree.page_down"),
         Binding("home", "first", "First", show=False, id="tree.first"),
         Binding("end", "last", "Last", show=False, id="tree.last"),
-        Binding("enter,space", "toggle", "Open/close", show=False, id="tree.toggle"),
+        Binding("enter,space", "toggle_open", "Open/close", show=False, id="tree.toggle"),
         Binding("right", "open", "Open", show=False, id="tree.open"),
         Binding("left", "close", "Close or up", show=False, id="tree.close"),
     ]
@@ -302,7 +302,7 @@ class KeyTree(ScrollView, can_focus=True):
         """Mark a directory open without asking for its listing (the caller lists it)."""
         self._open.add(path)
 
-    def expand(self, path: bytes) -> None:
+    def open_directory(self, path: bytes) -> None:
         """Open the directory on view at ``path``, asking for it to be listed if needed."""
         row = self.row_of(path)
         if row is None or not self._rows[row].child.is_dir or path in self._open:
@@ -454,19 +454,19 @@ class KeyTree(ScrollView, can_focus=True):
     def action_last(self) -> None:
         self._move(len(self._rows) - 1)
 
-    def action_toggle(self) -> None:
+    def action_toggle_open(self) -> None:
         child = self.cursor_child
         if child is None or not child.is_dir:
             return
         if child.path in self._open:
             self.collapse(child.path)
         else:
-            self.expand(child.path)
+            self.open_directory(child.path)
 
     def action_open(self) -> None:
         child = self.cursor_child
         if child is not None and child.is_dir:
-            self.expand(child.path)
+            self.open_directory(child.path)
 
     def action_close(self) -> None:
         child = self.cursor_child
@@ -486,7 +486,7 @@ class KeyTree(ScrollView, can_focus=True):
         if not 0 <= row < len(self._rows):
             return
         if row == self.cursor:
-            self.action_toggle()
+            self.action_toggle_open()
         else:
             self._move(row)
 

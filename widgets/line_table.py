@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
 
 Matcher = Callable[[str], bool]
 GAP = 2
@@ -29,7 +33,7 @@ class Column:
 
     key: str
     title: str
-    sort_key: Callable[[Row], object] | None = None
+    sort_key: Callable[[Row], SupportsRichComparison] | None = None
     """How rows order by this column; by the cell's text when None."""
 
 
@@ -92,7 +96,7 @@ class LineTable(ScrollView, can_focus=True):
         "line-table--marked",
     }
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "cursor(-1)", "Up", show=False, id="table.up"),
         Binding("down", "cursor(1)", "Down", show=False, id="table.down"),
         Binding("pageup", "page(-1)", "Page up", show=False, id="table.pageup"),
@@ -162,7 +166,7 @@ class LineTable(ScrollView, can_focus=True):
             column = self.columns[self.sort_column]
             index = self.sort_column
             key = column.sort_key or (lambda row: row.cells[index])
-            view = sorted(view, key=key, reverse=self.sort_reverse)  # type: ignore[arg-type]
+            view = sorted(view, key=key, reverse=self.sort_reverse)
         self.view = view
         keys = {row.key for row in self.rows}
         self.marked &= keys

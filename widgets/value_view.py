@@ -8,7 +8,9 @@ import string
 import yaml
 from rich.syntax import Syntax
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.timer import Timer
 from textual.widgets import Static
 
 from backend.keyspace import Entry
@@ -101,9 +103,9 @@ class ValueView(VerticalScroll):
         """The metadata line as shown, without styles."""
         self.ttl: int | None = None
         """Seconds left on the key's lease, counted down locally between reads."""
-        self._ticker = None
+        self._ticker: Timer | None = None
 
-    def compose(self):  # type: ignore[no-untyped-def]
+    def compose(self) -> ComposeResult:
         yield Static(Text("select a key", style="dim"), id="value-key")
         yield Static("", id="value-meta")
         yield Static("", id="value-body")

@@ -308,7 +308,7 @@ class SubnetManager:
     def _pick(
         self, config: NetworkConfig, busy: set[ipaddress.IPv4Network | None]
     ) -> ipaddress.IPv4Network:
-        candidates = []
+        candidates: list[ipaddress.IPv4Network] = []
         index = config.index_of(config.subnet_min)
         last = config.index_of(config.subnet_max)
         while index <= last and len(candidates) < CANDIDATES:
@@ -383,7 +383,7 @@ class SubnetManager:
             await asyncio.gather(*tasks, return_exceptions=True)
         if stopped in done:
             return None
-        task = next(iter(done))
+        task = renewing if renewing in done else watching
         error = task.exception()
         if isinstance(error, EtcdError):
             return f"the store failed while keeping it ({error})"
@@ -437,6 +437,7 @@ class SubnetManager:
 
 def _public_ip(value: bytes) -> str | None:
     try:
-        return json.loads(value).get("PublicIP")
+        owner = json.loads(value).get("PublicIP")
     except (ValueError, AttributeError):
         return None
+    return None if owner is None else str(owner)

@@ -52,7 +52,7 @@ class VxlanBackend(Backend):
         return {"VtepMAC": self.mac}
 
     def _ensure_device(self) -> int:
-        found = self.ipr.link_lookup(ifname=self.device)
+        found: list[int] = self.ipr.link_lookup(ifname=self.device)
         if found:
             link = self.ipr.link("get", index=found[0])[0]
             if self._matches(link):
@@ -71,7 +71,7 @@ class VxlanBackend(Backend):
             vxlan_local=str(self.iface.public_ip),
             vxlan_link=self.iface.index,
         )
-        index = self.ipr.link_lookup(ifname=self.device)[0]
+        index: int = self.ipr.link_lookup(ifname=self.device)[0]
         self._up(index)
         log.info(
             "created %s (VNI %d, UDP port %d, local %s, on %s)",
@@ -167,6 +167,8 @@ class VxlanBackend(Backend):
                 batch.route(peer.subnet, str(peer.public_ip), self.iface.index, ROUTE_PROTO,
                             onlink=False)  # fmt: skip
                 continue
+            if peer.vtep_mac is None:  # never: _usable keeps only direct peers without one
+                continue
             gateway = str(peer.subnet.network_address)
             batch.fdb(peer.vtep_mac, str(peer.public_ip), self.index)
             batch.neighbour(gateway, peer.vtep_mac, self.index)
@@ -180,7 +182,11 @@ class VxlanBackend(Backend):
                 self.route_delete(old.subnet)
             if not self._direct(old):
                 moved = new is None or self._direct(new)
-                if moved or (new.vtep_mac, new.public_ip) != (old.vtep_mac, old.public_ip):
+                if (
+                    new is None
+                    or moved
+                    or (new.vtep_mac, new.public_ip) != (old.vtep_mac, old.public_ip)
+                ):
                     self._fdb_delete(old.vtep_mac, str(old.public_ip))
                 if moved:
                     with _gone():

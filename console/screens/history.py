@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -54,7 +56,9 @@ class HistoryScreen(ModalScreen[None]):
     }
     """
 
-    BINDINGS = [Binding("escape,q,h", "close", "Close", id="history.close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,h", "close", "Close", id="history.close")
+    ]
 
     def __init__(self, key: bytes, entries: list[Entry], compacted: bool) -> None:
         super().__init__()

@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.widgets import Input, Static
 
@@ -19,7 +20,14 @@ from backend.fleet.registry import Machine
 from console.journal_stream import BACKLOG, JournalFollower, MachineAccess
 from console.screens.path_prompt import PathPromptScreen
 from widgets.filter_bar import FilterBar
-from widgets.journal_view import DEFAULT_LIMIT, TIME_FORMATS, JournalEntry, JournalView
+from widgets.journal_view import (
+    DEFAULT_LIMIT,
+    TIME_FORMATS,
+    JournalEntry,
+    JournalView,
+    Row,
+    as_row,
+)
 from widgets.literal import cell, literal, plural
 
 FLUSH_SECONDS = 0.05
@@ -61,7 +69,7 @@ class JournalPane(Container):
     }
     """
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f", "follow", "Follow", id="journal.follow"),
         Binding("p", "priority", "Priority", id="journal.priority"),
         Binding("slash", "filter", "Grep", id="journal.grep"),
@@ -79,7 +87,7 @@ class JournalPane(Container):
         self.title = ""
         """What is followed, in words: ``hello.service on 8a3d1b2c…``."""
         self.followers: list[JournalFollower] = []
-        self.pending: list[tuple[int, int, str, str, str, str]] = []
+        self.pending: list[Row] = []
         """Lines read since the last repaint, as plain tuples (see :class:`JournalView`)."""
         self.priority_step = 0
         self.grep_text = ""
@@ -142,7 +150,7 @@ class JournalPane(Container):
         Plain tuples, because a queue of tracked objects that lives across collections
         promotes thousands of them per batch and sets off full collections while following.
         """
-        self.pending.extend(map(tuple, batch))
+        self.pending.extend(map(as_row, batch))
 
     def _state(self, follower: JournalFollower, state: str) -> None:
         # Said once per loss, and a retry only for a journal that was read: a machine never

@@ -7,12 +7,12 @@ import contextlib
 import gc
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Container, Horizontal
 from textual.css.query import NoMatches
 from textual.message import Message
@@ -72,7 +72,7 @@ class KeysPane(Container):
 
     TARGET_ACTIONS = TARGET_ACTIONS
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new", "New", id="keys.new"),
         Binding("e", "edit", "Edit", id="keys.edit"),
         Binding("d", "delete", "Delete", id="keys.delete"),
@@ -411,7 +411,7 @@ class KeysPane(Container):
         for prefix in sorted(found.directories):
             if prefix in tree.loaded_prefixes:
                 if prefix not in tree.open_prefixes:
-                    tree.expand(prefix)
+                    tree.open_directory(prefix)
                 continue
             tree.open_quietly(prefix)
             try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -40,7 +42,9 @@ class TextScreen(ModalScreen[None]):
     }
     """
 
-    BINDINGS = [Binding("escape,q,enter", "close", "Close", id="text.close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,enter", "close", "Close", id="text.close")
+    ]
 
     def __init__(self, title: Text | str, body: Text) -> None:
         super().__init__()

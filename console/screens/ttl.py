@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
@@ -49,7 +50,7 @@ class TTLScreen(ModalScreen[TTLChoice | None]):
     }
     """
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="ttl.cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="ttl.cancel")]
 
     def __init__(self, what: Text) -> None:
         super().__init__()

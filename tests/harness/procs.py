@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,11 +10,24 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def spawned(argv: Sequence[str], **options: Any) -> Iterator[subprocess.Popen[Any]]:
+    """``subprocess.Popen(argv, **options)``, killed if still running on leaving, then reaped
+    and its pipes closed: a pipe left open is a ResourceWarning, an error in the test run."""
+    with subprocess.Popen(argv, **options) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def free_port() -> int:

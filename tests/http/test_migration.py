@@ -51,6 +51,6 @@ def test_make_mirror_from_the_bundled_store_to_etcd(tmp_path: Path) -> None:
     finally:
         if mirror is not None:
             mirror.terminate()
-            mirror.wait(10)
+            mirror.communicate(timeout=10)  # reaps it and closes its pipes
         etcd.stop()
         bundled.stop()

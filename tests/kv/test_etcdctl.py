@@ -7,6 +7,7 @@ hashes, addresses, timings, versions).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from tests.harness.bundled import BundledStore
 from tests.harness.etcd import EtcdMember, start_etcd
+from tests.harness.procs import spawned
 from tests.kv.tools import ETCDCTL, Result, etcdctl
 
 _MASKS = [
@@ -137,17 +139,15 @@ def test_watch_replays_with_rev_prefix_and_prev_kv(pair: Pair) -> None:
     pair.same("del", "/w/a")
     outputs = []
     for store in pair.stores:
-        watcher = subprocess.Popen(
+        with spawned(
             [ETCDCTL, f"--endpoints={store.url}", "watch", "--prefix", "--prev-kv",
              f"--rev={start}", "/w/"],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "ETCDCTL_API": "3"},
-        )  # fmt: skip
-        assert watcher.stdout is not None
-        lines = [watcher.stdout.readline() for _ in range(16)]
-        watcher.kill()
-        watcher.wait()
+        ) as watcher:  # fmt: skip
+            assert watcher.stdout is not None
+            lines = [watcher.stdout.readline() for _ in range(16)]
         outputs.append("".join(lines))
     assert outputs[1] == outputs[0]
     assert outputs[0].startswith("PUT\n/w/a\n1\n")
@@ -212,18 +212,22 @@ def test_compaction_then_reading_history_below_it_fails_alike(fresh_pair: Pair) 
 def _lock_holders(store: EtcdMember | BundledStore, journal: Path, holders: int) -> list[str]:
     """Run contenders for one lock; each writes enter/leave lines while it holds the lock."""
     section = f"echo enter $$ >> {journal}; sleep 0.2; echo leave $$ >> {journal}"
-    procs = [
-        subprocess.Popen(
-            [ETCDCTL, f"--endpoints={store.url}", "lock", "/locks/one", "--", "sh", "-c", section],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "ETCDCTL_API": "3"},
-        )
-        for _ in range(holders)
-    ]
-    for proc in procs:
-        proc.wait(timeout=30)
-        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                spawned(
+                    [ETCDCTL, f"--endpoints={store.url}", "lock", "/locks/one", "--",
+                     "sh", "-c", section],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, "ETCDCTL_API": "3"},
+                )
+            )
+            for _ in range(holders)
+        ]  # fmt: skip
+        for proc in procs:
+            proc.wait(timeout=30)
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     return journal.read_text().split("\n")[:-1]
 
 
@@ -240,21 +244,26 @@ def test_elect_has_one_leader_and_hands_over_when_it_leaves(fresh_pair: Pair) ->
     for store in fresh_pair.stores:
         env = {**os.environ, "ETCDCTL_API": "3"}
         base = [ETCDCTL, f"--endpoints={store.url}", "elect", "/elect/one"]
-        first = subprocess.Popen([*base, "alpha"], stdout=subprocess.PIPE, text=True, env=env)
-        assert first.stdout is not None
-        assert first.stdout.readline().startswith("/elect/one/")
-        assert first.stdout.readline() == "alpha\n"
-        second = subprocess.Popen([*base, "beta"], stdout=subprocess.PIPE, text=True, env=env)
-        observed = etcdctl(store.url, "get", "--prefix", "/elect/one/", "--print-value-only")
-        # Candidates' keys sort by lease ID; beta's may not have been written yet.
-        assert "alpha" in observed.out.split()
-        assert set(observed.out.split()) <= {"alpha", "beta"}
-        time.sleep(0.5)
-        assert second.poll() is None
-        first.terminate()
-        first.wait(timeout=10)
-        assert second.stdout is not None
-        assert second.stdout.readline().startswith("/elect/one/")
-        assert second.stdout.readline() == "beta\n"
-        second.terminate()
-        second.wait(timeout=10)
+        with (
+            spawned([*base, "alpha"], stdout=subprocess.PIPE, text=True, env=env) as first,
+            contextlib.ExitStack() as stack,
+        ):
+            assert first.stdout is not None
+            assert first.stdout.readline().startswith("/elect/one/")
+            assert first.stdout.readline() == "alpha\n"
+            second = stack.enter_context(
+                spawned([*base, "beta"], stdout=subprocess.PIPE, text=True, env=env)
+            )
+            observed = etcdctl(store.url, "get", "--prefix", "/elect/one/", "--print-value-only")
+            # Candidates' keys sort by lease ID; beta's may not have been written yet.
+            assert "alpha" in observed.out.split()
+            assert set(observed.out.split()) <= {"alpha", "beta"}
+            time.sleep(0.5)
+            assert second.poll() is None
+            first.terminate()
+            first.wait(timeout=10)
+            assert second.stdout is not None
+            assert second.stdout.readline().startswith("/elect/one/")
+            assert second.stdout.readline() == "beta\n"
+            second.terminate()
+            second.wait(timeout=10)

@@ -278,7 +278,7 @@ class Topology:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 server.kill()
-                server.wait(timeout=5)
+                server.communicate(timeout=5)  # reaps it and closes its stdout pipe
         for ns in reversed(self.namespaces):
             ip("netns", "del", ns, check=False)
         self.namespaces.clear()

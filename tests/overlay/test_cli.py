@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,11 +12,13 @@ import time
 from pathlib import Path
 
 from backend.etcd import EtcdClient
-from tests.harness.procs import REPO
+from tests.harness.procs import REPO, spawned
 
 
-def start_overlay(url: str, data_dir: Path, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def start_overlay(
+    url: str, data_dir: Path, prefix: str, *extra: str
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return spawned(
         [sys.executable, "-m", "backend.daemon", "overlay", "--endpoints", url,
          "--data-dir", str(data_dir), "--public-ip", "10.0.0.5", "--prefix", prefix,
          "--lease-only", *extra],
@@ -41,14 +44,10 @@ async def test_overlay_writes_subnet_env_and_a_restart_keeps_the_subnet(
     prefix = ns.decode().rstrip("/") + "/coreos.com/network"
     await kv.put(f"{prefix}/config".encode(), b'{"Network": "10.20.0.0/16"}')
     env_file = tmp_path / "subnet.env"
-    first = start_overlay(store.url, tmp_path, prefix, "--ip-masq")
-    try:
+    with start_overlay(store.url, tmp_path, prefix, "--ip-masq") as first:
         text = wait_for_file(env_file, first)
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
-    finally:
-        if first.poll() is None:
-            first.kill()
     values = dict(line.split("=", 1) for line in text.splitlines())
     assert values["FLANNEL_NETWORK"] == "10.20.0.0/16"
     assert values["FLANNEL_MTU"] == "1450" and values["FLANNEL_IPMASQ"] == "true"
@@ -59,10 +58,8 @@ async def test_overlay_writes_subnet_env_and_a_restart_keeps_the_subnet(
     assert json.loads(stored.value)["PublicIP"] == "10.0.0.5"
 
     env_file.unlink()
-    second = start_overlay(store.url, tmp_path, prefix)
-    try:
+    with start_overlay(store.url, tmp_path, prefix) as second:
         again = wait_for_file(env_file, second)
-    finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
     assert f"FLANNEL_SUBNET={subnet}\n" in again

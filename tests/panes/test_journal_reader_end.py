@@ -1,0 +1,114 @@
+"""A local `clusterd journal` reader ends with its follower: reaped, its pipe closed.
+
+Textual cancels a worker once for each owner that goes (the pane, then the app), so the
+reader's clean-up is itself cancelled; before, that left the reader running and its
+subprocess transport unclosed (the "unclosed transport" ResourceWarning at the end of a run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.fleet.registry import Machine
+from backend.journal.writer import JournalWriter
+from console.journal_stream import JournalFollower, MachineAccess, read_journal
+from widgets.journal_view import JournalEntry
+
+MACHINE = "c0ffee00" * 4
+
+
+def local_machine(tmp_path: Path) -> tuple[Machine, Path]:
+    """This host as a machine, with a journal of a few lines in its data directory."""
+    data_dir = tmp_path / "machine"
+    writer = JournalWriter(data_dir, hostname=socket.gethostname(), machine_id=MACHINE)
+    for number in range(5):
+        writer.line(f"line {number}".encode(), unit="here.service", identifier="sh", pid=1)
+    writer.flush()
+    machine = Machine(MACHINE, "127.0.0.1", {}, socket.gethostname(), str(data_dir))
+    assert MachineAccess().is_local(machine)
+    return machine, data_dir
+
+
+def readers_of(data_dir: Path) -> list[int]:
+    """PIDs of `clusterd journal` processes reading ``data_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"journal" in argv and f"--data-dir={data_dir}".encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_follower_cancelled_twice_reaps_its_reader_before_it_ends(
+    tmp_path: Path,
+) -> None:
+    machine, data_dir = local_machine(tmp_path)
+    follower = JournalFollower(MachineAccess(), machine, [], "here")
+    batches: asyncio.Queue[list[JournalEntry]] = asyncio.Queue()
+
+    async def consume() -> None:
+        async for batch in follower.follow():
+            batches.put_nowait(batch)
+
+    task = asyncio.create_task(consume())
+    first = await asyncio.wait_for(batches.get(), 30)
+    assert [entry.message for entry in first][:5] == [f"line {n}" for n in range(5)]
+    assert follower.state == "following"
+    [reader] = readers_of(data_dir)
+
+    task.cancel()
+    await asyncio.sleep(0)  # the reader's clean-up has begun: SIGTERM sent, waiting for it
+    task.cancel()  # as Textual does when the app goes after the pane
+    await asyncio.wait({task}, timeout=30)
+    assert task.cancelled()
+    # Reaped by the time the follower is done: neither running nor a zombie (/proc/PID).
+    assert not Path(f"/proc/{reader}").exists()
+    assert readers_of(data_dir) == []
+
+
+async def test_a_cancelled_journal_read_reaps_its_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit status detail's read, cancelled while the reader starts (its pane closed)."""
+    machine, data_dir = local_machine(tmp_path)
+    spawned: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(*argv: Any, **options: Any) -> asyncio.subprocess.Process:
+        process = await spawn(*argv, **options)
+        spawned.append(process)
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    task = asyncio.create_task(read_journal(MachineAccess(), machine, [], "here"))
+    for _ in range(2000):  # until the reader is spawned: a few loop turns
+        if spawned or task.done():
+            break
+        await asyncio.sleep(0.001)
+    [reader] = spawned
+    assert reader.returncode is None  # still starting: a Python interpreter and its imports
+    task.cancel()
+    await asyncio.wait({task}, timeout=30)
+    assert task.cancelled()
+    assert reader.returncode is not None
+    assert not Path(f"/proc/{reader.pid}").exists()
+    assert readers_of(data_dir) == []
+
+
+async def test_a_journal_read_that_ends_by_itself_still_returns_the_lines(
+    tmp_path: Path,
+) -> None:
+    machine, data_dir = local_machine(tmp_path)
+    entries = await read_journal(MachineAccess(), machine, ["here.service"], "here", lines=3)
+    assert [entry.message for entry in entries] == ["line 2", "line 3", "line 4"]
+    assert readers_of(data_dir) == []
