@@ -162,7 +162,7 @@ class JournalFollower:
 
     async def _ssh(self) -> AsyncIterator[list[bytes]]:
         host = ssh_target(self.machine)
-        connection = await asyncssh.connect(host, **self.access.ssh_options())  # type: ignore[arg-type]
+        connection = await asyncssh.connect(host, **self.access.ssh_options())
         try:
             # A PTY ties the remote reader to this session: closing it hangs the reader up.
             process = await connection.create_process(
@@ -241,7 +241,7 @@ async def read_journal(
             await end_reader(process)
     else:
         host = ssh_target(machine)
-        async with asyncssh.connect(host, **access.ssh_options()) as connection:  # type: ignore[arg-type]
+        async with asyncssh.connect(host, **access.ssh_options()) as connection:
             result = await asyncio.wait_for(
                 connection.run(access.remote_command(command), encoding=None), 15
             )

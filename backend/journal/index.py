@@ -4,8 +4,9 @@ Beside each segment ``N.journal`` lies ``N.idx``: for every value of the indexed
 (``_SYSTEMD_UNIT``, ``UNIT``, ``SYSLOG_IDENTIFIER``, ``PRIORITY``, ``_PID``, ``_BOOT_ID``) and
 for every header priority, the sorted byte offsets of the records holding it; the offset,
 seqnum and realtime of every record; every record's MESSAGE, one per line, for -g (see
-:data:`MESSAGES`); and the segment's first/last seqnum and lowest/highest realtime. It covers the segment's whole frames up to ``covered_end``; whatever a writer
-appended since is read the old way, frame by frame.
+:data:`MESSAGES`); and the segment's first/last seqnum and lowest/highest realtime. It
+covers the segment's whole frames up to ``covered_end``; whatever a writer appended since
+is read the old way, frame by frame.
 
 An index is a snapshot, written to a temporary file and renamed over the old one. It is
 never trusted blindly: its header, directory and every section carry a CRC32, and the

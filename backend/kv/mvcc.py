@@ -81,9 +81,9 @@ class KeySpace:
         self.compacted = 0
         """The newest compacted revision; history before it is gone."""
         self.index: dict[bytes, KeyHistory] = {}
-        self.keys: SortedList = SortedList()
+        self.keys: SortedList[bytes] = SortedList()
         """Every key with a history, sorted (O(log n) inserts), for range scans."""
-        self.dead: SortedList = SortedList()
+        self.dead: SortedList[bytes] = SortedList()
         """Keys whose newest record is a deletion: ``keys`` less these are the live keys, so
         a range counts and pages at the newest revision without walking all it covers."""
         self.log: list[Batch] = []
@@ -120,7 +120,7 @@ class KeySpace:
             return []
         return list(self.keys.irange(key, end, inclusive=(True, False)))
 
-    def _span(self, keys: SortedList, key: bytes, end: bytes) -> tuple[int, int]:
+    def _span(self, keys: SortedList[bytes], key: bytes, end: bytes) -> tuple[int, int]:
         start = keys.bisect_left(key)
         stop = len(keys) if end == FROM_KEY else keys.bisect_left(end)
         return start, max(start, stop)
