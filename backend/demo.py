@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend import filemodes
-from backend.etcd import EtcdClient, make_client
-from backend.fleet.demo import DemoNodes, seed_scheduler, start_nodes, store_command
-from backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
+from clustertui.backend import filemodes
+from clustertui.backend.etcd import EtcdClient, make_client
+from clustertui.backend.fleet.demo import DemoNodes, seed_scheduler, start_nodes, store_command
+from clustertui.backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
 
 READY_SECONDS = 20.0
 
@@ -194,7 +194,7 @@ async def start_cluster(
     extra: dict[str, str] = {}
     try:
         if netns:
-            from backend.overlay.netns import DemoNetwork
+            from clustertui.backend.overlay.netns import DemoNetwork
 
             network = DemoNetwork()
             extra = await asyncio.to_thread(_prepare_netns, network, root, machines)
@@ -224,7 +224,7 @@ async def start_cluster(
 
 def _prepare_netns(network: Any, root: Path, machines: int) -> dict[str, str]:
     """Create the namespaces and write the overlay-ping script; its unit, by name."""
-    from backend.overlay.netns import PING
+    from clustertui.backend.overlay.netns import PING
 
     network.create(machines)
     root.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ def _prepare_netns(network: Any, root: Path, machines: int) -> dict[str, str]:
 
 
 def _add_containers(network: Any, root: Path, machines: int) -> None:
-    from backend.overlay.lease import read_subnet_env
+    from clustertui.backend.overlay.lease import read_subnet_env
 
     for index in range(1, machines + 1):
         path = root / f"node{index}" / "subnet.env"

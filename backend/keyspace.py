@@ -8,8 +8,8 @@ from typing import Any
 
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, KeyNotFound, RequestTooLarge, RevisionCompacted, typed_error
-from backend.keys import prefix_end
+from clustertui.backend.etcd import EtcdClient, KeyNotFound, RequestTooLarge, RevisionCompacted, typed_error
+from clustertui.backend.keys import prefix_end
 
 MIN_PAGE = 32
 MAX_PAGE = 4096

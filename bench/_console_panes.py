@@ -27,13 +27,13 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Log
 
-from backend.fleet.registry import ClusterState, Job, Machine, UnitState
-from backend.journal.fmt import Formatter
-from console.cluster import ClusterModel
-from console.journal_stream import MachineAccess, parse_entry
-from console.screens.journal import JournalPane
-from console.screens.units import UnitsPane
-from widgets.line_table import LineTable
+from clustertui.backend.fleet.registry import ClusterState, Job, Machine, UnitState
+from clustertui.backend.journal.fmt import Formatter
+from clustertui.console.cluster import ClusterModel
+from clustertui.console.journal_stream import MachineAccess, parse_entry
+from clustertui.console.screens.journal import JournalPane
+from clustertui.console.screens.units import UnitsPane
+from clustertui.widgets.line_table import LineTable
 
 SIZE = (120, 36)
 TARGET_RATE = 100_000

@@ -134,7 +134,7 @@ def measure(
 def _put_range_key(store: RunningStore) -> None:
     import asyncio
 
-    from backend.etcd import make_client
+    from clustertui.backend.etcd import make_client
 
     async def put() -> None:
         client = make_client([store.url])

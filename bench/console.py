@@ -27,12 +27,12 @@ from textual import events
 from textual.geometry import Region
 from textual.strip import Strip
 
-from backend.etcd import EtcdClient, make_client
+from clustertui.backend.etcd import EtcdClient, make_client
 from bench import _console_panes
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.session import Session
-from widgets.key_tree import KeyTree
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.session import Session
+from clustertui.widgets.key_tree import KeyTree
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (120, 36)
@@ -69,7 +69,7 @@ def start_store(kind: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
             "--quota-backend-bytes", str(4 * 1024**3),
         ]  # fmt: skip
     else:
-        argv = [sys.executable, "-m", "backend.daemon", "kv", "--data-dir", str(root / "kv"),
+        argv = [sys.executable, "-m", "clustertui.backend.daemon", "kv", "--data-dir", str(root / "kv"),
                 "--listen-client-urls", url]  # fmt: skip
     log = (root / "store.log").open("ab")
     process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO, start_new_session=True)

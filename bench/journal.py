@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.writer import JournalWriter
 
 REPO = Path(__file__).resolve().parents[1]
 LINE = b"GET /api/v1/items/%d 200 1532us user=alice request_id=5f3c9a7e trace=ok"
@@ -101,7 +101,7 @@ def read_json(argv: list[str]) -> tuple[float, int, float]:
 
 
 def clusterd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "backend.daemon", *args]
+    return [sys.executable, "-m", "clustertui.backend.daemon", *args]
 
 
 # -- follow latency ------------------------------------------------------------------------

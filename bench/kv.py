@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from backend.etcd import EtcdClient, make_client
+from clustertui.backend.etcd import EtcdClient, make_client
 from bench import _etcd_tool as etcd_tool
 from tests.harness.bundled import start_bundled
 from tests.harness.etcd import start_etcd

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.etcd import make_client
+from clustertui.backend.etcd import make_client
 from tests.netns.topology import Topology, in_ns, ip, start_store, sweep_leftovers
 
 PREFIX = "/bench/coreos.com/network"

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, make_client
-from backend.fleet.engine import Engine
-from backend.fleet.registry import MAX_TXN_OPS, Machine, Registry, UnitState
-from backend.fleet.unitfile import unit_hash
-from backend.keys import prefix_end
+from clustertui.backend.etcd import EtcdClient, make_client
+from clustertui.backend.fleet.engine import Engine
+from clustertui.backend.fleet.registry import MAX_TXN_OPS, Machine, Registry, UnitState
+from clustertui.backend.fleet.unitfile import unit_hash
+from clustertui.backend.keys import prefix_end
 from tests.harness.stores import STARTERS
 
 # Machines share presence leases in groups, so that a whole group vanishes at once the way

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from backend.fleet.demo import clusterd_command
-from backend.fleet.model import Machine, UnsafeValue, check_machine, ssh_target
-from backend.fleet.validate import cursor_problem, unit_name_problem
-from console.tunnel import Tunnel
+from clustertui.backend.fleet.demo import clusterd_command
+from clustertui.backend.fleet.model import Machine, UnsafeValue, check_machine, ssh_target
+from clustertui.backend.fleet.validate import cursor_problem, unit_name_problem
+from clustertui.console.tunnel import Tunnel
 
 __all__ = [
     "Hop",

@@ -26,12 +26,12 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 
-from backend.etcd import EtcdError, diagnose, error_words
-from backend.fleet.model import short_id
-from backend.text import literal as text_literal
-from console.access import MachineAccess
-from console.cluster import ClusterFeed, ClusterModel
-from console.config import (
+from clustertui.backend.etcd import EtcdError, diagnose, error_words
+from clustertui.backend.fleet.model import short_id
+from clustertui.backend.text import literal as text_literal
+from clustertui.console.access import MachineAccess
+from clustertui.console.cluster import ClusterFeed, ClusterModel
+from clustertui.console.config import (
     ClusterSettings,
     ConfigFileError,
     ConsoleConfig,
@@ -40,28 +40,28 @@ from console.config import (
     parse_keymap,
     resolve_cluster,
 )
-from console.screens.confirm import ConfirmScreen
-from console.screens.edit_value import EditValueScreen
-from console.screens.help import HelpRow, HelpScreen
-from console.screens.history import HistoryScreen
-from console.screens.journal import JournalPane, Target
-from console.screens.keys import WRITE_ACTIONS, KeysPane
-from console.screens.machines import MachinesPane
-from console.screens.new_key import NewKeyScreen
-from console.screens.path_prompt import PathPromptScreen
-from console.screens.subnets import SubnetsPane
-from console.screens.table_pane import TablePane
-from console.screens.text_view import TextScreen
-from console.screens.ttl import TTLScreen
-from console.screens.units import UnitsPane
-from console.session import STATUS_TIMEOUT, Session
-from console.tunnel import TunnelError, TunnelState
-from widgets.cluster_header import ClusterHeader
-from widgets.filter_bar import FilterBar
-from widgets.journal_view import DEFAULT_LIMIT, JournalView
-from widgets.key_tree import KeyTree
-from widgets.line_table import LineTable
-from widgets.literal import plural
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.edit_value import EditValueScreen
+from clustertui.console.screens.help import HelpRow, HelpScreen
+from clustertui.console.screens.history import HistoryScreen
+from clustertui.console.screens.journal import JournalPane, Target
+from clustertui.console.screens.keys import WRITE_ACTIONS, KeysPane
+from clustertui.console.screens.machines import MachinesPane
+from clustertui.console.screens.new_key import NewKeyScreen
+from clustertui.console.screens.path_prompt import PathPromptScreen
+from clustertui.console.screens.subnets import SubnetsPane
+from clustertui.console.screens.table_pane import TablePane
+from clustertui.console.screens.text_view import TextScreen
+from clustertui.console.screens.ttl import TTLScreen
+from clustertui.console.screens.units import UnitsPane
+from clustertui.console.session import STATUS_TIMEOUT, Session
+from clustertui.console.tunnel import TunnelError, TunnelState
+from clustertui.widgets.cluster_header import ClusterHeader
+from clustertui.widgets.filter_bar import FilterBar
+from clustertui.widgets.journal_view import DEFAULT_LIMIT, JournalView
+from clustertui.widgets.key_tree import KeyTree
+from clustertui.widgets.line_table import LineTable
+from clustertui.widgets.literal import plural
 
 TABS = [
     ("keys", "Keys"),
@@ -623,7 +623,7 @@ async def run_demo(
     config: ConsoleConfig, read_only: bool, journal_limit: int, netns: bool = False
 ) -> int:
     """Start the demo cluster (store, nodes, units) in a temporary directory, open it, stop it."""
-    from backend import demo
+    from clustertui.backend import demo
 
     if netns and (why := demo.netns_possible()):
         print(f"clustertui: {why}", file=sys.stderr)

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backend.etcd import DELETE, EtcdClient, EtcdError, RevisionCompacted
-from backend.fleet.model import ClusterState, Subnet
-from backend.fleet.registry import DEFAULT_PREFIX, Registry
-from backend.keys import prefix_end
-from backend.overlay.config import DEFAULT_PREFIX as OVERLAY_PREFIX
-from backend.overlay.config import ConfigError, NetworkConfig, parse_config
-from backend.overlay.routes import kernel_routes
+from clustertui.backend.etcd import DELETE, EtcdClient, EtcdError, RevisionCompacted
+from clustertui.backend.fleet.model import ClusterState, Subnet
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
+from clustertui.backend.keys import prefix_end
+from clustertui.backend.overlay.config import DEFAULT_PREFIX as OVERLAY_PREFIX
+from clustertui.backend.overlay.config import ConfigError, NetworkConfig, parse_config
+from clustertui.backend.overlay.routes import kernel_routes
 
 __all__ = ["ClusterFeed", "ClusterModel", "MachineLease", "Subnet"]
 

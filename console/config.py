@@ -12,7 +12,7 @@ from typing import Any
 import platformdirs
 import yaml
 
-from backend.etcd import DEFAULT_ENDPOINT
+from clustertui.backend.etcd import DEFAULT_ENDPOINT
 
 DEFAULT_THEME = "textual-dark"
 

@@ -12,10 +12,10 @@ from typing import Literal
 
 import asyncssh
 
-from backend.fleet.model import Machine, UnsafeValue, ssh_target
-from console.access import MachineAccess, journal_command, local_clusterd
-from console.tunnel import TunnelError
-from widgets.journal_view import JournalEntry
+from clustertui.backend.fleet.model import Machine, UnsafeValue, ssh_target
+from clustertui.console.access import MachineAccess, journal_command, local_clusterd
+from clustertui.console.tunnel import TunnelError
+from clustertui.widgets.journal_view import JournalEntry
 
 FollowerState = Literal["connecting", "following", "reconnecting", "refused"]
 """Where a journal follower is: dialling, reading, lost and dialling again, or refused (the

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from aetcd import rpc
 
-from backend.etcd import Endpoint, EtcdClient, EtcdError, make_client, typed_error
-from console.config import ClusterSettings
-from console.tunnel import Tunnel, TunnelState, open_tunnel
+from clustertui.backend.etcd import Endpoint, EtcdClient, EtcdError, make_client, typed_error
+from clustertui.console.config import ClusterSettings
+from clustertui.console.tunnel import Tunnel, TunnelState, open_tunnel
 
 STATUS_TIMEOUT = 3.0
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import asyncssh
 
-from backend.etcd import Endpoint
+from clustertui.backend.etcd import Endpoint
 
 DEFAULT_TIMEOUT = 10.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient, make_client
+from clustertui.backend.etcd import EtcdClient, make_client
 from tests.harness.etcd import EtcdCluster, EtcdMember, start_etcd, start_etcd_cluster
 from tests.harness.sshd import SSHServer, start_sshd
 from tests.harness.stores import STARTERS, RunningStore

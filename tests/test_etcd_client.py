@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from backend.etcd import (
+from clustertui.backend.etcd import (
     ConfigError,
     EtcdClient,
     RevisionCompacted,
     StoreUnavailable,
     make_client,
 )
-from backend.keys import prefix_end
+from clustertui.backend.keys import prefix_end
 from tests.harness.etcd import EtcdMember
 from tests.harness.procs import REPO, free_port
 
@@ -142,7 +142,7 @@ def test_unusable_endpoints_are_refused_with_the_reason(endpoints: str, complain
 
 IDLE_CLIENT = """
 import asyncio, sys
-from backend.etcd import make_client
+from clustertui.backend.etcd import make_client
 
 async def main():
     client = make_client([sys.argv[1]])

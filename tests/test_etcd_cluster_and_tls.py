@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient, EtcdError, TLSError, make_client
+from clustertui.backend.etcd import EtcdClient, EtcdError, TLSError, make_client
 from tests.harness.etcd import EtcdCluster, EtcdMember, TLSFiles, start_etcd
 from tests.harness.pki import CA
 

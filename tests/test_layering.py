@@ -15,7 +15,7 @@ from tests.harness.procs import REPO
 
 IMPORT_ALL_BACKEND = """
 import importlib, pkgutil, sys
-import backend
+import clustertui.backend
 for module in pkgutil.walk_packages(backend.__path__, "backend."):
     importlib.import_module(module.name)
 loaded = sorted(name for name in sys.modules if name == "textual" or name.startswith("textual."))
@@ -84,7 +84,7 @@ def test_every_command_answers_help_with_its_usage(command: str) -> None:
 @pytest.mark.parametrize("subcommand", ["kv", "node", "overlay", "cat", "journal", "demo"])
 def test_every_clusterd_subcommand_answers_help(subcommand: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "backend.daemon", subcommand, "--help"],
+        [sys.executable, "-m", "clustertui.backend.daemon", subcommand, "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,

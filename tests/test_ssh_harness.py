@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from backend.etcd import make_client
+from clustertui.backend.etcd import make_client
 from tests.harness.etcd import EtcdMember
 from tests.harness.sshd import SSHServer, keygen, start_asyncssh_server
 

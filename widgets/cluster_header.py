@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from widgets.literal import literal
+from clustertui.widgets.literal import literal
 
 
 class ClusterHeader(Static):

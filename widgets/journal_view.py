@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from widgets.literal import cell, clean
+from clustertui.widgets.literal import cell, clean
 
 DEFAULT_LIMIT = 100_000
 TIME_FORMATS = {

@@ -16,11 +16,11 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from backend.etcd import DELETE, PUT
-from backend.keys import prefix_end
-from backend.keyspace import Child, Listing, child_of, display_name
-from widgets.filter_bar import Matcher
-from widgets.literal import cell, plural
+from clustertui.backend.etcd import DELETE, PUT
+from clustertui.backend.keys import prefix_end
+from clustertui.backend.keyspace import Child, Listing, child_of, display_name
+from clustertui.widgets.filter_bar import Matcher
+from clustertui.widgets.literal import cell, plural
 
 STRIP_CACHE = 4096
 """Drawn rows kept between paints; a storm mostly changes counts, not what is on screen."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from backend.text import literal as _literal
+from clustertui.backend.text import literal as _literal
 
 
 def clean(text: str | bytes, *, lines: bool = True) -> str:

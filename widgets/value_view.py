@@ -13,8 +13,8 @@ from textual.containers import VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Static
 
-from backend.keyspace import Entry
-from widgets.literal import clean, literal
+from clustertui.backend.keyspace import Entry
+from clustertui.widgets.literal import clean, literal
 
 HEX_WIDTH = 16
 THEME = "ansi_dark"

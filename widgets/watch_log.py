@@ -8,8 +8,8 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import RichLog
 
-from backend.etcd import DELETE
-from widgets.literal import literal
+from clustertui.backend.etcd import DELETE
+from clustertui.widgets.literal import literal
 
 MAX_LINES = 2000
 VALUE_PREVIEW = 80

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.engine import global_runs_on
-from backend.fleet.fence import DEFAULT_MARGIN, SAFETY, FencedLease, clock
-from backend.fleet.model import ClusterState, Job, Machine, UnitState, unit_is_global
-from backend.fleet.output import LineSink
-from backend.fleet.registry import Registry
-from backend.fleet.runner import UnitRunner, reap_orphans
-from backend.fleet.tasks import first_completed, watch_changes
+from clustertui.backend.etcd import EtcdClient, EtcdError
+from clustertui.backend.fleet.engine import global_runs_on
+from clustertui.backend.fleet.fence import DEFAULT_MARGIN, SAFETY, FencedLease, clock
+from clustertui.backend.fleet.model import ClusterState, Job, Machine, UnitState, unit_is_global
+from clustertui.backend.fleet.output import LineSink
+from clustertui.backend.fleet.registry import Registry
+from clustertui.backend.fleet.runner import UnitRunner, reap_orphans
+from clustertui.backend.fleet.tasks import first_completed, watch_changes
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from backend import filemodes
-from backend.etcd import ConfigError, EtcdError, make_client
-from backend.fleet.agent import Agent
-from backend.fleet.engine import Engine
-from backend.fleet.fence import DEFAULT_MARGIN, parse_margin
-from backend.fleet.model import Machine
-from backend.fleet.output import open_journal
-from backend.fleet.registry import DEFAULT_PREFIX, Registry
-from backend.fleet.unitfile import parse_timespan
-from backend.version import VERSION
+from clustertui.backend import filemodes
+from clustertui.backend.etcd import ConfigError, EtcdError, make_client
+from clustertui.backend.fleet.agent import Agent
+from clustertui.backend.fleet.engine import Engine
+from clustertui.backend.fleet.fence import DEFAULT_MARGIN, parse_margin
+from clustertui.backend.fleet.model import Machine
+from clustertui.backend.fleet.output import open_journal
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
+from clustertui.backend.fleet.unitfile import parse_timespan
+from clustertui.backend.version import VERSION
 
 log = logging.getLogger("clusterd.node")
 
@@ -140,7 +140,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     sink: Any = open_journal(data_dir, hostname=hostname, machine_id=ident)
     metrics = None
     if args.metrics_port:
-        from backend.fleet.metrics import CountingSink, NodeMetrics
+        from clustertui.backend.fleet.metrics import CountingSink, NodeMetrics
 
         metrics = NodeMetrics()
         sink = metrics.sink = CountingSink(sink)
@@ -159,8 +159,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         metrics.agent = agent
     if not args.no_overlay:
         # Imported only when used: the overlay is optional on a node.
-        from backend.overlay.cli import check_underlay, serve
-        from backend.overlay.lease import SubnetManager
+        from clustertui.backend.overlay.cli import check_underlay, serve
+        from clustertui.backend.overlay.lease import SubnetManager
 
         overlay = SubnetManager(
             client,
@@ -188,7 +188,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         tasks.append(asyncio.create_task(engine.run(stop), name="engine"))
     server = None
     if metrics is not None:
-        from backend.fleet.metrics import serve_metrics
+        from clustertui.backend.fleet.metrics import serve_metrics
 
         server = await serve_metrics(metrics, args.metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", args.metrics_port)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.etcd import make_client
-from backend.fleet.registry import DEFAULT_PREFIX, Registry
-from backend.keys import prefix_end
-from backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
+from clustertui.backend.keys import prefix_end
+from clustertui.backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 def clusterd_command() -> list[str]:
     """How to run `clusterd` so `ps` names it so: the installed `clusterd` script beside
     this Python (the kernel names a `#!` script's process after the script), else
-    ``python -m backend.daemon`` from a bare checkout."""
+    ``python -m clustertui.backend.daemon`` from a bare checkout."""
     script = Path(sys.executable).with_name("clusterd")
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "backend.daemon"]
+    return [sys.executable, "-m", "clustertui.backend.daemon"]
 
 
 def clusterd_path() -> str:

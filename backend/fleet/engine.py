@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.model import ClusterState, Job, Machine
-from backend.fleet.registry import MAX_TXN_OPS, KeptLease, Registry
-from backend.fleet.tasks import first_completed, watch_changes
-from backend.fleet.unitfile import FleetOptions
+from clustertui.backend.etcd import EtcdClient, EtcdError
+from clustertui.backend.fleet.model import ClusterState, Job, Machine
+from clustertui.backend.fleet.registry import MAX_TXN_OPS, KeptLease, Registry
+from clustertui.backend.fleet.tasks import first_completed, watch_changes
+from clustertui.backend.fleet.unitfile import FleetOptions
 
 log = logging.getLogger(__name__)
 COALESCE_SECONDS = 0.05

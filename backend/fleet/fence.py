@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from backend.etcd import EtcdClient, EtcdError
-from backend.fleet.registry import KeptLease
+from clustertui.backend.etcd import EtcdClient, EtcdError
+from clustertui.backend.fleet.registry import KeptLease
 
 DEFAULT_MARGIN = 0.3
 """The part of the TTL kept for stopping units: they are stopped after 0.7 TTL without renewal."""

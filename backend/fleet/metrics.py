@@ -21,8 +21,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from backend.kv.http.conn import HTTPConnection, HTTPLimits, Request, Response, text
-from backend.kv.stats import Histogram
+from clustertui.backend.kv.http.conn import HTTPConnection, HTTPLimits, Request, Response, text
+from clustertui.backend.kv.stats import Histogram
 
 RECONCILE_BUCKETS = tuple(0.001 * 2**i for i in range(15))
 

@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from backend.fleet.unitfile import UnitFile
-from backend.fleet.validate import machine_problem, subnet_record_problem, unit_name_problem
-from backend.overlay.lease import parse_subnet_key
+from clustertui.backend.fleet.unitfile import UnitFile
+from clustertui.backend.fleet.validate import machine_problem, subnet_record_problem, unit_name_problem
+from clustertui.backend.overlay.lease import parse_subnet_key
 
 TargetState = Literal["inactive", "loaded", "launched"]
 """A desired state clients may write (``job/<unit>/target-state``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.writer import JournalWriter
 
 
 class LineSink(Protocol):

@@ -10,8 +10,8 @@ from typing import Any
 
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, EtcdError, typed_error
-from backend.fleet.model import (
+from clustertui.backend.etcd import EtcdClient, EtcdError, typed_error
+from clustertui.backend.fleet.model import (
     TARGET_STATES,
     ClusterState,
     CurrentState,
@@ -21,8 +21,8 @@ from backend.fleet.model import (
     UnitState,
     current_state,
 )
-from backend.fleet.unitfile import UnitFile, parse, unit_hash
-from backend.keys import prefix_end
+from clustertui.backend.fleet.unitfile import UnitFile, parse, unit_hash
+from clustertui.backend.keys import prefix_end
 
 # The records live in the model; they are named here too, where most code has found them.
 __all__ = [

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend import filemodes
-from backend.fleet.output import LineSink
-from backend.fleet.unitfile import ExecCommand, ServiceOptions, UnitFile
+from clustertui.backend import filemodes
+from clustertui.backend.fleet.output import LineSink
+from clustertui.backend.fleet.unitfile import ExecCommand, ServiceOptions, UnitFile
 
 # Signals after which systemd counts a main process as having exited cleanly.
 CLEAN_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}

@@ -7,8 +7,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable
 
-from backend.etcd import EtcdClient, EtcdError, RevisionCompacted
-from backend.keys import prefix_end
+from clustertui.backend.etcd import EtcdClient, EtcdError, RevisionCompacted
+from clustertui.backend.keys import prefix_end
 
 log = logging.getLogger(__name__)
 

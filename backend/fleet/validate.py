@@ -13,7 +13,7 @@ import ipaddress
 import re
 from typing import Any
 
-from backend.fleet.unitfile import UnitFileError, validate_name
+from clustertui.backend.fleet.unitfile import UnitFileError, validate_name
 
 # What `clusterd node --machine-id` accepts and what it generates (uuid4 hex, fleet's 32
 # hex digits): letters and digits, 8 to 64 of them.

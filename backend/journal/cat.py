@@ -11,8 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from backend.journal.cli import DEFAULT_DATA_DIR, UsageError, parse_priority
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.cli import DEFAULT_DATA_DIR, UsageError, parse_priority
+from clustertui.backend.journal.writer import JournalWriter
 
 READ_SIZE = 65536
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from backend.journal.fmt import FORMATS, Formatter, cursor, parse_cursor
-from backend.journal.reader import DirectoryWatch, Journal, Position, Query
-from backend.journal.store import Record
+from clustertui.backend.journal.fmt import FORMATS, Formatter, cursor, parse_cursor
+from clustertui.backend.journal.reader import DirectoryWatch, Journal, Position, Query
+from clustertui.backend.journal.store import Record
 
 PRIORITY_NAMES = {
     "emerg": 0,

@@ -8,8 +8,8 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 
-from backend.journal import store
-from backend.journal.store import Record
+from clustertui.backend.journal import store
+from clustertui.backend.journal.store import Record
 
 Value = bytes | None | list[bytes | None]
 """A field's value: bytes; None where journalctl left out a long value; a list when repeated."""

@@ -31,7 +31,7 @@ from itertools import accumulate, chain, repeat
 from operator import add, le, lt
 from pathlib import Path
 
-from backend.journal import store
+from clustertui.backend.journal import store
 
 INDEXED = ("_SYSTEMD_UNIT", "UNIT", "SYSLOG_IDENTIFIER", "PRIORITY", "_PID", "_BOOT_ID")
 INDEX_SUFFIX = ".idx"
@@ -369,7 +369,7 @@ class Builder:
         path = index_path(segment)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         data = self.serialize()
-        from backend import filemodes  # here: a reader saves an index only when it rebuilt one
+        from clustertui.backend import filemodes  # here: a reader saves an index only when it rebuilt one
 
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         fd = os.open(tmp, flags, filemodes.JOURNAL_FILE)

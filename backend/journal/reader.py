@@ -16,9 +16,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from backend.journal import index, store
-from backend.journal.fmt import decode_value
-from backend.journal.store import Record
+from clustertui.backend.journal import index, store
+from clustertui.backend.journal.fmt import decode_value
+from clustertui.backend.journal.store import Record
 
 # typing costs `clusterd journal` a few milliseconds at start-up, for an annotation only.
 TYPE_CHECKING = False

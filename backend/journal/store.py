@@ -113,7 +113,7 @@ def list_segments(journal_dir: Path) -> list[Path]:
 def make_journal_dir(journal_dir: Path, log: logging.Logger | None = None) -> None:
     """The journal's directory, 0750 as journald's (its data directory 0711 if missing too);
     one left looser by an older version is tightened, its files to 0640."""
-    from backend import filemodes  # here: only writers make journals
+    from clustertui.backend import filemodes  # here: only writers make journals
 
     if not journal_dir.parent.is_dir():
         filemodes.make_dirs(journal_dir.parent, filemodes.NODE_DIR)
@@ -132,7 +132,7 @@ def journal_id(journal_dir: Path) -> str:
     make_journal_dir(journal_dir)
     import uuid  # here: readers, which never create a journal, do not pay for it
 
-    from backend import filemodes
+    from clustertui.backend import filemodes
 
     tmp = journal_dir / f".id.{os.getpid()}"
     filemodes.write_file(tmp, (uuid.uuid4().hex + "\n").encode(), filemodes.JOURNAL_FILE)

@@ -14,8 +14,8 @@ from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
-from backend import filemodes
-from backend.journal import index, store
+from clustertui.backend import filemodes
+from clustertui.backend.journal import index, store
 
 log = logging.getLogger("clusterd.journal")
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from aetcd import rpc
 
-from backend import filemodes
-from backend.kv import errors, snapshot, txn
-from backend.kv.lease import Lessor
-from backend.kv.mvcc import Batch, KeySpace
-from backend.kv.snapshot import ALARM, COMPACT, GRANT, REVOKE, batch_record
-from backend.kv.txn import Txns
-from backend.kv.wal import WriteAheadLog, frame
-from backend.kv.watch import WatchHub
+from clustertui.backend import filemodes
+from clustertui.backend.kv import errors, snapshot, txn
+from clustertui.backend.kv.lease import Lessor
+from clustertui.backend.kv.mvcc import Batch, KeySpace
+from clustertui.backend.kv.snapshot import ALARM, COMPACT, GRANT, REVOKE, batch_record
+from clustertui.backend.kv.txn import Txns
+from clustertui.backend.kv.wal import WriteAheadLog, frame
+from clustertui.backend.kv.watch import WatchHub
 
 log = logging.getLogger("clusterd.kv")
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backend.kv.apply import Config, Store
-from backend.kv.lease import min_lease_ttl
-from backend.kv.server import KVServer, TLSConfig
-from backend.kv.snapshot import RestoreError, restore_snapshot
-from backend.kv.wire import Limits
+from clustertui.backend.kv.apply import Config, Store
+from clustertui.backend.kv.lease import min_lease_ttl
+from clustertui.backend.kv.server import KVServer, TLSConfig
+from clustertui.backend.kv.snapshot import RestoreError, restore_snapshot
+from clustertui.backend.kv.wire import Limits
 
 log = logging.getLogger("clusterd.kv")
 

@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from backend.kv import errors
+from clustertui.backend.kv import errors
 
 MAX_LEASE_TTL = 9_000_000_000
 """etcd's upper bound on a lease TTL, in seconds."""

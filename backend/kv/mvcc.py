@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from aetcd import rpc
 from sortedcontainers import SortedList
 
-from backend.etcd import DELETE, PUT
-from backend.kv import errors
+from clustertui.backend.etcd import DELETE, PUT
+from clustertui.backend.kv import errors
 
 # A range_end of one zero byte means "every key from `key` on", as in etcd.
 FROM_KEY = b"\0"

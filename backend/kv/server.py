@@ -16,15 +16,15 @@ import grpc
 from aetcd import rpc
 from aetcd.rpc import rpc_pb2_grpc as services
 
-from backend.kv import errors
-from backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
-from backend.kv.errors import StoreError
-from backend.kv.http.app import HTTPApp
-from backend.kv.http.conn import HTTPLimits
-from backend.kv.http.metrics import StoreMetrics
-from backend.kv.http.sniff import HTTPSide, attach
-from backend.kv.watch import Budget, WatchStream
-from backend.kv.wire import Context, Limits, WireServer, server_ssl_context
+from clustertui.backend.kv import errors
+from clustertui.backend.kv.apply import GRPC_OVERHEAD_BYTES, Store
+from clustertui.backend.kv.errors import StoreError
+from clustertui.backend.kv.http.app import HTTPApp
+from clustertui.backend.kv.http.conn import HTTPLimits
+from clustertui.backend.kv.http.metrics import StoreMetrics
+from clustertui.backend.kv.http.sniff import HTTPSide, attach
+from clustertui.backend.kv.watch import Budget, WatchStream
+from clustertui.backend.kv.wire import Context, Limits, WireServer, server_ssl_context
 
 log = logging.getLogger("clusterd.kv")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from aetcd import rpc
 
-from backend import filemodes
-from backend.kv.lease import Lessor
-from backend.kv.mvcc import Batch, KeySpace, Writer
-from backend.kv.wal import frame, fsync_dir, parse_records
+from clustertui.backend import filemodes
+from clustertui.backend.kv.lease import Lessor
+from clustertui.backend.kv.mvcc import Batch, KeySpace, Writer
+from clustertui.backend.kv.wal import frame, fsync_dir, parse_records
 
 # WAL record kinds.
 BATCH = b"B"

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aetcd import rpc
 
-from backend.kv import errors
-from backend.kv.lease import Lessor
-from backend.kv.mvcc import FROM_KEY, Batch, KeySpace, Writer
+from clustertui.backend.kv import errors
+from clustertui.backend.kv.lease import Lessor
+from clustertui.backend.kv.mvcc import FROM_KEY, Batch, KeySpace, Writer
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRichComparison

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from backend import filemodes
-from backend.kv.stats import Histogram
+from clustertui.backend import filemodes
+from clustertui.backend.kv.stats import Histogram
 
 log = logging.getLogger("clusterd.kv")
 

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from aetcd import rpc
 
-from backend.kv.mvcc import FROM_KEY, Batch, KeySpace
+from clustertui.backend.kv.mvcc import FROM_KEY, Batch, KeySpace
 
 log = logging.getLogger("clusterd.kv")
 

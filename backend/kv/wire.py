@@ -39,8 +39,8 @@ from typing import Any, cast
 
 import grpc
 
-from backend.kv import wire_conn
-from backend.kv.wire_codec import (
+from clustertui.backend.kv import wire_conn
+from clustertui.backend.kv.wire_codec import (
     FRAME_SIZE,
     MAX_WINDOW,
     MESSAGE_PREFIX,
@@ -51,7 +51,7 @@ from backend.kv.wire_codec import (
     hpack_int,
     status_block,
 )
-from backend.kv.wire_conn import H2Config, H2Connection, H2Stream
+from clustertui.backend.kv.wire_conn import H2Config, H2Connection, H2Stream
 
 log = logging.getLogger("clusterd.kv.wire")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backend.kv.wire_codec import (
+from clustertui.backend.kv.wire_codec import (
     ACK,
     COMPRESSION_ERROR,
     CONTINUATION,

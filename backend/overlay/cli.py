@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig
+from clustertui.backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig
 
 if TYPE_CHECKING:
-    from backend.overlay.dataplane import Iface
-    from backend.overlay.lease import SubnetManager
+    from clustertui.backend.overlay.dataplane import Iface
+    from clustertui.backend.overlay.lease import SubnetManager
 
 SUBNET_ENV = "subnet.env"
 log = logging.getLogger("clusterd.overlay")
@@ -83,7 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def _read_config(manager: SubnetManager, stop: asyncio.Event) -> NetworkConfig | None:
     """The network config, waited for (as flanneld waits) until it is there or ``stop``."""
-    from backend.etcd import EtcdError
+    from clustertui.backend.etcd import EtcdError
 
     delay = 0.5
     while not stop.is_set():
@@ -99,8 +99,8 @@ async def _read_config(manager: SubnetManager, stop: asyncio.Event) -> NetworkCo
 
 async def _main(args: argparse.Namespace, iface: Iface | None) -> int:
     # Imported here so other clusterd commands do not pay for gRPC's start-up.
-    from backend.etcd import EtcdError, make_client
-    from backend.overlay.lease import SubnetManager
+    from clustertui.backend.etcd import EtcdError, make_client
+    from clustertui.backend.overlay.lease import SubnetManager
 
     client = make_client(
         [url.strip() for url in args.endpoints.split(",") if url.strip()],
@@ -143,7 +143,7 @@ async def serve(
 
     Shared by `clusterd overlay` and the overlay inside `clusterd node`.
     """
-    from backend.overlay.dataplane import DataPlane, make_backend
+    from clustertui.backend.overlay.dataplane import DataPlane, make_backend
 
     tasks = []
     try:
@@ -153,7 +153,7 @@ async def serve(
                 return
             masquerade = None
             if ip_masq:
-                from backend.overlay.masq import Masquerade
+                from clustertui.backend.overlay.masq import Masquerade
 
                 masquerade = Masquerade()
 
@@ -202,7 +202,7 @@ def check_underlay(
     programmed (None: lease-only mode). Raises DataPlaneError with a message for the user.
     Runs netlink's sync API: call it outside the event loop (or in a thread).
     """
-    from backend.overlay.dataplane import has_net_admin, ip_forward_enabled, resolve_iface
+    from clustertui.backend.overlay.dataplane import has_net_admin, ip_forward_enabled, resolve_iface
 
     if not lease_only and not has_net_admin():
         log.warning(
@@ -239,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
     # -v is about renewals and the data plane, not the libraries' netlink and gRPC chatter.
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
-    from backend.etcd import EtcdError
-    from backend.overlay.dataplane import DataPlaneError
+    from clustertui.backend.etcd import EtcdError
+    from clustertui.backend.overlay.dataplane import DataPlaneError
 
     if args.subnet_file is None:
         if args.data_dir is None:

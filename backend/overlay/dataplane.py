@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, EtcdError, typed_error
-from backend.fleet.tasks import first_completed
-from backend.keys import prefix_end
-from backend.overlay.config import NetworkConfig
-from backend.overlay.lease import Lease, SubnetManager, parse_subnet_key
+from clustertui.backend.etcd import EtcdClient, EtcdError, typed_error
+from clustertui.backend.fleet.tasks import first_completed
+from clustertui.backend.keys import prefix_end
+from clustertui.backend.overlay.config import NetworkConfig
+from clustertui.backend.overlay.lease import Lease, SubnetManager, parse_subnet_key
 
 log = logging.getLogger("clusterd.overlay")
 
@@ -267,11 +267,11 @@ def _gone() -> Any:
 def make_backend(config: NetworkConfig, iface: Iface, ipr: Any) -> Backend:
     kind = config.backend_type
     if kind == "vxlan":
-        from backend.overlay.vxlan import VxlanBackend
+        from clustertui.backend.overlay.vxlan import VxlanBackend
 
         return VxlanBackend(ipr, iface, config)
     if kind == "host-gw":
-        from backend.overlay.hostgw import HostGwBackend
+        from clustertui.backend.overlay.hostgw import HostGwBackend
 
         return HostGwBackend(ipr, iface, config)
     if kind == "udp":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from backend.overlay.dataplane import ROUTE_PROTO, Backend, Peer
-from backend.overlay.nlbatch import Batch
+from clustertui.backend.overlay.dataplane import ROUTE_PROTO, Backend, Peer
+from clustertui.backend.overlay.nlbatch import Batch
 
 
 class HostGwBackend(Backend):

@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from backend import filemodes
-from backend.etcd import EtcdClient, EtcdError, typed_error
-from backend.fleet.validate import subnet_record_problem
-from backend.keys import prefix_end
-from backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
+from clustertui.backend import filemodes
+from clustertui.backend.etcd import EtcdClient, EtcdError, typed_error
+from clustertui.backend.fleet.validate import subnet_record_problem
+from clustertui.backend.keys import prefix_end
+from clustertui.backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
 
 log = logging.getLogger("clusterd.overlay")
 

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import shutil
 
-from backend.overlay.dataplane import DataPlaneError
+from clustertui.backend.overlay.dataplane import DataPlaneError
 
 log = logging.getLogger("clusterd.overlay")
 

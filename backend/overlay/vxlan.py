@@ -17,8 +17,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from backend.overlay.dataplane import ROUTE_PROTO, Backend, DataPlaneError, Peer, _gone
-from backend.overlay.nlbatch import Batch
+from clustertui.backend.overlay.dataplane import ROUTE_PROTO, Backend, DataPlaneError, Peer, _gone
+from clustertui.backend.overlay.nlbatch import Batch
 
 log = logging.getLogger("clusterd.overlay")
 

@@ -8,9 +8,9 @@ Machines are reached through :mod:`console.access`, which the console uses too.
 
 from __future__ import annotations
 
-from console.ctl.args import VERSION, apply_environment, build_parser
-from console.ctl.commands import execute, main
-from console.ctl.session import CtlError, Session, tabulate
+from clustertui.console.ctl.args import VERSION, apply_environment, build_parser
+from clustertui.console.ctl.commands import execute, main
+from clustertui.console.ctl.session import CtlError, Session, tabulate
 
 __all__ = [
     "VERSION",

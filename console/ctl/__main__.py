@@ -1,7 +1,7 @@
-"""Runs clusterctl: ``python -m console.ctl``."""
+"""Runs clusterctl: ``python -m clustertui.console.ctl``."""
 
 import sys
 
-from console.ctl.commands import main
+from clustertui.console.ctl.commands import main
 
 sys.exit(main())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from backend.fleet.registry import DEFAULT_PREFIX as FLEET_PREFIX
-from backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
-from backend.version import VERSION
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX as FLEET_PREFIX
+from clustertui.backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
+from clustertui.backend.version import VERSION
 
 # Global flags, their defaults, and how the environment names them (fleetctl's scheme:
 # the flag name upper-cased with dashes as underscores, behind a prefix).

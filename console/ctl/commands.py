@@ -9,16 +9,16 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO
 
-from backend.etcd import EtcdError, diagnose, error_words
-from backend.fleet.model import UnsafeValue
-from backend.fleet.registry import RegistryError
-from backend.text import literal
-from console.access import RunError
-from console.ctl.args import VERSION, ArgumentError, apply_environment, build_parser
-from console.ctl.lifecycle import destroy, load, restart, start, stop, submit, unload
-from console.ctl.listings import list_machines, list_subnets, list_unit_files, list_units
-from console.ctl.remote import cat, journal, ssh, status
-from console.ctl.session import CtlError, Session
+from clustertui.backend.etcd import EtcdError, diagnose, error_words
+from clustertui.backend.fleet.model import UnsafeValue
+from clustertui.backend.fleet.registry import RegistryError
+from clustertui.backend.text import literal
+from clustertui.console.access import RunError
+from clustertui.console.ctl.args import VERSION, ArgumentError, apply_environment, build_parser
+from clustertui.console.ctl.lifecycle import destroy, load, restart, start, stop, submit, unload
+from clustertui.console.ctl.listings import list_machines, list_subnets, list_unit_files, list_units
+from clustertui.console.ctl.remote import cat, journal, ssh, status
+from clustertui.console.ctl.session import CtlError, Session
 
 COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "list-machines": list_machines,

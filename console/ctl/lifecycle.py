@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.fleet.model import (
+from clustertui.backend.fleet.model import (
     ClusterState,
     CurrentState,
     Job,
@@ -16,8 +16,8 @@ from backend.fleet.model import (
     is_global,
     machine_legend,
 )
-from backend.fleet.registry import UnitExists
-from backend.fleet.unitfile import (
+from clustertui.backend.fleet.registry import UnitExists
+from clustertui.backend.fleet.unitfile import (
     UnitFileError,
     UnitName,
     normalize_name,
@@ -25,7 +25,7 @@ from backend.fleet.unitfile import (
     unit_hash,
     validate_name,
 )
-from console.ctl.session import CtlError, Session
+from clustertui.console.ctl.session import CtlError, Session
 
 POLL_SECONDS = 0.5
 

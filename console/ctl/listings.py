@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from backend.etcd import EtcdError
-from backend.fleet.model import (
+from clustertui.backend.etcd import EtcdError
+from clustertui.backend.fleet.model import (
     Machine,
     SubnetRecord,
     UnitState,
@@ -17,9 +17,9 @@ from backend.fleet.model import (
     short_id,
     subnet_owner,
 )
-from backend.keys import prefix_end
-from console.ctl.args import fields as _fields
-from console.ctl.session import Session
+from clustertui.backend.keys import prefix_end
+from clustertui.console.ctl.args import fields as _fields
+from clustertui.console.ctl.session import Session
 
 
 async def list_machines(ctl: Session) -> int:

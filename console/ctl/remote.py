@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from backend.fleet.model import UnsafeValue, is_global, status_block
-from backend.fleet.unitfile import normalize_name
-from backend.text import literal
-from console.access import check_unit_name, run
-from console.ctl.session import CtlError, Session
+from clustertui.backend.fleet.model import UnsafeValue, is_global, status_block
+from clustertui.backend.fleet.unitfile import normalize_name
+from clustertui.backend.text import literal
+from clustertui.console.access import check_unit_name, run
+from clustertui.console.ctl.session import CtlError, Session
 
 
 async def cat(ctl: Session) -> int:

@@ -9,11 +9,11 @@ from typing import TextIO
 
 import asyncssh
 
-from backend.etcd import EtcdClient, make_client
-from backend.fleet.model import Machine
-from backend.fleet.registry import Registry
-from backend.text import literal
-from console.access import (
+from clustertui.backend.etcd import EtcdClient, make_client
+from clustertui.backend.fleet.model import Machine
+from clustertui.backend.fleet.registry import Registry
+from clustertui.backend.text import literal
+from clustertui.console.access import (
     Hop,
     SshRoute,
     is_local,
@@ -22,7 +22,7 @@ from console.access import (
     remote_command,
     run,
 )
-from console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
+from clustertui.console.tunnel import Tunnel, TunnelError, TunnelSpec, open_tunnel
 
 
 class CtlError(Exception):

@@ -11,8 +11,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static, TextArea
 
-from backend.keyspace import MAX_REQUEST_BYTES
-from widgets.literal import literal
+from clustertui.backend.keyspace import MAX_REQUEST_BYTES
+from clustertui.widgets.literal import literal
 
 
 class EditValueScreen(ModalScreen[str | None]):

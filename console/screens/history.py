@@ -11,8 +11,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from backend.keyspace import Entry
-from widgets.literal import literal
+from clustertui.backend.keyspace import Entry
+from clustertui.widgets.literal import literal
 
 PREVIEW = 400
 

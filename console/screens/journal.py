@@ -16,11 +16,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.widgets import Input, Static
 
-from backend.fleet.registry import Machine
-from console.journal_stream import BACKLOG, JournalFollower, MachineAccess
-from console.screens.path_prompt import PathPromptScreen
-from widgets.filter_bar import FilterBar
-from widgets.journal_view import (
+from clustertui.backend.fleet.registry import Machine
+from clustertui.console.journal_stream import BACKLOG, JournalFollower, MachineAccess
+from clustertui.console.screens.path_prompt import PathPromptScreen
+from clustertui.widgets.filter_bar import FilterBar
+from clustertui.widgets.journal_view import (
     DEFAULT_LIMIT,
     TIME_FORMATS,
     JournalEntry,
@@ -28,7 +28,7 @@ from widgets.journal_view import (
     Row,
     as_row,
 )
-from widgets.literal import cell, literal, plural
+from clustertui.widgets.literal import cell, literal, plural
 
 FLUSH_SECONDS = 0.05
 PRIORITY_CYCLE: tuple[int | None, ...] = (None, 6, 5, 4, 3)

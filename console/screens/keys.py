@@ -18,8 +18,8 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Input
 
-from backend import keyspace
-from backend.etcd import (
+from clustertui.backend import keyspace
+from clustertui.backend.etcd import (
     DELETE,
     EtcdError,
     KeyNotFound,
@@ -27,19 +27,19 @@ from backend.etcd import (
     diagnose,
     error_words,
 )
-from backend.keyspace import Child, Entry
-from backend.text import literal as text_literal
-from console.screens.confirm import ConfirmScreen
-from console.screens.edit_value import EditValueScreen
-from console.screens.history import HistoryScreen
-from console.screens.new_key import NewKey, NewKeyScreen
-from console.screens.ttl import TTLChoice, TTLScreen
-from console.session import Session
-from widgets.filter_bar import FilterBar
-from widgets.key_tree import KeyTree
-from widgets.literal import literal, plural
-from widgets.value_view import ValueView, render_value
-from widgets.watch_log import WatchLog
+from clustertui.backend.keyspace import Child, Entry
+from clustertui.backend.text import literal as text_literal
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.edit_value import EditValueScreen
+from clustertui.console.screens.history import HistoryScreen
+from clustertui.console.screens.new_key import NewKey, NewKeyScreen
+from clustertui.console.screens.ttl import TTLChoice, TTLScreen
+from clustertui.console.session import Session
+from clustertui.widgets.filter_bar import FilterBar
+from clustertui.widgets.key_tree import KeyTree
+from clustertui.widgets.literal import literal, plural
+from clustertui.widgets.value_view import ValueView, render_value
+from clustertui.widgets.watch_log import WatchLog
 
 FLUSH_SECONDS = 0.1
 """How often queued watch events are applied: one repaint per interval, however many arrive."""

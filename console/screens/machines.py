@@ -12,13 +12,13 @@ from textual.app import SuspendNotSupported
 from textual.binding import Binding
 from textual.message import Message
 
-from backend.fleet.demo import clusterd_path
-from backend.fleet.model import UnsafeValue, format_metadata, short_id
-from console.access import MachineAccess
-from console.cluster import ClusterModel
-from console.screens.table_pane import TablePane
-from widgets.line_table import Column, Row
-from widgets.literal import cell, plural
+from clustertui.backend.fleet.demo import clusterd_path
+from clustertui.backend.fleet.model import UnsafeValue, format_metadata, short_id
+from clustertui.console.access import MachineAccess
+from clustertui.console.cluster import ClusterModel
+from clustertui.console.screens.table_pane import TablePane
+from clustertui.widgets.line_table import Column, Row
+from clustertui.widgets.literal import cell, plural
 
 
 def _shortened(text: str, room: int = 24) -> str:

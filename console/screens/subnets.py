@@ -7,10 +7,10 @@ from typing import ClassVar
 from rich.text import Text
 from textual.binding import Binding
 
-from backend.fleet.model import Subnet, short_id
-from console.screens.table_pane import TablePane
-from widgets.line_table import Column, Row
-from widgets.literal import cell, literal
+from clustertui.backend.fleet.model import Subnet, short_id
+from clustertui.console.screens.table_pane import TablePane
+from clustertui.widgets.line_table import Column, Row
+from clustertui.widgets.literal import cell, literal
 
 
 def countdown(seconds: float) -> str:

@@ -11,9 +11,9 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.widgets import Input, Static
 
-from console.cluster import ClusterModel
-from widgets.filter_bar import FilterBar
-from widgets.line_table import Column, LineTable, Row
+from clustertui.console.cluster import ClusterModel
+from clustertui.widgets.filter_bar import FilterBar
+from clustertui.widgets.line_table import Column, LineTable, Row
 
 
 class TablePane(Container):

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
-from console.screens.new_key import parse_ttl
+from clustertui.console.screens.new_key import parse_ttl
 
 
 @dataclass(frozen=True)

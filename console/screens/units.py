@@ -12,8 +12,8 @@ from textual import work
 from textual.binding import Binding
 from textual.message import Message
 
-from backend.etcd import EtcdError, error_words
-from backend.fleet.model import (
+from clustertui.backend.etcd import EtcdError, error_words
+from clustertui.backend.fleet.model import (
     Job,
     TargetState,
     UnitState,
@@ -24,17 +24,17 @@ from backend.fleet.model import (
     short_id,
     unit_state,
 )
-from backend.fleet.registry import Registry, RegistryError
-from backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
-from console.cluster import ClusterModel
-from console.journal_stream import MachineAccess, read_journal
-from console.screens.confirm import ConfirmScreen
-from console.screens.path_prompt import PathPromptScreen
-from console.screens.table_pane import TablePane
-from console.screens.text_view import TextScreen
-from widgets.journal_view import JournalEntry, format_time
-from widgets.line_table import Column, Row
-from widgets.literal import cell, literal, plural
+from clustertui.backend.fleet.registry import Registry, RegistryError
+from clustertui.backend.fleet.unitfile import UnitFileError, normalize_name, parse, validate_name
+from clustertui.console.cluster import ClusterModel
+from clustertui.console.journal_stream import MachineAccess, read_journal
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.path_prompt import PathPromptScreen
+from clustertui.console.screens.table_pane import TablePane
+from clustertui.console.screens.text_view import TextScreen
+from clustertui.widgets.journal_view import JournalEntry, format_time
+from clustertui.widgets.line_table import Column, Row
+from clustertui.widgets.literal import cell, literal, plural
 
 CONVERGE_SECONDS = 30.0
 """How long a desired state may take to show before the pane says it did not converge."""

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal import store as journal_store
-from backend.journal.writer import JournalWriter
-from backend.overlay.config import parse_config
-from backend.overlay.lease import Lease, write_subnet_env
+from clustertui.backend.journal import store as journal_store
+from clustertui.backend.journal.writer import JournalWriter
+from clustertui.backend.overlay.config import parse_config
+from clustertui.backend.overlay.lease import Lease, write_subnet_env
 from tests.fleet.conftest import NodeFactory, eventually
 from tests.fleet.test_node import ident, launch, runs_on
 from tests.harness.bundled import BundledStore
@@ -178,7 +178,7 @@ def nodes(store: RunningStore, ns: bytes, tmp_path: Path) -> Iterator[NodeFactor
 async def test_a_node_keeps_its_private_state_private(
     nodes: NodeFactory, kv: object, tmp_path: Path, umask_0: None
 ) -> None:
-    from backend.fleet.registry import Registry
+    from clustertui.backend.fleet.registry import Registry
 
     registry = Registry(kv, nodes.prefix)  # type: ignore[arg-type]
     child = nodes.start("n1", ttl="5s")
@@ -215,7 +215,7 @@ def test_subnet_env_is_world_readable_as_flannels(tmp_path: Path) -> None:
 
 
 def test_the_demo_store_dir_is_private(tmp_path: Path, umask_0: None) -> None:
-    from backend.demo import start_store
+    from clustertui.backend.demo import start_store
 
     root = tmp_path / "demo"  # as `clusterd demo --data-dir` makes it
     store = start_store(root)

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient, make_client
-from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry, UnitState
-from backend.fleet.unitfile import unit_hash
-from console.app import ClusterConsole
-from console.screens.edit_value import EditValueScreen
+from clustertui.backend.etcd import EtcdClient, make_client
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry, UnitState
+from clustertui.backend.fleet.unitfile import unit_hash
+from clustertui.console.app import ClusterConsole
+from clustertui.console.screens.edit_value import EditValueScreen
 from screenshots.driving import loaded, select
 from tests.console.conftest import SIZE, console_for
 from tests.console.test_tmux import Terminal
 from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore
 from tests.panes.conftest import console_on, running, wait_for
-from widgets.value_view import ValueView
+from clustertui.widgets.value_view import ValueView
 
 BAD = "badc0ffee0ddf00d0123456789abcdef"
 GOOD = "600d600d600d600d600d600d600d600d"
@@ -120,7 +120,7 @@ def test_a_unit_state_that_sets_the_title_does_not_reach_the_terminal(
     # The unit sits on a valid machine: its row is short, the ACTIVE column on screen.
     asyncio.run(seed(fresh_etcd.url, pwned, bad=False))
     terminal.run("set-option", "-g", "allow-rename", "on")
-    terminal.start([sys.executable, "-m", "console.app", "--endpoints", fresh_etcd.url])
+    terminal.start([sys.executable, "-m", "clustertui.console.app", "--endpoints", fresh_etcd.url])
     terminal.wait_for("connected", within=60)
     title_before = terminal.run("display", "-p", "-t", "main", "#{pane_title}").strip()
     terminal.keys("3")

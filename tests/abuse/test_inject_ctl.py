@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient
-from backend.fleet.registry import Machine, Registry, UnitState
-from backend.fleet.unitfile import unit_hash
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.registry import Machine, Registry, UnitState
+from clustertui.backend.fleet.unitfile import unit_hash
 from tests.harness.procs import REPO
 from tests.harness.stores import RunningStore
 
@@ -60,7 +60,7 @@ def clusterctl(registry: Registry, url: str, *argv: str) -> subprocess.Completed
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CLUSTERCTL_", "FLEETCTL_"))}
     base = ["--endpoint", url, "--key-prefix", registry.prefix, "--request-timeout", "5"]
     return subprocess.run(
-        [sys.executable, "-m", "console.ctl", *base, "--ssh-timeout", "2", *argv],
+        [sys.executable, "-m", "clustertui.console.ctl", *base, "--ssh-timeout", "2", *argv],
         cwd=REPO,
         env=clean,
         capture_output=True,

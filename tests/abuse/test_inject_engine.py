@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from backend.etcd import EtcdClient
-from backend.fleet.engine import Engine
-from backend.fleet.registry import Machine, Registry
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.engine import Engine
+from clustertui.backend.fleet.registry import Machine, Registry
 
 BAD = "badc0ffee0ddf00d0123456789abcdef"
 LIAR = "11111111222222223333333344444444"

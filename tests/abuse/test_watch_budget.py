@@ -19,7 +19,7 @@ import hpack
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, make_client
+from clustertui.backend.etcd import EtcdClient, make_client
 from tests.harness.stores import RunningStore
 
 pytestmark = pytest.mark.slow

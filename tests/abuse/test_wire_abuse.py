@@ -29,8 +29,8 @@ import hpack
 import pytest
 from aetcd import rpc
 
-from backend.etcd import make_client
-from backend.kv.wire_codec import (
+from clustertui.backend.etcd import make_client
+from clustertui.backend.kv.wire_codec import (
     ACK,
     DATA,
     END_HEADERS,

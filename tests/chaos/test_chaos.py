@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import make_client
-from backend.fleet.registry import Registry
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.screens.units import short_id
-from console.session import Session
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.screens.units import short_id
+from clustertui.console.session import Session
 from tests.chaos.world import GLOBAL, PREFIX, SETTLE, UNITS, World
 from tests.panes.conftest import running
 

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.etcd import make_client
-from backend.fleet.registry import DEFAULT_PREFIX, Registry
-from backend.fleet.runner import reap_orphans
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
+from clustertui.backend.fleet.runner import reap_orphans
 from tests.fleet.conftest import NodeFactory
 from tests.harness import heartbeat
 from tests.harness.bundled import BundledStore

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from textual.pilot import Pilot
 from textual.screen import Screen
 
-from backend.etcd import EtcdClient
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.screens.keys import KeysPane
-from console.session import Session
+from clustertui.backend.etcd import EtcdClient
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.screens.keys import KeysPane
+from clustertui.console.session import Session
 from screenshots.driving import loaded, select, wait_for
-from widgets.key_tree import KeyTree
+from clustertui.widgets.key_tree import KeyTree
 
 SIZE = (120, 36)
 

@@ -9,11 +9,11 @@ import pytest
 from textual.command import CommandPalette
 from textual.widgets import Input, TextArea
 
-from backend.etcd import EtcdClient, make_client
-from console.app import ClusterConsole
-from console.screens.help import HelpScreen
-from console.screens.history import HistoryScreen
-from console.screens.new_key import NewKeyScreen
+from clustertui.backend.etcd import EtcdClient, make_client
+from clustertui.console.app import ClusterConsole
+from clustertui.console.screens.help import HelpScreen
+from clustertui.console.screens.history import HistoryScreen
+from clustertui.console.screens.new_key import NewKeyScreen
 from tests.console.conftest import (
     SIZE,
     console_for,
@@ -26,8 +26,8 @@ from tests.console.conftest import (
 )
 from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore
-from widgets.filter_bar import FilterBar
-from widgets.watch_log import WatchLog
+from clustertui.widgets.filter_bar import FilterBar
+from clustertui.widgets.watch_log import WatchLog
 
 REFUSED = "nobody answers at http://127.0.0.1:1: connection refused; is the store running there?"
 

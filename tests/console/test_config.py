@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from console.app import build_parser
-from console.config import ConfigFileError, load_config, resolve_cluster
+from clustertui.console.app import build_parser
+from clustertui.console.config import ConfigFileError, load_config, resolve_cluster
 from tests.harness.procs import REPO
 
 GOOD = """\
@@ -104,7 +104,7 @@ def test_strict_host_key_checking_takes_true_or_false() -> None:
 def test_the_command_line_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "clusters:\n  prod:\n    endpoints: [a\n")
     result = subprocess.run(
-        [sys.executable, "-m", "console.app", "--config", str(path)],
+        [sys.executable, "-m", "clustertui.console.app", "--config", str(path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -118,7 +118,7 @@ def test_the_command_line_reports_a_bad_config_without_a_traceback(tmp_path: Pat
 def test_the_command_line_reports_an_unknown_cluster(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     result = subprocess.run(
-        [sys.executable, "-m", "console.app", "--config", str(path), "--cluster", "nope"],
+        [sys.executable, "-m", "clustertui.console.app", "--config", str(path), "--cluster", "nope"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -11,11 +11,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from backend.etcd import make_client
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.session import Session
-from console.tunnel import HostKeyUntrusted, TunnelError, TunnelSpec, open_tunnel
+from clustertui.backend.etcd import make_client
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.session import Session
+from clustertui.console.tunnel import HostKeyUntrusted, TunnelError, TunnelSpec, open_tunnel
 from tests.console.conftest import SIZE, console_for, loaded, pane, seed, tree, wait_for
 from tests.harness.etcd import EtcdMember, TLSFiles, start_etcd
 from tests.harness.pki import CA

@@ -7,14 +7,14 @@ import json
 from textual import events
 from textual.widgets import Input, TextArea
 
-from backend.etcd import EtcdClient
-from backend.keyspace import MAX_REQUEST_BYTES
-from console.screens.confirm import ConfirmScreen
-from console.screens.edit_value import EditValueScreen
-from console.screens.help import HelpScreen
-from console.screens.history import HistoryScreen
-from console.screens.new_key import NewKeyScreen
-from console.screens.ttl import TTLScreen
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.keyspace import MAX_REQUEST_BYTES
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.edit_value import EditValueScreen
+from clustertui.console.screens.help import HelpScreen
+from clustertui.console.screens.history import HistoryScreen
+from clustertui.console.screens.new_key import NewKeyScreen
+from clustertui.console.screens.ttl import TTLScreen
 from tests.console.conftest import (
     SIZE,
     console_for,
@@ -28,8 +28,8 @@ from tests.console.conftest import (
     wait_for,
 )
 from tests.harness.stores import RunningStore
-from widgets.value_view import ValueView
-from widgets.watch_log import WatchLog
+from clustertui.widgets.value_view import ValueView
+from clustertui.widgets.watch_log import WatchLog
 
 
 def names(app, prefix: bytes) -> list[str]:  # type: ignore[no-untyped-def]

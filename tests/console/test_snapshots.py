@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.demo import seed_store
+from clustertui.backend.demo import seed_store
 from screenshots.scenes import SCENES, Scene, scene_console
 from tests.harness.etcd import EtcdMember, start_etcd
 from tests.harness.procs import free_port

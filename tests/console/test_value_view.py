@@ -6,9 +6,9 @@ import json
 
 from rich.syntax import Syntax
 
-from widgets.filter_bar import FilterError, compile_filter
-from widgets.literal import clean, literal
-from widgets.value_view import hexdump, render_value
+from clustertui.widgets.filter_bar import FilterError, compile_filter
+from clustertui.widgets.literal import clean, literal
+from clustertui.widgets.value_view import hexdump, render_value
 
 
 def test_json_is_pretty_printed_and_highlighted() -> None:

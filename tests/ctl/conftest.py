@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient
-from backend.fleet.registry import Registry
-from console.ctl import apply_environment, build_parser, execute
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.registry import Registry
+from clustertui.console.ctl import apply_environment, build_parser, execute
 from tests.fleet.conftest import NodeFactory
 from tests.harness.stores import RunningStore
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient
-from backend.fleet.registry import Machine, Registry, UnitState
-from backend.fleet.unitfile import unit_hash
-from backend.journal.writer import JournalWriter
-from backend.keys import prefix_end
-from console.ctl import tabulate
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.registry import Machine, Registry, UnitState
+from clustertui.backend.fleet.unitfile import unit_hash
+from clustertui.backend.journal.writer import JournalWriter
+from clustertui.backend.keys import prefix_end
+from clustertui.console.ctl import tabulate
 from tests.ctl.conftest import CtlRunner
 from tests.fleet.conftest import NodeFactory, eventually
 from tests.harness.etcd import TLSFiles, start_etcd
@@ -267,7 +267,7 @@ async def test_stop_of_an_inactive_unit_is_refused(ctl: CtlRunner, registry: Reg
 def cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CLUSTERCTL_", "FLEETCTL_"))}
     return subprocess.run(
-        [sys.executable, "-m", "console.ctl", *argv],
+        [sys.executable, "-m", "clustertui.console.ctl", *argv],
         cwd=REPO,
         env={**clean, **env},
         capture_output=True,
@@ -419,7 +419,7 @@ async def test_journal_of_a_remote_unit_runs_clusterd_journal_over_ssh_via_the_t
     )
     await registry.create_job("far.service", HELLO)
     await registry.txn([], [registry.put_op(registry.key("job", "far.service", "target"), M1)])
-    remote = f"env PYTHONPATH={REPO} {sys.executable} -m backend.daemon"
+    remote = f"env PYTHONPATH={REPO} {sys.executable} -m clustertui.backend.daemon"
     result = await ctl(
         *_ssh_flags(sshd), "--tunnel", sshd.spec, "--remote-clusterd", remote,
         "journal", "--lines", "2", "far",

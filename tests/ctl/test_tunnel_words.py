@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.etcd import AuthFailed, StoreTimeout, error_words
-from backend.fleet.registry import Registry
+from clustertui.backend.etcd import AuthFailed, StoreTimeout, error_words
+from clustertui.backend.fleet.registry import Registry
 from tests.ctl.conftest import CtlRunner
 from tests.ctl.test_ctl import _ssh_flags, cli, seed
 from tests.harness.etcd import TLSFiles, start_etcd

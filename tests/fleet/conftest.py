@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient
-from backend.fleet.registry import Registry
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.registry import Registry
 from tests.harness.procs import REPO, Child
 
 UnitOutput = list[tuple[str, str, bytes]]
@@ -91,7 +91,7 @@ class NodeFactory:
     def start(self, name: str, *extra: str, ttl: str = "1s", machine_id: str = "") -> Child:
         data_dir = self.root / name
         argv = [
-            sys.executable, "-m", "backend.daemon", "node",
+            sys.executable, "-m", "clustertui.backend.daemon", "node",
             "--endpoints", self.url,
             "--data-dir", str(data_dir),
             "--key-prefix", self.prefix,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import make_client
-from backend.fleet.registry import Registry
-from backend.fleet.runner import group_alive
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry
+from clustertui.backend.fleet.runner import group_alive
 from tests.fleet.conftest import eventually
 from tests.harness.procs import REPO, Child, port_open
 
@@ -26,7 +26,7 @@ async def test_the_demo_runs_sample_units_on_its_machines_and_stops_cleanly(
         [
             sys.executable,
             "-m",
-            "backend.daemon",
+            "clustertui.backend.daemon",
             "demo",
             "--machines",
             "2",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from backend.etcd import EtcdClient
-from backend.fleet.engine import Engine
-from backend.fleet.registry import Machine, Registry
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.engine import Engine
+from clustertui.backend.fleet.registry import Machine, Registry
 from tests.fleet.conftest import eventually
 
 SIMPLE = "[Service]\nExecStart=/bin/true\n"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdError, make_client
-from backend.fleet.agent import Agent
-from backend.fleet.registry import Machine, Registry
-from backend.fleet.runner import process_start_time, reap_orphans
+from clustertui.backend.etcd import EtcdError, make_client
+from clustertui.backend.fleet.agent import Agent
+from clustertui.backend.fleet.registry import Machine, Registry
+from clustertui.backend.fleet.runner import process_start_time, reap_orphans
 from tests.ctl.conftest import CtlRunner
 from tests.fleet.conftest import NodeFactory, RecordingSink, eventually
 from tests.fleet.test_node import _machines_are, ident, launch, running_on
@@ -37,7 +37,7 @@ def journal(data_dir: Path, unit: str) -> str:
         [
             sys.executable,
             "-m",
-            "backend.daemon",
+            "clustertui.backend.daemon",
             "journal",
             "--data-dir",
             str(data_dir),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from backend.etcd import EtcdClient
-from backend.fleet import engine as engine_module
-from backend.fleet.engine import Engine
-from backend.fleet.registry import Machine, Registry, UnitState
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet import engine as engine_module
+from clustertui.backend.fleet.engine import Engine
+from clustertui.backend.fleet.registry import Machine, Registry, UnitState
 from tests.fleet.conftest import eventually
 from tests.fleet.test_engine import halt, register, run_engine, submit
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from backend.etcd import EtcdClient
-from backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry, UnitState
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.session import Session
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry, UnitState
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.session import Session
 from tests.ctl.conftest import CtlRunner
 from tests.harness.stores import RunningStore
 from tests.panes.conftest import running, wait_for

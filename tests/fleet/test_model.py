@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from backend.etcd import EtcdClient
-from backend.fleet.model import (
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.fleet.model import (
     ClusterState,
     Job,
     Machine,
@@ -27,12 +27,12 @@ from backend.fleet.model import (
     subnet_owner,
     unit_state,
 )
-from backend.fleet.registry import Registry
-from backend.fleet.unitfile import parse, unit_hash
-from console.access import MachineAccess
-from console.cluster import ClusterFeed, ClusterModel
-from console.ctl import apply_environment, build_parser, execute
-from console.screens.units import UnitsPane
+from clustertui.backend.fleet.registry import Registry
+from clustertui.backend.fleet.unitfile import parse, unit_hash
+from clustertui.console.access import MachineAccess
+from clustertui.console.cluster import ClusterFeed, ClusterModel
+from clustertui.console.ctl import apply_environment, build_parser, execute
+from clustertui.console.screens.units import UnitsPane
 from tests.fleet.conftest import eventually
 from tests.harness.stores import RunningStore
 

@@ -8,10 +8,10 @@ import signal
 import time
 from pathlib import Path
 
-from backend.etcd import make_client
-from backend.fleet.registry import Registry, current_state
-from backend.fleet.runner import process_start_time, reap_orphans
-from backend.fleet.unitfile import unit_hash
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry, current_state
+from clustertui.backend.fleet.runner import process_start_time, reap_orphans
+from clustertui.backend.fleet.unitfile import unit_hash
 from tests.fleet.conftest import NodeFactory, eventually
 from tests.harness.etcd import EtcdMember
 from tests.harness.procs import Child

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.fleet.cli import machine_id, parse_metadata
+from clustertui.backend.fleet.cli import machine_id, parse_metadata
 from tests.harness.procs import REPO
 
 
@@ -39,7 +39,7 @@ def test_bad_flags_are_refused_with_a_reason(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "backend.daemon", "node", "--data-dir", str(tmp_path), *flags],
+        [sys.executable, "-m", "clustertui.backend.daemon", "node", "--data-dir", str(tmp_path), *flags],
         cwd=REPO,
         capture_output=True,
         text=True,

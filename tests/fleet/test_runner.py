@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.fleet.runner import UnitRunner, group_alive, reap_orphans
-from backend.fleet.unitfile import parse
+from clustertui.backend.fleet.runner import UnitRunner, group_alive, reap_orphans
+from clustertui.backend.fleet.unitfile import parse
 from tests.fleet.conftest import RecordingSink, eventually
 
 

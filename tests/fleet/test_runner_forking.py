@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.fleet.runner import UnitRunner
-from backend.fleet.unitfile import UnitFileError, parse
+from clustertui.backend.fleet.runner import UnitRunner
+from clustertui.backend.fleet.unitfile import UnitFileError, parse
 from tests.fleet.conftest import RecordingSink, eventually
 
 

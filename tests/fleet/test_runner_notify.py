@@ -10,8 +10,8 @@ import asyncio
 import socket
 from pathlib import Path
 
-from backend.fleet.runner import UnitRunner
-from backend.fleet.unitfile import parse
+from clustertui.backend.fleet.runner import UnitRunner
+from clustertui.backend.fleet.unitfile import parse
 from tests.fleet.conftest import RecordingSink, eventually
 from tests.harness.procs import find_tool
 

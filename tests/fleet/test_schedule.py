@@ -7,9 +7,9 @@ import fnmatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.fleet.engine import Decision, schedule
-from backend.fleet.registry import ClusterState, Job, Machine
-from backend.fleet.unitfile import parse
+from clustertui.backend.fleet.engine import Decision, schedule
+from clustertui.backend.fleet.registry import ClusterState, Job, Machine
+from clustertui.backend.fleet.unitfile import parse
 
 A = "aaaaaaaa11111111aaaaaaaa11111111"
 B = "bbbbbbbb22222222bbbbbbbb22222222"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.fleet.unitfile import (
+from clustertui.backend.fleet.unitfile import (
     UnitFileError,
     UnitName,
     expand_specifiers,

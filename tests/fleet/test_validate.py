@@ -6,18 +6,18 @@ import os
 
 import pytest
 
-from backend.fleet.engine import schedule
-from backend.fleet.model import UnsafeValue, ssh_target
-from backend.fleet.registry import ClusterState, Job, Machine
-from backend.fleet.unitfile import parse
-from backend.fleet.validate import (
+from clustertui.backend.fleet.engine import schedule
+from clustertui.backend.fleet.model import UnsafeValue, ssh_target
+from clustertui.backend.fleet.registry import ClusterState, Job, Machine
+from clustertui.backend.fleet.unitfile import parse
+from clustertui.backend.fleet.validate import (
     machine_problem,
     subnet_record_problem,
     unit_name_problem,
 )
-from backend.text import is_plain, literal
-from console.access import journal_command
-from console.journal_stream import MachineAccess
+from clustertui.backend.text import is_plain, literal
+from clustertui.console.access import journal_command
+from clustertui.console.journal_stream import MachineAccess
 
 GOOD_ID = "85c0c5950123456789abcdef01234567"
 

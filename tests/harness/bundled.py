@@ -34,7 +34,7 @@ class BundledStore(OwnsChild):
             if self.tls.client_cert_auth:
                 tls.append("--client-cert-auth")
         return [
-            sys.executable, "-m", "backend.daemon", "kv",
+            sys.executable, "-m", "clustertui.backend.daemon", "kv",
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.url,
             # etcd's harness timing, hence the same minimum lease TTL.

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import make_client
-from backend.kv import wire
-from backend.kv.apply import Config, Store
-from backend.kv.http.app import HTTPApp
-from backend.kv.http.conn import HTTPLimits
-from backend.kv.http.sniff import HTTPSide, Sniffer
-from backend.kv.server import KVServer
+from clustertui.backend.etcd import make_client
+from clustertui.backend.kv import wire
+from clustertui.backend.kv.apply import Config, Store
+from clustertui.backend.kv.http.app import HTTPApp
+from clustertui.backend.kv.http.conn import HTTPLimits
+from clustertui.backend.kv.http.sniff import HTTPSide, Sniffer
+from clustertui.backend.kv.server import KVServer
 
 
 class Served:

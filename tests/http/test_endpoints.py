@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from backend.etcd import make_client
+from clustertui.backend.etcd import make_client
 from tests.harness.bundled import start_bundled
 from tests.harness.etcd import EtcdMember, TLSFiles
 from tests.harness.pki import CA

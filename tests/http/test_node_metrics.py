@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backend.etcd import make_client
-from backend.fleet.registry import Registry
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry
 from tests.fleet.conftest import NodeFactory, eventually
 from tests.harness.bundled import start_bundled
 from tests.harness.procs import Child, find_tool, free_port

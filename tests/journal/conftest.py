@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.daemon import main
-from backend.journal.fmt import parse_export
-from backend.journal.writer import JournalWriter
+from clustertui.backend.daemon import main
+from clustertui.backend.journal.fmt import parse_export
+from clustertui.backend.journal.writer import JournalWriter
 from tests.harness.procs import REPO
 
 # Real journalctl output (systemd 252) and the export it was made from; see its README.
@@ -60,7 +60,7 @@ def clusterd(*args: str, tz: str = "UTC", **kwargs: object) -> subprocess.Comple
     """Run ``clusterd ARGS`` as a real child process, output captured."""
     env = {**os.environ, "TZ": tz, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "backend.daemon", *args],
+        [sys.executable, "-m", "clustertui.backend.daemon", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -112,7 +112,7 @@ class Follower:
             [
                 sys.executable,
                 "-m",
-                "backend.daemon",
+                "clustertui.backend.daemon",
                 "journal",
                 "--data-dir",
                 str(data_dir),

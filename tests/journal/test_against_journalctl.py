@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.fmt import parse_json
+from clustertui.backend.journal.fmt import parse_json
 from tests.harness.procs import REPO
 from tests.journal.conftest import UNCOMPARABLE, Run, import_export, objects
 from tests.journal.private_journald import OUTPUTS, SAMPLES

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.writer import JournalWriter
 from tests.journal.conftest import Run, objects
 from tests.journal.test_export import JOURNAL_REMOTE
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.cli import UsageError, parse_priorities, parse_time
-from backend.journal.fmt import parse_json
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.cli import UsageError, parse_priorities, parse_time
+from clustertui.backend.journal.fmt import parse_json
+from clustertui.backend.journal.writer import JournalWriter
 from tests.journal.conftest import FIXTURES, Run, clusterd
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.fmt import parse_export
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.fmt import parse_export
+from clustertui.backend.journal.writer import JournalWriter
 from tests.journal.conftest import UNCOMPARABLE, Run, objects
 
 # Debian ships it outside PATH; tests/install-components.sh installs the package.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal import store
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal import store
+from clustertui.backend.journal.writer import JournalWriter
 from tests.journal.conftest import Follower, Run
 
 Follow = Callable[..., Follower]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.reader import DirectoryWatch
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.reader import DirectoryWatch
+from clustertui.backend.journal.writer import JournalWriter
 from tests.journal.conftest import Follower
 
 Follow = Callable[..., Follower]

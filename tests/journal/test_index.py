@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.journal import index, store
-from backend.journal.fmt import record_fields
-from backend.journal.reader import Journal, Query
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal import index, store
+from clustertui.backend.journal.fmt import record_fields
+from clustertui.backend.journal.reader import Journal, Query
+from clustertui.backend.journal.writer import JournalWriter
 
 BOOTS = ["b0" * 16, "b1" * 16]
 UNITS = ["web0.service", "web1.service", "rare.service", 'we"b.service', "wéb.service"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.fmt import parse_json
+from clustertui.backend.journal.fmt import parse_json
 from tests.journal.conftest import FIXTURES, UNCOMPARABLE, Run, clusterd, objects
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.writer import JournalWriter
 from tests.harness.procs import REPO
 
 # What the reader may import beyond a bare interpreter's start-up, by top-level name. Grow
@@ -35,8 +35,8 @@ ALLOWED_STDLIB = {
     "struct",
     "zlib",
 }
-JOURNAL_MODULES = {"backend", "backend.daemon", "backend.journal"} | {
-    f"backend.journal.{name}" for name in ("cli", "fmt", "index", "reader", "store")
+JOURNAL_MODULES = {"backend", "clustertui.backend.daemon", "clustertui.backend.journal"} | {
+    f"clustertui.backend.journal.{name}" for name in ("cli", "fmt", "index", "reader", "store")
 }
 NEVER = ("grpc", "google", "aetcd", "asyncio", "concurrent", "ssl", "dataclasses", "inspect")
 
@@ -75,7 +75,7 @@ def test_the_reader_imports_only_the_journal_modules(tmp_path: Path) -> None:
         ["-g", "line 9", "-p", "info", "-o", "verbose"],
         ["-S", "today", "-r", "-o", "export"],
     ):
-        used = imported("-m", "backend.daemon", "journal", "--data-dir", str(tmp_path), *argv)
+        used = imported("-m", "clustertui.backend.daemon", "journal", "--data-dir", str(tmp_path), *argv)
         added = used - bare
         assert not [name for name in added if name.split(".")[0] in NEVER], argv
         outside = {
@@ -86,7 +86,7 @@ def test_the_reader_imports_only_the_journal_modules(tmp_path: Path) -> None:
         assert not outside, f"{argv}: the reader now imports {sorted(outside)}"
 
 
-CAT = [sys.executable, "-X", "importtime", "-m", "backend.daemon", "cat"]
+CAT = [sys.executable, "-X", "importtime", "-m", "clustertui.backend.daemon", "cat"]
 
 
 def test_cat_imports_no_server_machinery(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_cat_imports_no_server_machinery(tmp_path: Path) -> None:
         if line.startswith("import time:")
     }
     assert not [name for name in names if name.split(".")[0] in NEVER]
-    assert "backend.journal.writer" in names
+    assert "clustertui.backend.journal.writer" in names
 
 
 def best_of(argv: list[str], runs: int) -> float:
@@ -123,7 +123,7 @@ def best_of(argv: list[str], runs: int) -> float:
 
 def test_the_reader_starts_within_three_times_a_bare_interpreter(tmp_path: Path) -> None:
     a_journal(tmp_path, 3000)
-    reader = [sys.executable, "-m", "backend.daemon", "journal", "--data-dir", str(tmp_path)]
+    reader = [sys.executable, "-m", "clustertui.backend.daemon", "journal", "--data-dir", str(tmp_path)]
     bare = [sys.executable, "-c", "pass"]
     theirs = best_of(bare, 5)
     ours = best_of([*reader, "-n", "1"], 5)

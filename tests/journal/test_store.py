@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from backend.journal import store
-from backend.journal.fmt import record_fields
-from backend.journal.reader import Journal, Query
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal import store
+from clustertui.backend.journal.fmt import record_fields
+from clustertui.backend.journal.reader import Journal, Query
+from clustertui.backend.journal.writer import JournalWriter
 from tests.harness.procs import REPO
 from tests.journal.conftest import clusterd
 
@@ -132,7 +132,7 @@ def test_a_torn_tail_is_skipped_on_read_and_cut_by_the_next_writer(tmp_path: Pat
 
 def test_a_writer_killed_mid_stream_leaves_older_entries_intact(tmp_path: Path) -> None:
     writer = subprocess.Popen(
-        [sys.executable, "-m", "backend.daemon", "cat", "--data-dir", str(tmp_path), "-t", "w"],
+        [sys.executable, "-m", "clustertui.backend.daemon", "cat", "--data-dir", str(tmp_path), "-t", "w"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdin=subprocess.PIPE,
@@ -163,7 +163,7 @@ def test_concurrent_writers_share_one_sequence(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "backend.daemon",
+                "clustertui.backend.daemon",
                 "cat",
                 "--data-dir",
                 str(tmp_path),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.journal.writer import JournalWriter
+from clustertui.backend.journal.writer import JournalWriter
 from tests.journal.conftest import Run
 
 REALTIME = 1_764_237_601_000_003  # Thu 2025-11-27 10:00:01.000003 UTC

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient
+from clustertui.backend.etcd import EtcdClient
 
 
 async def rpc_error(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, NoSpace, make_client
-from backend.keys import prefix_end
+from clustertui.backend.etcd import EtcdClient, NoSpace, make_client
+from clustertui.backend.keys import prefix_end
 from tests.harness.bundled import start_bundled
 from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore

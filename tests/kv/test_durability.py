@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, EtcdError, make_client
-from backend.kv.wal import frame, read_records
+from clustertui.backend.etcd import EtcdClient, EtcdError, make_client
+from clustertui.backend.kv.wal import frame, read_records
 from tests.harness.bundled import BundledStore, start_bundled
 from tests.harness.procs import free_port
 from tests.kv.conftest import rpc_error

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient
-from backend.keys import prefix_end
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.keys import prefix_end
 from tests.kv.conftest import rpc_error
 
 RR = rpc.RangeRequest

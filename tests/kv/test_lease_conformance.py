@@ -7,7 +7,7 @@ import asyncio
 import grpc
 from aetcd import rpc
 
-from backend.etcd import EtcdClient, LeaseNotFound
+from clustertui.backend.etcd import EtcdClient, LeaseNotFound
 from tests.kv.conftest import rpc_error
 
 

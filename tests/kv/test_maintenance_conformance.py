@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aetcd import rpc
 
-from backend.etcd import EtcdClient
+from clustertui.backend.etcd import EtcdClient
 
 NOSPACE = rpc.AlarmType.Value("NOSPACE")
 CORRUPT = rpc.AlarmType.Value("CORRUPT")

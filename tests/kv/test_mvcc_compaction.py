@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.kv.mvcc import FROM_KEY, KeySpace, Writer
+from clustertui.backend.kv.mvcc import FROM_KEY, KeySpace, Writer
 
 KEYS = [b"a", b"b", b"c", b"d"]
 # One revision's operations: (key, value) puts, or (key, None) deletes.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdError, make_client
+from clustertui.backend.etcd import EtcdError, make_client
 from tests.harness.bundled import BundledStore, start_bundled
 from tests.harness.etcd import EtcdMember, TLSFiles
 from tests.harness.pki import CA

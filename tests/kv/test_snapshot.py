@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import make_client
+from clustertui.backend.etcd import make_client
 from tests.harness.bundled import BundledStore, start_bundled
 from tests.harness.stores import RunningStore
 from tests.kv.tools import etcdctl, run_kv

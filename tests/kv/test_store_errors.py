@@ -15,8 +15,8 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from backend.kv.apply import Config, Store
-from backend.kv.errors import StoreError
+from clustertui.backend.kv.apply import Config, Store
+from clustertui.backend.kv.errors import StoreError
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient
-from backend.keys import prefix_end
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.keys import prefix_end
 from tests.kv.conftest import RawWatch
 
 

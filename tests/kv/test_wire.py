@@ -20,9 +20,9 @@ import hpack
 import pytest
 from aetcd import rpc
 
-from backend.etcd import EtcdClient
-from backend.keys import prefix_end
-from backend.kv.wire_codec import (
+from clustertui.backend.etcd import EtcdClient
+from clustertui.backend.keys import prefix_end
+from clustertui.backend.kv.wire_codec import (
     ACK,
     COMPRESSION_ERROR,
     CONTINUATION,

@@ -10,8 +10,8 @@ import hpack
 from aetcd import rpc
 from aetcd.rpc import rpc_pb2_grpc as services
 
-from backend.kv.wire import Context, WireServer
-from backend.kv.wire_codec import (
+from clustertui.backend.kv.wire import Context, WireServer
+from clustertui.backend.kv.wire_codec import (
     DATA,
     END_HEADERS,
     HEADERS,

@@ -12,7 +12,7 @@ import time
 import hpack
 import pytest
 
-from backend.kv.wire_codec import (
+from clustertui.backend.kv.wire_codec import (
     ACK,
     COMPRESSION_ERROR,
     DATA,
@@ -34,7 +34,7 @@ from backend.kv.wire_codec import (
     WINDOW_UPDATE,
     frame,
 )
-from backend.kv.wire_conn import (
+from clustertui.backend.kv.wire_conn import (
     BODY,
     DRAINED,
     REQUEST,

@@ -9,7 +9,7 @@ import grpc
 from aetcd import rpc
 from aetcd.rpc import rpc_pb2_grpc as services
 
-from backend.kv.wire import Context, WireServer
+from clustertui.backend.kv.wire import Context, WireServer
 from tests.kv.conftest import rpc_error
 
 

@@ -15,8 +15,8 @@ import grpc
 import hpack
 import pytest
 
-from backend.etcd import make_client
-from backend.kv.wire_codec import (
+from clustertui.backend.etcd import make_client
+from clustertui.backend.kv.wire_codec import (
     END_HEADERS,
     HEADERS,
     PING,
@@ -160,7 +160,7 @@ def test_the_store_raises_its_open_file_soft_limit_to_the_hard_limit(tmp_path: P
 def test_the_limit_flags_are_checked(tmp_path: Path) -> None:
     for flags in (["--max-concurrent-streams", "0"], ["--grpc-keepalive-min-time", "soon"]):
         done = subprocess.run(
-            [sys.executable, "-m", "backend.daemon", "kv", "--data-dir", str(tmp_path), *flags],
+            [sys.executable, "-m", "clustertui.backend.daemon", "kv", "--data-dir", str(tmp_path), *flags],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -192,7 +192,7 @@ async def test_the_project_clients_keepalive_on_an_idle_watch_is_never_taken_for
     while a watch is open, none while idle; the watch lives through them and gets its event."""
     from aetcd import rpc
 
-    from backend.etcd import _KEEPALIVE
+    from clustertui.backend.etcd import _KEEPALIVE
 
     options = {**_KEEPALIVE, "grpc.keepalive_time_ms": 2000, "grpc.keepalive_timeout_ms": 1000}
     options.pop("grpc.service_config")

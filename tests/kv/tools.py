@@ -36,7 +36,7 @@ def etcdctl(url: str, *args: str, stdin: str | None = None, timeout: float = 15)
 
 def run_kv(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "backend.daemon", "kv", *args],
+        [sys.executable, "-m", "clustertui.backend.daemon", "kv", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

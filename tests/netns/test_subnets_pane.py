@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import console.cluster
-from backend.etcd import make_client
-from backend.overlay.routes import kernel_routes
+import clustertui.console.cluster
+from clustertui.backend.etcd import make_client
+from clustertui.backend.overlay.routes import kernel_routes
 from tests.harness.procs import REPO
 from tests.netns.test_overlay_dataplane import all_programmed, mac_of, wait_for
 from tests.netns.topology import Topology, in_ns
@@ -41,7 +41,7 @@ async def test_the_subnets_pane_shows_vtep_macs_and_the_routes_of_the_host_it_ru
 
     # clusterctl list-subnets -l: the VtepMAC column is each host's flannel.1 MAC.
     listed = subprocess.run(
-        [sys.executable, "-m", "console.ctl", "--endpoint", url, "list-subnets", "-l"],
+        [sys.executable, "-m", "clustertui.console.ctl", "--endpoint", url, "list-subnets", "-l"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rows = {line.split()[0]: line.split() for line in listed.splitlines()[1:]}

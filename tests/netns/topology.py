@@ -172,7 +172,7 @@ class Topology:
         host.log = self.workdir / f"{host.name}.log"
         with host.log.open("ab") as out:
             host.process = subprocess.Popen(
-                ["ip", "netns", "exec", host.ns, sys.executable, "-m", "backend.daemon",
+                ["ip", "netns", "exec", host.ns, sys.executable, "-m", "clustertui.backend.daemon",
                  "overlay", "--endpoints", store_url, "--iface", "eth0",
                  "--data-dir", str(host.data_dir), "--prefix", prefix, "-v", *extra],
                 cwd=REPO,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from backend.etcd import EtcdClient
+from clustertui.backend.etcd import EtcdClient
 from tests.harness.procs import REPO, spawned
 
 
@@ -19,7 +19,7 @@ def start_overlay(
     url: str, data_dir: Path, prefix: str, *extra: str
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     return spawned(
-        [sys.executable, "-m", "backend.daemon", "overlay", "--endpoints", url,
+        [sys.executable, "-m", "clustertui.backend.daemon", "overlay", "--endpoints", url,
          "--data-dir", str(data_dir), "--public-ip", "10.0.0.5", "--prefix", prefix,
          "--lease-only", *extra],
         cwd=REPO,
@@ -67,7 +67,7 @@ async def test_overlay_writes_subnet_env_and_a_restart_keeps_the_subnet(
 
 def test_overlay_refuses_a_bad_duration(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "backend.daemon", "overlay", "--data-dir", str(tmp_path),
+        [sys.executable, "-m", "clustertui.backend.daemon", "overlay", "--data-dir", str(tmp_path),
          "--public-ip", "10.0.0.5", "--subnet-lease-ttl", "5 parsecs"],
         cwd=REPO,
         capture_output=True,

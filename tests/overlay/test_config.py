@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from backend.overlay.config import ConfigError, parse_config
+from clustertui.backend.overlay.config import ConfigError, parse_config
 
 
 def test_defaults_follow_flannel() -> None:

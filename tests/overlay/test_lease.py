@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import EtcdClient, make_client
-from backend.overlay.lease import (
+from clustertui.backend.etcd import EtcdClient, make_client
+from clustertui.backend.overlay.lease import (
     Lease,
     OutOfSubnets,
     SubnetManager,

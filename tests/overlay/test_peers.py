@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from backend.overlay.dataplane import Peer, parse_peer
-from backend.overlay.routes import kernel_routes
+from clustertui.backend.overlay.dataplane import Peer, parse_peer
+from clustertui.backend.overlay.routes import kernel_routes
 
 KEY = b"/coreos.com/network/subnets/10.1.7.0-24"
 

@@ -13,13 +13,13 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.screen import Screen
 
-from backend import demo
-from backend.etcd import make_client
-from backend.fleet.registry import Registry
-from backend.fleet.runner import process_start_time
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.session import Session
+from clustertui.backend import demo
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry
+from clustertui.backend.fleet.runner import process_start_time
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.session import Session
 from screenshots.driving import wait_for
 
 SIZE = (120, 36)

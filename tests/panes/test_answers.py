@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from backend import demo
-from console.app import ClusterConsole
+from clustertui.backend import demo
+from clustertui.console.app import ClusterConsole
 from tests.panes.conftest import console_on, open_units, registry_on, running, wait_for
 from tests.panes.test_units import launch, put_cursor_on
 

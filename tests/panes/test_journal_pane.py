@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from textual.app import App, ComposeResult
 
-from backend.fleet.registry import Machine
-from console.journal_stream import MachineAccess, parse_entry
-from console.screens.journal import JournalPane, Target
-from console.screens.path_prompt import PathPromptScreen
+from clustertui.backend.fleet.registry import Machine
+from clustertui.console.journal_stream import MachineAccess, parse_entry
+from clustertui.console.screens.journal import JournalPane, Target
+from clustertui.console.screens.path_prompt import PathPromptScreen
 from tests.panes.conftest import SIZE, shown, wait_for
-from widgets.journal_view import JournalEntry, JournalView
+from clustertui.widgets.journal_view import JournalEntry, JournalView
 
 START = 1_795_000_000_000_000
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from backend.fleet.registry import Machine
-from backend.journal.writer import JournalWriter
-from console.journal_stream import JournalFollower, MachineAccess, read_journal
-from widgets.journal_view import JournalEntry
+from clustertui.backend.fleet.registry import Machine
+from clustertui.backend.journal.writer import JournalWriter
+from clustertui.console.journal_stream import JournalFollower, MachineAccess, read_journal
+from clustertui.widgets.journal_view import JournalEntry
 
 MACHINE = "c0ffee00" * 4
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from backend.etcd import make_client
-from backend.journal.writer import JournalWriter
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.session import Session
+from clustertui.backend.etcd import make_client
+from clustertui.backend.journal.writer import JournalWriter
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.session import Session
 from tests.harness.procs import REPO
 from tests.harness.sshd import SSHServer
 from tests.panes.conftest import SIZE, wait_for
@@ -82,7 +82,7 @@ async def test_journal_follow_over_ssh_reconnects_after_a_drop_with_no_gaps_or_d
     )
     session = Session(settings)
     await session.open_tunnel()
-    remote = f"cd {REPO} && PYTHONPATH={REPO} {sys.executable} -m backend.daemon"
+    remote = f"cd {REPO} && PYTHONPATH={REPO} {sys.executable} -m clustertui.backend.daemon"
     app = ClusterConsole(session, remote_clusterd=remote)
     try:
         async with app.run_test(size=SIZE) as pilot:

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from backend import demo
-from backend.etcd import make_client
-from backend.fleet.registry import Machine
-from console.app import ClusterConsole
-from console.journal_stream import MachineAccess
-from console.tunnel import Tunnel, TunnelSpec
+from clustertui.backend import demo
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Machine
+from clustertui.console.app import ClusterConsole
+from clustertui.console.journal_stream import MachineAccess
+from clustertui.console.tunnel import Tunnel, TunnelSpec
 from tests.panes.conftest import console_on, running, wait_for
 
 pytestmark = pytest.mark.slow

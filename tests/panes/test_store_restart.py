@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from backend.etcd import make_client
-from backend.fleet.registry import Registry
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry
 from tests.harness.etcd import EtcdMember
 from tests.panes.conftest import console_on, running, wait_for
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
-from backend import demo
-from backend.fleet.registry import Registry
-from console.app import ClusterConsole
-from console.journal_stream import MachineAccess, read_journal
-from console.screens.confirm import ConfirmScreen
-from console.screens.path_prompt import PathPromptScreen
-from console.screens.text_view import TextScreen
+from clustertui.backend import demo
+from clustertui.backend.fleet.registry import Registry
+from clustertui.console.app import ClusterConsole
+from clustertui.console.journal_stream import MachineAccess, read_journal
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.path_prompt import PathPromptScreen
+from clustertui.console.screens.text_view import TextScreen
 from tests.panes.conftest import (
     console_on,
     open_units,

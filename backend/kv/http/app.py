@@ -10,11 +10,11 @@ from typing import Any
 
 from aetcd import rpc
 
-from backend.kv.apply import Store
-from backend.kv.http.conn import Request, Response, text
-from backend.kv.http.gateway import Gateway
-from backend.kv.http.metrics import StoreMetrics
-from backend.kv.http.v2keys import V2Keys
+from clustertui.backend.kv.apply import Store
+from clustertui.backend.kv.http.conn import Request, Response, text
+from clustertui.backend.kv.http.gateway import Gateway
+from clustertui.backend.kv.http.metrics import StoreMetrics
+from clustertui.backend.kv.http.v2keys import V2Keys
 
 SERVER_VERSION = "3.4.23"
 """The etcd release whose behaviour the bundled store follows (reported by /version)."""
@@ -74,7 +74,7 @@ class HTTPApp:
             body, kind = self.metrics.render(request.headers.get("accept", ""))
             return Response(200, body, kind)
         if path == "/v2/keys" or path.startswith("/v2/keys/"):
-            from backend.kv.http.v2keys import _clean
+            from clustertui.backend.kv.http.v2keys import _clean
 
             return await self.v2.handle(request, _clean(path[len("/v2/keys") :]))
         if path in ("/v2/members", "/v2/members/"):

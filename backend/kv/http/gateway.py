@@ -16,11 +16,11 @@ from aetcd import rpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from backend.kv.apply import Store
-from backend.kv.errors import StoreError
-from backend.kv.http.conn import Request, Response, text
-from backend.kv.http.watching import responses
-from backend.kv.watch import WatchStream
+from clustertui.backend.kv.apply import Store
+from clustertui.backend.kv.errors import StoreError
+from clustertui.backend.kv.http.conn import Request, Response, text
+from clustertui.backend.kv.http.watching import responses
+from clustertui.backend.kv.watch import WatchStream
 
 API_VERSION = "3.4.0"
 

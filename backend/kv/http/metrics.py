@@ -20,8 +20,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from backend.kv.apply import Store
-from backend.kv.stats import Histogram
+from clustertui.backend.kv.apply import Store
+from clustertui.backend.kv.stats import Histogram
 
 
 def _code_name(code: grpc.StatusCode) -> str:

@@ -14,8 +14,8 @@ import asyncio
 import re
 from collections.abc import Callable
 
-from backend.kv.http.app import HTTPApp
-from backend.kv.http.conn import HTTPConnection, HTTPLimits
+from clustertui.backend.kv.http.app import HTTPApp
+from clustertui.backend.kv.http.conn import HTTPConnection, HTTPLimits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/1\.[0-9]\r?\n")

@@ -25,11 +25,11 @@ from typing import Any
 
 from aetcd import rpc
 
-from backend.kv.apply import Store
-from backend.kv.errors import StoreError
-from backend.kv.http.conn import Request, Response
-from backend.kv.http.watching import responses
-from backend.kv.watch import WatchStream
+from clustertui.backend.kv.apply import Store
+from clustertui.backend.kv.errors import StoreError
+from clustertui.backend.kv.http.conn import Request, Response
+from clustertui.backend.kv.http.watching import responses
+from clustertui.backend.kv.watch import WatchStream
 
 # etcd's v2 error codes, messages and HTTP statuses (etcdserver/api/v2error).
 KEY_NOT_FOUND, TEST_FAILED, NOT_FILE, NOT_DIR, NODE_EXIST, ROOT_RONLY, DIR_NOT_EMPTY = (
