@@ -15,8 +15,8 @@ from tests.harness.procs import REPO
 
 IMPORT_ALL_BACKEND = """
 import importlib, pkgutil, sys
-import clustertui.backend
-for module in pkgutil.walk_packages(backend.__path__, "backend."):
+from clustertui import backend
+for module in pkgutil.walk_packages(backend.__path__, "clustertui.backend."):
     importlib.import_module(module.name)
 loaded = sorted(name for name in sys.modules if name == "textual" or name.startswith("textual."))
 print(len(list(pkgutil.walk_packages(backend.__path__))), loaded)
@@ -36,7 +36,10 @@ def test_importing_every_backend_module_loads_no_textual_module() -> None:
     assert loaded == "[]"
 
 
-IMPORT = re.compile(r"^\s*(?:from\s+(\w+)[\w.]*\s+import|import\s+(\w+))", re.MULTILINE)
+IMPORT = re.compile(
+    r"^\s*(?:from\s+(?:clustertui\.)?(\w+)[\w.]*\s+import|import\s+(?:clustertui\.)?(\w+))",
+    re.MULTILINE,
+)
 """An import statement at any depth, read as text: ``ast.parse`` of the larger modules
 fails on CPython 3.11.7 inside the test workers (AST constructor recursion depth mismatch)."""
 

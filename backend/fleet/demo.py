@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,16 +20,17 @@ from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
 from clustertui.backend.keys import prefix_end
 from clustertui.backend.overlay.config import DEFAULT_PREFIX as NETWORK_PREFIX
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def clusterd_command() -> list[str]:
-    """How to run `clusterd` so `ps` names it so: the installed `clusterd` script beside
-    this Python (the kernel names a `#!` script's process after the script), else
-    ``python -m clustertui.backend.daemon`` from a bare checkout."""
+    """How to run `clusterd` so `ps` names it so: the installed `clusterd` command beside
+    this Python (the kernel names a `#!` script's process after the script), else the one on
+    PATH, else this Python running the installed module."""
     script = Path(sys.executable).with_name("clusterd")
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
+    found = shutil.which("clusterd")
+    if found:
+        return [found]
     return [sys.executable, "-m", "clustertui.backend.daemon"]
 
 
@@ -124,10 +126,9 @@ class DemoNodes:
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("ab") as out:
         return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
 

@@ -35,9 +35,12 @@ ALLOWED_STDLIB = {
     "struct",
     "zlib",
 }
-JOURNAL_MODULES = {"backend", "clustertui.backend.daemon", "clustertui.backend.journal"} | {
-    f"clustertui.backend.journal.{name}" for name in ("cli", "fmt", "index", "reader", "store")
-}
+JOURNAL_MODULES = {
+    "clustertui",
+    "clustertui.backend",
+    "clustertui.backend.daemon",
+    "clustertui.backend.journal",
+} | {f"clustertui.backend.journal.{name}" for name in ("cli", "fmt", "index", "reader", "store")}
 NEVER = ("grpc", "google", "aetcd", "asyncio", "concurrent", "ssl", "dataclasses", "inspect")
 
 
@@ -75,7 +78,9 @@ def test_the_reader_imports_only_the_journal_modules(tmp_path: Path) -> None:
         ["-g", "line 9", "-p", "info", "-o", "verbose"],
         ["-S", "today", "-r", "-o", "export"],
     ):
-        used = imported("-m", "clustertui.backend.daemon", "journal", "--data-dir", str(tmp_path), *argv)
+        used = imported(
+            "-m", "clustertui.backend.daemon", "journal", "--data-dir", str(tmp_path), *argv
+        )
         added = used - bare
         assert not [name for name in added if name.split(".")[0] in NEVER], argv
         outside = {
@@ -123,7 +128,14 @@ def best_of(argv: list[str], runs: int) -> float:
 
 def test_the_reader_starts_within_three_times_a_bare_interpreter(tmp_path: Path) -> None:
     a_journal(tmp_path, 3000)
-    reader = [sys.executable, "-m", "clustertui.backend.daemon", "journal", "--data-dir", str(tmp_path)]
+    reader = [
+        sys.executable,
+        "-m",
+        "clustertui.backend.daemon",
+        "journal",
+        "--data-dir",
+        str(tmp_path),
+    ]
     bare = [sys.executable, "-c", "pass"]
     theirs = best_of(bare, 5)
     ours = best_of([*reader, "-n", "1"], 5)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import clustertui.console.cluster
 from clustertui.backend.etcd import make_client
 from clustertui.backend.overlay.routes import kernel_routes
+from clustertui.console import cluster
 from tests.harness.procs import REPO
 from tests.netns.test_overlay_dataplane import all_programmed, mac_of, wait_for
 from tests.netns.topology import Topology, in_ns
@@ -52,7 +52,7 @@ async def test_the_subnets_pane_shows_vtep_macs_and_the_routes_of_the_host_it_ru
     # The console "on" host 1: its routes are host 1's /proc/net/route.
     table = tmp_path / "route"
     table.write_text(in_ns(one.ns, "cat", "/proc/net/route"))
-    monkeypatch.setattr(console.cluster, "kernel_routes", lambda: kernel_routes(table))
+    monkeypatch.setattr(cluster, "kernel_routes", lambda: kernel_routes(table))
     app = console_on(url)
     async with running(app) as pilot:
         await wait_in_pilot(pilot, lambda: app.model.loaded.is_set())
