@@ -12,7 +12,10 @@ from collections.abc import Sequence
 # imported only when chosen, so `clusterd journal` never pays for gRPC start-up.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "kv": ("clustertui.backend.kv.cli", "run the bundled store that speaks etcd's v3 gRPC API"),
-    "node": ("clustertui.backend.fleet.cli", "run this machine's agent, engine candidate and overlay lease"),
+    "node": (
+        "clustertui.backend.fleet.cli",
+        "run this machine's agent, engine candidate and overlay lease",
+    ),
     "overlay": ("clustertui.backend.overlay.cli", "lease this machine's overlay subnet (flannel)"),
     "cat": ("clustertui.backend.journal.cat", "write stdin or a command's output into the journal"),
     "journal": ("clustertui.backend.journal.cli", "read the journal the way journalctl does"),

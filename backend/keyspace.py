@@ -8,7 +8,13 @@ from typing import Any
 
 from aetcd import rpc
 
-from clustertui.backend.etcd import EtcdClient, KeyNotFound, RequestTooLarge, RevisionCompacted, typed_error
+from clustertui.backend.etcd import (
+    EtcdClient,
+    KeyNotFound,
+    RequestTooLarge,
+    RevisionCompacted,
+    typed_error,
+)
 from clustertui.backend.keys import prefix_end
 
 MIN_PAGE = 32

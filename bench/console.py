@@ -27,8 +27,8 @@ from textual import events
 from textual.geometry import Region
 from textual.strip import Strip
 
-from clustertui.backend.etcd import EtcdClient, make_client
 from bench import _console_panes
+from clustertui.backend.etcd import EtcdClient, make_client
 from clustertui.console.app import ClusterConsole
 from clustertui.console.config import ClusterSettings
 from clustertui.console.session import Session
@@ -69,8 +69,8 @@ def start_store(kind: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
             "--quota-backend-bytes", str(4 * 1024**3),
         ]  # fmt: skip
     else:
-        argv = [sys.executable, "-m", "clustertui.backend.daemon", "kv", "--data-dir", str(root / "kv"),
-                "--listen-client-urls", url]  # fmt: skip
+        argv = [sys.executable, "-m", "clustertui.backend.daemon", "kv",
+                "--data-dir", str(root / "kv"), "--listen-client-urls", url]  # fmt: skip
     log = (root / "store.log").open("ab")
     process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO, start_new_session=True)
     deadline = time.monotonic() + 30

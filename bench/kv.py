@@ -20,8 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from clustertui.backend.etcd import EtcdClient, make_client
 from bench import _etcd_tool as etcd_tool
+from clustertui.backend.etcd import EtcdClient, make_client
 from tests.harness.bundled import start_bundled
 from tests.harness.etcd import start_etcd
 from tests.harness.stores import RunningStore

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from clustertui.backend.fleet.demo import clusterd_command
@@ -144,14 +143,10 @@ def is_local(machine: Machine, *, tunnelled: bool) -> bool:
     return bool(machine.hostname) and machine.hostname == socket.gethostname() and not tunnelled
 
 
-def local_clusterd(command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment that run a ``clusterd …`` command with this checkout's code."""
-    argv = [*clusterd_command(), *command[1:]]
-    return argv, {**os.environ, "PYTHONPATH": _repo_path()}
-
-
-def _repo_path() -> str:
-    return str(Path(__file__).resolve().parents[1])
+def local_clusterd(command: Sequence[str]) -> list[str]:
+    """The argv that runs a ``clusterd …`` command here: the installed ``clusterd`` beside
+    this Python (or on PATH), with no environment of its own."""
+    return [*clusterd_command(), *command[1:]]
 
 
 def remote_command(remote_clusterd: str, command: Sequence[str]) -> str:
@@ -162,7 +157,7 @@ def remote_command(remote_clusterd: str, command: Sequence[str]) -> str:
 async def run(
     argv: list[str],
     *,
-    env: dict[str, str] | None,
+    env: dict[str, str] | None = None,
     out: TextIO | None = None,
     stdin: bool = False,
 ) -> tuple[int, str]:

@@ -143,10 +143,9 @@ class JournalFollower:
             yield batch
 
     async def _local(self) -> AsyncIterator[list[bytes]]:
-        argv, env = local_clusterd(self.command())
+        argv = local_clusterd(self.command())
         process = await asyncio.create_subprocess_exec(
             *argv,
-            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -230,9 +229,9 @@ async def read_journal(
     """The newest ``lines`` lines of ``units`` on ``machine`` (the unit status detail's tail)."""
     command = journal_command(machine, units, lines=str(lines), follow=False, output="json")
     if access.is_local(machine):
-        argv, env = local_clusterd(command)
+        argv = local_clusterd(command)
         process = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from clustertui.backend.fleet.unitfile import UnitFile
-from clustertui.backend.fleet.validate import machine_problem, subnet_record_problem, unit_name_problem
+from clustertui.backend.fleet.validate import (
+    machine_problem,
+    subnet_record_problem,
+    unit_name_problem,
+)
 from clustertui.backend.overlay.lease import parse_subnet_key
 
 TargetState = Literal["inactive", "loaded", "launched"]

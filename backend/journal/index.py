@@ -369,7 +369,9 @@ class Builder:
         path = index_path(segment)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         data = self.serialize()
-        from clustertui.backend import filemodes  # here: a reader saves an index only when it rebuilt one
+        from clustertui.backend import (
+            filemodes,  # here: a reader saves an index only when it rebuilt one
+        )
 
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         fd = os.open(tmp, flags, filemodes.JOURNAL_FILE)

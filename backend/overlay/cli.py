@@ -202,7 +202,11 @@ def check_underlay(
     programmed (None: lease-only mode). Raises DataPlaneError with a message for the user.
     Runs netlink's sync API: call it outside the event loop (or in a thread).
     """
-    from clustertui.backend.overlay.dataplane import has_net_admin, ip_forward_enabled, resolve_iface
+    from clustertui.backend.overlay.dataplane import (
+        has_net_admin,
+        ip_forward_enabled,
+        resolve_iface,
+    )
 
     if not lease_only and not has_net_admin():
         log.warning(

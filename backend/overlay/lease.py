@@ -22,7 +22,12 @@ from clustertui.backend import filemodes
 from clustertui.backend.etcd import EtcdClient, EtcdError, typed_error
 from clustertui.backend.fleet.validate import subnet_record_problem
 from clustertui.backend.keys import prefix_end
-from clustertui.backend.overlay.config import DEFAULT_PREFIX, ConfigError, NetworkConfig, parse_config
+from clustertui.backend.overlay.config import (
+    DEFAULT_PREFIX,
+    ConfigError,
+    NetworkConfig,
+    parse_config,
+)
 
 log = logging.getLogger("clusterd.overlay")
 

@@ -173,11 +173,9 @@ class Session:
         self, machine: Machine, command: list[str], *, capture: bool
     ) -> tuple[int, str]:
         """Run a ``clusterd`` command on ``machine``: here when it is this host, else over SSH."""
-        env: dict[str, str] | None
         if self.is_local(machine):
-            argv, env = local_clusterd(command)
+            argv = local_clusterd(command)
         else:
             remote = remote_command(self.args.remote_clusterd, command)
             argv = self.ssh_route().argv(machine, remote, tty=False)
-            env = None
-        return await run(argv, env=env, out=None if capture else self.out)
+        return await run(argv, out=None if capture else self.out)

@@ -17,13 +17,13 @@ from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Machine, Registry,
 from clustertui.backend.fleet.unitfile import unit_hash
 from clustertui.console.app import ClusterConsole
 from clustertui.console.screens.edit_value import EditValueScreen
+from clustertui.widgets.value_view import ValueView
 from screenshots.driving import loaded, select
 from tests.console.conftest import SIZE, console_for
 from tests.console.test_tmux import Terminal
 from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore
 from tests.panes.conftest import console_on, running, wait_for
-from clustertui.widgets.value_view import ValueView
 
 BAD = "badc0ffee0ddf00d0123456789abcdef"
 GOOD = "600d600d600d600d600d600d600d600d"

@@ -14,8 +14,8 @@ from clustertui.console.app import ClusterConsole
 from clustertui.console.config import ClusterSettings
 from clustertui.console.screens.keys import KeysPane
 from clustertui.console.session import Session
-from screenshots.driving import loaded, select, wait_for
 from clustertui.widgets.key_tree import KeyTree
+from screenshots.driving import loaded, select, wait_for
 
 SIZE = (120, 36)
 

@@ -14,6 +14,8 @@ from clustertui.console.app import ClusterConsole
 from clustertui.console.screens.help import HelpScreen
 from clustertui.console.screens.history import HistoryScreen
 from clustertui.console.screens.new_key import NewKeyScreen
+from clustertui.widgets.filter_bar import FilterBar
+from clustertui.widgets.watch_log import WatchLog
 from tests.console.conftest import (
     SIZE,
     console_for,
@@ -26,8 +28,6 @@ from tests.console.conftest import (
 )
 from tests.harness.etcd import EtcdMember
 from tests.harness.stores import RunningStore
-from clustertui.widgets.filter_bar import FilterBar
-from clustertui.widgets.watch_log import WatchLog
 
 REFUSED = "nobody answers at http://127.0.0.1:1: connection refused; is the store running there?"
 

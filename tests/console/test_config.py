@@ -118,7 +118,15 @@ def test_the_command_line_reports_a_bad_config_without_a_traceback(tmp_path: Pat
 def test_the_command_line_reports_an_unknown_cluster(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     result = subprocess.run(
-        [sys.executable, "-m", "clustertui.console.app", "--config", str(path), "--cluster", "nope"],
+        [
+            sys.executable,
+            "-m",
+            "clustertui.console.app",
+            "--config",
+            str(path),
+            "--cluster",
+            "nope",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -15,6 +15,8 @@ from clustertui.console.screens.help import HelpScreen
 from clustertui.console.screens.history import HistoryScreen
 from clustertui.console.screens.new_key import NewKeyScreen
 from clustertui.console.screens.ttl import TTLScreen
+from clustertui.widgets.value_view import ValueView
+from clustertui.widgets.watch_log import WatchLog
 from tests.console.conftest import (
     SIZE,
     console_for,
@@ -28,8 +30,6 @@ from tests.console.conftest import (
     wait_for,
 )
 from tests.harness.stores import RunningStore
-from clustertui.widgets.value_view import ValueView
-from clustertui.widgets.watch_log import WatchLog
 
 
 def names(app, prefix: bytes) -> list[str]:  # type: ignore[no-untyped-def]

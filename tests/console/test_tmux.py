@@ -169,7 +169,9 @@ def test_closing_the_terminal_removes_the_demos_temporary_directory_and_ps_says_
 ) -> None:
     """Issue 13: the demo's processes are `clusterd …` in ps; a closed terminal leaves no
     temporary directory behind."""
-    terminal.start(["env", f"TMPDIR={tmp_path}", sys.executable, "-m", "clustertui.console.app", "--demo"])
+    terminal.start(
+        ["env", f"TMPDIR={tmp_path}", sys.executable, "-m", "clustertui.console.app", "--demo"]
+    )
     screen = terminal.wait_for("connected", within=60)
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", screen).group(1))  # type: ignore[union-attr]
     assert len(list(tmp_path.glob("clustertui-demo-*"))) == 1
@@ -219,7 +221,16 @@ def test_issue_13_in_a_terminal(terminal: Terminal, size: tuple[int, int], human
     """Issue 13's problems, driven as a user drives them, at 80x24 typing at human speed
     and at 160x45 typing fast."""
     # The window's own size, not the COLUMNS and LINES the test session sets for snapshots.
-    command = ["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-m", "clustertui.console.app"]
+    command = [
+        "env",
+        "-u",
+        "COLUMNS",
+        "-u",
+        "LINES",
+        sys.executable,
+        "-m",
+        "clustertui.console.app",
+    ]
     terminal.start([*command, "--demo"], size)
     screen = terminal.wait_for("/services/", within=60)
     screen = terminal.wait_for("connected")

@@ -25,7 +25,14 @@ def test_the_margin_is_a_fraction_or_a_percentage_of_the_ttl() -> None:
 def test_a_bad_margin_is_refused_before_the_node_starts(tmp_path: Path, value: str) -> None:
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "clustertui.backend.daemon", "node", "--data-dir", str(tmp_path / "n")),
+            *(
+                sys.executable,
+                "-m",
+                "clustertui.backend.daemon",
+                "node",
+                "--data-dir",
+                str(tmp_path / "n"),
+            ),
             *("--fence-margin", value, "--endpoints", "http://127.0.0.1:9"),
         ],
         capture_output=True,

@@ -39,7 +39,15 @@ def test_bad_flags_are_refused_with_a_reason(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "clustertui.backend.daemon", "node", "--data-dir", str(tmp_path), *flags],
+        [
+            sys.executable,
+            "-m",
+            "clustertui.backend.daemon",
+            "node",
+            "--data-dir",
+            str(tmp_path),
+            *flags,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

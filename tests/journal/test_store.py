@@ -132,7 +132,16 @@ def test_a_torn_tail_is_skipped_on_read_and_cut_by_the_next_writer(tmp_path: Pat
 
 def test_a_writer_killed_mid_stream_leaves_older_entries_intact(tmp_path: Path) -> None:
     writer = subprocess.Popen(
-        [sys.executable, "-m", "clustertui.backend.daemon", "cat", "--data-dir", str(tmp_path), "-t", "w"],
+        [
+            sys.executable,
+            "-m",
+            "clustertui.backend.daemon",
+            "cat",
+            "--data-dir",
+            str(tmp_path),
+            "-t",
+            "w",
+        ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdin=subprocess.PIPE,

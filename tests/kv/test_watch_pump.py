@@ -14,7 +14,13 @@ from aetcd import rpc
 
 from clustertui.backend.kv.apply import Config, Store
 from clustertui.backend.kv.mvcc import Writer
-from clustertui.backend.kv.watch import CHUNK_BYTES, CONNECTION_BUDGET, STREAM_BUDGET, Budget, WatchStream
+from clustertui.backend.kv.watch import (
+    CHUNK_BYTES,
+    CONNECTION_BUDGET,
+    STREAM_BUDGET,
+    Budget,
+    WatchStream,
+)
 
 PREFIX = b"/h/"
 END = b"/h0"

@@ -160,7 +160,15 @@ def test_the_store_raises_its_open_file_soft_limit_to_the_hard_limit(tmp_path: P
 def test_the_limit_flags_are_checked(tmp_path: Path) -> None:
     for flags in (["--max-concurrent-streams", "0"], ["--grpc-keepalive-min-time", "soon"]):
         done = subprocess.run(
-            [sys.executable, "-m", "clustertui.backend.daemon", "kv", "--data-dir", str(tmp_path), *flags],
+            [
+                sys.executable,
+                "-m",
+                "clustertui.backend.daemon",
+                "kv",
+                "--data-dir",
+                str(tmp_path),
+                *flags,
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,

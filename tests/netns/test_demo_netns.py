@@ -24,8 +24,8 @@ def test_demo_netns_shows_a_unit_talking_across_hosts_and_cleans_up(tmp_path: Pa
     out_file = tmp_path / "demo.out"
     with out_file.open("wb") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "clustertui.backend.daemon", "demo", "--netns", "--machines", "2",
-             "--data-dir", str(tmp_path / "demo")],
+            [sys.executable, "-m", "clustertui.backend.daemon", "demo", "--netns",
+             "--machines", "2", "--data-dir", str(tmp_path / "demo")],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
@@ -46,8 +46,8 @@ def test_demo_netns_shows_a_unit_talking_across_hosts_and_cleans_up(tmp_path: Pa
             assert time.monotonic() < deadline, answered
             time.sleep(1)
             answered = subprocess.run(
-                [sys.executable, "-m", "clustertui.console.ctl", "--endpoint", url, "journal", "--lines",
-                 "10", "overlay-ping.service"],
+                [sys.executable, "-m", "clustertui.console.ctl", "--endpoint", url, "journal",
+                 "--lines", "10", "overlay-ping.service"],
                 cwd=REPO, capture_output=True, text=True,
             ).stdout  # fmt: skip
         assert re.search(r"10\.1\.\d+\.2: container on node\d answers 10\.1\.\d+\.0", answered)

@@ -269,8 +269,9 @@ def test_host_gw_refuses_a_peer_off_its_l2_network_and_names_it(
 
 def overlay_once(host: Host, url: str, *extra: str, prefix_argv: tuple[str, ...] = ()) -> str:
     """Run `clusterd overlay` in ``host``'s namespace until it exits or 8 s pass; its output."""
-    argv = ["ip", "netns", "exec", host.ns, *prefix_argv, sys.executable, "-m", "clustertui.backend.daemon",
-            "overlay", "--endpoints", url, "--data-dir", str(host.data_dir), "--prefix", PREFIX,
+    argv = ["ip", "netns", "exec", host.ns, *prefix_argv,
+            sys.executable, "-m", "clustertui.backend.daemon", "overlay",
+            "--endpoints", url, "--data-dir", str(host.data_dir), "--prefix", PREFIX,
             *extra]  # fmt: skip
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -385,7 +386,8 @@ def test_clusterd_node_with_iface_programs_the_overlay_too(
         host.log = topology.workdir / f"{host.name}.log"
         with host.log.open("ab") as out:
             host.process = subprocess.Popen(
-                ["ip", "netns", "exec", host.ns, sys.executable, "-m", "clustertui.backend.daemon", "node",
+                ["ip", "netns", "exec", host.ns,
+                 sys.executable, "-m", "clustertui.backend.daemon", "node",
                  "--endpoints", url, "--data-dir", str(host.data_dir), "--iface", "eth0",
                  "--disable-engine"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,

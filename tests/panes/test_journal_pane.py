@@ -11,8 +11,8 @@ from clustertui.backend.fleet.registry import Machine
 from clustertui.console.journal_stream import MachineAccess, parse_entry
 from clustertui.console.screens.journal import JournalPane, Target
 from clustertui.console.screens.path_prompt import PathPromptScreen
-from tests.panes.conftest import SIZE, shown, wait_for
 from clustertui.widgets.journal_view import JournalEntry, JournalView
+from tests.panes.conftest import SIZE, shown, wait_for
 
 START = 1_795_000_000_000_000
 
