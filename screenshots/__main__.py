@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from backend import demo
+from clustertui.backend import demo
 from screenshots.pane_scenes import PANE_SCENES, pane_console, seed_cluster
 from screenshots.scenes import SCENES, Scene, scene_console
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from textual.pilot import Pilot
 
-from backend.keyspace import child_of
-from console.app import ClusterConsole
+from clustertui.backend.keyspace import child_of
+from clustertui.console.app import ClusterConsole
 
 
 async def wait_for(pilot: Pilot, predicate: Callable[[], object], within: float = 10.0) -> None:

@@ -8,19 +8,19 @@ from pathlib import Path
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from backend.etcd import make_client
-from backend.fleet.registry import Registry
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.screens.confirm import ConfirmScreen
-from console.screens.path_prompt import PathPromptScreen
-from console.screens.text_view import TextScreen
-from console.screens.units import append_journal, status_lines
-from console.session import Session
+from clustertui.backend.etcd import make_client
+from clustertui.backend.fleet.registry import Registry
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.path_prompt import PathPromptScreen
+from clustertui.console.screens.text_view import TextScreen
+from clustertui.console.screens.units import append_journal, status_lines
+from clustertui.console.session import Session
+from clustertui.widgets.journal_view import JournalEntry
+from clustertui.widgets.literal import literal
 from screenshots.driving import console_of, wait_for
 from screenshots.scenes import SHOWN_ENDPOINT, THEME, Scene
-from widgets.journal_view import JournalEntry
-from widgets.literal import literal
 
 NOW = 1_795_000_000.0
 """The still clock of every pane scene (2026-11-18)."""

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from textual.pilot import Pilot
 
-from console.app import ClusterConsole
-from console.config import ClusterSettings
-from console.screens.confirm import ConfirmScreen
-from console.screens.edit_value import EditValueScreen
-from console.screens.help import HelpScreen
-from console.session import Session
+from clustertui.console.app import ClusterConsole
+from clustertui.console.config import ClusterSettings
+from clustertui.console.screens.confirm import ConfirmScreen
+from clustertui.console.screens.edit_value import EditValueScreen
+from clustertui.console.screens.help import HelpScreen
+from clustertui.console.session import Session
 from screenshots.driving import console_of, loaded, select, wait_for
 
 SIZE = (120, 36)

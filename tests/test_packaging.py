@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -49,3 +50,16 @@ def test_the_wheel_holds_only_the_clustertui_package(tmp_path: Path) -> None:
     assert "clustertui/console/console.tcss" in names
     assert "clustertui/backend/daemon.py" in names
     assert not any(name.startswith("clustertui/__init__") for name in names)
+
+
+def test_nothing_imports_the_folders_by_their_bare_names() -> None:
+    """With the repository root on sys.path (pytest's, a bench's), `import console` would load
+    a second copy of a module beside clustertui.console's, whose classes are not the same."""
+    bare = re.compile(r"^\s*(?:from|import)\s+(backend|console|widgets)\b", re.MULTILINE)
+    found = [
+        f"{path.relative_to(REPO)}: {match.group().strip()}"
+        for folder in ("backend", "console", "widgets", "tests", "bench", "screenshots")
+        for path in (REPO / folder).rglob("*.py")
+        for match in bare.finditer(path.read_text())
+    ]
+    assert not found, "\n".join(found)
