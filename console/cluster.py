@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import grpc
+
 from clustertui.backend.etcd import DELETE, EtcdClient, EtcdError, RevisionCompacted
 from clustertui.backend.fleet.model import ClusterState, Subnet
 from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
@@ -191,10 +193,25 @@ class ClusterFeed:
                 continue
             except (EtcdError, OSError):
                 self.model.state = "reconnecting"
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
                 # At most a second behind a store that is back (the panes must catch up fast).
                 delay = min(delay * 2, 1.0)
                 continue
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` before watching again, or less: until the channel is connected.
+
+        A sleep alone adds its length to the channel's own reconnect wait (the channel
+        dials on its backoff, and a watch started before fails at once): after a store
+        restart, the panes were up to 4 s behind, past the 2 s they must catch up in.
+        """
+        channel = getattr(self.client, "channel", None)
+        if channel is None or channel.get_state() == grpc.ChannelConnectivity.READY:
+            # Connected, yet the watch failed: not a dial to wait for.
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), delay)
 
     async def _watch_all(self) -> None:
         queue: asyncio.Queue[tuple[bytes, int, list[Any]] | BaseException] = asyncio.Queue()

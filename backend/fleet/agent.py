@@ -67,6 +67,10 @@ class Agent:
         self._lease: FencedLease | None = None
         self._fenced_leases: list[int] = []
         self._fenced_reports: set[str] = set()
+        self._stale_reports: set[str] = set()
+        """Units retired here whose report could not be removed (the store was away): each
+        reconcile tries again, or a leftover "active" report would hold the unit's handoff
+        to another machine for as long as this machine's lease lives."""
         self._dirty = asyncio.Event()
         self._unpublished: set[str] = set()
         self._publish_wanted = asyncio.Event()
@@ -273,6 +277,15 @@ class Agent:
             if name not in wanted:
                 with contextlib.suppress(EtcdError, TimeoutError, OSError):
                     await self.registry.remove_state(name, self.machine.id)
+        for name in list(self._stale_reports):
+            if name in self.units or name in self._fenced_reports:
+                self._stale_reports.discard(name)  # a newer report speaks for it
+                continue
+            try:
+                await self.registry.remove_state(name, self.machine.id)
+            except (EtcdError, TimeoutError, OSError):
+                break  # the store is away again: the next reconcile tries
+            self._stale_reports.discard(name)
         for name in [n for n in self.units if n not in wanted]:
             retired = self.units.pop(name)
             self._queue(name, retired, self._retire(name, retired))
@@ -345,7 +358,9 @@ class Agent:
                     await self.registry.publish_state(name, state, lease.id)
                     self._fenced_reports.add(name)
                 else:
+                    self._stale_reports.add(name)
                     await self.registry.remove_state(name, self.machine.id)
+                    self._stale_reports.discard(name)
 
     def _changed(self, runner: UnitRunner) -> None:
         entry = self.units.get(runner.name)

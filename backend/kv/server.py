@@ -151,6 +151,9 @@ class WatchService(services.WatchServicer):  # type: ignore[misc]  # aetcd has n
             while (response := await stream.next_output()) is not None:
                 await context.write(response)
                 stream.written()
+            if stream.stopped:
+                # etcd's ErrGRPCStopped: a client must not take a shutdown for a clean end.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
         finally:
             reader.cancel()
             stream.close()
@@ -473,7 +476,7 @@ class KVServer:
         if self.http is not None:
             self.http.close()
         for stream in list(self.streams):
-            stream.send(None)
+            stream.shut_down()
         if self.server is not None:
             await self.server.stop(grace=1.0)
         with contextlib.suppress(OSError):

@@ -316,6 +316,9 @@ class WatchStream:
         """Watchers catching up from history (replays and victims)."""
         self.progress_wanted = False
         self.ending = False
+        self.stopped = False
+        """Set when the store shuts down: the stream then ends with UNAVAILABLE, as etcd's
+        do, not OK, so a client can tell a shutdown from a clean end."""
         self.closed = False
         self._next_id = 0
         self._output: asyncio.Future[None] | None = None
@@ -353,6 +356,11 @@ class WatchStream:
         self.queued += size
         self.budget.used += size
         self._wake_output()
+
+    def shut_down(self) -> None:
+        """The store is stopping: send what is queued, then end with UNAVAILABLE."""
+        self.stopped = True
+        self.send(None)
 
     def _wake_output(self) -> None:
         waiter = self._output
