@@ -8,7 +8,7 @@ import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import asyncssh
 
@@ -144,12 +144,8 @@ class JournalFollower:
 
     async def _local(self) -> AsyncIterator[list[bytes]]:
         argv = local_clusterd(self.command())
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        process = await spawn_reader(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         assert process.stdout is not None
         try:
@@ -177,6 +173,32 @@ class JournalFollower:
             connection.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.wait_closed(), 5)
+
+
+_ENDING: set[asyncio.Task[None]] = set()
+"""Readers being ended after their caller was cancelled while they started (kept referenced)."""
+
+
+async def spawn_reader(argv: Sequence[str], **options: Any) -> asyncio.subprocess.Process:
+    """Start a local reader (stdin from /dev/null). A cancel that arrives while the process is
+    being started (Textual may cancel a worker twice) does not leave it running unowned: the
+    start finishes in the background and the reader is ended and reaped there."""
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, **options)
+    )
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        starting.add_done_callback(_end_when_started)
+        raise
+
+
+def _end_when_started(starting: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    if starting.cancelled() or starting.exception() is not None:
+        return
+    ending = asyncio.ensure_future(end_reader(starting.result()))
+    _ENDING.add(ending)
+    ending.add_done_callback(_ENDING.discard)
 
 
 async def end_reader(process: asyncio.subprocess.Process, grace: float = 5.0) -> None:
@@ -230,10 +252,7 @@ async def read_journal(
     command = journal_command(machine, units, lines=str(lines), follow=False, output="json")
     if access.is_local(machine):
         argv = local_clusterd(command)
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        process = await spawn_reader(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
             output, _ = await asyncio.wait_for(process.communicate(), 15)
         finally:

@@ -112,3 +112,47 @@ async def test_a_journal_read_that_ends_by_itself_still_returns_the_lines(
     entries = await read_journal(MachineAccess(), machine, ["here.service"], "here", lines=3)
     assert [entry.message for entry in entries] == ["line 2", "line 3", "line 4"]
     assert readers_of(data_dir) == []
+
+
+@pytest.mark.parametrize("which", ["follower", "read"])
+async def test_a_cancel_while_the_reader_is_being_started_still_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """The cancel lands inside process creation: the process exists, the call has not
+    returned it yet. Before, nobody held the process: it kept running, unreaped."""
+    machine, data_dir = local_machine(tmp_path)
+    spawned: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def slow_to_return(*argv: Any, **options: Any) -> asyncio.subprocess.Process:
+        process = await spawn(*argv, **options)
+        spawned.append(process)
+        await asyncio.sleep(0.5)  # the window between fork and the caller holding it
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_to_return)
+    if which == "follower":
+
+        async def consume() -> None:
+            async for _ in JournalFollower(MachineAccess(), machine, [], "here").follow():
+                pass
+
+        task = asyncio.create_task(consume())
+    else:
+        task = asyncio.create_task(read_journal(MachineAccess(), machine, [], "here"))
+    for _ in range(2000):
+        if spawned:
+            break
+        await asyncio.sleep(0.001)
+    [reader] = spawned
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait({task}, timeout=30)
+    assert task.cancelled()
+    for _ in range(200):  # ended in the background: SIGTERM, then reaped
+        if reader.returncode is not None and not readers_of(data_dir):
+            break
+        await asyncio.sleep(0.05)
+    assert reader.returncode is not None
+    assert readers_of(data_dir) == []
