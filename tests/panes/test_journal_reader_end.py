@@ -16,6 +16,7 @@ import pytest
 
 from clustertui.backend.fleet.registry import Machine
 from clustertui.backend.journal.writer import JournalWriter
+from clustertui.console import journal_stream
 from clustertui.console.journal_stream import JournalFollower, MachineAccess, read_journal
 from clustertui.widgets.journal_view import JournalEntry
 
@@ -150,9 +151,14 @@ async def test_a_cancel_while_the_reader_is_being_started_still_ends_it(
     task.cancel()
     await asyncio.wait({task}, timeout=30)
     assert task.cancelled()
-    for _ in range(200):  # ended in the background: SIGTERM, then reaped
-        if reader.returncode is not None and not readers_of(data_dir):
+    for _ in range(200):  # ended in the background: SIGTERM, then reaped, pipe drained
+        if (
+            reader.returncode is not None
+            and not readers_of(data_dir)
+            and not journal_stream._ENDING
+        ):
             break
         await asyncio.sleep(0.05)
+    assert not journal_stream._ENDING
     assert reader.returncode is not None
     assert readers_of(data_dir) == []
