@@ -26,6 +26,7 @@ from pathlib import Path
 from clustertui.backend.etcd import make_client
 from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
 from clustertui.backend.fleet.runner import reap_orphans
+from clustertui.backend.keyspace import lease_ttl
 from tests.fleet.conftest import NodeFactory
 from tests.harness import heartbeat
 from tests.harness.bundled import BundledStore
@@ -293,6 +294,39 @@ class World:
             time.sleep(0.2)
         return missing
 
+    def diagnose(self, units: list[str]) -> str:
+        """Why units are not running, as the store sees it: each one's target and reason, the
+        reports that hold it, and the seconds left on each machine's lease (the evidence a
+        violation needs)."""
+
+        async def read() -> str:
+            client = make_client(self.urls, timeout=2)
+            try:
+                registry = Registry(client, PREFIX)
+                state = await registry.snapshot(("job", "machines", "states"))
+                parts = []
+                for unit in units:
+                    job = state.jobs.get(unit)
+                    reports = {m[:5]: r.active_state for m, r in state.states.get(unit, {}).items()}
+                    where = (job.target[:5] or "-") if job else "no job"
+                    why = f" ({job.reason})" if job and job.reason else ""
+                    parts.append(f"{unit} on {where}{why} reports {reports}")
+                for machine_id in sorted(state.machines):
+                    found = await registry.read_range(
+                        registry.key("machines", machine_id, "object")
+                    )
+                    if found.kvs:
+                        left = await lease_ttl(client, found.kvs[0].lease)
+                        parts.append(f"{machine_id[:5]} lease {found.kvs[0].lease:x} {left}s left")
+                return "; ".join(parts)
+            finally:
+                await client.close()
+
+        try:
+            return asyncio.run(asyncio.wait_for(read(), 10))
+        except Exception as error:
+            return f"no diagnosis: {error!r}"
+
     def check_acked(self) -> None:
         async def read() -> set[bytes]:
             client = make_client(self.urls)
@@ -465,6 +499,7 @@ class World:
             if missing:
                 self._violate(
                     f"not running {SETTLE:g}s after healing {self.report.faults[-1]}: {missing}"
+                    f" [{self.diagnose(missing)}]"
                 )
             if after_heal is not None:
                 self.report.checks += 1
