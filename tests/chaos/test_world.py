@@ -6,8 +6,10 @@ import socket
 import threading
 from pathlib import Path
 
-from tests.chaos.world import port_free, restart_member
-from tests.harness.etcd import start_etcd
+import pytest
+
+from tests.chaos.world import World, port_free, restart_member
+from tests.harness.etcd import start_etcd, start_etcd_cluster
 
 
 def hold(port: int) -> socket.socket:
@@ -68,3 +70,29 @@ def test_a_second_heal_of_the_same_member_starts_nothing(tmp_path: Path) -> None
         assert member.child.pid == first and member.child.alive() and member.healthy()
     finally:
         member.stop()
+
+
+@pytest.mark.slow
+def test_the_leader_kill_kills_the_leader_and_never_a_second_member(tmp_path: Path) -> None:
+    """Overlapping leader kills: the first kills the member that leads; the second, while
+    that one is down, kills nothing (it used to kill member 0, whether dead or alive, and
+    both heals then started the same member twice)."""
+    world = World(tmp_path, "etcd", 1)
+    world.cluster = start_etcd_cluster(tmp_path / "etcd", 3)
+    try:
+        leader = world._etcd_leader()
+        assert leader is not None
+        first_heal = world.kill_etcd_leader()
+        assert world.report.faults[-1] == f"SIGKILL etcd leader m{leader}"
+        assert not world.cluster.members[leader].child.alive()  # type: ignore[union-attr]
+        second_heal = world.kill_etcd_leader()
+        assert world.report.faults[-1] == f"SIGKILL etcd leader: skipped, m{leader} is down"
+        alive = [m.name for m in world.cluster.members if m.child and m.child.alive()]
+        assert len(alive) == 2, alive
+        second_heal()
+        first_heal()
+        for member in world.cluster.members:
+            assert member.child is not None and member.child.alive()
+            member.wait_ready(30)
+    finally:
+        world.cluster.stop()
