@@ -12,6 +12,7 @@ unit; exits 1 when an invariant broke.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import re
 import tempfile
@@ -26,10 +27,18 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--store", choices=("etcd", "bundled"), default="etcd")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--keep", metavar="DIR", help="run in DIR and keep it (node logs, heartbeats) afterwards"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"chaos soak: {args.minutes:g} min on {args.store}, seed {seed}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = args.keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-"))
         world = World(Path(tmp), args.store, seed)
         began = time.monotonic()
         try:

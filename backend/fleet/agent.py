@@ -89,6 +89,7 @@ class Agent:
                 try:
                     await lease.grant()
                     await self.registry.register_machine(self.machine, lease.id)
+                    log.info("agent: registered with lease %x", lease.id)
                     self._lease = lease
                     await self._end_fence()
                     self._unpublished.update(self.units)
@@ -181,9 +182,17 @@ class Agent:
             task = asyncio.create_task(entry.runner.fence(budget), name=f"fence-{name}")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+            # The fence runs at once (its deadline cannot wait behind a slow stop), but the
+            # unit's next operations wait for it: a start while the unit is still stopping
+            # would find it running and do nothing, and it would stay dead for good.
+            self._queue(name, entry, self._await_fence(task))
         # The session ends: the next one registers anew and takes what the engine gives.
         self._fenced_leases.append(lease.granted)
         lease.lost.set()
+
+    @staticmethod
+    async def _await_fence(task: asyncio.Task[None]) -> None:
+        await asyncio.wait({task})
 
     async def _end_fence(self) -> None:
         """Registered anew: the leases given up are revoked (their states go with them)."""

@@ -550,6 +550,17 @@ class Engine:
         if waiting:
             hold_vanished(state, decisions, waiting)
         ops = changes(state, decisions, self.registry)
+        if ops and log.isEnabledFor(logging.INFO):
+            for name, decision in sorted(decisions.items()):
+                job = state.jobs[name]
+                if (decision.target, decision.reason) != (job.target, job.reason):
+                    log.info(
+                        "engine: %s: %s -> %s%s",
+                        name,
+                        job.target[:8] or "-",
+                        decision.target[:8] or "-",
+                        f" ({decision.reason})" if decision.reason else "",
+                    )
         ours = self.registry.put_op(b"", self.machine_id).request_put.value
         leader_check = rpc.Compare(
             key=self.registry.leader_key,

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -25,10 +26,11 @@ from pathlib import Path
 from clustertui.backend.etcd import make_client
 from clustertui.backend.fleet.registry import DEFAULT_PREFIX, Registry
 from clustertui.backend.fleet.runner import reap_orphans
+from clustertui.backend.keyspace import lease_ttl
 from tests.fleet.conftest import NodeFactory
 from tests.harness import heartbeat
 from tests.harness.bundled import BundledStore
-from tests.harness.etcd import EtcdCluster, start_etcd_cluster
+from tests.harness.etcd import EtcdCluster, EtcdMember, start_etcd_cluster
 from tests.harness.proxy import TcpProxy
 
 TTL = 2.0
@@ -49,6 +51,48 @@ UNITS = {
     "logship.service": "Global=true",
 }
 GLOBAL = {name for name, fleet in UNITS.items() if "Global=true" in fleet}
+
+
+def port_free(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:``port`` now (as etcd does, SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def restart_member(member: EtcdMember, initial: str, within: float = 30.0) -> None:
+    """Start a killed etcd member again on its ports, retrying while they are taken.
+
+    A dead member's port can be held for a moment by someone else's socket: a client dialing
+    the dead port from an ephemeral port that happens to be that very port (a TCP
+    self-connect, which the proxies' dials can make), or any outbound connection given it.
+    etcd then exits at once ("address already in use"); so wait until both ports are free,
+    start, and try again on an early exit, until ``within`` seconds have passed.
+    """
+    if member.child is not None and member.child.alive():
+        return  # restarted already (one heal of two overlapping faults)
+    deadline = time.monotonic() + within
+    while True:
+        while not (port_free(member.client_port) and port_free(member.peer_port)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{member.name}: ports {member.client_port}/{member.peer_port} "
+                    f"still taken after {within:g}s"
+                )
+            time.sleep(0.1)
+        member.start(initial)
+        try:
+            member.wait_ready(max(1.0, deadline - time.monotonic()))
+            return
+        except RuntimeError:
+            # Exited early: most likely a port taken again between the check and its bind.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @dataclass
@@ -132,6 +176,7 @@ class World:
             # CHAOS_FENCE_MARGIN=0 turns fencing off: the monitor must then see two copies.
             "--fence-margin",
             os.environ.get("CHAOS_FENCE_MARGIN", "0.3"),
+            *(["--verbose"] if os.environ.get("CHAOS_VERBOSE") else []),
             ttl=f"{TTL:g}s",
             machine_id=f"{name}{'0' * 27}",
         )
@@ -213,7 +258,7 @@ class World:
         with self._lock:
             if text not in self.report.violations:
                 self.report.violations.append(text)
-                print(f"  VIOLATION: {text}", flush=True)
+                print(f"  VIOLATION at {time.time():.1f}: {text}", flush=True)
 
     def _writer(self) -> None:
         """Writes a counter key every 50 ms through the store's endpoints; keeps what was acked."""
@@ -248,6 +293,39 @@ class World:
                 return []
             time.sleep(0.2)
         return missing
+
+    def diagnose(self, units: list[str]) -> str:
+        """Why units are not running, as the store sees it: each one's target and reason, the
+        reports that hold it, and the seconds left on each machine's lease (the evidence a
+        violation needs)."""
+
+        async def read() -> str:
+            client = make_client(self.urls, timeout=2)
+            try:
+                registry = Registry(client, PREFIX)
+                state = await registry.snapshot(("job", "machines", "states"))
+                parts = []
+                for unit in units:
+                    job = state.jobs.get(unit)
+                    reports = {m[:5]: r.active_state for m, r in state.states.get(unit, {}).items()}
+                    where = (job.target[:5] or "-") if job else "no job"
+                    why = f" ({job.reason})" if job and job.reason else ""
+                    parts.append(f"{unit} on {where}{why} reports {reports}")
+                for machine_id in sorted(state.machines):
+                    found = await registry.read_range(
+                        registry.key("machines", machine_id, "object")
+                    )
+                    if found.kvs:
+                        left = await lease_ttl(client, found.kvs[0].lease)
+                        parts.append(f"{machine_id[:5]} lease {found.kvs[0].lease:x} {left}s left")
+                return "; ".join(parts)
+            finally:
+                await client.close()
+
+        try:
+            return asyncio.run(asyncio.wait_for(read(), 10))
+        except Exception as error:
+            return f"no diagnosis: {error!r}"
 
     def check_acked(self) -> None:
         async def read() -> set[bytes]:
@@ -317,30 +395,48 @@ class World:
 
         return self._named(f"SIGSTOP {name}", heal)
 
-    def _etcd_leader(self) -> int:
+    def _etcd_leader(self, within: float = 3.0) -> int | None:
+        """The index of the member that leads now, waiting out an election; None if none."""
         assert self.cluster is not None
-        for index, member in enumerate(self.cluster.members):
-            try:
-                request = urllib.request.Request(
-                    f"{member.url}/v3/maintenance/status", data=b"{}", method="POST"
-                )
-                with urllib.request.urlopen(request, timeout=1) as answer:
-                    status = json.load(answer)
-                if status.get("leader") == status.get("header", {}).get("member_id"):
-                    return index
-            except OSError:
-                continue
-        return 0
+        deadline = time.monotonic() + within
+        while True:
+            for index, member in enumerate(self.cluster.members):
+                if member.child is None or not member.child.alive():
+                    continue
+                try:
+                    request = urllib.request.Request(
+                        f"{member.url}/v3/maintenance/status", data=b"{}", method="POST"
+                    )
+                    with urllib.request.urlopen(request, timeout=1) as answer:
+                        status = json.load(answer)
+                    if status.get("leader") == status.get("header", {}).get("member_id"):
+                        return index
+                except OSError:
+                    continue
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
 
     def kill_etcd_leader(self) -> Callable[[], None]:
+        """SIGKILL the member that leads, while all three run (never a quorum loss).
+
+        It used to fall back to member 0 when no leader answered (an election under way
+        after an overlapping leader kill): it killed the dead m0 again, and both heals started
+        it, the second on ports the first held; its Child was replaced, so the first process
+        ran on unseen and every later "leader kill" of m0 killed nothing.
+        """
         assert self.cluster is not None
-        index = self._etcd_leader()
+        down = [m.name for m in self.cluster.members if m.child is None or not m.child.alive()]
+        index = None if down else self._etcd_leader()
+        if index is None:
+            why = f"{down[0]} is down" if down else "no leader elected"
+            return self._named(f"SIGKILL etcd leader: skipped, {why}", lambda: None)
         member = self.cluster.members[index]
         member.kill()
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.cluster.members)
 
         def heal() -> None:
-            member.start(initial).wait_ready(30)
+            restart_member(member, initial)
 
         return self._named(f"SIGKILL etcd leader {member.name}", heal)
 
@@ -403,6 +499,7 @@ class World:
             if missing:
                 self._violate(
                     f"not running {SETTLE:g}s after healing {self.report.faults[-1]}: {missing}"
+                    f" [{self.diagnose(missing)}]"
                 )
             if after_heal is not None:
                 self.report.checks += 1

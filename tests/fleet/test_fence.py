@@ -248,3 +248,46 @@ async def test_a_lease_ended_early_by_the_store_never_gives_two_copies(
     finally:
         for name in ("first", "other"):
             reap_orphans(tmp_path / name / "run", grace=1)
+
+
+async def test_a_unit_fenced_while_its_agent_registers_again_starts_again(
+    registry: Registry, tmp_path: Path, sink: RecordingSink
+) -> None:
+    """The store ends the lease early and the agent registers again at once, while its unit
+    is still being stopped (here its ExecStopPost takes 1 s): the unit placed on it must run
+    again once stopped. A start that found the unit still stopping used to count as done,
+    and the unit stayed dead on a live machine for good."""
+    machine = Machine("fe0ced02fe0ced02fe0ced02fe0ced02", "127.0.0.1")
+    agent = Agent(
+        registry.client, registry, machine, data_dir=tmp_path / "agent", sink=sink, ttl=2,
+        reconcile_interval=0.5,
+    )  # fmt: skip
+    script = heartbeat.write_script(tmp_path)
+    beats = tmp_path / "beats-svc"
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 15)
+        text = heartbeat.unit_text(script, beats).replace(
+            "TimeoutStopSec=2\n", "TimeoutStopSec=2\nExecStopPost=/bin/sleep 1\n"
+        )
+        await launch(registry, "svc.service", text)
+        target = registry.key("job", "svc.service", "target")
+        await registry.txn([], [registry.put_op(target, machine.id)])
+        await eventually(lambda: beating(beats), within=15, what="the unit beating")
+        first_pid = await beating(beats)
+        record = await registry.read_range(registry.key("machines", machine.id, "object"))
+        revoked = time.monotonic()
+        await registry.client.revoke_lease(record.kvs[0].lease)
+        await eventually(lambda: not process_start_time(first_pid), within=TTL, what="killed")
+        await eventually(
+            lambda: beating(beats, pid_not=first_pid), within=TTL + 5, what="running again"
+        )
+        assert time.monotonic() - revoked < TTL + 5
+        assert agent.fences == 1
+        found = heartbeat.spans(beats)
+        assert not heartbeat.overlaps(found), heartbeat.overlaps(found)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        reap_orphans(tmp_path / "agent" / "run", grace=1)
