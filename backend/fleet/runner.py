@@ -448,12 +448,19 @@ class UnitRunner:
 
     async def stop(self) -> None:
         """Stop the unit: ExecStop, KillSignal, then SIGKILL after TimeoutStopSec; wait for it."""
-        if self._task is None:
+        task = self._task
+        if task is None:
             return
         self._stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        # asyncio.wait, not `await task`: a caller cancelled here (the agent's reconcile loop,
+        # cancelled when its session ends) must see its own CancelledError. `await task` would
+        # cancel the unit's supervisor with it and, with that suppressed, swallow the caller's
+        # cancellation: the reconcile loop then never ended and the agent never registered again.
+        await asyncio.wait({task})
+        if self._task is task:
+            self._task = None
+        if not task.cancelled():
+            task.result()
         # A stopped unit starts over: its earlier failure no longer describes it.
         self._set("inactive", "dead")
 
@@ -487,8 +494,7 @@ class UnitRunner:
 
     async def wait_stopped(self) -> None:
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
+            await asyncio.wait({self._task})  # the caller's cancellation stays the caller's
 
     def _environment(self) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -388,3 +389,32 @@ async def test_a_start_command_past_timeout_start_sec_is_killed_and_fails_the_un
     assert time.monotonic() - began < 5
     assert unit.active_state == "failed"
     assert "/bin/sleep 30: timed out after 0.3s" in sink.messages("slow.service")
+
+
+@pytest.mark.parametrize("call", ["stop", "wait_stopped"])
+async def test_a_caller_cancelled_while_a_unit_stops_is_cancelled_and_the_stop_goes_on(
+    sink: RecordingSink, tmp_path: Path, call: str
+) -> None:
+    """The agent's reconcile loop is cancelled when its session ends, maybe while it waits for
+    a unit to stop. The cancel must reach the loop (before, it was swallowed: the loop ran on,
+    the session never ended and the agent never registered again, as a chaos soak showed),
+    and the unit must still finish stopping, not have its supervisor cancelled half-way."""
+    unit = runner("[Service]\nExecStart=/bin/sleep 30\nExecStop=/bin/sleep 1\n", sink, tmp_path)
+    unit.start()
+    await eventually(lambda: unit.active_state == "active", what="running")
+    pid = unit.main_pid
+    if call == "wait_stopped":
+        stopping = asyncio.create_task(unit.stop())
+        await asyncio.sleep(0.2)
+        waiter = asyncio.create_task(unit.wait_stopped())
+    else:
+        waiter = asyncio.create_task(unit.stop())
+    await asyncio.sleep(0.2)  # inside ExecStop's second
+    waiter.cancel()
+    done, _ = await asyncio.wait({waiter}, timeout=0.5)
+    assert done, "the cancelled caller went on waiting for the unit"
+    assert waiter.cancelled()
+    await eventually(lambda: not alive(pid), within=10, what="the unit stopped all the same")
+    await eventually(lambda: unit.active_state == "inactive", within=10, what="inactive")
+    if call == "wait_stopped":
+        await stopping
