@@ -16,6 +16,7 @@ import time
 
 from clustertui.backend.etcd import EtcdClient, EtcdError
 from clustertui.backend.fleet.registry import KeptLease
+from clustertui.backend.fleet.tasks import raise_if_cancelling
 
 DEFAULT_MARGIN = 0.3
 """The part of the TTL kept for stopping units: they are stopped after 0.7 TTL without renewal."""
@@ -87,6 +88,7 @@ class FencedLease(KeptLease):
                 reply = await asyncio.wait_for(self.client.refresh_lease(self.id), interval)
             except (EtcdError, TimeoutError, OSError):
                 # Not answered in time: try again at once, until the fence decides.
+                raise_if_cancelling()
                 await asyncio.sleep(min(0.1, interval))
                 continue
             if reply is None or reply.TTL <= 0:

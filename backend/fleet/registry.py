@@ -21,6 +21,7 @@ from clustertui.backend.fleet.model import (
     UnitState,
     current_state,
 )
+from clustertui.backend.fleet.tasks import raise_if_cancelling
 from clustertui.backend.fleet.unitfile import UnitFile, parse, unit_hash
 from clustertui.backend.keys import prefix_end
 
@@ -304,6 +305,7 @@ class KeptLease:
             except (EtcdError, TimeoutError, OSError):
                 # A store that does not answer may come back before the TTL runs out;
                 # only an answer that the lease is gone ends it.
+                raise_if_cancelling()
                 continue
             if reply is None or reply.TTL <= 0:
                 self.lost.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 
@@ -11,6 +10,24 @@ from clustertui.backend.etcd import EtcdClient, EtcdError, RevisionCompacted
 from clustertui.backend.keys import prefix_end
 
 log = logging.getLogger(__name__)
+
+
+CANCEL_GRACE = 5.0
+"""How long :func:`first_completed` waits for the losers to end once cancelled."""
+
+
+def _retrieve(task: asyncio.Future[object]) -> None:
+    """Consume a finished task's outcome (its error was the winner's business, or nothing)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancel that a library turned into an error (grpc may answer a cancelled
+    call with a CANCELLED status): a retry loop must not outlive its own cancellation."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def first_completed(*awaitables: Awaitable[object]) -> None:
@@ -21,9 +38,15 @@ async def first_completed(*awaitables: Awaitable[object]) -> None:
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a task that does not end when cancelled (a library that turns the cancel
+        # into an error its loop retries) must not hold the caller for ever; it is named in
+        # the log and left cancelled.
+        _, stuck = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        for task in stuck:
+            log.warning("%s did not end when cancelled; leaving it cancelled", task.get_name())
+            task.add_done_callback(_retrieve)
+        for task in set(tasks) - stuck:
+            _retrieve(task)
     for task in done:
         error = task.exception()
         if error is not None:
@@ -52,6 +75,7 @@ async def watch_changes(client: EtcdClient, base: bytes, changed: asyncio.Event,
             revision = 0
             changed.set()
         except EtcdError as error:
+            raise_if_cancelling()
             if delay == 0.2:
                 log.warning("%s: watch dropped (%s); reconnecting", what, error)
             await asyncio.sleep(delay)

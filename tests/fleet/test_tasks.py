@@ -1,0 +1,66 @@
+"""The agent's and engine's session helper ends even when a task will not end on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from clustertui.backend.etcd import EtcdError
+from clustertui.backend.fleet import tasks
+from clustertui.backend.fleet.tasks import first_completed, raise_if_cancelling
+
+
+async def test_a_task_that_swallows_its_cancel_does_not_hold_the_session_for_ever(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, first_completed awaited every cancelled task without a bound: one that turned
+    its cancel into an error its loop retried kept an agent from ever registering again."""
+    monkeypatch.setattr(tasks, "CANCEL_GRACE", 0.3)
+    lost = asyncio.Event()
+    quit_for_good = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not quit_for_good.is_set():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # what a retry loop does with a cancel disguised as an error
+
+    async def lose_the_lease() -> None:
+        await asyncio.sleep(0.05)
+        lost.set()
+
+    stuck = asyncio.ensure_future(stubborn())
+    stuck.set_name("stubborn-loop")
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(first_completed(lost.wait(), stuck, lose_the_lease()), 3)
+    assert "stubborn-loop did not end when cancelled" in caplog.text
+    quit_for_good.set()
+    stuck.cancel()
+    await asyncio.wait({stuck}, timeout=3)
+
+
+async def test_a_retry_loop_ends_when_its_cancel_comes_back_as_an_error() -> None:
+    attempts = 0
+
+    async def retrying() -> None:
+        nonlocal attempts
+        while True:
+            attempts += 1
+            try:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    raise EtcdError("the call was cancelled") from None  # as grpc may answer
+            except EtcdError:
+                raise_if_cancelling()
+                continue
+
+    task = asyncio.create_task(retrying())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.wait({task}, timeout=3)
+    assert task.cancelled()
+    assert attempts == 1
