@@ -37,5 +37,12 @@ async def test_a_store_restart_shows_unreachable_then_the_watch_resumes(
         )
         await wait_for(pilot, lambda: len(table.rows) == 2, within=20)
         await wait_for(pilot, lambda: "store unreachable" not in str(status.render()), within=5)
-        assert app.model.network is not None and str(app.model.network.network) == "10.5.0.0/16"
+        # The network config was written after the job: its event may come a moment later.
+        await wait_for(
+            pilot,
+            lambda: (
+                app.model.network is not None and str(app.model.network.network) == "10.5.0.0/16"
+            ),
+            within=5,
+        )
     await client.close()
