@@ -232,11 +232,16 @@ async def stop(ctl: Session) -> int:
         else:
             stopping.append(name)
     code = await wait_for(ctl, stopping, "stop", "loaded")
-    listed = "[" + " ".join(stopping) + "]"
+    return _outcome(ctl, code, stopping, "stop", "stopped")
+
+
+def _outcome(ctl: Session, code: int, names: list[str], verb: str, done: str) -> int:
+    """fleetctl's closing line for a stop or unload that waited for ``names``; ``code``."""
+    listed = "[" + " ".join(names) + "]"
     if code == 0:
-        ctl.warn(f"Successfully stopped units {listed}.")
+        ctl.warn(f"Successfully {done} units {listed}.")
     else:
-        ctl.warn(f"Failed to stop units {listed}. exit == {code}.")
+        ctl.warn(f"Failed to {verb} units {listed}. exit == {code}.")
     return code
 
 
@@ -256,12 +261,7 @@ async def unload(ctl: Session) -> int:
         else:
             unloading.append(name)
     code = await wait_for(ctl, unloading, "unload", "inactive")
-    listed = "[" + " ".join(unloading) + "]"
-    if code == 0:
-        ctl.warn(f"Successfully unloaded units {listed}.")
-    else:
-        ctl.warn(f"Failed to unload units {listed}. exit == {code}.")
-    return code
+    return _outcome(ctl, code, unloading, "unload", "unloaded")
 
 
 async def destroy(ctl: Session) -> int:

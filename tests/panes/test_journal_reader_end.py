@@ -19,6 +19,7 @@ from clustertui.backend.journal.writer import JournalWriter
 from clustertui.console import journal_stream
 from clustertui.console.journal_stream import JournalFollower, MachineAccess, read_journal
 from clustertui.widgets.journal_view import JournalEntry
+from tests.panes.test_journal_ssh import readers_of
 
 MACHINE = "c0ffee00" * 4
 
@@ -33,21 +34,6 @@ def local_machine(tmp_path: Path) -> tuple[Machine, Path]:
     machine = Machine(MACHINE, "127.0.0.1", {}, socket.gethostname(), str(data_dir))
     assert MachineAccess().is_local(machine)
     return machine, data_dir
-
-
-def readers_of(data_dir: Path) -> list[int]:
-    """PIDs of `clusterd journal` processes reading ``data_dir``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"journal" in argv and f"--data-dir={data_dir}".encode() in argv:
-            found.append(int(entry.name))
-    return found
 
 
 async def test_a_follower_cancelled_twice_reaps_its_reader_before_it_ends(
