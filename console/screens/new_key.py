@@ -78,6 +78,9 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
         super().__init__()
         self.directory = directory
         self._early: list[events.Key] = []
+        """Keys typed behind `n` before the fields were up, in the order typed."""
+        self._ready = False
+        """Whether those keys went into the fields: later ones are typed straight in."""
         self.save = save
         """Writes the key; returns why it failed. The dialog stays open until it succeeds,
         so a write refused during an outage loses nothing typed."""
@@ -101,16 +104,14 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
 
     def on_mount(self) -> None:
         path = self.query_one("#new-key", Input)
-        # Focused as the screen is composed, before any key typed behind `n` is handled, so
-        # a quick tab moves on from the path instead of being taken before it has focus.
-        path.focus()
+        # Focused now, not at the next idle: the keys typed behind `n` are typed into the
+        # fields here, in order, before any key that follows them can reach a field.
+        self.set_focus(path)
         path.cursor_position = len(path.value)
-        self.call_after_refresh(self._replay)
-
-    def _replay(self) -> None:
         early, self._early = self._early, []
         for event in early:
             self._take(event, tab=True)
+        self._ready = True
 
     def on_key(self, event: events.Key) -> None:
         """Keys typed right behind `n` that reach the screen before a field has focus."""
@@ -121,7 +122,7 @@ class NewKeyScreen(ModalScreen[NewKey | None]):
     def type_ahead(self, event: events.Key) -> None:
         """A key typed behind `n` that reached the pane below first: kept until the fields
         are up, then typed into them in order (a tab moves on to the next field)."""
-        if self.is_mounted and self.focused is not None:
+        if self._ready:
             self._take(event, tab=True)
         else:
             self._early.append(event)

@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from textual import events
+from textual.app import App
 from textual.command import CommandPalette
 from textual.widgets import Input, TextArea
 
@@ -75,6 +77,25 @@ async def test_n_keeps_the_directory_and_tab_typed_fast_reaches_the_value(
         await wait_for(pilot, lambda: any("wrote" in note for note in said))
         stored = await kv.get(ns + b"config/web/newbie1")
         assert stored is not None and stored.value == b"v1"
+
+
+async def test_keys_typed_behind_n_keep_their_order_across_the_dialogs_mount() -> None:
+    """Keys held while the dialog mounted and keys handed over right after it mounted go into
+    the fields in the order typed (a fast typist's "newbie1<tab>v1" was once split between
+    the key and the value when the held keys were typed in only at the next idle)."""
+    app = App[None]()
+    async with app.run_test(size=SIZE) as pilot:
+        dialog = NewKeyScreen("/config/")
+        for character in "new":
+            dialog.type_ahead(events.Key(character, character))
+        await app.push_screen(dialog)
+        for character in "bie1":
+            dialog.type_ahead(events.Key(character, character))
+        dialog.type_ahead(events.Key("tab", None))
+        dialog.type_ahead(events.Key("v", "v"))
+        await pilot.pause()
+        assert dialog.query_one("#new-key", Input).value == "/config/newbie1"
+        assert dialog.query_one("#new-value", TextArea).text == "v"
 
 
 async def test_at_80x24_the_state_help_and_dialogs_stay_in_sight(
