@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Awaitable
 
 from clustertui.backend.etcd import EtcdClient, EtcdError, RevisionCompacted
@@ -30,9 +31,27 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+def _where(task: asyncio.Future[object]) -> str:
+    """Where a task is suspended, innermost frame last, as a traceback shows it."""
+    if not isinstance(task, asyncio.Task):
+        return "  (not a task)"
+    frames = traceback.StackSummary.extract((f, f.f_lineno) for f in task.get_stack())
+    return "".join(frames.format()).rstrip() or "  (no frames)"
+
+
+def _named(awaitable: Awaitable[object]) -> asyncio.Future[object]:
+    """A task named for what it runs (``Agent.run.<locals>.stop_requested``, not ``Task-358``),
+    so a task that outlives its cancel is named in the log by its code."""
+    task = asyncio.ensure_future(awaitable)
+    name = getattr(awaitable, "__qualname__", None)
+    if name is not None and isinstance(task, asyncio.Task):
+        task.set_name(f"{name} ({task.get_name()})")
+    return task
+
+
 async def first_completed(*awaitables: Awaitable[object]) -> None:
     """Run the awaitables until the first finishes, cancel the rest, and re-raise its failure."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    tasks = [_named(a) for a in awaitables]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -43,7 +62,11 @@ async def first_completed(*awaitables: Awaitable[object]) -> None:
         # the log and left cancelled.
         _, stuck = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
         for task in stuck:
-            log.warning("%s did not end when cancelled; leaving it cancelled", task.get_name())
+            log.warning(
+                "%s did not end when cancelled; leaving it cancelled. It waits at:\n%s",
+                task.get_name(),
+                _where(task),
+            )
             task.add_done_callback(_retrieve)
         for task in set(tasks) - stuck:
             _retrieve(task)

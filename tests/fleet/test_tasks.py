@@ -42,6 +42,33 @@ async def test_a_task_that_swallows_its_cancel_does_not_hold_the_session_for_eve
     await asyncio.wait({stuck}, timeout=3)
 
 
+async def test_a_stuck_coroutine_is_named_by_its_code_and_where_it_waits(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coroutine handed in bare gets a task named for its function, and the warning shows
+    the line it waits on: "Task-358 did not end when cancelled" told nothing."""
+    monkeypatch.setattr(tasks, "CANCEL_GRACE", 0.3)
+    quit_for_good = asyncio.Event()
+
+    async def holds_on() -> None:
+        while not quit_for_good.is_set():
+            try:
+                await asyncio.sleep(10)  # the stuck line
+            except asyncio.CancelledError:
+                continue
+
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(first_completed(holds_on(), asyncio.sleep(0.05)), 3)
+    assert ".<locals>.holds_on (Task-" in caplog.text
+    assert "did not end when cancelled" in caplog.text
+    assert "await asyncio.sleep(10)  # the stuck line" in caplog.text
+    quit_for_good.set()
+    stuck = [task for task in asyncio.all_tasks() if "holds_on" in task.get_name()]
+    for task in stuck:
+        task.cancel()
+    await asyncio.wait(stuck, timeout=3)
+
+
 async def test_a_retry_loop_ends_when_its_cancel_comes_back_as_an_error() -> None:
     attempts = 0
 
