@@ -89,6 +89,8 @@ class Store:
         self.hub = WatchHub()
         self.txns = Txns(self.space, self.lessor, self.header)
         self.alarms: set[int] = set()
+        self.on_expired: list[Callable[[int, int], None]] = []
+        """Called with (lease id, keys deleted) for each lease revoked because it ran out."""
         """The alarm types raised (by any member): what the write path checks."""
         self.raised: snapshot.Alarms = set()
         """Each alarm raised, as etcd keeps them: (member ID as given, alarm type)."""
@@ -282,7 +284,11 @@ class Store:
         """Revoke every lease past its TTL; true if any was."""
         expired = self.lessor.expired()
         for lease_id in expired:
+            lease = self.lessor.leases.get(lease_id)
+            keys = len(lease.keys) if lease is not None else 0
             self.lease_revoke(lease_id)
+            for listener in self.on_expired:
+                listener(lease_id, keys)
         return bool(expired)
 
     def lease_time_to_live(

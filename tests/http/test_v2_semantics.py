@@ -204,3 +204,25 @@ def test_members_and_stats(pair: dict[str, Any]) -> None:
             sorted(request(url, "GET", "/v2/stats/store").json),
         )
     assert shapes["bundled"] == shapes["etcd"]
+
+
+def test_expire_count_counts_keys_whose_ttl_ran_out(pair: dict[str, Any]) -> None:
+    """/v2/stats/store's expireCount goes up by one for a key whose TTL ran out, in both, and
+    not for a key deleted by hand."""
+    counts = {}
+    for kind in ("etcd", "bundled"):
+        url = pair[kind].url
+
+        def expired(url: str = url) -> int:
+            return int(request(url, "GET", "/v2/stats/store").json["expireCount"])
+
+        before = expired()
+        request(url, "PUT", "/v2/keys/t/expire/soon", form={"value": "v", "ttl": "1"})
+        request(url, "PUT", "/v2/keys/t/expire/byhand", form={"value": "v", "ttl": "60"})
+        request(url, "DELETE", "/v2/keys/t/expire/byhand")
+        deadline = time.monotonic() + 15
+        while expired() == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert request(url, "GET", "/v2/keys/t/expire/soon").status == 404
+        counts[kind] = expired() - before
+    assert counts == {"etcd": 1, "bundled": 1}

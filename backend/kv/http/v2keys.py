@@ -16,7 +16,6 @@ v3; the exception is the deletion of a key whose v2 TTL lease ran out: ``expire`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -133,6 +132,12 @@ class V2Keys:
         """The answer to each directory delete, by its revision (the last ACTIONS_KEPT)."""
         self.ttl_leases: dict[int, None] = {}
         """The leases v2 TTLs were granted as (the last ACTIONS_KEPT): their end is ``expire``."""
+        store.on_expired.append(self._expired)
+
+    def _expired(self, lease: int, keys: int) -> None:
+        """A lease ran out: its keys count as expired (``expireCount``) if v2 set their TTL."""
+        if lease in self.ttl_leases:
+            self.stats["expireCount"] += keys
 
     def _record(self, revision: int, action: str) -> None:
         actions = self.actions
@@ -591,7 +596,3 @@ class V2Keys:
                 prev["createdIndex"] = event.prev_kv.create_revision
             body["prevNode"] = prev
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
-
-
-def wait_forever() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
