@@ -512,10 +512,6 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]  # aetcd has no type hints
         # Authenticating awaits; callers racing to the first request must share one channel.
         self._connect_lock = asyncio.Lock()
 
-    @property
-    def endpoint_urls(self) -> list[str]:
-        return [endpoint.url for endpoint in self.endpoints]
-
     def _channel(self) -> grpc.aio.Channel:
         target = _grpc_target(self.endpoints)
         options = dict(self._options)
@@ -663,10 +659,6 @@ class WatchBatch:
 
     revision: int
     events: list[Any]
-
-    @property
-    def is_progress(self) -> bool:
-        return not self.events
 
 
 for _name, _member in inspect.getmembers(aetcd.Client):

@@ -23,8 +23,6 @@ from clustertui.backend.overlay.routes import kernel_routes
 __all__ = ["ClusterFeed", "ClusterModel", "MachineLease", "Subnet"]
 
 NETWORK_PREFIX = OVERLAY_PREFIX + "/"
-LEASE_POLL_SECONDS = 1.0
-"""How often machine presence and subnet expiries are read again."""
 
 FeedState = Literal["connecting", "live", "reconnecting"]
 """Whether the watches are up."""

@@ -16,12 +16,6 @@ from clustertui.backend.kv import errors
 FROM_KEY = b"\0"
 
 
-def is_tombstone(kv: rpc.KeyValue) -> bool:
-    """A deletion is kept in the history as a key with version 0, like etcd's tombstones."""
-    version: int = kv.version
-    return version == 0
-
-
 class KeyHistory:
     """Every kept version of one key: parallel lists of mod revisions and records."""
 
@@ -164,14 +158,6 @@ class KeySpace:
             if rec is not None:
                 found.append(rec)
         return found
-
-    def history_since(self, revision: int) -> list[Batch]:
-        """Batches from ``revision`` on (which must not be compacted), oldest first."""
-        log = self.log
-        if not log or revision > log[-1].revision:
-            return []
-        # Every revision has exactly one batch, so the log is dense.
-        return log[max(0, revision - log[0].revision) :]
 
     # -- writes --------------------------------------------------------------------------
 

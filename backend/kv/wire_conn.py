@@ -109,12 +109,6 @@ class ConnectionError_(Exception):
         self.code = code
 
 
-class _StreamError(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 class H2Stream:
     """One stream's HTTP/2 state; ``call`` is the gRPC layer's own record of it."""
 
@@ -572,10 +566,6 @@ class H2Connection:
         self.out.append(end)
         self._closed_local(stream)
         return True
-
-    def reset_stream(self, stream: H2Stream, code: int) -> None:
-        """Ends the stream abruptly (no event: the caller knows)."""
-        self._reset(stream, code, announce=False)
 
     def consumed(self, stream: H2Stream, size: int) -> None:
         """The gRPC layer read ``size`` bytes of a streaming call's requests: the client may

@@ -40,7 +40,6 @@ ROUTE_PROTO = 157
 """The routing protocol number our routes carry (``ip route show proto 157``): how a
 reconcile tells our routes from everyone else's."""
 CAP_NET_ADMIN = 12
-SUPPORTED = ("vxlan", "host-gw")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 T = TypeVar("T")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -55,7 +54,6 @@ class HTTPApp:
         self.gateway = Gateway(store)
         self.metrics = metrics or StoreMetrics(store)
         self.started = time.time()
-        self.fsync_failed: str | None = None
 
     async def __call__(self, request: Request) -> Response:
         path = request.path
@@ -147,7 +145,3 @@ class HTTPApp:
         if which == "store":
             return _json(self.v2.stats)
         return _not_found()
-
-
-async def _never() -> None:
-    await asyncio.get_running_loop().create_future()
