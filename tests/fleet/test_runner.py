@@ -253,14 +253,18 @@ async def test_a_stop_timeout_kills_the_whole_process_group(
 
 async def test_kill_signal_is_sent_to_the_group(sink: RecordingSink, tmp_path: Path) -> None:
     got = tmp_path / "got"
+    trapping = tmp_path / "trapping"
     unit = runner(
         f"[Service]\nKillSignal=SIGINT\nExecStart=/bin/sh -c \"trap 'echo INT > {got}; exit 0' "
-        'INT; while true; do sleep 0.1; done"\n',
+        f'INT; : > {trapping}; while true; do sleep 0.1; done"\n',
         sink,
         tmp_path,
     )
     unit.start()
     await eventually(lambda: unit.active_state == "active", what="running")
+    # Active means started (Type=simple), not that the shell has set its trap yet: a signal
+    # before the trap ends the shell by default (a busy CI machine once saw it do so).
+    await eventually(trapping.exists, what="the trap set")
     await unit.stop()
     assert got.read_text().strip() == "INT"
 
