@@ -31,20 +31,18 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-def _where(task: asyncio.Future[object]) -> str:
+def _where(task: asyncio.Task[object]) -> str:
     """Where a task is suspended, innermost frame last, as a traceback shows it."""
-    if not isinstance(task, asyncio.Task):
-        return "  (not a task)"
     frames = traceback.StackSummary.extract((f, f.f_lineno) for f in task.get_stack())
     return "".join(frames.format()).rstrip() or "  (no frames)"
 
 
-def _named(awaitable: Awaitable[object]) -> asyncio.Future[object]:
+def _named(awaitable: Awaitable[object]) -> asyncio.Task[object]:
     """A task named for what it runs (``Agent.run.<locals>.stop_requested``, not ``Task-358``),
     so a task that outlives its cancel is named in the log by its code."""
     task = asyncio.ensure_future(awaitable)
     name = getattr(awaitable, "__qualname__", None)
-    if name is not None and isinstance(task, asyncio.Task):
+    if name is not None:
         task.set_name(f"{name} ({task.get_name()})")
     return task
 
