@@ -40,6 +40,7 @@ from clustertui.console.config import (
     parse_keymap,
     resolve_cluster,
 )
+from clustertui.console.journal_stream import readers_ended
 from clustertui.console.screens.confirm import ConfirmScreen
 from clustertui.console.screens.edit_value import EditValueScreen
 from clustertui.console.screens.help import HelpRow, HelpScreen
@@ -603,6 +604,9 @@ async def run_console(
     finally:
         for stop in (signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(stop)
+        # The journal readers the panes started end with their workers, which outlive the
+        # app by a moment: wait for them, so no `clusterd journal -f` outlives the console.
+        await readers_ended()
         await session.close()
     return 0
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Literal
 
 import asyncssh
@@ -104,8 +104,10 @@ class JournalFollower:
             after_cursor=self.cursor,
         )
 
-    async def follow(self) -> AsyncIterator[list[JournalEntry]]:
-        """Batches of lines, for ever; cancel the consumer to stop (the reader stops too).
+    async def follow(self) -> AsyncGenerator[list[JournalEntry], None]:
+        """Batches of lines, for ever; cancel the consumer, or close this generator, to stop:
+        the reader is ended and reaped before either returns (consume it inside
+        ``contextlib.aclosing``, so a consumer that stops early closes it at once too).
 
         A machine or unit whose record fails validation is never dialled: the follower
         ends in state "refused", with the reason as its error.
@@ -118,9 +120,10 @@ class JournalFollower:
                 self._set_state("refused", str(error))
                 return
             try:
-                async for batch in self._once():
-                    delay = 0.2
-                    yield batch
+                async with contextlib.aclosing(self._once()) as batches:
+                    async for batch in batches:
+                        delay = 0.2
+                        yield batch
                 reason = "the journal reader ended"
             except (OSError, asyncssh.Error, TunnelError, TimeoutError) as error:
                 reason = str(error) or type(error).__name__
@@ -129,20 +132,21 @@ class JournalFollower:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
-    async def _once(self) -> AsyncIterator[list[JournalEntry]]:
+    async def _once(self) -> AsyncGenerator[list[JournalEntry], None]:
         if self.access.is_local(self.machine):
             stream = self._local()
         else:
             stream = self._ssh()
-        async for lines in stream:
-            batch = [parse_entry(line, self.label) for line in lines]
-            for entry in reversed(batch):
-                if entry.cursor:
-                    self.cursor = entry.cursor
-                    break
-            yield batch
+        async with contextlib.aclosing(stream):
+            async for lines in stream:
+                batch = [parse_entry(line, self.label) for line in lines]
+                for entry in reversed(batch):
+                    if entry.cursor:
+                        self.cursor = entry.cursor
+                        break
+                yield batch
 
-    async def _local(self) -> AsyncIterator[list[bytes]]:
+    async def _local(self) -> AsyncGenerator[list[bytes], None]:
         argv = local_clusterd(self.command())
         process = await spawn_reader(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
@@ -150,12 +154,13 @@ class JournalFollower:
         assert process.stdout is not None
         try:
             self._set_state("following")
-            async for lines in _lines(process.stdout.read):
-                yield lines
+            async with contextlib.aclosing(_lines(process.stdout.read)) as chunks:
+                async for lines in chunks:
+                    yield lines
         finally:
             await end_reader(process)
 
-    async def _ssh(self) -> AsyncIterator[list[bytes]]:
+    async def _ssh(self) -> AsyncGenerator[list[bytes], None]:
         host = ssh_target(self.machine)
         connection = await asyncssh.connect(host, **self.access.ssh_options())
         try:
@@ -167,14 +172,19 @@ class JournalFollower:
                 encoding=None,
             )
             self._set_state("following")
-            async for lines in _lines(process.stdout.read):
-                yield [line.rstrip(b"\r") for line in lines]
+            async with contextlib.aclosing(_lines(process.stdout.read)) as chunks:
+                async for lines in chunks:
+                    yield [line.rstrip(b"\r") for line in lines]
         finally:
             connection.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.wait_closed(), 5)
 
 
+_STARTING: set[asyncio.Future[asyncio.subprocess.Process]] = set()
+"""Local readers being started."""
+_LIVE: dict[asyncio.subprocess.Process, asyncio.Future[None]] = {}
+"""Local readers started and not yet reaped, each with a future done when it is."""
 _ENDING: set[asyncio.Task[None]] = set()
 """Readers being ended after their caller was cancelled while they started (kept referenced)."""
 
@@ -186,11 +196,19 @@ async def spawn_reader(argv: Sequence[str], **options: Any) -> asyncio.subproces
     starting = asyncio.ensure_future(
         asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, **options)
     )
+    _STARTING.add(starting)
+    starting.add_done_callback(_started)
     try:
         return await asyncio.shield(starting)
     except asyncio.CancelledError:
         starting.add_done_callback(_end_when_started)
         raise
+
+
+def _started(starting: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    _STARTING.discard(starting)
+    if not starting.cancelled() and starting.exception() is None:
+        _LIVE[starting.result()] = starting.get_loop().create_future()
 
 
 def _end_when_started(starting: asyncio.Future[asyncio.subprocess.Process]) -> None:
@@ -205,32 +223,76 @@ async def end_reader(process: asyncio.subprocess.Process, grace: float = 5.0) ->
     """Stop a local reader and reap it: SIGTERM, then SIGKILL after ``grace`` or at a cancel.
 
     Its output is drained to the end, so its pipe and transport close with it. Textual cancels
-    a worker once for each owner that goes (the pane, then the app): a cancel arriving here
-    kills the reader at once and is raised again only once the reader is reaped, never leaving
-    it running with its pipe open.
+    a worker once for each owner that goes (the pane, then the app), and a loop that shuts
+    down cancels every task: a cancel arriving here kills the reader at once and is raised
+    again only once the reader is reaped, never leaving it running with its pipe open. No
+    helper task is started (``communicate`` starts some), so nothing this waits on can be
+    cancelled from under it.
     """
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-    ending = asyncio.ensure_future(process.communicate())
-    cancelled = False
-    timeout: float | None = grace
-    while not ending.done():
-        try:
-            await asyncio.wait({ending}, timeout=timeout)
-        except asyncio.CancelledError:
-            cancelled = True
-        if not ending.done():
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            timeout = None
-    if not ending.cancelled():
-        ending.exception()  # a read error from a reader being ended tells nothing
+    cancelled = killed = False
+    drain = True
+    try:
+        while True:
+            try:
+                if killed:
+                    await _drained(process, drain)
+                else:
+                    async with asyncio.timeout(grace):
+                        await _drained(process, drain)
+                break
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                cancelled = True
+            except (OSError, RuntimeError, ValueError):
+                drain = False  # the pipe cannot be read: a read error tells nothing here
+            if not killed:
+                killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+    finally:
+        reaped = _LIVE.pop(process, None)
+        if reaped is not None and not reaped.done():
+            reaped.set_result(None)
     if cancelled:
         raise asyncio.CancelledError
 
 
-async def _lines(read: Callable[[int], object]) -> AsyncIterator[list[bytes]]:
+async def _drained(process: asyncio.subprocess.Process, drain: bool = True) -> None:
+    """Read a reader's output to its end, then wait for it to exit."""
+    if drain and process.stdout is not None:
+        while await process.stdout.read(1 << 16):
+            pass
+    await process.wait()
+
+
+async def readers_ended(within: float = 5.0) -> list[int]:
+    """Wait for every local reader being started or ended to be reaped: the console calls this
+    on its way out, so no `clusterd journal -f` outlives it. Readers still there after
+    ``within`` are killed; their PIDs are returned (none, when all ended on their own)."""
+    loop = asyncio.get_running_loop()
+    _STARTING.difference_update([f for f in _STARTING if f.get_loop().is_closed()])
+    starting = {future for future in _STARTING if future.get_loop() is loop}
+    if starting:
+        await asyncio.wait(starting, timeout=within)
+    mine = [reaped for reaped in _LIVE.values() if reaped.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine, timeout=within)
+    left = sorted(process.pid for process in _LIVE)
+    for process in list(_LIVE):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    mine = [reaped for reaped in _LIVE.values() if reaped.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine, timeout=2)
+    _LIVE.clear()  # killed; a reader of a loop that is gone has no owner left to reap it
+    return left
+
+
+async def _lines(read: Callable[[int], object]) -> AsyncGenerator[list[bytes], None]:
     """Whole lines from a stream, a read's worth at a time."""
     partial = b""
     while True:
@@ -253,8 +315,10 @@ async def read_journal(
     if access.is_local(machine):
         argv = local_clusterd(command)
         process = await spawn_reader(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert process.stdout is not None
         try:
-            output, _ = await asyncio.wait_for(process.communicate(), 15)
+            async with asyncio.timeout(15):
+                output = await process.stdout.read()
         finally:
             await end_reader(process)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -141,8 +142,9 @@ class JournalPane(Container):
 
     @work(group="journal-readers")
     async def _read(self, follower: JournalFollower) -> None:
-        async for batch in follower.follow():
-            self.receive(batch)
+        async with contextlib.aclosing(follower.follow()) as batches:
+            async for batch in batches:
+                self.receive(batch)
 
     def receive(self, batch: list[JournalEntry]) -> None:
         """Queue lines for the next repaint.

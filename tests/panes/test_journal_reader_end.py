@@ -63,6 +63,24 @@ async def test_a_follower_cancelled_twice_reaps_its_reader_before_it_ends(
     assert readers_of(data_dir) == []
 
 
+async def test_a_follower_closed_between_batches_ends_its_reader_before_the_close_returns(
+    tmp_path: Path,
+) -> None:
+    """A follower closed at a yield (a consumer that stops early, or the loop shutting its
+    generators down) closes the generators below it in turn, so the reader is ended and
+    reaped before the close returns. Before, the inner generators were left to the garbage
+    collector, which could run after the loop was gone: the reader kept running and its
+    subprocess transport and pipe were reported unclosed in some later test."""
+    machine, data_dir = local_machine(tmp_path)
+    batches = JournalFollower(MachineAccess(), machine, [], "here").follow()
+    first = await asyncio.wait_for(anext(batches), 30)
+    assert [entry.message for entry in first][:5] == [f"line {n}" for n in range(5)]
+    [reader] = readers_of(data_dir)
+    await asyncio.wait_for(batches.aclose(), 30)
+    assert not Path(f"/proc/{reader}").exists()
+    assert readers_of(data_dir) == []
+
+
 async def test_a_cancelled_journal_read_reaps_its_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
