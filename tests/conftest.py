@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def _snapshot_hygiene(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LINES", "36")
     for name in [n for n in os.environ if n.startswith(("CLUSTERTUI_", "FLEETCTL_", "ETCDCTL_"))]:
         monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+async def _journal_readers_reaped() -> AsyncIterator[None]:
+    """Every local `clusterd journal` reader a test started is reaped by the test's end, in
+    the test's own loop: a reader left to the garbage collector is reported, if at all, as an
+    unclosed transport in some later test. The wait gives workers that outlive their app a
+    moment to end theirs; one still running after it fails the test that started it."""
+    yield
+    stream = sys.modules.get("clustertui.console.journal_stream")
+    if stream is not None:
+        left = await stream.readers_ended(within=15)
+        assert not left, f"journal readers still running after the test (killed): {left}"
 
 
 @pytest.fixture(scope="session")
