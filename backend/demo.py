@@ -151,10 +151,13 @@ class DemoCluster:
         return self.store.url
 
     def stop(self) -> None:
-        self.nodes.stop()
-        self.store.stop()
-        if self.network is not None:
-            self.network.destroy()
+        try:
+            self.nodes.stop()
+            self.store.stop()
+        finally:
+            # Namespaces and bridges outlive the process: they go even if a stop above fails.
+            if self.network is not None:
+                self.network.destroy()
 
 
 def netns_possible() -> str | None:

@@ -53,12 +53,17 @@ def test_demo_netns_shows_a_unit_talking_across_hosts_and_cleans_up(tmp_path: Pa
         assert re.search(r"10\.1\.\d+\.2: container on node\d answers 10\.1\.\d+\.0", answered)
     finally:
         demo.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        ended = "it stopped"
         try:
-            demo.wait(timeout=40)
+            demo.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            ended = "it was killed after 60 s"
             demo.kill()
             demo.wait()
+        ended += f" {time.monotonic() - started:.1f} s after ctrl+c"
         leftover = [n for n in ip("netns", "list").stdout.split() if n.startswith(tag)]
         for name in leftover:
             ip("netns", "del", name, check=False)
-    assert leftover == [], "the demo left namespaces behind"
+    said = out_file.read_text()[-3000:]
+    assert leftover == [], f"the demo left namespaces behind ({ended}); it said:\n{said}"
