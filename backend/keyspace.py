@@ -156,6 +156,19 @@ class Search:
     truncated: bool
 
 
+def search_hit(key: bytes, prefix: bytes, matches: Callable[[str], bool]) -> list[bytes] | None:
+    """The directories from ``prefix`` down to ``key`` when its path as shown below ``prefix``
+    ``matches`` (how the filter tells a hit, in a search and in a watch event); else None."""
+    if not matches(key[len(prefix) :].decode("utf-8", "backslashreplace")):
+        return None
+    directories = []
+    at = len(prefix)
+    while (cut := key.find(b"/", at + 1)) != -1:
+        directories.append(key[: cut + 1])
+        at = cut
+    return directories
+
+
 async def search(
     client: EtcdClient, prefix: bytes, matches: Callable[[str], bool], limit: int = SEARCH_LIMIT
 ) -> Search:
@@ -176,16 +189,13 @@ async def search(
         revision = revision or response.header.revision
         for kv in response.kvs:
             scanned += 1
-            shown = kv.key[len(prefix) :].decode("utf-8", "backslashreplace")
-            if not matches(shown):
+            down = search_hit(kv.key, prefix, matches)
+            if down is None:
                 continue
             if len(keys) >= limit:
                 return Search(keys, directories, scanned, True)
             keys.add(kv.key)
-            at = len(prefix)
-            while (cut := kv.key.find(b"/", at + 1)) != -1:
-                directories.add(kv.key[: cut + 1])
-                at = cut
+            directories.update(down)
         if not response.more or not response.kvs:
             return Search(keys, directories, scanned, False)
         start = response.kvs[-1].key + b"\0"

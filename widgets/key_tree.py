@@ -291,6 +291,17 @@ class KeyTree(ScrollView, can_focus=True):
         self._replace(1, len(self._rows), self._rows_under(self.root_prefix, 1))
         self._changed(keep, offset)
 
+    def extend_search(self, hits: dict[bytes, list[bytes]]) -> None:
+        """Show these keys too (each with the directories down to it) in the search shown: keys
+        that came to match after it ran. Nothing changes when no search is shown."""
+        if self._search is None or not hits:
+            return
+        keys, directories = self._search
+        keys.update(hits)
+        for down in hits.values():
+            directories.update(down)
+        self.set_search((keys, directories))
+
     def set_search(self, found: tuple[set[bytes], set[bytes]] | None) -> None:
         """Show only these keys and the directories down to them (None shows all again)."""
         keep, offset = self._anchor()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -105,6 +106,10 @@ class KeysPane(Container):
         self.read_only = read_only
         self.last_revision = 0
         """The newest revision the tree reflects; the watch resumes after it."""
+        self._search_matcher: Callable[[str], bool] | None = None
+        """The filter searched for, from the moment its search starts until it is cleared."""
+        self._late_hits: dict[bytes, list[bytes]] = {}
+        """Keys written since that search began that match it (a search reads one revision)."""
         self.loaded = asyncio.Event()
         """Set once the root directory has been listed."""
         self._pending: list[tuple[int, list[Any]]] = []
@@ -275,6 +280,7 @@ class KeysPane(Container):
             # A listing in flight may predate these; it replays them when it lands.
             self._recent.extend(batches)
         events = [event for _, batch in batches for event in batch]
+        self._search_live(events)
         self.key_tree.apply_events(events)
         log = self.query_one(WatchLog)
         if log.prefix is not None:
@@ -287,6 +293,22 @@ class KeysPane(Container):
                     self._show_event(event)
                     break
         self.post_message(self.RevisionSeen(batches[-1][0]))
+
+    def _search_live(self, events: list[Any]) -> None:
+        """A filter shown keeps up with the store: a key written since the search that
+        matches it is shown too (keys deleted go as they always do)."""
+        matcher = self._search_matcher
+        if matcher is None:
+            return
+        hits: dict[bytes, list[bytes]] = {}
+        for event in events:
+            key = event.kv.key
+            if event.type != DELETE and key.startswith(self.root):
+                down = keyspace.search_hit(key, self.root, matcher)
+                if down is not None:
+                    hits[key] = down
+        self._late_hits.update(hits)
+        self.key_tree.extend_search(hits)
 
     def _show_event(self, event: Any) -> None:
         kv = event.kv
@@ -376,6 +398,7 @@ class KeysPane(Container):
 
     @on(FilterBar.Applied)
     def _filter_applied(self, event: FilterBar.Applied) -> None:
+        self._search_matcher = None
         if event.matcher is None:
             self.workers.cancel_group(self, "keys-search")
             self.key_tree.set_search(None)
@@ -394,6 +417,8 @@ class KeysPane(Container):
 
     async def _search_store(self, bar: FilterBar, matcher: Any) -> None:
         await asyncio.sleep(SEARCH_DEBOUNCE)
+        self._search_matcher = matcher
+        self._late_hits = {}
         bar.border_title = Text("searching the store…")
         try:
             found = await keyspace.search(self.session.client, self.root, matcher)
@@ -403,6 +428,10 @@ class KeysPane(Container):
             return
         tree = self.key_tree
         tree.set_filter(None)
+        for key, down in self._late_hits.items():
+            found.keys.add(key)
+            found.directories.update(down)
+        self._late_hits = {}
         tree.set_search((found.keys, found.directories))
         more = f" (the first {len(found.keys):,}: refine it)" if found.truncated else ""
         bar.border_title = Text(

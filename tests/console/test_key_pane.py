@@ -262,6 +262,26 @@ async def test_the_filter_finds_keys_in_directories_never_opened(
         assert str(bar.border_title).startswith("1 key of ")
 
 
+async def test_a_filter_shown_keeps_up_with_keys_written_after_its_search(
+    store: RunningStore, kv: EtcdClient, ns: bytes
+) -> None:
+    """The filter's search reads one revision; keys written after it that match appear (in
+    an open directory and at the top), and keys that do not match stay hidden."""
+    async with seeded_console(store.url, kv, ns) as (app, pilot):
+        key_tree = tree(app)
+        await pilot.press("slash", *"motd")
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/web/motd"))
+        await kv.put(ns + b"config/web/other", b"x")
+        await kv.put(ns + b"config/web/motd2", b"new")
+        await kv.put(ns + b"late-motd", b"y")
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/web/motd2"))
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"late-motd"))
+        assert not key_tree.shown(ns + b"config/web/other")
+        assert not key_tree.shown(ns + b"top")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: key_tree.shown(ns + b"config/web/other"))
+
+
 async def test_watch_events_while_navigating_add_update_and_remove_keys(
     store: RunningStore, kv: EtcdClient, ns: bytes
 ) -> None:
