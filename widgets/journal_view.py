@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 import re
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar, NamedTuple, cast
 
@@ -157,31 +159,55 @@ class JournalView(ScrollView, can_focus=True):
         """Every buffered line, filtered or not."""
         return [JournalEntry._make(entry) for entry in self.entries]
 
-    def append(self, batch: list[Row]) -> int:
-        """Add a batch (one repaint); returns how many lines of it pass the filters."""
+    def append(self, batch: list[Row], merge: bool = False) -> int:
+        """Add a batch (one repaint); returns how many lines of it pass the filters.
+
+        With ``merge`` (several journals followed at once, ``batch`` sorted by time) a line
+        older than the newest buffered goes where its time puts it, as journalctl interleaves
+        journals, instead of at the bottom: a machine whose lines arrive a moment late does
+        not leave them out of order.
+        """
         entries = self.entries
+        filtered = self.filtered
+        new = len(batch)
+        rows: Iterable[Row] = map(as_row, batch)
+        were_passing = 0
+        if merge and batch and entries and batch[0][0] < entries[-1][0]:
+            # Only the buffered tail newer than the batch's oldest line is merged again (late
+            # lines are a moment late, so the tail is short); its filter numbers are redone.
+            cut = bisect_right(entries, batch[0][0], key=itemgetter(0))
+            rows = list(heapq.merge(entries[cut:], rows, key=itemgetter(0)))
+            del entries[cut:]
+            if filtered is not None:
+                drop = bisect_left(filtered, self.base + cut)
+                were_passing = len(filtered) - drop
+                del filtered[drop:]
         first_number = self.base + len(entries)
-        entries.extend(map(as_row, batch))
-        self.total += len(batch)
+        start = len(entries)
+        entries.extend(rows)
+        added_rows = entries[start:]
+        self.total += new
         machine_width = max(map(len, (e[2] for e in batch)), default=0)
         unit_width = max(map(len, (e[3] for e in batch)), default=0)
         self._machine_width = max(self._machine_width, min(machine_width, 24))
         self._unit_width = max(self._unit_width, min(unit_width, 32))
-        if self.filtered is not None:
+        if filtered is not None:
             passes = self._passes
             passing = [
-                first_number + i for i, e in enumerate(map(JournalEntry._make, batch)) if passes(e)
+                first_number + i
+                for i, e in enumerate(map(JournalEntry._make, added_rows))
+                if passes(e)
             ]
-            self.filtered.extend(passing)
-            added = len(passing)
+            filtered.extend(passing)
+            added = len(passing) - were_passing
         else:
-            added = len(batch)
+            added = new
         excess = len(entries) - self.limit
         if excess > 0:
             del entries[:excess]
             self.base += excess
-            if self.filtered is not None:
-                del self.filtered[: bisect_left(self.filtered, self.base)]
+            if filtered is not None:
+                del filtered[: bisect_left(filtered, self.base)]
         if not self.following:
             self.new_lines += added
         self._relayout()

@@ -183,9 +183,10 @@ class JournalPane(Container):
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        if len(self.followers) > 1:
+        merge = len(self.followers) > 1
+        if merge:
             batch.sort(key=itemgetter(0))
-        self.view.append(batch)
+        self.view.append(batch, merge=merge)
         self.update_status()
 
     def update_status(self) -> None:

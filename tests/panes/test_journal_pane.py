@@ -200,3 +200,31 @@ async def test_a_journal_never_reached_is_not_announced_lost_at_every_retry() ->
             "journal of aaaaaaaa… lost (connection reset); reconnecting",
             "journal of aaaaaaaa… is back",
         ]
+
+
+async def test_lines_that_arrive_late_from_one_machine_take_their_place_by_time() -> None:
+    """Following several journals, a batch with lines older than the newest shown puts them
+    where their time goes (as journalctl interleaves journals), not at the bottom; the
+    filters and the "+N new lines" count stay right."""
+
+    def row(at: int, machine: str, message: str, priority: int = 6) -> tuple:
+        return (START + at, priority, machine, "u.service", message, "")
+
+    app = JournalApp()
+    async with app.run_test(size=SIZE):
+        view = app.pane.view
+        view.append([row(1, "a", "a1"), row(3, "a", "a3"), row(5, "a", "a5")], merge=True)
+        view.append([row(2, "b", "b2"), row(4, "b", "b4", 3), row(6, "b", "b6")], merge=True)
+        assert [e.message for e in view.shown] == ["a1", "b2", "a3", "b4", "a5", "b6"]
+        assert view.total == 6
+        view.set_filters(max_priority=4, grep=None)
+        assert [e.message for e in view.shown] == ["b4"]
+        view.toggle_follow()  # paused: late lines count as new
+        view.append([row(3, "c", "c3", 2), row(7, "c", "c7")], merge=True)
+        assert [e.message for e in view.shown] == ["c3", "b4"]
+        assert view.new_lines == 1 and view.total == 8
+        view.set_filters(max_priority=None, grep=None)
+        assert [e.message for e in view.shown] == ["a1", "b2", "a3", "c3", "b4", "a5", "b6", "c7"]
+        # One journal followed: lines keep their arrival order.
+        view.append([row(0, "a", "a0")])
+        assert view.shown[-1].message == "a0"
