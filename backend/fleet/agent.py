@@ -20,7 +20,12 @@ from clustertui.backend.fleet.model import ClusterState, Job, Machine, UnitState
 from clustertui.backend.fleet.output import LineSink
 from clustertui.backend.fleet.registry import Registry
 from clustertui.backend.fleet.runner import UnitRunner, reap_orphans
-from clustertui.backend.fleet.tasks import first_completed, watch_changes
+from clustertui.backend.fleet.tasks import (
+    first_completed,
+    raise_if_cancelling,
+    wait_event,
+    watch_changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +117,7 @@ class Agent:
                         self.check_fence(lost=True)
                 except (EtcdError, TimeoutError, OSError) as error:
                     log.warning("agent: store error: %s", error)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), backoff)
+                    await wait_event(stop, backoff)
                     # Short: a fenced agent is back soon after the store (its units wait for it).
                     backoff = min(backoff * 2, 2.0)
                 finally:
@@ -255,10 +259,10 @@ class Agent:
     async def _reconcile_loop(self) -> None:
         self._dirty.set()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.reconcile_interval)
+            await wait_event(self._dirty, self.reconcile_interval)
             self._dirty.clear()
             await self.reconcile()
+            raise_if_cancelling()  # a pass that met a store error may have worn the cancel
 
     def wanted(self, state: ClusterState) -> dict[str, Job]:
         """The jobs this machine should hold: those placed here, and matching global units."""

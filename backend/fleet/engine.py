@@ -16,7 +16,12 @@ from aetcd import rpc
 from clustertui.backend.etcd import EtcdClient, EtcdError
 from clustertui.backend.fleet.model import ClusterState, Job, Machine
 from clustertui.backend.fleet.registry import MAX_TXN_OPS, KeptLease, Registry
-from clustertui.backend.fleet.tasks import first_completed, watch_changes
+from clustertui.backend.fleet.tasks import (
+    first_completed,
+    raise_if_cancelling,
+    wait_event,
+    watch_changes,
+)
 from clustertui.backend.fleet.unitfile import FleetOptions
 
 log = logging.getLogger(__name__)
@@ -528,13 +533,13 @@ class Engine:
 
     async def _reconcile_loop(self, lease: KeptLease) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.reconcile_interval)
+            await wait_event(self._dirty, self.reconcile_interval)
             # Changes come in bursts (a submit of many units, a machine and its states
             # going away): a moment's wait lets one pass handle the whole burst.
             await asyncio.sleep(COALESCE_SECONDS)
             self._dirty.clear()
             await self.reconcile(lease)
+            raise_if_cancelling()  # a pass that met a store error may have worn the cancel
 
     async def reconcile(self, lease: KeptLease | None = None) -> int:
         """One pass: read, decide, write the differences. Returns the number of writes."""
@@ -589,5 +594,4 @@ class Engine:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_event(stop, seconds)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from clustertui.backend import filemodes
 from clustertui.backend.fleet.output import LineSink
+from clustertui.backend.fleet.tasks import wait_event
 from clustertui.backend.fleet.unitfile import ExecCommand, ServiceOptions, UnitFile
 
 # Signals after which systemd counts a main process as having exited cleanly.
@@ -656,8 +657,7 @@ class UnitRunner:
                 delay = max(delay, self.options.restart_sec)
                 self._note(f"restarting in {delay:g}s (restart {self.restarts + 1})")
                 self._set("activating", "auto-restart")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                await wait_event(self._stop, delay)
                 self.restarts += 1
             self._set("inactive", "dead")
         finally:

@@ -31,6 +31,18 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` passes; true if it was set. A cancel always
+    goes through: ``asyncio.wait_for`` on Python 3.11 loses one that lands as the wait ends
+    (a soak found an agent's reconcile loop running on, cancelled, for that reason)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 def _where(task: asyncio.Task[object]) -> str:
     """Where a task is suspended, innermost frame last, as a traceback shows it."""
     frames = traceback.StackSummary.extract((f, f.f_lineno) for f in task.get_stack())

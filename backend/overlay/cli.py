@@ -84,6 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 async def _read_config(manager: SubnetManager, stop: asyncio.Event) -> NetworkConfig | None:
     """The network config, waited for (as flanneld waits) until it is there or ``stop``."""
     from clustertui.backend.etcd import EtcdError
+    from clustertui.backend.fleet.tasks import wait_event
 
     delay = 0.5
     while not stop.is_set():
@@ -91,8 +92,7 @@ async def _read_config(manager: SubnetManager, stop: asyncio.Event) -> NetworkCo
             return await manager.read_config()
         except (ConfigError, EtcdError) as error:
             log.error("cannot read the network config: %s (trying again in %.1fs)", error, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+        await wait_event(stop, delay)
         delay = min(delay * 2, 10.0)
     return None
 

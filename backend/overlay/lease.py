@@ -20,6 +20,7 @@ from aetcd import rpc
 
 from clustertui.backend import filemodes
 from clustertui.backend.etcd import EtcdClient, EtcdError, typed_error
+from clustertui.backend.fleet.tasks import wait_event
 from clustertui.backend.fleet.validate import subnet_record_problem
 from clustertui.backend.keys import prefix_end
 from clustertui.backend.overlay.config import (
@@ -370,8 +371,7 @@ class SubnetManager:
                 self._set_state(None, f"lost {lease.subnet}: {reason}")
                 log.warning("lost %s: %s; acquiring a subnet again", lease.subnet, reason)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await wait_event(stop, delay)
             delay = min(delay * 2, RETRY_MAX)
 
     async def _hold(self, lease: Lease, stop: asyncio.Event) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 
 from clustertui.backend.etcd import EtcdError
 from clustertui.backend.fleet import tasks
-from clustertui.backend.fleet.tasks import first_completed, raise_if_cancelling
+from clustertui.backend.fleet.tasks import first_completed, raise_if_cancelling, wait_event
 
 
 async def test_a_task_that_swallows_its_cancel_does_not_hold_the_session_for_ever(
@@ -91,3 +91,29 @@ async def test_a_retry_loop_ends_when_its_cancel_comes_back_as_an_error() -> Non
     await asyncio.wait({task}, timeout=3)
     assert task.cancelled()
     assert attempts == 1
+
+
+async def test_a_cancel_that_lands_as_the_wait_ends_is_not_lost() -> None:
+    """The event is set and the task cancelled in the same turn of the loop: the loop ends.
+    With asyncio.wait_for (Python 3.11) the wait returned normally and the loop ran on: the
+    agent's reconcile loop outlived its session in a soak that way."""
+    event = asyncio.Event()
+    passes = 0
+
+    async def reconcile_loop() -> None:
+        nonlocal passes
+        while True:
+            await wait_event(event, 10)
+            event.clear()
+            passes += 1
+
+    task = asyncio.create_task(reconcile_loop())
+    await asyncio.sleep(0)
+    event.set()
+    task.cancel()
+    await asyncio.wait({task}, timeout=3)
+    assert task.cancelled() and passes == 0
+    assert await wait_event(asyncio.Event(), 0.01) is False
+    done = asyncio.Event()
+    done.set()
+    assert await wait_event(done, 0.01) is True
