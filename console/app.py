@@ -83,6 +83,14 @@ class ClusterFooter(Footer):
     """The footer with `? Help` and `q Quit` first, so a narrow terminal keeps them;
     compact below 100 columns."""
 
+    # Compact gives every key a right margin, the docked `^p` key too: that left the last
+    # column uncovered, showing a stray letter of the bindings that scroll beneath it.
+    DEFAULT_CSS = """
+    ClusterFooter.-compact FooterKey.-command-palette {
+        margin-right: 0;
+    }
+    """
+
     def compose(self) -> ComposeResult:
         keys = list(super().compose())
         first = [key for key in keys if getattr(key, "action", "") in ("help", "quit")]
