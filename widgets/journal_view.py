@@ -170,22 +170,20 @@ class JournalView(ScrollView, can_focus=True):
         entries = self.entries
         filtered = self.filtered
         new = len(batch)
-        rows: Iterable[Row] = map(as_row, batch)
+        rows: list[Row] = batch
         were_passing = 0
         if merge and batch and entries and batch[0][0] < entries[-1][0]:
             # Only the buffered tail newer than the batch's oldest line is merged again (late
             # lines are a moment late, so the tail is short); its filter numbers are redone.
             cut = bisect_right(entries, batch[0][0], key=itemgetter(0))
-            rows = list(heapq.merge(entries[cut:], rows, key=itemgetter(0)))
+            rows = list(heapq.merge(entries[cut:], batch, key=itemgetter(0)))
             del entries[cut:]
             if filtered is not None:
                 drop = bisect_left(filtered, self.base + cut)
                 were_passing = len(filtered) - drop
                 del filtered[drop:]
         first_number = self.base + len(entries)
-        start = len(entries)
-        entries.extend(rows)
-        added_rows = entries[start:]
+        entries.extend(map(as_row, rows))
         self.total += new
         machine_width = max(map(len, (e[2] for e in batch)), default=0)
         unit_width = max(map(len, (e[3] for e in batch)), default=0)
@@ -194,9 +192,7 @@ class JournalView(ScrollView, can_focus=True):
         if filtered is not None:
             passes = self._passes
             passing = [
-                first_number + i
-                for i, e in enumerate(map(JournalEntry._make, added_rows))
-                if passes(e)
+                first_number + i for i, e in enumerate(map(JournalEntry._make, rows)) if passes(e)
             ]
             filtered.extend(passing)
             added = len(passing) - were_passing

@@ -108,8 +108,8 @@ class KeysPane(Container):
         """The newest revision the tree reflects; the watch resumes after it."""
         self._search_matcher: Callable[[str], bool] | None = None
         """The filter searched for, from the moment its search starts until it is cleared."""
-        self._late_hits: dict[bytes, list[bytes]] = {}
-        """Keys written since that search began that match it (a search reads one revision)."""
+        self._late_hits: dict[bytes, list[bytes]] | None = None
+        """While that search runs (it reads one revision): the keys written since that match."""
         self.loaded = asyncio.Event()
         """Set once the root directory has been listed."""
         self._pending: list[tuple[int, list[Any]]] = []
@@ -307,7 +307,8 @@ class KeysPane(Container):
                 down = keyspace.search_hit(key, self.root, matcher)
                 if down is not None:
                     hits[key] = down
-        self._late_hits.update(hits)
+        if self._late_hits is not None:
+            self._late_hits.update(hits)
         self.key_tree.extend_search(hits)
 
     def _show_event(self, event: Any) -> None:
@@ -423,15 +424,16 @@ class KeysPane(Container):
         try:
             found = await keyspace.search(self.session.client, self.root, matcher)
         except EtcdError as error:
+            self._late_hits = None
             words = error_words(error, self._endpoints())
             bar.border_title = Text(f"cannot search: {words}")
             return
         tree = self.key_tree
         tree.set_filter(None)
-        for key, down in self._late_hits.items():
+        late, self._late_hits = self._late_hits or {}, None
+        for key, down in late.items():
             found.keys.add(key)
             found.directories.update(down)
-        self._late_hits = {}
         tree.set_search((found.keys, found.directories))
         more = f" (the first {len(found.keys):,}: refine it)" if found.truncated else ""
         bar.border_title = Text(

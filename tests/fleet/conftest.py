@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from clustertui.backend.etcd import EtcdClient
-from clustertui.backend.fleet.registry import Registry
+from clustertui.backend.fleet.agent import Agent
+from clustertui.backend.fleet.registry import Machine, Registry
 from tests.harness.procs import REPO, Child
 
 UnitOutput = list[tuple[str, str, bytes]]
@@ -59,6 +60,26 @@ class RecordingSink:
 @pytest.fixture
 def sink() -> RecordingSink:
     return RecordingSink()
+
+
+def start_agent(
+    client: EtcdClient,
+    registry: Registry,
+    machine: Machine,
+    data_dir: Path,
+    sink: RecordingSink,
+    *,
+    ttl: float,
+    reconcile_interval: float,
+) -> tuple[Agent, asyncio.Event, asyncio.Task[None]]:
+    """An agent for ``machine`` running in this process on a task of its own; set the event
+    and await the task to stop it."""
+    agent = Agent(
+        client, registry, machine, data_dir=data_dir, sink=sink, ttl=ttl,
+        reconcile_interval=reconcile_interval,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    return agent, stop, asyncio.create_task(agent.run(stop))
 
 
 async def eventually(

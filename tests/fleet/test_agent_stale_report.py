@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from clustertui.backend.etcd import make_client
-from clustertui.backend.fleet.agent import Agent
 from clustertui.backend.fleet.registry import Machine, Registry
 from clustertui.backend.fleet.runner import reap_orphans
-from tests.fleet.conftest import RecordingSink, eventually
+from tests.fleet.conftest import RecordingSink, eventually, start_agent
 from tests.fleet.test_fence import beating
 from tests.fleet.test_node import launch
 from tests.harness import heartbeat
@@ -44,14 +43,11 @@ async def test_a_report_not_removed_during_a_store_restart_is_removed_after_it(
     check = Registry(make_client([fresh_store.url]), "/stale/fleet/")
     registry = Registry(client, check.prefix)
     machine = Machine("5ta1e0005ta1e0005ta1e0005ta1e000", "127.0.0.1")
-    agent = Agent(
-        client, registry, machine, data_dir=tmp_path / "agent", sink=sink, ttl=TTL,
-        reconcile_interval=1.0,
-    )  # fmt: skip
+    agent, stop, task = start_agent(
+        client, registry, machine, tmp_path / "agent", sink, ttl=TTL, reconcile_interval=1.0
+    )
     script = heartbeat.write_script(tmp_path)
     beats = tmp_path / "beats-svc"
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
     restarted = asyncio.Event()
 
     async def reported_here() -> bool:

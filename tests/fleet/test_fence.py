@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from clustertui.backend.etcd import EtcdError, make_client
-from clustertui.backend.fleet.agent import Agent
 from clustertui.backend.fleet.registry import Machine, Registry
 from clustertui.backend.fleet.runner import process_start_time, reap_orphans
 from tests.ctl.conftest import CtlRunner
-from tests.fleet.conftest import NodeFactory, RecordingSink, eventually
+from tests.fleet.conftest import NodeFactory, RecordingSink, eventually, start_agent
 from tests.fleet.test_node import _machines_are, ident, launch, running_on
 from tests.harness import heartbeat
 from tests.harness.procs import REPO
@@ -184,14 +183,11 @@ async def test_an_agent_whose_session_ended_on_an_error_still_fences(
     client = make_client([proxy.url])
     via_proxy = Registry(client, registry.prefix)
     machine = Machine("fe0ced01fe0ced01fe0ced01fe0ced01", "127.0.0.1")
-    agent = Agent(
-        client, via_proxy, machine, data_dir=tmp_path / "agent", sink=sink, ttl=2,
-        reconcile_interval=1.0,
-    )  # fmt: skip
+    agent, stop, task = start_agent(
+        client, via_proxy, machine, tmp_path / "agent", sink, ttl=2, reconcile_interval=1.0
+    )
     script = heartbeat.write_script(tmp_path)
     beats = tmp_path / "beats-svc"
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
     try:
         await asyncio.wait_for(agent.registered.wait(), 15)
         await launch(registry, "svc.service", heartbeat.unit_text(script, beats))
@@ -258,14 +254,12 @@ async def test_a_unit_fenced_while_its_agent_registers_again_starts_again(
     again once stopped. A start that found the unit still stopping used to count as done,
     and the unit stayed dead on a live machine for good."""
     machine = Machine("fe0ced02fe0ced02fe0ced02fe0ced02", "127.0.0.1")
-    agent = Agent(
-        registry.client, registry, machine, data_dir=tmp_path / "agent", sink=sink, ttl=2,
+    agent, stop, task = start_agent(
+        registry.client, registry, machine, tmp_path / "agent", sink, ttl=2,
         reconcile_interval=0.5,
     )  # fmt: skip
     script = heartbeat.write_script(tmp_path)
     beats = tmp_path / "beats-svc"
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
     try:
         await asyncio.wait_for(agent.registered.wait(), 15)
         text = heartbeat.unit_text(script, beats).replace(

@@ -130,22 +130,22 @@ def test_a_torn_tail_is_skipped_on_read_and_cut_by_the_next_writer(tmp_path: Pat
     assert [record[0] for record in entries(tmp_path)] == [1, 2, 3]
 
 
-def test_a_writer_killed_mid_stream_leaves_older_entries_intact(tmp_path: Path) -> None:
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clustertui.backend.daemon",
-            "cat",
-            "--data-dir",
-            str(tmp_path),
-            "-t",
-            "w",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdin=subprocess.PIPE,
+def _cat(
+    data_dir: Path, identifier: str, *command: str, stdin: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`clusterd cat -t IDENTIFIER` into ``data_dir`` as a real process: logging ``command``'s
+    output, or its own stdin without one."""
+    argv = [sys.executable, "-m", "clustertui.backend.daemon", "cat"]
+    argv += ["--data-dir", str(data_dir), "-t", identifier]
+    if command:
+        argv += ["--", *command]
+    return subprocess.Popen(
+        argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=stdin
     )
+
+
+def test_a_writer_killed_mid_stream_leaves_older_entries_intact(tmp_path: Path) -> None:
+    writer = _cat(tmp_path, "w", stdin=subprocess.PIPE)
     assert writer.stdin is not None
     try:
         for i in range(20000):
@@ -168,23 +168,12 @@ def test_a_writer_killed_mid_stream_leaves_older_entries_intact(tmp_path: Path) 
 
 def test_concurrent_writers_share_one_sequence(tmp_path: Path) -> None:
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clustertui.backend.daemon",
-                "cat",
-                "--data-dir",
-                str(tmp_path),
-                "-t",
-                f"w{n}",
-                "--",
-                sys.executable,
-                "-c",
-                f"import sys\nfor i in range(3000): print('w{n}', i)",
-            ],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+        _cat(
+            tmp_path,
+            f"w{n}",
+            sys.executable,
+            "-c",
+            f"import sys\nfor i in range(3000): print('w{n}', i)",
         )
         for n in range(3)
     ]

@@ -24,6 +24,25 @@ from tests.panes.test_journal_ssh import readers_of
 MACHINE = "c0ffee00" * 4
 
 
+def record_spawns(
+    monkeypatch: pytest.MonkeyPatch, hold: float = 0.0
+) -> list[asyncio.subprocess.Process]:
+    """Every process asyncio starts from now on, listed as it is made; each is handed to its
+    caller ``hold`` seconds later."""
+    spawned: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(*argv: Any, **options: Any) -> asyncio.subprocess.Process:
+        process = await spawn(*argv, **options)
+        spawned.append(process)
+        if hold:
+            await asyncio.sleep(hold)
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    return spawned
+
+
 def local_machine(tmp_path: Path) -> tuple[Machine, Path]:
     """This host as a machine, with a journal of a few lines in its data directory."""
     data_dir = tmp_path / "machine"
@@ -86,15 +105,7 @@ async def test_a_cancelled_journal_read_reaps_its_reader(
 ) -> None:
     """The unit status detail's read, cancelled while the reader starts (its pane closed)."""
     machine, data_dir = local_machine(tmp_path)
-    spawned: list[asyncio.subprocess.Process] = []
-    spawn = asyncio.create_subprocess_exec
-
-    async def recorded(*argv: Any, **options: Any) -> asyncio.subprocess.Process:
-        process = await spawn(*argv, **options)
-        spawned.append(process)
-        return process
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    spawned = record_spawns(monkeypatch)
     task = asyncio.create_task(read_journal(MachineAccess(), machine, [], "here"))
     for _ in range(2000):  # until the reader is spawned: a few loop turns
         if spawned or task.done():
@@ -126,16 +137,8 @@ async def test_a_cancel_while_the_reader_is_being_started_still_ends_it(
     """The cancel lands inside process creation: the process exists, the call has not
     returned it yet. Before, nobody held the process: it kept running, unreaped."""
     machine, data_dir = local_machine(tmp_path)
-    spawned: list[asyncio.subprocess.Process] = []
-    spawn = asyncio.create_subprocess_exec
-
-    async def slow_to_return(*argv: Any, **options: Any) -> asyncio.subprocess.Process:
-        process = await spawn(*argv, **options)
-        spawned.append(process)
-        await asyncio.sleep(0.5)  # the window between fork and the caller holding it
-        return process
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_to_return)
+    # Held 0.5 s: the window between fork and the caller holding the process.
+    spawned = record_spawns(monkeypatch, hold=0.5)
     if which == "follower":
 
         async def consume() -> None:
